@@ -1,0 +1,92 @@
+// The framework-free kernel core: one fused pointwise kernel per time step and cell, on the CPU
+// and on CUDA. These never see an at::Tensor; layer.cpp does the GEMMs and calls them.
+//
+// Letters used in shape comments throughout csrc/:
+//   T time steps, B batch rows, I input features, H hidden units.
+// Gate blocks within a row follow torch.nn: LSTM [i | f | g | o], GRU [r | z | n], each H wide.
+// Every buffer is contiguous and row-major.
+#pragma once
+
+#include <cstdint>
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace fusedrnn {
+
+// Storage type of every buffer of one call. Arithmetic runs in float (double for kFloat64).
+enum class Dtype { kFloat32, kFloat64, kFloat16, kBFloat16 };
+
+struct LSTMForwardStep {
+  void* gates;         // [B, 4H] in: pre-activations; out: activations i, f, g, o if save_gates
+  const void* c_prev;  // [B, H]
+  void* c;             // [B, H] out
+  void* h;             // [B, H] out
+  int64_t batch, hidden;
+  bool save_gates;
+};
+
+struct LSTMBackwardStep {
+  const void* gates;   // [B, 4H] activations saved by the forward
+  const void* c;       // [B, H] c_t
+  const void* c_prev;  // [B, H] c_{t-1}
+  const void* dy;      // [B, H] gradient of output t, or null
+  const void* dh;      // [B, H] gradient reaching h_t from step t+1
+  void* dc;            // [B, H] in: gradient reaching c_t from step t+1; out: gradient of c_{t-1}
+  void* dgates;        // [B, 4H] out: gradients of the pre-activations
+  int64_t batch, hidden;
+};
+
+struct GRUForwardStep {
+  const void* xg;      // [B, 3H] x W_ih^T + b_ih
+  const void* hg;      // [B, 3H] h_{t-1} W_hh^T + b_hh
+  const void* h_prev;  // [B, H]
+  void* h;             // [B, H] out
+  void* saved;         // [B, 4H] out: r, z, n, hn for the backward; null when not training
+  int64_t batch, hidden;
+};
+
+struct GRUBackwardStep {
+  const void* saved;   // [B, 4H] r, z, n, hn
+  const void* h_prev;  // [B, H]
+  const void* dy;      // [B, H] gradient of output t, or null
+  void* dh;            // [B, H] in: gradient reaching h_t from step t+1; out: z * dh_total, the
+                       //        part of dh_{t-1} that does not pass through W_hh
+  void* dxg;           // [B, 3H] out: gradient of x W_ih^T + b_ih
+  void* dhg;           // [B, 3H] out: gradient of h_{t-1} W_hh^T + b_hh
+  int64_t batch, hidden;
+};
+
+struct RNNForwardStep {
+  void* h;             // [B, H] in: pre-activation; out: h_t
+  int64_t batch, hidden;
+  bool relu;
+};
+
+struct RNNBackwardStep {
+  const void* h;       // [B, H] h_t
+  const void* dy;      // [B, H] gradient of output t, or null
+  const void* dh;      // [B, H] gradient reaching h_t from step t+1
+  void* dpre;          // [B, H] out: gradient of the pre-activation
+  int64_t batch, hidden;
+  bool relu;
+};
+
+namespace cpu {
+void step(Dtype dtype, const LSTMForwardStep& args);
+void step(Dtype dtype, const LSTMBackwardStep& args);
+void step(Dtype dtype, const GRUForwardStep& args);
+void step(Dtype dtype, const GRUBackwardStep& args);
+void step(Dtype dtype, const RNNForwardStep& args);
+void step(Dtype dtype, const RNNBackwardStep& args);
+}  // namespace cpu
+
+namespace cuda {
+void step(Dtype dtype, const LSTMForwardStep& args, cudaStream_t stream);
+void step(Dtype dtype, const LSTMBackwardStep& args, cudaStream_t stream);
+void step(Dtype dtype, const GRUForwardStep& args, cudaStream_t stream);
+void step(Dtype dtype, const GRUBackwardStep& args, cudaStream_t stream);
+void step(Dtype dtype, const RNNForwardStep& args, cudaStream_t stream);
+void step(Dtype dtype, const RNNBackwardStep& args, cudaStream_t stream);
+}  // namespace cuda
+
+}  // namespace fusedrnn

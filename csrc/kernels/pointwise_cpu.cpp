@@ -1,0 +1,45 @@
+// CPU side of the per-step kernels: a loop over batch rows, split across threads.
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+
+#include "elements.h"
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+template <typename T, typename Args>
+void run(const Args& args) {
+  using A = typename AccumulateType<T>::type;
+  // Enough rows per task that a thread's share outweighs waking it.
+  const int64_t rows_per_task = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.hidden));
+  at::parallel_for(0, args.batch, rows_per_task, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t j = 0; j < args.hidden; ++j) element<T, A>(args, b, j);
+  });
+}
+
+template <typename Args>
+void dispatch(Dtype dtype, const Args& args) {
+  switch (dtype) {
+    case Dtype::kFloat32: return run<float>(args);
+    case Dtype::kFloat64: return run<double>(args);
+    case Dtype::kFloat16: return run<c10::Half>(args);
+    case Dtype::kBFloat16: return run<c10::BFloat16>(args);
+  }
+}
+
+}  // namespace
+
+void step(Dtype dtype, const LSTMForwardStep& args) { dispatch(dtype, args); }
+void step(Dtype dtype, const LSTMBackwardStep& args) { dispatch(dtype, args); }
+void step(Dtype dtype, const GRUForwardStep& args) { dispatch(dtype, args); }
+void step(Dtype dtype, const GRUBackwardStep& args) { dispatch(dtype, args); }
+void step(Dtype dtype, const RNNForwardStep& args) { dispatch(dtype, args); }
+void step(Dtype dtype, const RNNBackwardStep& args) { dispatch(dtype, args); }
+
+}  // namespace cpu
+}  // namespace fusedrnn

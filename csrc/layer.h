@@ -1,0 +1,58 @@
+// One recurrent layer in one direction, forward and backward through time, for each cell.
+// These are the dispatcher ops' implementations (registered in ops.cpp) and the binding layer:
+// they validate, allocate, run the GEMMs through ATen (cuBLAS on PyTorch's handle and current
+// stream, or the CPU BLAS) and call the per-step pointwise kernels of kernels/pointwise.h.
+//
+// Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H];
+// output [T, B, H]. `reverse` runs the sequence from t = T-1 down to 0 (the backward direction
+// of a bidirectional layer). `training` keeps what the backward needs; otherwise nothing per step.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fusedrnn {
+
+using at::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+
+// -> output, hn, cn, gates [T, B, 4H] (activations), cells [T, B, H] (c_t); the last two are
+// empty unless training.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
+    bool training);
+
+// -> grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias (the gradient of b_ih and of
+// b_hh alike; empty without bias).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const OptionalTensor& grad_cn,
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool has_bias, bool reverse);
+
+// -> output, hn, saved [T, B, 4H] (r, z, n, h W_hn^T + b_hn; empty unless training).
+std::tuple<Tensor, Tensor, Tensor> gru_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse, bool training);
+
+// -> grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (the last two empty
+// without bias).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
+    const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+    const Tensor& saved, bool has_bias, bool reverse);
+
+// Elman RNN, tanh or relu. The output is all the backward needs. -> output, hn.
+std::tuple<Tensor, Tensor> rnn_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu, bool reverse);
+
+// -> grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias (as for the LSTM).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
+    const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
+    const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+    bool has_bias, bool relu, bool reverse);
+
+}  // namespace fusedrnn

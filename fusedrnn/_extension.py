@@ -1,0 +1,30 @@
+"""Loads the compiled extension, fusedrnn._C, and says plainly what to do when it can't."""
+import torch
+
+_REBUILD = (
+    "Rebuild it against the torch in this environment: "
+    "`pip install --no-build-isolation --force-reinstall --no-deps .` from the fusedrnn source "
+    "folder (or `make build` there)."
+)
+
+try:
+    from . import _C
+except ImportError as err:  # missing, or built for another torch (unresolved symbols)
+    if "undefined symbol" in str(err):
+        raise ImportError(
+            f"fusedrnn's compiled extension does not match torch {torch.__version__} ({err}). "
+            + _REBUILD
+        ) from err
+    raise ImportError(
+        f"fusedrnn's compiled extension fusedrnn._C could not be loaded ({err}). "
+        "fusedrnn has to be built before use. " + _REBUILD
+    ) from err
+
+if _C.torch_version != torch.__version__:
+    raise ImportError(
+        f"fusedrnn was built for torch {_C.torch_version}, but torch {torch.__version__} is "
+        "installed. " + _REBUILD
+    )
+
+WITH_CUDA: bool = _C.with_cuda
+TORCH_VERSION: str = _C.torch_version

@@ -1,0 +1,196 @@
+"""fusedrnn.LSTM, GRU and RNN: drop-in replacements for torch.nn's, running fused kernels.
+
+They subclass nn.RNNBase (not nn.LSTM/GRU/RNN, which torch.compile refuses to trace), so they
+have torch.nn's constructor, parameter names, shapes, gate order, initialisation and
+state_dict, and load each other's checkpoints with strict=True.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import ops
+
+
+class _FusedRNNBase(nn.RNNBase):
+    def flatten_parameters(self) -> None:
+        """No-op: cuDNN's flat weight buffer is of no use to fusedrnn's kernels."""
+
+    def _check_not_packed(self, input):
+        if isinstance(input, PackedSequence):
+            raise NotImplementedError(
+                f"fusedrnn.{type(self).__name__} does not take PackedSequence input yet; pad the "
+                "batch (torch.nn.utils.rnn.pad_packed_sequence) or use torch.nn."
+                f"{type(self).__name__} for packed input")
+
+    def _check_state(self, name, state, input):
+        if state.dtype != input.dtype:
+            raise RuntimeError(
+                f"{name} dtype ({state.dtype}) does not match input dtype ({input.dtype}); "
+                f"convert it: {name}.to({input.dtype})")
+        if state.device != input.device:
+            raise RuntimeError(
+                f"Input and hidden tensors are not at the same device, found input tensor at "
+                f"{input.device} and {name} tensor at {state.device}")
+
+    def _prepare_input(self, input):
+        """-> time-major contiguous input [T, B, I], whether it was batched."""
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
+                             f"{input.dim()}D instead")
+        is_batched = input.dim() == 3
+        if not is_batched:
+            input = input.unsqueeze(1)
+        elif self.batch_first:
+            input = input.transpose(0, 1)
+        if input.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        return input.contiguous(), is_batched
+
+    def _zero_state(self, input, size):
+        return torch.zeros(self.num_layers * (2 if self.bidirectional else 1), input.size(1), size,
+                           dtype=input.dtype, device=input.device)
+
+    def _run_layers(self, input, states, layer_fn):
+        """Runs every layer and direction.
+
+        input: [T, B, I]; states: tuple of [L*D, B, H] tensors (h, and c for the LSTM);
+        layer_fn(input, states_of_one_direction, weights, reverse) -> (output, new_states).
+        -> output [T, B, D*H], tuple of [L*D, B, H].
+        """
+        self._update_flat_weights()
+        directions = 2 if self.bidirectional else 1
+        per_direction = len(self._flat_weights) // (self.num_layers * directions)
+        finals = [[] for _ in states]
+        x = input
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                weights = self._flat_weights[index * per_direction:(index + 1) * per_direction]
+                output, new_states = layer_fn(x, tuple(s[index] for s in states), weights,
+                                              direction == 1)
+                outputs.append(output)
+                for final, state in zip(finals, new_states):
+                    final.append(state)
+            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, p=self.dropout, training=True)
+        return x, tuple(torch.stack(final) for final in finals)
+
+    def _finish_output(self, output, is_batched):
+        if not is_batched:
+            return output.squeeze(1)
+        return output.transpose(0, 1) if self.batch_first else output
+
+    def _split_weights(self, weights):
+        w_ih, w_hh = weights[0], weights[1]
+        b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
+        return w_ih, w_hh, b_ih, b_hh
+
+
+class LSTM(_FusedRNNBase):
+    """Drop-in for torch.nn.LSTM (same arguments, parameters and outputs). proj_size is not
+    supported yet."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+        if self.proj_size > 0:
+            raise NotImplementedError("fusedrnn.LSTM does not support proj_size > 0 yet; use "
+                                      "torch.nn.LSTM for projected LSTMs")
+
+    def forward(self, input, hx=None):
+        self._check_not_packed(input)
+        input, is_batched = self._prepare_input(input)
+        if hx is None:
+            hx = (self._zero_state(input, self.hidden_size),) * 2
+        else:
+            want = 3 if is_batched else 2
+            if hx[0].dim() != want or hx[1].dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            if not is_batched:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        self.check_input(input, None)
+        expected = self.get_expected_hidden_size(input, None)
+        self.check_hidden_size(hx[0], expected, "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hx[1], expected, "Expected hidden[1] size {}, got {}")
+        self._check_state("hx", hx[0], input)
+        self._check_state("cx", hx[1], input)
+
+        def layer(x, state, weights, reverse):
+            output, h, c = ops.lstm_layer(x, state[0], state[1], *self._split_weights(weights),
+                                          reverse=reverse)
+            return output, (h, c)
+
+        output, (h_n, c_n) = self._run_layers(input, hx, layer)
+        if not is_batched:
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return self._finish_output(output, is_batched), (h_n, c_n)
+
+
+class _SingleStateRNN(_FusedRNNBase):
+    """GRU and RNN: one hidden state."""
+
+    def _layer(self, x, h0, weights, reverse):
+        raise NotImplementedError
+
+    def forward(self, input, hx=None):
+        self._check_not_packed(input)
+        input, is_batched = self._prepare_input(input)
+        if hx is None:
+            hx = self._zero_state(input, self.hidden_size)
+        elif is_batched and hx.dim() != 3:
+            raise RuntimeError(
+                f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        elif not is_batched:
+            if hx.dim() != 2:
+                raise RuntimeError(
+                    f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+            hx = hx.unsqueeze(1)
+        self.check_forward_args(input, hx, None)
+        self._check_state("hx", hx, input)
+
+        def layer(x, state, weights, reverse):
+            output, h = self._layer(x, state[0], self._split_weights(weights), reverse)
+            return output, (h,)
+
+        output, (h_n,) = self._run_layers(input, (hx,), layer)
+        if not is_batched:
+            h_n = h_n.squeeze(1)
+        return self._finish_output(output, is_batched), h_n
+
+
+class GRU(_SingleStateRNN):
+    """Drop-in for torch.nn.GRU (same arguments, parameters and outputs)."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def _layer(self, x, h0, weights, reverse):
+        return ops.gru_layer(x, h0, *weights, reverse=reverse)
+
+
+class RNN(_SingleStateRNN):
+    """Drop-in for torch.nn.RNN (same arguments, including nonlinearity='tanh' or 'relu')."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:  # torch.nn.RNN takes nonlinearity as the fourth positional argument
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' "
+                             "or 'relu'.")
+        super().__init__("RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU", *args,
+                         **kwargs)
+
+    def _layer(self, x, h0, weights, reverse):
+        return ops.rnn_layer(x, h0, *weights, relu=self.nonlinearity == "relu", reverse=reverse)

@@ -1,0 +1,74 @@
+"""Builds fusedrnn._C against the installed torch: with CUDA when torch is a CUDA build and nvcc
+is found (no GPU needed), else CPU only.
+
+Switches (environment): FUSEDRNN_CPU_ONLY=1, TORCH_CUDA_ARCH_LIST, MAX_JOBS, CUDA_HOME.
+"""
+import glob
+import os
+import shutil
+import sys
+import sysconfig
+
+
+def _resolve_cuda_home():
+    # torch guesses CUDA_HOME from the folder of `nvcc`, which is wrong where nvcc is a wrapper
+    # script (/usr/local/bin/nvcc): set it before torch.utils.cpp_extension is imported.
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    if os.path.isfile("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+_resolve_cuda_home()
+
+import torch  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+
+def _want_cuda():
+    if os.environ.get("FUSEDRNN_CPU_ONLY", "0") == "1":
+        return False, "FUSEDRNN_CPU_ONLY=1"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    home = cpp_extension.CUDA_HOME
+    if home is None or not os.path.isfile(os.path.join(home, "bin", "nvcc")):
+        return False, "nvcc was not found (set CUDA_HOME)"
+    return True, ""
+
+
+def _default_arch_list():
+    if torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
+    return "8.0;9.0+PTX"
+
+
+def _nvidia_wheel_includes():
+    # The CUDA build of torch ships cuBLAS/cuSPARSE headers in nvidia-* wheels, which a minimal
+    # toolkit lacks.
+    site = sysconfig.get_paths()["purelib"]
+    return sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+
+
+def _extension():
+    with_cuda, why_not = _want_cuda()
+    sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/kernels/pointwise_cpu.cpp"]
+    cxx = ["-O3", f"-DFUSEDRNN_TORCH_VERSION={torch.__version__}"]
+    if not with_cuda:
+        print(f"fusedrnn: building for the CPU only ({why_not})", file=sys.stderr)
+        return cpp_extension.CppExtension("fusedrnn._C", sources, extra_compile_args={"cxx": cxx})
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
+    cxx.append("-DFUSEDRNN_WITH_CUDA")
+    return cpp_extension.CUDAExtension(
+        "fusedrnn._C",
+        sources + ["csrc/kernels/pointwise_cuda.cu"],
+        include_dirs=_nvidia_wheel_includes(),
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)
