@@ -47,9 +47,12 @@ class _FusedRNNBase(nn.RNNBase):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         return input.contiguous(), is_batched
 
-    def _zero_state(self, input, size):
-        return torch.zeros(self.num_layers * (2 if self.bidirectional else 1), input.size(1), size,
-                           dtype=input.dtype, device=input.device)
+    def _state_size(self, input):
+        """(layers * directions, B, H) for time-major input."""
+        return (self.num_layers * (2 if self.bidirectional else 1), input.size(1), self.hidden_size)
+
+    def _zero_state(self, input):
+        return torch.zeros(self._state_size(input), dtype=input.dtype, device=input.device)
 
     def _run_layers(self, input, states, layer_fn):
         """Runs every layer and direction.
@@ -103,7 +106,7 @@ class LSTM(_FusedRNNBase):
         self._check_not_packed(input)
         input, is_batched = self._prepare_input(input)
         if hx is None:
-            hx = (self._zero_state(input, self.hidden_size),) * 2
+            hx = (self._zero_state(input),) * 2
         else:
             want = 3 if is_batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -114,7 +117,7 @@ class LSTM(_FusedRNNBase):
             if not is_batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         self.check_input(input, None)
-        expected = self.get_expected_hidden_size(input, None)
+        expected = self._state_size(input)
         self.check_hidden_size(hx[0], expected, "Expected hidden[0] size {}, got {}")
         self.check_hidden_size(hx[1], expected, "Expected hidden[1] size {}, got {}")
         self._check_state("hx", hx[0], input)
@@ -141,7 +144,7 @@ class _SingleStateRNN(_FusedRNNBase):
         self._check_not_packed(input)
         input, is_batched = self._prepare_input(input)
         if hx is None:
-            hx = self._zero_state(input, self.hidden_size)
+            hx = self._zero_state(input)
         elif is_batched and hx.dim() != 3:
             raise RuntimeError(
                 f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
@@ -150,7 +153,8 @@ class _SingleStateRNN(_FusedRNNBase):
                 raise RuntimeError(
                     f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
             hx = hx.unsqueeze(1)
-        self.check_forward_args(input, hx, None)
+        self.check_input(input, None)
+        self.check_hidden_size(hx, self._state_size(input))
         self._check_state("hx", hx, input)
 
         def layer(x, state, weights, reverse):

@@ -1,0 +1,26 @@
+# make test: set up .venv (CUDA 13.0 build of torch 2.14.1 + test tools), build, run the tests.
+# make bench: the same set-up, then the fused-vs-torch.nn benchmark.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1
+MAX_JOBS ?= 2
+
+.PHONY: test bench build clean
+
+$(VENV)/.installed:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC) setuptools wheel ninja pybind11 pytest pytest-benchmark
+	touch $@
+
+build: $(VENV)/.installed
+	MAX_JOBS=$(MAX_JOBS) $(PY) setup.py --quiet build_ext --inplace
+
+test: build
+	$(PY) -m pytest tests
+
+bench: build
+	$(PY) -m fusedrnn.bench
+
+clean:
+	rm -rf build fusedrnn/_C*.so

@@ -1,0 +1,120 @@
+"""Shared helpers: device and dtype parameters, model pairs, and the comparison rules."""
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+
+
+def _cuda_skip_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if not fusedrnn.WITH_CUDA:
+        return "fusedrnn was built without CUDA"
+    return None
+
+
+CUDA_SKIP = _cuda_skip_reason()
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))),
+]
+
+# cell name -> (torch.nn class, fusedrnn class, extra constructor arguments)
+CELLS = {
+    "lstm": (nn.LSTM, fusedrnn.LSTM, {}),
+    "gru": (nn.GRU, fusedrnn.GRU, {}),
+    "rnn_tanh": (nn.RNN, fusedrnn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (nn.RNN, fusedrnn.RNN, {"nonlinearity": "relu"}),
+}
+
+# Relative norm error allowed against torch.nn in the same dtype.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32_on_cuda():
+    """cuDNN uses TF32 for float32 by default; compare against exact float32 instead."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def make_pair(cell, input_size, hidden_size, device="cpu", dtype=torch.float32, seed=0,
+              **options):
+    """A torch.nn module and a fusedrnn module with the same (random) weights."""
+    ref_cls, fused_cls, extra = CELLS[cell]
+    torch.manual_seed(seed)
+    ref = ref_cls(input_size, hidden_size, **extra, **options).to(device=device, dtype=dtype)
+    fused = fused_cls(input_size, hidden_size, **extra, **options).to(device=device, dtype=dtype)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def random_state(cell, model, batch, device, dtype, generator):
+    layers = model.num_layers * (2 if model.bidirectional else 1)
+    shape = (layers, batch, model.hidden_size)
+    h = torch.randn(shape, generator=generator).to(device, dtype)
+    if cell == "lstm":
+        return h, torch.randn(shape, generator=generator).to(device, dtype)
+    return h
+
+
+def run_and_grad(model, x, hx, probe_seed=1234):
+    """Runs the model and differentiates a random projection of every output.
+
+    Returns {name: tensor}: output, h_n (c_n), grad_input, grad_h0 (grad_c0) and
+    grad_<parameter name> for every parameter.
+    """
+    x = x.detach().requires_grad_()
+    states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
+    states = tuple(s.detach().requires_grad_() for s in states)
+    hx_arg = None if hx is None else (states if isinstance(hx, tuple) else states[0])
+    output, final = model(x, hx_arg)
+    finals = final if isinstance(final, tuple) else (final,)
+    gen = torch.Generator().manual_seed(probe_seed)
+    results = {"output": output}
+    results.update(zip(("h_n", "c_n"), finals))
+    loss = sum((t.double() * torch.randn(t.shape, generator=gen).to(t.device, torch.float64)).sum()
+               for t in results.values())
+    names = [name for name, _ in model.named_parameters()]
+    inputs = [x, *states, *model.parameters()]
+    grads = torch.autograd.grad(loss, inputs)
+    results["grad_input"] = grads[0]
+    results.update(zip(("grad_h0", "grad_c0"), grads[1:1 + len(states)]))
+    results.update({f"grad_{n}": g for n, g in zip(names, grads[1 + len(states):])})
+    return {k: v.detach() for k, v in results.items()}
+
+
+def rel_err(actual, expected):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    scale = expected.norm()
+    diff = (actual - expected).norm()
+    return (diff / scale).item() if scale > 0 else diff.item()
+
+
+def assert_close_by_name(actual, expected, tol):
+    assert actual.keys() == expected.keys()
+    errors = {k: rel_err(actual[k], expected[k]) for k in expected}
+    bad = {k: e for k, e in errors.items() if not e <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+def assert_half_rule(runs, factor=3.0, floor=1e-4):
+    """Half precision: our error against a float64 reference at most `factor` times torch.nn's
+    own error against the same reference (plus a small floor for errors near zero).
+
+    runs: a list of (ours, torch.nn's, float64 reference) result dicts, one per input draw. The
+    rule holds on the medians over the draws, so that one relu unit landing on the other side
+    of zero in half precision (where its derivative jumps) cannot decide alone."""
+    bad = {}
+    for k in runs[0][2]:
+        e_ours = statistics.median(rel_err(ours[k], ref[k]) for ours, _, ref in runs)
+        e_torch = statistics.median(rel_err(theirs[k], ref[k]) for _, theirs, ref in runs)
+        if not e_ours <= factor * e_torch + floor:
+            bad[k] = (e_ours, e_torch)
+    assert not bad, f"(ours, torch.nn) median errors against float64 breaking the rule: {bad}"

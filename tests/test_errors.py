@@ -1,0 +1,132 @@
+"""Bad input: a clear Python exception, of the type torch.nn raises, never a crash."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import fusedrnn
+from conftest import CELLS, CUDA_SKIP, make_pair
+
+ALL_CELLS = list(CELLS)
+
+
+def _state(cell, layers, batch, hidden, dtype=torch.float32):
+    h = torch.randn(layers, batch, hidden, dtype=dtype)
+    return (h, torch.randn(layers, batch, hidden, dtype=dtype)) if cell == "lstm" else h
+
+
+def _both_raise(ref, fused, *args, match):
+    """torch.nn and fusedrnn both reject the call with the same exception type; ours says
+    `match`."""
+    with pytest.raises(Exception) as theirs:
+        ref(*args)
+    with pytest.raises(theirs.type, match=match):
+        fused(*args)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_wrong_feature_size(cell):
+    ref, fused = make_pair(cell, 4, 5)
+    _both_raise(ref, fused, torch.randn(3, 2, 6), match="input_size. Expected 4, got 6")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4, 4)])
+def test_wrong_number_of_dimensions(cell, shape):
+    ref, fused = make_pair(cell, 4, 5)
+    _both_raise(ref, fused, torch.randn(shape), match=f"2D or 3D, got {len(shape)}D")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_input_dtype_differs_from_weights(cell, dtype):
+    ref, fused = make_pair(cell, 4, 5)
+    x = torch.randn(3, 2, 4).to(dtype)
+    _both_raise(ref, fused, x, match="does not match weight dtype")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_zero_length_sequence(cell):
+    ref, fused = make_pair(cell, 4, 5)
+    _both_raise(ref, fused, torch.randn(0, 2, 4), match="sequence length")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+@pytest.mark.parametrize("layers, batch, hidden", [(1, 3, 5), (2, 2, 5), (1, 2, 6)])
+def test_hidden_state_of_wrong_shape(cell, layers, batch, hidden):
+    ref, fused = make_pair(cell, 4, 5)
+    hx = _state(cell, layers, batch, hidden)
+    _both_raise(ref, fused, torch.randn(3, 2, 4), hx, match=r"Expected hidden(\[0\])? size")
+
+
+def test_cell_state_of_wrong_shape():
+    ref, fused = make_pair("lstm", 4, 5)
+    hx = (torch.randn(1, 2, 5), torch.randn(1, 3, 5))
+    _both_raise(ref, fused, torch.randn(3, 2, 4), hx, match=r"Expected hidden\[1\] size")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_hidden_state_dimensions_differ_from_input(cell):
+    ref, fused = make_pair(cell, 4, 5)
+    state = _state(cell, 1, 2, 5)
+    two_d = tuple(s[0] for s in state) if cell == "lstm" else state[0]
+    _both_raise(ref, fused, torch.randn(3, 2, 4), two_d, match="should also be 3-D")
+    _both_raise(ref, fused, torch.randn(3, 4), _state(cell, 1, 1, 5), match="should also be 2-D")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_hidden_state_dtype_differs_from_input(cell):
+    ref, fused = make_pair(cell, 4, 5)
+    _both_raise(ref, fused, torch.randn(3, 2, 4), _state(cell, 1, 2, 5, torch.float64),
+                match=r"hx dtype \(torch.float64\) does not match input dtype \(torch.float32\)")
+
+
+def test_cell_state_dtype_differs_from_input():
+    ref, fused = make_pair("lstm", 4, 5)
+    hx = (torch.randn(1, 2, 5), torch.randn(1, 2, 5, dtype=torch.float64))
+    _both_raise(ref, fused, torch.randn(3, 2, 4), hx, match="cx dtype")
+
+
+@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_hidden_state_on_another_device(cell):
+    ref, fused = make_pair(cell, 4, 5, device="cuda")
+    _both_raise(ref, fused, torch.randn(3, 2, 4, device="cuda"), _state(cell, 1, 2, 5),
+                match="not at the same device")
+
+
+def test_unsupported_options_say_so():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        fusedrnn.LSTM(4, 6, proj_size=3)
+    with pytest.raises(ValueError, match="only supported for LSTM"):
+        fusedrnn.GRU(4, 6, proj_size=3)
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
+        fusedrnn.RNN(4, 6, nonlinearity="sigmoid")
+    packed = pack_sequence([torch.randn(3, 4), torch.randn(2, 4)])
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        fusedrnn.LSTM(4, 6)(packed)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"input": torch.randn(3, 4)}, "input must be 3-D"),
+    ({"input": torch.randn(0, 2, 4)}, "sequence length must be at least 1"),
+    ({"h0": torch.randn(3, 5)}, r"h0 must have shape \[2, 5\]"),
+    ({"w_ih": torch.randn(20, 3)}, r"w_ih must have shape \[20, 4\]"),
+    ({"w_hh": torch.randn(19, 5)}, r"w_hh must be \[4\*H, H\]"),
+    ({"b_ih": torch.randn(19)}, r"b_ih must have shape \[20\]"),
+    ({"b_hh": None}, "pass both b_ih and b_hh"),
+    ({"c0": torch.randn(2, 5, dtype=torch.float64)}, "c0 has dtype Double"),
+])
+def test_ops_validate_their_arguments(bad, match):
+    args = dict(input=torch.randn(3, 2, 4), h0=torch.randn(2, 5), c0=torch.randn(2, 5),
+                w_ih=torch.randn(20, 4), w_hh=torch.randn(20, 5), b_ih=torch.randn(20),
+                b_hh=torch.randn(20))
+    args.update(bad)
+    with pytest.raises((RuntimeError, TypeError), match=match):
+        torch.ops.fusedrnn.lstm_forward(*args.values(), False, False)
+
+
+def test_ops_reject_integer_tensors():
+    args = [torch.ones(3, 2, 4, dtype=torch.int32), torch.ones(2, 5, dtype=torch.int32),
+            torch.ones(5, 4, dtype=torch.int32), torch.ones(5, 5, dtype=torch.int32), None, None]
+    with pytest.raises(TypeError, match="unsupported dtype Int"):
+        torch.ops.fusedrnn.rnn_forward(*args, False, False)

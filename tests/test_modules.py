@@ -1,0 +1,240 @@
+"""fusedrnn.LSTM/GRU/RNN against torch.nn: outputs, final states and every gradient."""
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+from conftest import (CELLS, CUDA_SKIP, DEVICES, HALF_DTYPES, TOLERANCE, assert_close_by_name,
+                      assert_half_rule, make_pair, random_state, run_and_grad)
+
+ALL_CELLS = list(CELLS)
+
+# (T, B, I, H, options): the options that change the code path, odd sizes, T=1, B=1.
+CONFIGS = [
+    (5, 3, 7, 11, {}),
+    (4, 2, 6, 5, {"num_layers": 2, "bidirectional": True}),
+    (6, 3, 5, 9, {"bias": False}),
+    (3, 4, 8, 6, {"batch_first": True}),
+    (1, 1, 3, 4, {}),
+    (7, 1, 1, 1, {"num_layers": 2}),
+    (1, 5, 13, 17, {"bidirectional": True, "bias": False}),
+    (9, 2, 4, 3, {"num_layers": 3, "bidirectional": True, "batch_first": True}),
+]
+
+
+def _config_id(config):
+    T, B, I, H, options = config
+    return f"T{T}-B{B}-I{I}-H{H}-" + ("-".join(f"{k}={v}" for k, v in options.items()) or "plain")
+
+
+def _inputs(cell, model, T, B, I, device, dtype, batch_first=False, with_state=True, seed=7):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    hx = random_state(cell, model, B, device, dtype, gen) if with_state else None
+    return x, hx
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_matches_torch_nn(cell, config, dtype, device):
+    T, B, I, H, options = config
+    ref, fused = make_pair(cell, I, H, device, dtype, **options)
+    x, hx = _inputs(cell, ref, T, B, I, device, dtype, options.get("batch_first", False))
+    assert_close_by_name(run_and_grad(fused, x, hx), run_and_grad(ref, x, hx), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_default_state_is_zeros(cell, device):
+    ref, fused = make_pair(cell, 4, 6, device, torch.float64, num_layers=2)
+    x, _ = _inputs(cell, ref, 5, 3, 4, device, torch.float64)
+    assert_close_by_name(run_and_grad(fused, x, None), run_and_grad(ref, x, None), 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_long_sequence(cell, dtype, device):
+    ref, fused = make_pair(cell, 5, 8, device, dtype, bidirectional=True)
+    x, hx = _inputs(cell, ref, 1000, 2, 5, device, dtype)
+    assert_close_by_name(run_and_grad(fused, x, hx), run_and_grad(ref, x, hx), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_unbatched_input(cell, batch_first, device):
+    ref, fused = make_pair(cell, 4, 5, device, torch.float64, num_layers=2,
+                           batch_first=batch_first)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, generator=gen, dtype=torch.float64).to(device)
+    hx = random_state(cell, ref, 1, device, torch.float64, gen)
+    hx = tuple(s.squeeze(1) for s in hx) if cell == "lstm" else hx.squeeze(1)
+    ours, theirs = run_and_grad(fused, x, hx), run_and_grad(ref, x, hx)
+    assert ours["output"].shape == theirs["output"].shape == (6, 5)
+    assert_close_by_name(ours, theirs, 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_only_final_state_used(cell, device):
+    """Gradients when the loss ignores the output (the backward gets no grad_output)."""
+    ref, fused = make_pair(cell, 3, 4, device, torch.float64, num_layers=2)
+    x, hx = _inputs(cell, ref, 6, 2, 3, device, torch.float64)
+
+    def grads(model):
+        xr = x.clone().requires_grad_()
+        _, final = model(xr, hx)
+        h_n = final[0] if isinstance(final, tuple) else final
+        return torch.autograd.grad(h_n.pow(2).sum(), [xr, *model.parameters()])
+
+    for ours, theirs in zip(grads(fused), grads(ref)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_empty_batch(cell, device):
+    ref, fused = make_pair(cell, 3, 4, device, torch.float32, num_layers=2)
+    x = torch.randn(5, 0, 3, device=device, requires_grad=True)
+    ours, theirs = fused(x), ref(x)
+    assert ours[0].shape == theirs[0].shape == (5, 0, 4)
+    ours[0].sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_non_contiguous_input(cell, device):
+    ref, fused = make_pair(cell, 4, 5, device, torch.float64)
+    base = torch.randn(6, 3, 8, dtype=torch.float64, device=device)
+    x = base[:, :, ::2]
+    assert not x.is_contiguous()
+    assert_close_by_name(run_and_grad(fused, x, None), run_and_grad(ref, x, None), 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_nan_and_inf_propagate_like_torch_nn(cell, device):
+    ref, fused = make_pair(cell, 4, 5, device, torch.float64)
+    x = torch.randn(6, 3, 4, dtype=torch.float64, device=device)
+    x[2, 0, 1] = float("nan")
+    x[4, 1, 0] = float("inf")
+    x[1, 2, 3] = -float("inf")
+    with torch.no_grad():
+        ours, theirs = fused(x), ref(x)
+    torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["f16", "bf16"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_half_precision_rule(cell, dtype, device):
+    """float16/bfloat16: error against float64 at most a small multiple of torch.nn's own."""
+    # relu's derivative jumps at zero: keep few units near it, so the medians are meaningful.
+    T, B, I, H = (6, 2, 8, 8) if cell == "rnn_relu" else (20, 4, 16, 32)
+    options = dict(num_layers=2, bidirectional=True)
+    runs = []
+    for seed in range(3):
+        ref, fused = make_pair(cell, I, H, device, dtype, seed=seed, **options)
+        ref64 = CELLS[cell][0](I, H, **options, **CELLS[cell][2]).double()
+        ref64.load_state_dict({k: v.double().cpu() for k, v in ref.state_dict().items()})
+        x, hx = _inputs(cell, ref, T, B, I, device, dtype, seed=seed)
+        hx64 = tuple(s.double().cpu() for s in hx) if cell == "lstm" else hx.double().cpu()
+        runs.append((run_and_grad(fused, x, hx), run_and_grad(ref, x, hx),
+                     run_and_grad(ref64, x.double().cpu(), hx64)))
+    assert_half_rule(runs)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_same_initialisation_and_parameters(cell):
+    ref_cls, fused_cls, extra = CELLS[cell]
+    options = dict(num_layers=2, bidirectional=True, **extra)
+    torch.manual_seed(11)
+    ref = ref_cls(6, 7, **options)
+    torch.manual_seed(11)
+    fused = fused_cls(6, 7, **options)
+    ours, theirs = dict(fused.named_parameters()), dict(ref.named_parameters())
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), name
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_state_dict_loads_strictly_both_ways(cell):
+    ref, fused = make_pair(cell, 5, 6, num_layers=2, bidirectional=True, bias=False)
+    fresh_ref, fresh_fused = make_pair(cell, 5, 6, seed=99, num_layers=2, bidirectional=True,
+                                       bias=False)
+    fresh_fused.load_state_dict(ref.state_dict(), strict=True)
+    fresh_ref.load_state_dict(fused.state_dict(), strict=True)
+    for name, value in ref.state_dict().items():
+        assert torch.equal(fresh_fused.state_dict()[name], value)
+        assert torch.equal(fresh_ref.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_dtype_and_device_conversions(cell):
+    _, fused = make_pair(cell, 3, 4)
+    x = torch.randn(5, 2, 3)
+    for convert, dtype in [(lambda m: m.double(), torch.float64), (lambda m: m.half(), torch.float16),
+                           (lambda m: m.to(torch.bfloat16), torch.bfloat16),
+                           (lambda m: m.float(), torch.float32)]:
+        convert(fused)
+        assert all(p.dtype == dtype for p in fused.parameters())
+        output, _ = fused(x.to(dtype))
+        assert output.dtype == dtype and torch.isfinite(output).all()
+
+
+@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cuda_and_back(cell):
+    ref, fused = make_pair(cell, 3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    on_gpu = fused.cuda()(x.cuda())[0].cpu()
+    torch.testing.assert_close(on_gpu, ref(x)[0])
+    torch.testing.assert_close(fused.cpu()(x)[0], ref(x)[0])
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_inter_layer_dropout(cell):
+    ref, fused = make_pair(cell, 4, 6, num_layers=3, dropout=0.5, dtype=torch.float64)
+    x = torch.randn(7, 3, 4, dtype=torch.float64)
+    # Evaluation mode: dropout is off and the modules agree.
+    ref.eval(), fused.eval()
+    assert_close_by_name(run_and_grad(fused, x, None), run_and_grad(ref, x, None), 1e-10)
+    # Training mode: dropout changes the output, reproducibly under the same seed.
+    fused.train()
+    torch.manual_seed(5)
+    first = fused(x)[0]
+    torch.manual_seed(5)
+    again = fused(x)[0]
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert (first - fused.eval()(x)[0]).abs().max() > 1e-3
+
+
+def test_dropout_on_one_layer_warns_like_torch_nn():
+    with pytest.warns(UserWarning, match="dropout"):
+        fusedrnn.LSTM(3, 4, dropout=0.2)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_no_grad_keeps_nothing(cell):
+    _, fused = make_pair(cell, 3, 4)
+    with torch.no_grad():
+        output, _ = fused(torch.randn(5, 2, 3))
+    assert output.grad_fn is None
+
+
+def test_rnn_nonlinearity_as_positional_argument():
+    model = fusedrnn.RNN(3, 4, 2, "relu")
+    assert model.nonlinearity == "relu" and model.num_layers == 2 and model.mode == "RNN_RELU"
+
+
+def test_not_a_torch_nn_rnn_subclass():
+    """torch.compile refuses instances of nn.LSTM/GRU/RNN; fusedrnn's must not be one."""
+    for cls in (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN):
+        assert not issubclass(cls, (nn.LSTM, nn.GRU, nn.RNN))
+        assert issubclass(cls, nn.RNNBase)

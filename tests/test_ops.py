@@ -1,0 +1,117 @@
+"""The dispatcher ops one layer at a time: gradcheck, opcheck, and what training keeps."""
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import ops
+from conftest import DEVICES
+
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _layer_args(cell, T, B, I, H, device, dtype=torch.float64, bias=True, seed=0):
+    """Random arguments of one layer function, scaled so the gates are not saturated."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(device, dtype)
+
+    G = GATES[cell]
+    args = [rand(T, B, I), rand(B, H)]
+    if cell == "lstm":
+        args.append(rand(B, H))
+    args += [rand(G * H, I, scale=0.5), rand(G * H, H, scale=0.5)]
+    args += [rand(G * H, scale=0.3), rand(G * H, scale=0.3)] if bias else [None, None]
+    return args
+
+
+def _apply(cell, args, reverse):
+    if cell == "lstm":
+        return ops.LSTMFunction.apply(*args, reverse)
+    if cell == "gru":
+        return ops.GRUFunction.apply(*args, reverse)
+    return ops.RNNFunction.apply(*args, cell == "rnn_relu", reverse)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_gradcheck(cell, reverse, bias, device):
+    args = _layer_args(cell, 4, 3, 5, 6, device, bias=bias)
+    args = [a.requires_grad_() if a is not None else None for a in args]
+    assert torch.autograd.gradcheck(lambda *a: _apply(cell, a, reverse), args)
+
+
+def _op_samples(device):
+    """(op, args) for every op, with forward results feeding the backward ops."""
+    lib = torch.ops.fusedrnn
+    samples = []
+    for training in (True, False):
+        for cell in ("lstm", "gru"):
+            args = _layer_args(cell, 3, 2, 4, 5, device, torch.float32)
+            samples.append((getattr(lib, f"{cell}_forward").default, (*args, True, training)))
+        args = _layer_args("rnn_tanh", 3, 2, 4, 5, device, torch.float32)
+        samples.append((lib.rnn_forward.default, (*args, training, True)))
+
+    gen = torch.Generator().manual_seed(1)
+
+    def grad_like(t):
+        return torch.randn(t.shape, generator=gen).to(device)
+
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _layer_args("lstm", 3, 2, 4, 5, device, torch.float32)
+    out, hn, cn, gates, cells = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False, True)
+    samples.append((lib.lstm_backward.default, (grad_like(out), grad_like(hn), None, x, h0, c0,
+                                                w_ih, w_hh, out, gates, cells, True, False)))
+    x, h0, w_ih, w_hh, b_ih, b_hh = _layer_args("gru", 3, 2, 4, 5, device, torch.float32)
+    out, hn, saved = lib.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, True, True)
+    samples.append((lib.gru_backward.default, (None, grad_like(hn), x, h0, w_ih, w_hh, out, saved,
+                                               True, True)))
+    x, h0, w_ih, w_hh, _, _ = _layer_args("rnn_relu", 3, 2, 4, 5, device, torch.float32)
+    out, hn = lib.rnn_forward(x, h0, w_ih, w_hh, None, None, True, False)
+    samples.append((lib.rnn_backward.default, (grad_like(out), grad_like(hn), x, h0, w_ih, w_hh,
+                                               out, False, True, False)))
+    return samples
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_op(device):
+    """Schema, fake kernels (FakeTensor and AOT dispatch with dynamic shapes) for every op.
+
+    The ops are not differentiable themselves (the autograd.Functions are), so the samples
+    require no grad."""
+    samples = _op_samples(device)
+    assert {op.name() for op, _ in samples} == {
+        f"fusedrnn::{cell}_{kind}" for cell in ("lstm", "gru", "rnn")
+        for kind in ("forward", "backward")}
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inference_keeps_nothing_per_step(device):
+    lib = torch.ops.fusedrnn
+    args = _layer_args("lstm", 5, 2, 3, 4, device, torch.float32)
+    _, _, _, gates, cells = lib.lstm_forward(*args, False, False)
+    assert gates.numel() == 0 and cells.numel() == 0
+    _, _, _, gates, cells = lib.lstm_forward(*args, False, True)
+    assert gates.shape == (5, 2, 16) and cells.shape == (5, 2, 4)
+    args = _layer_args("gru", 5, 2, 3, 4, device, torch.float32)
+    assert lib.gru_forward(*args, False, False)[2].numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", list(GATES))
+def test_layer_functions_match_autograd_and_inference_paths(cell, device):
+    """The inference path (no autograd Function) returns what the training path returns."""
+    args = _layer_args(cell, 6, 3, 4, 5, device)
+    layer = {"lstm": fusedrnn.lstm_layer, "gru": fusedrnn.gru_layer}.get(cell)
+    kwargs = {} if layer else {"relu": cell == "rnn_relu"}
+    layer = layer or fusedrnn.rnn_layer
+    with torch.no_grad():
+        inference = layer(*args, **kwargs, reverse=True)
+    training = layer(*[a.requires_grad_() if a is not None else None for a in args], **kwargs,
+                     reverse=True)
+    assert training[0].grad_fn is not None
+    for a, b in zip(inference, training):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
