@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #ifdef FUSEDRNN_WITH_CUDA
+#include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cublas_v2.h>
 #endif
 
 #include "kernels/pointwise.h"
@@ -37,6 +39,73 @@ void run_step(const Tensor& like, const Args& args) {
     TORCH_CHECK(like.is_cpu(), "fusedrnn: tensors on ", like.device(), " are not supported");
     cpu::step(dtype_of(like), args);
   }
+}
+
+// Row-major C[M, N] = A[M, K] op(W) (+ C when accumulating), where op(W) = W^T for W stored
+// [N, K] (the forward's h W_hh^T) and W for W stored [K, N] (the backward's dG W_hh). Called
+// once per step on raw rows of the sequence buffers. On CUDA it goes straight into cuBLAS: a
+// dispatcher round trip per step would cost more than a small step's math.
+struct Gemm {
+  int64_t M, N, K;
+  const void* a;
+  const void* w;
+  bool w_is_n_by_k;
+  void* c;
+  bool accumulate;
+};
+
+#ifdef FUSEDRNN_WITH_CUDA
+// cuBLAS on PyTorch's handle (bound to the current stream). float32 uses TF32 exactly when
+// torch allows it for matmuls; half types accumulate in float32.
+void gemm_cuda(at::ScalarType dtype, const Gemm& g) {
+  // Column-major, as cuBLAS sees it: C^T[N, M] = op(W)^T[N, K] A^T[K, M].
+  const int64_t ldw = g.w_is_n_by_k ? g.K : g.N;
+  cudaDataType io = CUDA_R_32F;
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  const float one_f = 1, beta_f = g.accumulate ? 1 : 0;
+  const double one_d = 1, beta_d = g.accumulate ? 1 : 0;
+  const void *one = &one_f, *beta = &beta_f;
+  switch (dtype) {
+    case at::kFloat:
+      if (at::globalContext().allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      break;
+    case at::kDouble:
+      io = CUDA_R_64F, compute = CUBLAS_COMPUTE_64F, one = &one_d, beta = &beta_d;
+      break;
+    case at::kHalf: io = CUDA_R_16F; break;
+    case at::kBFloat16: io = CUDA_R_16BF; break;
+    default: TORCH_CHECK(false, "fusedrnn: no GEMM for ", dtype);
+  }
+  const cublasStatus_t status = cublasGemmEx(
+      at::cuda::getCurrentCUDABlasHandle(), g.w_is_n_by_k ? CUBLAS_OP_T : CUBLAS_OP_N,
+      CUBLAS_OP_N, int(g.N), int(g.M), int(g.K), one, g.w, io, int(ldw), g.a, io, int(g.K), beta,
+      g.c, io, int(g.N), compute, CUBLAS_GEMM_DEFAULT);
+  TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "fusedrnn: cublasGemmEx failed with status ",
+              int(status));
+}
+#endif
+
+void gemm(const Tensor& like, const Gemm& g) {
+  if (g.M == 0 || g.N == 0) return;
+  if (like.is_cuda()) {
+#ifdef FUSEDRNN_WITH_CUDA
+    return gemm_cuda(like.scalar_type(), g);
+#endif
+  }
+  // The CPU BLAS is reachable only through ATen ops.
+  const auto options = like.options();
+  const Tensor a = at::from_blob(const_cast<void*>(g.a), {g.M, g.K}, options);
+  const Tensor w = g.w_is_n_by_k ? at::from_blob(const_cast<void*>(g.w), {g.N, g.K}, options).t()
+                                 : at::from_blob(const_cast<void*>(g.w), {g.K, g.N}, options);
+  Tensor c = at::from_blob(g.c, {g.M, g.N}, options);
+  if (g.accumulate) c.addmm_(a, w);
+  else at::mm_out(c, a, w);
+}
+
+// Address of row t of a contiguous [T, ...] tensor, or null for an undefined one.
+void* row(const Tensor& seq, int64_t t) {
+  if (!seq.defined()) return nullptr;
+  return static_cast<char*>(seq.data_ptr()) + t * seq.stride(0) * seq.element_size();
 }
 
 struct Sizes {
@@ -113,9 +182,9 @@ int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s
 
 // The state that entered the s-th step processed: `initial` for the first, else the row of
 // `states` ([T, B, H]) written by the step before.
-Tensor state_before(int64_t s, int64_t T, bool reverse, const Tensor& initial,
-                    const Tensor& states) {
-  return s == 0 ? initial : states[time_of(s - 1, T, reverse)];
+void* state_before(int64_t s, int64_t T, bool reverse, const Tensor& initial,
+                   const Tensor& states) {
+  return s == 0 ? initial.data_ptr() : row(states, time_of(s - 1, T, reverse));
 }
 
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], as two GEMMs over all steps.
@@ -145,7 +214,6 @@ Tensor bias_grad(const Tensor& d_pre, bool has_bias) {
   return has_bias ? d_pre.view({-1, d_pre.size(2)}).sum(0) : at::empty({0}, d_pre.options());
 }
 
-void* row_ptr(const Tensor& seq, int64_t t) { return seq.defined() ? seq[t].data_ptr() : nullptr; }
 
 }  // namespace
 
@@ -165,18 +233,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor output = at::empty({s.T, s.B, s.H}, input.options());
   // Training keeps every c_t; inference alternates between two buffers.
   Tensor cells = at::empty({training ? s.T : 2, s.B, s.H}, input.options());
-  Tensor h_prev = h0, c_prev = c0;
+  void *h_prev = h0.data_ptr(), *c_prev = c0.data_ptr();
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = time_of(step, s.T, reverse);
-    Tensor g = gates[t];
-    g.addmm_(h_prev, w_hh.t());
-    Tensor c = cells[training ? t : step % 2], h = output[t];
-    run_step(input, LSTMForwardStep{g.data_ptr(), c_prev.data_ptr(), c.data_ptr(), h.data_ptr(),
-                                    s.B, s.H, training});
+    void *g = row(gates, t), *c = row(cells, training ? t : step % 2), *h = row(output, t);
+    gemm(input, Gemm{s.B, 4 * s.H, s.H, h_prev, w_hh.data_ptr(), true, g, true});
+    run_step(input, LSTMForwardStep{g, c_prev, c, h, s.B, s.H, training});
     h_prev = h;
     c_prev = c;
   }
-  Tensor hn = h_prev.clone(), cn = c_prev.clone();
+  const int64_t last = time_of(s.T - 1, s.T, reverse);
+  Tensor hn = output[last].clone(), cn = cells[training ? last : (s.T - 1) % 2].clone();
   if (!training) {
     gates = at::empty({0}, input.options());
     cells = at::empty({0}, input.options());
@@ -204,12 +271,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   Tensor d_gates = at::empty({s.T, s.B, 4 * s.H}, input.options());
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = time_of(step, s.T, reverse);
-    const Tensor c_prev = state_before(step, s.T, reverse, c0, cells);
-    Tensor dg = d_gates[t];
-    run_step(input, LSTMBackwardStep{gates[t].data_ptr(), cells[t].data_ptr(), c_prev.data_ptr(),
-                                     row_ptr(grad_output, t), dh.data_ptr(), dc.data_ptr(),
-                                     dg.data_ptr(), s.B, s.H});
-    at::mm_out(dh, dg, w_hh);  // gradient reaching h_{t-1}
+    void* dg = row(d_gates, t);
+    run_step(input, LSTMBackwardStep{row(gates, t), row(cells, t),
+                                     state_before(step, s.T, reverse, c0, cells),
+                                     row(grad_output, t), dh.data_ptr(), dc.data_ptr(), dg, s.B,
+                                     s.H});
+    // The gradient reaching h_{t-1}.
+    gemm(input, Gemm{s.B, s.H, 4 * s.H, dg, w_hh.data_ptr(), false, dh.data_ptr(), false});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh(d_gates, h0, output, reverse),
@@ -226,22 +294,21 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
 
   const Tensor x_gates = project_input(input, w_ih, b_ih ? *b_ih : Tensor());  // [T, B, 3H]
-  Tensor h_gates = at::empty({s.B, 3 * s.H}, input.options());
+  Tensor h_gates = at::empty({s.B, 3 * s.H}, input.options());  // h_{t-1} W_hh^T
   Tensor output = at::empty({s.T, s.B, s.H}, input.options());
   Tensor saved = training ? at::empty({s.T, s.B, 4 * s.H}, input.options())
                           : at::empty({0}, input.options());
-  Tensor h_prev = h0;
+  void* h_prev = h0.data_ptr();
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = time_of(step, s.T, reverse);
-    if (b_hh) at::addmm_out(h_gates, *b_hh, h_prev, w_hh.t());
-    else at::mm_out(h_gates, h_prev, w_hh.t());
-    Tensor h = output[t];
-    run_step(input, GRUForwardStep{x_gates[t].data_ptr(), h_gates.data_ptr(), h_prev.data_ptr(),
-                                   h.data_ptr(), training ? saved[t].data_ptr() : nullptr, s.B,
-                                   s.H});
+    void* h = row(output, t);
+    gemm(input, Gemm{s.B, 3 * s.H, s.H, h_prev, w_hh.data_ptr(), true, h_gates.data_ptr(), false});
+    run_step(input, GRUForwardStep{row(x_gates, t), h_gates.data_ptr(),
+                                   b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
+                                   training ? row(saved, t) : nullptr, s.B, s.H});
     h_prev = h;
   }
-  return {output, h_prev.clone(), saved};
+  return {output, output[time_of(s.T - 1, s.T, reverse)].clone(), saved};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
@@ -262,12 +329,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor d_h_gates = at::empty({s.T, s.B, 3 * s.H}, input.options());
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = time_of(step, s.T, reverse);
-    const Tensor h_prev = state_before(step, s.T, reverse, h0, output);
-    Tensor dhg = d_h_gates[t];
-    run_step(input, GRUBackwardStep{saved[t].data_ptr(), h_prev.data_ptr(), row_ptr(grad_output, t),
-                                    dh.data_ptr(), d_x_gates[t].data_ptr(), dhg.data_ptr(), s.B,
-                                    s.H});
-    dh.addmm_(dhg, w_hh);  // gradient reaching h_{t-1}: z * dh plus the path through W_hh
+    void* dhg = row(d_h_gates, t);
+    run_step(input, GRUBackwardStep{row(saved, t), state_before(step, s.T, reverse, h0, output),
+                                    row(grad_output, t), dh.data_ptr(), row(d_x_gates, t), dhg,
+                                    s.B, s.H});
+    // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh.
+    gemm(input, Gemm{s.B, s.H, 3 * s.H, dhg, w_hh.data_ptr(), false, dh.data_ptr(), true});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(d_h_gates, h0, output, reverse),
@@ -285,14 +352,14 @@ std::tuple<Tensor, Tensor> rnn_forward(
 
   // Each row of output holds the pre-activation until its step turns it into h_t.
   Tensor output = project_input(input, w_ih, combined_bias(b_ih, b_hh));
-  Tensor h_prev = h0;
+  void* h_prev = h0.data_ptr();
   for (int64_t step = 0; step < s.T; ++step) {
-    Tensor h = output[time_of(step, s.T, reverse)];
-    h.addmm_(h_prev, w_hh.t());
-    run_step(input, RNNForwardStep{h.data_ptr(), s.B, s.H, relu});
+    void* h = row(output, time_of(step, s.T, reverse));
+    gemm(input, Gemm{s.B, s.H, s.H, h_prev, w_hh.data_ptr(), true, h, true});
+    run_step(input, RNNForwardStep{h, s.B, s.H, relu});
     h_prev = h;
   }
-  return {output, h_prev.clone()};
+  return {output, output[time_of(s.T - 1, s.T, reverse)].clone()};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
@@ -311,10 +378,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   Tensor d_pre = at::empty({s.T, s.B, s.H}, input.options());
   for (int64_t step = s.T - 1; step >= 0; --step) {
     const int64_t t = time_of(step, s.T, reverse);
-    Tensor dp = d_pre[t];
-    run_step(input, RNNBackwardStep{output[t].data_ptr(), row_ptr(grad_output, t), dh.data_ptr(),
-                                    dp.data_ptr(), s.B, s.H, relu});
-    at::mm_out(dh, dp, w_hh);  // gradient reaching h_{t-1}
+    void* dp = row(d_pre, t);
+    run_step(input, RNNBackwardStep{row(output, t), row(grad_output, t), dh.data_ptr(), dp, s.B,
+                                    s.H, relu});
+    // The gradient reaching h_{t-1}.
+    gemm(input, Gemm{s.B, s.H, s.H, dp, w_hh.data_ptr(), false, dh.data_ptr(), false});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_pre, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(d_pre, h0, output, reverse),

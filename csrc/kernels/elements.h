@@ -72,10 +72,15 @@ FUSEDRNN_HD void element(const GRUForwardStep& s, int64_t b, int64_t j) {
   const int64_t H = s.hidden, k = b * H + j;
   const T* xg = static_cast<const T*>(s.xg) + b * 3 * H;
   const T* hg = static_cast<const T*>(s.hg) + b * 3 * H;
-  const A hn = load<A>(hg[2 * H + j]);
-  const auto r = gates::gru_forward<A>(
-      load<A>(xg[j]), load<A>(xg[H + j]), load<A>(xg[2 * H + j]), load<A>(hg[j]),
-      load<A>(hg[H + j]), hn, load<A>(static_cast<const T*>(s.h_prev)[k]));
+  const T* bias = static_cast<const T*>(s.b_hh);
+  A hr = load<A>(hg[j]), hz = load<A>(hg[H + j]), hn = load<A>(hg[2 * H + j]);
+  if (bias) {
+    hr += load<A>(bias[j]);
+    hz += load<A>(bias[H + j]);
+    hn += load<A>(bias[2 * H + j]);
+  }
+  const auto r = gates::gru_forward<A>(load<A>(xg[j]), load<A>(xg[H + j]), load<A>(xg[2 * H + j]),
+                                       hr, hz, hn, load<A>(static_cast<const T*>(s.h_prev)[k]));
   static_cast<T*>(s.h)[k] = store<T>(r.h);
   if (s.saved) {
     T* saved = static_cast<T*>(s.saved) + b * 4 * H;

@@ -38,10 +38,12 @@ struct LSTMBackwardStep {
 
 struct GRUForwardStep {
   const void* xg;      // [B, 3H] x W_ih^T + b_ih
-  const void* hg;      // [B, 3H] h_{t-1} W_hh^T + b_hh
+  const void* hg;      // [B, 3H] h_{t-1} W_hh^T
+  const void* b_hh;    // [3H], or null without bias
   const void* h_prev;  // [B, H]
   void* h;             // [B, H] out
-  void* saved;         // [B, 4H] out: r, z, n, hn for the backward; null when not training
+  void* saved;         // [B, 4H] out: r, z, n, hn = h W_hn^T + b_hn for the backward; null
+                       //        when not training
   int64_t batch, hidden;
 };
 
