@@ -51,6 +51,18 @@ def _nvidia_wheel_includes():
     return sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
 
 
+def _cublas_link_args():
+    # The per-step GEMMs call cuBLAS directly. Link the library torch itself loads: the toolkit's,
+    # else the one from the nvidia-* wheels (which has no unversioned libcublas.so).
+    site = sysconfig.get_paths()["purelib"]
+    candidates = [os.path.join(cpp_extension.CUDA_HOME, "lib64", "libcublas.so")]
+    candidates += sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libcublas.so*")))
+    for path in candidates:
+        if os.path.exists(path):
+            return [f"-L{os.path.dirname(path)}", f"-l:{os.path.basename(path)}"]
+    return ["-lcublas"]
+
+
 def _extension():
     with_cuda, why_not = _want_cuda()
     sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/kernels/pointwise_cpu.cpp"]
@@ -65,6 +77,7 @@ def _extension():
         sources + ["csrc/kernels/pointwise_cuda.cu"],
         include_dirs=_nvidia_wheel_includes(),
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+        extra_link_args=_cublas_link_args(),
     )
 
 
