@@ -41,25 +41,25 @@ void run_step(const Tensor& like, const Args& args) {
   }
 }
 
-// Row-major C[M, N] = A[M, K] op(W) (+ C when accumulating), where op(W) = W^T for W stored
-// [N, K] (the forward's h W_hh^T) and W for W stored [K, N] (the backward's dG W_hh). Called
-// once per step on raw rows of the sequence buffers. On CUDA it goes straight into cuBLAS: a
-// dispatcher round trip per step would cost more than a small step's math.
+// Row-major C[M, N] = op(A)[M, K] op(B)[K, N] (+ C when accumulating), where op(X) = X^T for a
+// matrix stored transposed. Every GEMM of an op goes through here, most of them once per step on
+// raw rows of the sequence buffers: on CUDA straight into cuBLAS, since a dispatcher round trip
+// per step would cost more than a small step's math.
 struct Gemm {
   int64_t M, N, K;
   const void* a;
-  const void* w;
-  bool w_is_n_by_k;
-  void* c;
+  bool a_transposed;  // a: [M, K], or [K, M] when transposed
+  const void* b;
+  bool b_transposed;  // b: [K, N], or [N, K] when transposed
+  void* c;            // [M, N]
   bool accumulate;
 };
 
 #ifdef FUSEDRNN_WITH_CUDA
 // cuBLAS on PyTorch's handle (bound to the current stream). float32 uses TF32 exactly when
-// torch allows it for matmuls; half types accumulate in float32.
+// torch.backends.cudnn.allow_tf32 is set, the switch torch.nn's RNNs follow on the GPU; half
+// types accumulate in float32.
 void gemm_cuda(at::ScalarType dtype, const Gemm& g) {
-  // Column-major, as cuBLAS sees it: C^T[N, M] = op(W)^T[N, K] A^T[K, M].
-  const int64_t ldw = g.w_is_n_by_k ? g.K : g.N;
   cudaDataType io = CUDA_R_32F;
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   const float one_f = 1, beta_f = g.accumulate ? 1 : 0;
@@ -67,7 +67,7 @@ void gemm_cuda(at::ScalarType dtype, const Gemm& g) {
   const void *one = &one_f, *beta = &beta_f;
   switch (dtype) {
     case at::kFloat:
-      if (at::globalContext().allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      if (at::globalContext().allowTF32CuDNN()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
       break;
     case at::kDouble:
       io = CUDA_R_64F, compute = CUBLAS_COMPUTE_64F, one = &one_d, beta = &beta_d;
@@ -76,30 +76,42 @@ void gemm_cuda(at::ScalarType dtype, const Gemm& g) {
     case at::kBFloat16: io = CUDA_R_16BF; break;
     default: TORCH_CHECK(false, "fusedrnn: no GEMM for ", dtype);
   }
+  // Column-major, as cuBLAS sees it: C^T[N, M] = op(B)^T[N, K] op(A)^T[K, M].
   const cublasStatus_t status = cublasGemmEx(
-      at::cuda::getCurrentCUDABlasHandle(), g.w_is_n_by_k ? CUBLAS_OP_T : CUBLAS_OP_N,
-      CUBLAS_OP_N, int(g.N), int(g.M), int(g.K), one, g.w, io, int(ldw), g.a, io, int(g.K), beta,
-      g.c, io, int(g.N), compute, CUBLAS_GEMM_DEFAULT);
+      at::cuda::getCurrentCUDABlasHandle(), g.b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N,
+      g.a_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, int(g.N), int(g.M), int(g.K), one, g.b, io,
+      int(g.b_transposed ? g.K : g.N), g.a, io, int(g.a_transposed ? g.M : g.K), beta, g.c, io,
+      int(g.N), compute, CUBLAS_GEMM_DEFAULT);
   TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "fusedrnn: cublasGemmEx failed with status ",
               int(status));
 }
 #endif
 
+// A row-major matrix over borrowed memory, for the CPU path.
+Tensor matrix(const void* data, int64_t rows, int64_t cols, bool transposed,
+              const at::TensorOptions& options) {
+  void* p = const_cast<void*>(data);
+  return transposed ? at::from_blob(p, {cols, rows}, options).t()
+                    : at::from_blob(p, {rows, cols}, options);
+}
+
 void gemm(const Tensor& like, const Gemm& g) {
   if (g.M == 0 || g.N == 0) return;
+  if (g.K == 0) {  // an empty sum
+    if (!g.accumulate) matrix(g.c, g.M, g.N, false, like.options()).zero_();
+    return;
+  }
   if (like.is_cuda()) {
 #ifdef FUSEDRNN_WITH_CUDA
     return gemm_cuda(like.scalar_type(), g);
 #endif
   }
   // The CPU BLAS is reachable only through ATen ops.
-  const auto options = like.options();
-  const Tensor a = at::from_blob(const_cast<void*>(g.a), {g.M, g.K}, options);
-  const Tensor w = g.w_is_n_by_k ? at::from_blob(const_cast<void*>(g.w), {g.N, g.K}, options).t()
-                                 : at::from_blob(const_cast<void*>(g.w), {g.K, g.N}, options);
-  Tensor c = at::from_blob(g.c, {g.M, g.N}, options);
-  if (g.accumulate) c.addmm_(a, w);
-  else at::mm_out(c, a, w);
+  const Tensor a = matrix(g.a, g.M, g.K, g.a_transposed, like.options());
+  const Tensor b = matrix(g.b, g.K, g.N, g.b_transposed, like.options());
+  Tensor c = matrix(g.c, g.M, g.N, false, like.options());
+  if (g.accumulate) c.addmm_(a, b);
+  else at::mm_out(c, a, b);
 }
 
 // Address of row t of a contiguous [T, ...] tensor, or null for an undefined one.
@@ -168,9 +180,12 @@ Tensor grad_or_zeros(const char* op, const char* name, const OptionalTensor& g,
 
 // x W_ih^T + bias for all time steps at once: [T, B, G*H].
 Tensor project_input(const Tensor& input, const Tensor& w_ih, const Tensor& bias) {
-  const Tensor x = input.view({-1, input.size(2)});
-  const Tensor out = bias.defined() ? at::addmm(bias, x, w_ih.t()) : at::mm(x, w_ih.t());
-  return out.view({input.size(0), input.size(1), w_ih.size(0)});
+  const int64_t rows = input.size(0) * input.size(1), G_H = w_ih.size(0);
+  Tensor out = bias.defined() ? bias.expand({input.size(0), input.size(1), G_H}).contiguous()
+                              : at::empty({input.size(0), input.size(1), G_H}, input.options());
+  gemm(input, Gemm{rows, G_H, input.size(2), input.data_ptr(), false, w_ih.data_ptr(), true,
+                   out.data_ptr(), bias.defined()});
+  return out;
 }
 
 Tensor combined_bias(const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
@@ -189,24 +204,25 @@ void* state_before(int64_t s, int64_t T, bool reverse, const Tensor& initial,
 
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], as two GEMMs over all steps.
 Tensor grad_w_hh(const Tensor& d_pre, const Tensor& h0, const Tensor& output, bool reverse) {
-  const int64_t T = output.size(0), G_H = d_pre.size(2), H = output.size(2);
-  const int64_t first = time_of(0, T, reverse);
-  Tensor grad = at::mm(d_pre[first].t(), h0);
-  if (T > 1) {
-    // Forward: d_pre[1:] pairs with output[:-1]; reverse: d_pre[:-1] with output[1:].
-    const Tensor d = d_pre.narrow(0, reverse ? 0 : 1, T - 1).reshape({-1, G_H});
-    const Tensor h = output.narrow(0, reverse ? 1 : 0, T - 1).reshape({-1, H});
-    grad.addmm_(d.t(), h);
-  }
+  const int64_t T = output.size(0), B = output.size(1), H = output.size(2), G_H = d_pre.size(2);
+  Tensor grad = at::empty({G_H, H}, output.options());
+  gemm(output, Gemm{G_H, H, B, row(d_pre, time_of(0, T, reverse)), true, h0.data_ptr(), false,
+                    grad.data_ptr(), false});
+  // Forward: d_pre[1:] pairs with output[:-1]; reverse: d_pre[:-1] with output[1:].
+  gemm(output, Gemm{G_H, H, (T - 1) * B, row(d_pre, reverse ? 0 : 1), true,
+                    row(output, reverse ? 1 : 0), false, grad.data_ptr(), true});
   return grad;
 }
 
 // grad_input = d_x W_ih and grad_w_ih = d_x^T x, for d_x the gradient of x W_ih^T: [T, B, G*H].
 std::tuple<Tensor, Tensor> grads_through_input(const Tensor& d_x, const Tensor& input,
                                                const Tensor& w_ih) {
-  const Tensor d = d_x.view({-1, d_x.size(2)});
-  const Tensor grad_input = at::mm(d, w_ih).view(input.sizes());
-  const Tensor grad_w_ih = at::mm(d.t(), input.view({-1, input.size(2)}));
+  const int64_t rows = input.size(0) * input.size(1), I = input.size(2), G_H = w_ih.size(0);
+  Tensor grad_input = at::empty_like(input), grad_w_ih = at::empty_like(w_ih);
+  gemm(input, Gemm{rows, I, G_H, d_x.data_ptr(), false, w_ih.data_ptr(), false,
+                   grad_input.data_ptr(), false});
+  gemm(input, Gemm{G_H, I, rows, d_x.data_ptr(), true, input.data_ptr(), false,
+                   grad_w_ih.data_ptr(), false});
   return {grad_input, grad_w_ih};
 }
 
@@ -237,7 +253,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = time_of(step, s.T, reverse);
     void *g = row(gates, t), *c = row(cells, training ? t : step % 2), *h = row(output, t);
-    gemm(input, Gemm{s.B, 4 * s.H, s.H, h_prev, w_hh.data_ptr(), true, g, true});
+    gemm(input, Gemm{s.B, 4 * s.H, s.H, h_prev, false, w_hh.data_ptr(), true, g, true});
     run_step(input, LSTMForwardStep{g, c_prev, c, h, s.B, s.H, training});
     h_prev = h;
     c_prev = c;
@@ -277,7 +293,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
                                      row(grad_output, t), dh.data_ptr(), dc.data_ptr(), dg, s.B,
                                      s.H});
     // The gradient reaching h_{t-1}.
-    gemm(input, Gemm{s.B, s.H, 4 * s.H, dg, w_hh.data_ptr(), false, dh.data_ptr(), false});
+    gemm(input, Gemm{s.B, s.H, 4 * s.H, dg, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh(d_gates, h0, output, reverse),
@@ -302,7 +318,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   for (int64_t step = 0; step < s.T; ++step) {
     const int64_t t = time_of(step, s.T, reverse);
     void* h = row(output, t);
-    gemm(input, Gemm{s.B, 3 * s.H, s.H, h_prev, w_hh.data_ptr(), true, h_gates.data_ptr(), false});
+    gemm(input, Gemm{s.B, 3 * s.H, s.H, h_prev, false, w_hh.data_ptr(), true, h_gates.data_ptr(),
+                     false});
     run_step(input, GRUForwardStep{row(x_gates, t), h_gates.data_ptr(),
                                    b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
                                    training ? row(saved, t) : nullptr, s.B, s.H});
@@ -334,7 +351,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                     row(grad_output, t), dh.data_ptr(), row(d_x_gates, t), dhg,
                                     s.B, s.H});
     // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh.
-    gemm(input, Gemm{s.B, s.H, 3 * s.H, dhg, w_hh.data_ptr(), false, dh.data_ptr(), true});
+    gemm(input, Gemm{s.B, s.H, 3 * s.H, dhg, false, w_hh.data_ptr(), false, dh.data_ptr(), true});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(d_h_gates, h0, output, reverse),
@@ -355,7 +372,7 @@ std::tuple<Tensor, Tensor> rnn_forward(
   void* h_prev = h0.data_ptr();
   for (int64_t step = 0; step < s.T; ++step) {
     void* h = row(output, time_of(step, s.T, reverse));
-    gemm(input, Gemm{s.B, s.H, s.H, h_prev, w_hh.data_ptr(), true, h, true});
+    gemm(input, Gemm{s.B, s.H, s.H, h_prev, false, w_hh.data_ptr(), true, h, true});
     run_step(input, RNNForwardStep{h, s.B, s.H, relu});
     h_prev = h;
   }
@@ -382,7 +399,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     run_step(input, RNNBackwardStep{row(output, t), row(grad_output, t), dh.data_ptr(), dp, s.B,
                                     s.H, relu});
     // The gradient reaching h_{t-1}.
-    gemm(input, Gemm{s.B, s.H, s.H, dp, w_hh.data_ptr(), false, dh.data_ptr(), false});
+    gemm(input, Gemm{s.B, s.H, s.H, dp, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_pre, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(d_pre, h0, output, reverse),
