@@ -1,0 +1,540 @@
+"""fusedrnn against torch.nn, case by case: `python -m fusedrnn.bench` (what `make bench` runs).
+
+Each case builds a torch.nn module and a fusedrnn module with identical weights, draws one set
+of random inputs and initial states (fixed seed, never zero), and times the two modules
+interleaved in one process (torch, fused, torch, fused, ...), the same number of times each,
+so that a noisy machine slows both alike. The table reports medians and their ratio.
+
+Modes: `inference` is a forward under torch.no_grad(); `training` is a forward and the
+backward of out.float().sum() + h_n.float().sum() (input, initial states and weights all
+need gradients; gradients are dropped, untimed, before every step).
+
+Timing: warm-up rounds first (WARMUP_ROUNDS); then on CUDA, CUDA events around each call
+followed by a synchronize, on CPU time.perf_counter. Rounds repeat until the case has taken
+about --budget seconds, and at least MIN_REPS times.
+
+Baselines: torch.nn as it runs by default (cuDNN on CUDA, oneDNN for the LSTM on CPU), and on
+CUDA also torch.nn with cuDNN disabled, whose native path launches a few kernels per time step
+as fusedrnn does today. float32 means IEEE float32 on both sides: TF32 is off for cuBLAS and
+cuDNN (cuDNN would use it for torch's RNNs by default) unless --tf32 turns it on for both.
+torch.nn keeps bfloat16 weights out of cuDNN's flat buffer (flatten_parameters skips that
+dtype), so its bfloat16 cuDNN calls copy the weights every time, with a warning; that is what
+its users get, and the baseline keeps it.
+FlashRNN is not compared: its API takes a precomputed input projection in its own
+[B, T, gates, heads, D] layout and gate order, so a like-for-like adapter is a task of its own.
+Packed sequences are not in any grid: they come with fusedrnn's packed-sequence support.
+
+Letters: T time steps, B batch, I input size, H hidden size, L layers, D directions.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import GRU, LSTM, RNN, WITH_CUDA, __version__
+
+FLOP_NOTE = (
+    "GEMM FLOPs only, 2 per multiply-add. Forward, per layer and direction: "
+    "2*T*B*G*H*(I_l+H), G = 4 (LSTM), 3 (GRU), 1 (RNN), I_l = I for the first layer and D*H "
+    "after it. A training step counts 3x the forward (input-gradient and weight-gradient "
+    "GEMMs for every forward GEMM). Pointwise work is not counted.")
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+MODES = ("inference", "training")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BASELINES = {"torch": "torch.nn", "torch_no_cudnn": "torch.nn without cuDNN"}
+
+SEED = 0
+MIN_REPS = 5
+MAX_REPS = 1000
+WARMUP_ROUNDS = {"cpu": 1, "cuda": 3}  # CUDA: cuDNN plans, cuBLAS workspaces, the allocator
+PEAK_MATMUL_N = {"cpu": 1024, "cuda": 4096}
+PEAK_MATMUL_REPS = 10
+DEFAULT_BUDGET_S = {"cpu": 8.0, "cuda": 3.0}
+QUICK_BUDGET_S = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One timed comparison: a cell, a shape, a dtype and a mode."""
+    cell: str
+    T: int
+    B: int
+    I: int  # noqa: E741  (the letters of the shape notation, see the module docstring)
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    dtype: str = "float32"
+    mode: str = "inference"
+
+    def label(self) -> str:
+        stack = f"L{self.layers}" + (" bidir" if self.bidirectional else "")
+        return (f"{self.cell} {stack} T={self.T} B={self.B} I={self.I} H={self.H} "
+                f"{self.dtype} {self.mode}")
+
+
+def _cases(cells, *, dtypes="float32", modes="inference,training", **shape):
+    """Every combination of the comma-separated cells, dtypes and modes for one shape."""
+    return [Case(cell, dtype=dtype, mode=mode, **shape) for cell in cells.split(",")
+            for dtype in dtypes.split(",") for mode in modes.split(",")]
+
+
+# PyTorch's benchmarks/fastrnns default shape.
+_FASTRNNS = _cases("lstm", T=100, B=64, I=512, H=512)
+# The FlashRNN paper's H100 comparison shape.
+_FLASHRNN = _cases("lstm,gru", dtypes="float16,bfloat16", T=1024, B=16, I=768, H=768)
+GRIDS = {
+    "quick": [
+        *_cases("lstm", T=8, B=2, I=16, H=16),
+        *_cases("gru,rnn_relu", modes="training", T=8, B=2, I=16, H=16, layers=2,
+                bidirectional=True),
+    ],
+    "fastrnns": _FASTRNNS,
+    "flashrnn": _FLASHRNN,
+    # About 1.5 minutes on an H100 at the default budget (fused: ~2 launches per step).
+    "gpu": [
+        *_FASTRNNS,
+        *_FLASHRNN,
+        *_cases("lstm,gru", modes="inference", T=1000, B=1, I=512, H=512),  # batch 1
+        *_cases("lstm,gru", T=100, B=256, I=512, H=512),  # large batch
+        *_cases("lstm", T=2000, B=32, I=256, H=256),  # long sequence
+        *_cases("lstm,gru", T=100, B=64, I=512, H=512, layers=2, bidirectional=True),
+        *_cases("rnn_tanh,rnn_relu", T=100, B=64, I=512, H=512),
+    ],
+    # Sized for 2 CPU cores in under 3 minutes.
+    "cpu": [
+        *_cases("lstm,gru", modes="training", T=100, B=64, I=512, H=512),
+        *_cases("lstm,gru", T=100, B=1, I=64, H=64),
+        *_cases("rnn_tanh", T=100, B=16, I=128, H=128),
+        *_cases("lstm", T=50, B=16, I=128, H=128, layers=2, bidirectional=True),
+        *_cases("lstm", modes="inference", T=100, B=1, I=256, H=256),
+        *_cases("gru", modes="inference", T=100, B=8, I=256, H=256),
+    ],
+}
+
+
+def forward_flops(case: Case) -> int:
+    """GEMM FLOPs of one forward pass (see FLOP_NOTE)."""
+    directions = 2 if case.bidirectional else 1
+    total, width = 0, case.I
+    for _ in range(case.layers):
+        total += directions * 2 * case.T * case.B * GATES[case.cell] * case.H * (width + case.H)
+        width = directions * case.H
+    return total
+
+
+def case_flops(case: Case) -> int:
+    """GEMM FLOPs of one timed step: a forward, or 3x that for a training step."""
+    return forward_flops(case) * (3 if case.mode == "training" else 1)
+
+
+def build_modules(case: Case, device):
+    """-> (torch.nn module, fusedrnn module) with the same weights (torch.nn's init, SEED)."""
+    reference_class, fused_class = {"lstm": (nn.LSTM, LSTM), "gru": (nn.GRU, GRU)}.get(
+        case.cell, (nn.RNN, RNN))
+    options = dict(num_layers=case.layers, bidirectional=case.bidirectional, device=device,
+                   dtype=DTYPES[case.dtype])
+    if case.cell.startswith("rnn_"):
+        options["nonlinearity"] = case.cell.removeprefix("rnn_")
+    torch.manual_seed(SEED)
+    reference = reference_class(case.I, case.H, **options)
+    fused = fused_class(case.I, case.H, **options)
+    fused.load_state_dict(reference.state_dict())
+    return reference, fused
+
+
+def make_inputs(case: Case, device):
+    """-> (x [T, B, I], hx): hx is h0, or (h0, c0) for the LSTM, each [L*D, B, H].
+
+    Random initial states, not zeros, so that no code path can skip work on a zero state.
+    They need gradients in training mode, as the input does.
+    """
+    generator = torch.Generator().manual_seed(SEED + 1)
+
+    def draw(*shape):
+        drawn = torch.randn(*shape, generator=generator)
+        return drawn.to(device, DTYPES[case.dtype]).requires_grad_(case.mode == "training")
+
+    states = case.layers * (2 if case.bidirectional else 1)
+    x = draw(case.T, case.B, case.I)
+    if case.cell == "lstm":
+        return x, (draw(states, case.B, case.H), draw(states, case.B, case.H))
+    return x, draw(states, case.B, case.H)
+
+
+class Step:
+    """One timed unit of work of one module on fixed inputs; reset() before each (untimed)."""
+
+    def __init__(self, module, inputs, mode, cudnn=True):
+        self.module, self.mode = module, mode
+        self.x, self.hx = inputs
+        self._leaves = [self.x, *(self.hx if isinstance(self.hx, tuple) else (self.hx,))]
+        self._context = (contextlib.nullcontext if cudnn
+                         else lambda: torch.backends.cudnn.flags(enabled=False))
+
+    def reset(self):
+        """Drops the gradients of the last step, so that no step pays for accumulating."""
+        self.module.zero_grad(set_to_none=True)
+        for leaf in self._leaves:
+            leaf.grad = None
+
+    def __call__(self):
+        with self._context():
+            if self.mode == "inference":
+                with torch.no_grad():
+                    self.module(self.x, self.hx)
+                return
+            output, h_n = self.module(self.x, self.hx)
+            if isinstance(h_n, tuple):  # LSTM: (h_n, c_n)
+                h_n = h_n[0]
+            (output.float().sum() + h_n.float().sum()).backward()
+
+
+class Timer:
+    """Milliseconds of one call: CUDA events and a synchronize on CUDA, perf_counter on CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn) -> float:
+        if not self.cuda:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        torch.cuda.synchronize()  # start on an idle GPU
+        self._start.record()
+        fn()
+        self._end.record()
+        torch.cuda.synchronize()
+        return self._start.elapsed_time(self._end)
+
+
+def measure(steps, timer, budget_s, warmup_rounds):
+    """Times the steps interleaved, round after round, until budget_s has passed (warm-up
+    included) and at least MIN_REPS rounds are done.
+
+    steps: {name: Step}. -> {name: [ms per repetition]}, the same count for each name.
+    """
+    def timed(step):
+        step.reset()
+        return timer(step)
+
+    began = time.perf_counter()
+    for _ in range(warmup_rounds):
+        for step in steps.values():
+            timed(step)
+    samples = {name: [] for name in steps}
+    for reps in range(MAX_REPS):
+        if reps >= MIN_REPS and time.perf_counter() - began >= budget_s:
+            break
+        for name, step in steps.items():
+            samples[name].append(timed(step))
+    return samples
+
+
+def measure_peak_flops(device, dtype, timer) -> float:
+    """FLOP/s of a large square matmul in dtype (median of several): the '% of peak' yardstick."""
+    n = PEAK_MATMUL_N[device.type]
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        torch.mm(a, b)
+    ms = statistics.median(timer(lambda: torch.mm(a, b)) for _ in range(PEAK_MATMUL_REPS))
+    return 2 * n ** 3 / (ms * 1e-3)
+
+
+def run_case(case: Case, device, timer, budget_s, peak_flop_per_s) -> dict:
+    """Builds, times and summarises one case. -> a JSON-ready result."""
+    reference, fused = build_modules(case, device)
+    inputs = make_inputs(case, device)
+    steps = {"torch": Step(reference, inputs, case.mode), "fused": Step(fused, inputs, case.mode)}
+    if device.type == "cuda":
+        steps["torch_no_cudnn"] = Step(reference, inputs, case.mode, cudnn=False)
+    samples = measure(steps, timer, budget_s, WARMUP_ROUNDS[device.type])
+    median = {name: statistics.median(ms) for name, ms in samples.items()}
+    flop = case_flops(case)
+    fused_flop_per_s = flop / (median["fused"] * 1e-3)
+    return {
+        **dataclasses.asdict(case),
+        "flop": flop,
+        "reps": len(samples["fused"]),
+        "median_ms": median,
+        "quartiles_ms": {name: statistics.quantiles(ms, n=4)[::2] for name, ms in samples.items()},
+        "speedup": {name: median[name] / median["fused"] for name in median if name != "fused"},
+        "fused_flop_per_s": fused_flop_per_s,
+        "fused_pct_of_peak": 100 * fused_flop_per_s / peak_flop_per_s,
+    }
+
+
+def default_device() -> torch.device:
+    """CUDA when torch sees a GPU and fusedrnn was built with CUDA, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() and WITH_CUDA else "cpu")
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device) -> dict:
+    """Where the numbers come from: device, versions, threads, date (UTC)."""
+    cuda = device.type == "cuda"
+    return {
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "fusedrnn": __version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "tf32": cuda and torch.backends.cudnn.allow_tf32,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def set_tf32(enabled: bool):
+    """TF32 for float32 GEMMs in both cuBLAS (fusedrnn's GEMMs) and cuDNN (torch.nn's RNNs)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
+
+
+def markdown_table(report: dict) -> str:
+    """The report as markdown: where it was measured, how to read it, one row per case."""
+    cuda = report["device"] == "cuda"
+    unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
+    versions = f"torch {report['torch']}"
+    if cuda:
+        versions += f", CUDA {report['cuda']}, cuDNN {report['cudnn']}"
+    peaks = ", ".join(f"{dtype} {flop_per_s / scale:.1f} {unit}"
+                      for dtype, flop_per_s in report["peak_flop_per_s"].items())
+    lines = [
+        f"### fusedrnn {report['fusedrnn']} vs torch.nn on {report['device_name']} "
+        f"({report['device']}, {report['threads']} threads)",
+        "",
+        f"- {versions}; {report['date']}; about {report['budget_s']:g} s per case"
+        + (f"; TF32 {'on' if report['tf32'] else 'off'}" if cuda else "") + ".",
+        "- Medians over `reps` interleaved repetitions. speedup = baseline ms / fused ms "
+        "(> 1: fused is faster).",
+        f"- FLOP count: {FLOP_NOTE}",
+        f"- Peak: median of {report['peak_matmul_n']}^3 matmuls: {peaks}.",
+        "- Not covered: packed sequences (not supported by fusedrnn yet); FlashRNN (no adapter).",
+        "",
+    ]
+    columns = ["cell", "L", "bidir", "T", "B", "I", "H", "dtype", "mode", "torch ms",
+               "fused ms", "speedup"]
+    if cuda:
+        columns += ["no-cuDNN ms", "speedup vs no-cuDNN"]
+    columns += [f"fused {unit}", "% of peak", "reps"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    failures = []
+    for result in report["results"]:
+        row = [result["cell"], result["layers"], "yes" if result["bidirectional"] else "no",
+               result["T"], result["B"], result["I"], result["H"], result["dtype"],
+               result["mode"]]
+        if "error" in result:
+            failures.append(f"- {Case(**_case_fields(result)).label()}: {result['error']}")
+            row += ["failed"] * (len(columns) - len(row))
+        else:
+            median, speedup = result["median_ms"], result["speedup"]
+            row += [_ms(median["torch"]), _ms(median["fused"]), f"{speedup['torch']:.2f}x"]
+            if cuda:
+                row += [_ms(median["torch_no_cudnn"]), f"{speedup['torch_no_cudnn']:.2f}x"]
+            row += [f"{result['fused_flop_per_s'] / scale:.2f}",
+                    f"{result['fused_pct_of_peak']:.1f}", result["reps"]]
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    if failures:
+        lines += ["", "Failed cases:", *failures]
+    return "\n".join(lines)
+
+
+def _case_fields(result: dict) -> dict:
+    return {field.name: result[field.name] for field in dataclasses.fields(Case)}
+
+
+def save_plot(report: dict, path: Path) -> bool:
+    """A bar chart of the speedups, if matplotlib is installed. -> whether it was written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FormatStrFormatter
+    except ImportError:
+        return False
+    results = [result for result in report["results"] if "error" not in result]
+    if not results:
+        return False
+    baselines = list(results[0]["speedup"])
+    bar = 0.8 / len(baselines)
+    figure, axes = plt.subplots(figsize=(10, 1.5 + 0.3 * len(results) * len(baselines)))
+    for index, baseline in enumerate(baselines):
+        axes.barh([row + index * bar for row in range(len(results))],
+                  [result["speedup"][baseline] for result in results], height=bar,
+                  label=f"vs {BASELINES[baseline]}")
+    axes.set_yticks([row + bar * (len(baselines) - 1) / 2 for row in range(len(results))],
+                    [Case(**_case_fields(result)).label() for result in results], fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xlabel("speedup of fusedrnn (baseline ms / fused ms; > 1 is faster)")
+    axes.set_title(f"fusedrnn on {report['device_name']}, torch {report['torch']}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _comma_list(choices):
+    def parse(text):
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in choices]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a comma-separated list of {', '.join(choices)}")
+        return items
+    return parse
+
+
+_SHAPE_KEYS = {"T": "T", "B": "B", "I": "I", "H": "H", "L": "layers", "bidir": "bidirectional"}
+
+
+def parse_shape(text: str) -> dict:
+    """'T=100,B=64,I=512,H=512,L=1,bidir=0' -> Case fields; I defaults to H, L to 1, bidir to 0."""
+    fields = {}
+    for item in text.split(","):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in _SHAPE_KEYS or not value.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{item!r} in {text!r}: expected KEY=INTEGER, KEY one of {', '.join(_SHAPE_KEYS)}")
+        fields[_SHAPE_KEYS[key]] = int(value)
+    missing = [key for key in ("T", "B", "H") if key not in fields]
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text!r}: missing {', '.join(missing)}")
+    fields.setdefault("I", fields["H"])
+    fields["bidirectional"] = bool(fields.get("bidirectional", 0))
+    return fields
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m fusedrnn.bench", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+            "With a grid, --cells/--dtypes/--modes keep only the matching cases. With --shapes, "
+            "every shape runs for each chosen cell, dtype and mode (defaults: all cells, "
+            "float32, both modes)."))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device().type,
+                        help="default: cuda if torch sees a GPU and fusedrnn has CUDA kernels")
+    parser.add_argument("--grid", default="default", choices=("default", *GRIDS),
+                        help="named set of cases; default: 'gpu' on CUDA, 'cpu' otherwise")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="SHAPE",
+                        help="custom shapes instead of a grid, "
+                        "e.g. T=100,B=64,I=512,H=512,L=1,bidir=0")
+    parser.add_argument("--cells", type=_comma_list(CELLS))
+    parser.add_argument("--dtypes", type=_comma_list(tuple(DTYPES)))
+    parser.add_argument("--modes", type=_comma_list(MODES))
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help=f"time per case; default {QUICK_BUDGET_S:g} for the quick grid, "
+                        f"else {DEFAULT_BUDGET_S['cuda']:g} on CUDA, "
+                        f"{DEFAULT_BUDGET_S['cpu']:g} on CPU")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 for float32 in cuBLAS and cuDNN (CUDA only; default off)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"),
+                        help="folder for bench.json and speedups.png (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not (torch.cuda.is_available() and WITH_CUDA):
+        parser.error("--device cuda: torch sees no CUDA device, or fusedrnn was built without "
+                     "CUDA")
+    if args.budget is not None and args.budget <= 0:
+        parser.error("--budget must be positive")
+    return args
+
+
+def select_cases(args, device) -> list:
+    """The cases to run: --shapes expanded, or the grid filtered by --cells/--dtypes/--modes."""
+    if args.shapes:
+        return [Case(cell, dtype=dtype, mode=mode, **shape) for shape in args.shapes
+                for cell in args.cells or CELLS for dtype in args.dtypes or ("float32",)
+                for mode in args.modes or MODES]
+    grid = args.grid if args.grid != "default" else "gpu" if device.type == "cuda" else "cpu"
+    return [case for case in GRIDS[grid]
+            if (not args.cells or case.cell in args.cells)
+            and (not args.dtypes or case.dtype in args.dtypes)
+            and (not args.modes or case.mode in args.modes)]
+
+
+def _progress(index, total, case, result, seconds):
+    filled = round(20 * index / total)
+    line = (f"[{index:>{len(str(total))}}/{total}] [{'#' * filled}{'.' * (20 - filled)}] "
+            f"{case.label()}: ")
+    if "error" in result:
+        line += f"FAILED: {result['error']}"
+    else:
+        median = result["median_ms"]
+        line += (f"torch {_ms(median['torch'])} ms, fused {_ms(median['fused'])} ms, "
+                 f"{result['speedup']['torch']:.2f}x ({result['reps']} reps, {seconds:.1f} s)")
+    print(line, file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    """Runs the cases; progress on stderr, the markdown table on stdout. -> 1 if a case failed."""
+    args = _parse_args(argv)
+    device = torch.device(args.device)
+    cases = select_cases(args, device)
+    if not cases:
+        print("fusedrnn.bench: no case matches --cells/--dtypes/--modes", file=sys.stderr)
+        return 2
+    budget_s = args.budget or (QUICK_BUDGET_S if args.grid == "quick" and not args.shapes
+                               else DEFAULT_BUDGET_S[device.type])
+    set_tf32(args.tf32)
+    timer = Timer(device)
+    report = {**environment(device), "budget_s": budget_s, "flop_count": FLOP_NOTE,
+              "peak_matmul_n": PEAK_MATMUL_N[device.type]}
+    print(f"fusedrnn.bench: {len(cases)} cases on {report['device_name']} ({device.type}), "
+          f"torch {report['torch']}, about {budget_s:g} s each", file=sys.stderr, flush=True)
+    report["peak_flop_per_s"] = {dtype: measure_peak_flops(device, DTYPES[dtype], timer)
+                                 for dtype in dict.fromkeys(case.dtype for case in cases)}
+    results = []
+    for index, case in enumerate(cases, 1):
+        started = time.perf_counter()
+        try:
+            result = run_case(case, device, timer, budget_s, report["peak_flop_per_s"][case.dtype])
+        except Exception as error:  # one unsupported case must not cost the rest of the grid
+            result = {**dataclasses.asdict(case), "error": f"{type(error).__name__}: {error}"}
+        results.append(result)
+        _progress(index, len(cases), case, result, time.perf_counter() - started)
+    report["results"] = results
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    plotted = save_plot(report, args.out / "speedups.png")
+    print(f"wrote {args.out / 'bench.json'}"
+          + (f" and {args.out / 'speedups.png'}" if plotted else " (no plot: matplotlib is not "
+             "installed)"), file=sys.stderr)
+    print(markdown_table(report))
+    return 1 if any("error" in result for result in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
