@@ -65,7 +65,10 @@ def _cublas_link_args():
 
 def _extension():
     with_cuda, why_not = _want_cuda()
-    sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/kernels/pointwise_cpu.cpp"]
+    # pointwise_cpu_vec.cpp is compiled for AVX2: it links after the other C++ files, so that the
+    # baseline copies of the inline functions it shares with them are the ones kept.
+    sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/kernels/pointwise_cpu.cpp",
+               "csrc/kernels/pointwise_cpu_vec.cpp"]
     cxx = ["-O3", f"-DFUSEDRNN_TORCH_VERSION={torch.__version__}"]
     if not with_cuda:
         print(f"fusedrnn: building for the CPU only ({why_not})", file=sys.stderr)

@@ -1,4 +1,5 @@
-// CPU side of the per-step kernels: a loop over batch rows, split across threads.
+// CPU side of the per-step kernels: a loop over batch rows, split across threads; each row in
+// SIMD vectors where the CPU allows (pointwise_cpu_vec.cpp), the rest element by element.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -6,29 +7,33 @@
 #include <algorithm>
 
 #include "elements.h"
+#include "pointwise_cpu_vec.h"
 
 namespace fusedrnn {
 namespace cpu {
 namespace {
 
 template <typename T, typename Args>
-void run(const Args& args) {
+void run(Dtype dtype, const Args& args) {
   using A = typename AccumulateType<T>::type;
+  const bool vectors = has_vector_rows();
   // Enough rows per task that a thread's share outweighs waking it.
   const int64_t rows_per_task = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.hidden));
   at::parallel_for(0, args.batch, rows_per_task, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      for (int64_t j = 0; j < args.hidden; ++j) element<T, A>(args, b, j);
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t j = vectors ? vector_row(dtype, args, b) : 0;
+      for (; j < args.hidden; ++j) element<T, A>(args, b, j);
+    }
   });
 }
 
 template <typename Args>
 void dispatch(Dtype dtype, const Args& args) {
   switch (dtype) {
-    case Dtype::kFloat32: return run<float>(args);
-    case Dtype::kFloat64: return run<double>(args);
-    case Dtype::kFloat16: return run<c10::Half>(args);
-    case Dtype::kBFloat16: return run<c10::BFloat16>(args);
+    case Dtype::kFloat32: return run<float>(dtype, args);
+    case Dtype::kFloat64: return run<double>(dtype, args);
+    case Dtype::kFloat16: return run<c10::Half>(dtype, args);
+    case Dtype::kBFloat16: return run<c10::BFloat16>(dtype, args);
   }
 }
 
