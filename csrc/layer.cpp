@@ -114,14 +114,32 @@ void gemm(const Tensor& like, const Gemm& g) {
   else at::mm_out(c, a, b);
 }
 
-// Address of row t of a contiguous [T, ...] tensor, or null for an undefined one.
-void* row(const Tensor& seq, int64_t t) {
+// Where each time step's rows live in a sequence buffer: step t holds batch[t] rows from row
+// offset[t] on. Padded input [T, B, ...] is the case batch[t] = B; a PackedSequence's data
+// [rows, ...] has batch[t] = batch_sizes[t], which never grows with t.
+struct Layout {
+  int64_t T = 0, B = 0, rows = 0;
+  std::vector<int64_t> batch, offset;
+  bool uniform = true;  // every step has all B rows
+};
+
+// Address of row r of a contiguous sequence buffer ([T, B, W] or [rows, W]), or null for an
+// undefined one.
+void* at_row(const Tensor& seq, int64_t r) {
   if (!seq.defined()) return nullptr;
-  return static_cast<char*>(seq.data_ptr()) + t * seq.stride(0) * seq.element_size();
+  return static_cast<char*>(seq.data_ptr()) + r * seq.size(-1) * seq.element_size();
+}
+
+// A sequence buffer laid out like the input, `width` wide.
+Tensor sequence_like(const Tensor& input, int64_t width) {
+  auto sizes = input.sizes().vec();
+  sizes.back() = width;
+  return at::empty(sizes, input.options());
 }
 
 struct Sizes {
-  int64_t T, B, I, H;
+  Layout steps;
+  int64_t I, H;
 };
 
 void check_like(const char* op, const char* name, const Tensor& t, const Tensor& input) {
@@ -136,20 +154,51 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
               t.sizes());
 }
 
+Layout layout_of(const char* op, const Tensor& input, const OptionalTensor& batch_sizes) {
+  Layout L;
+  if (!batch_sizes) {
+    TORCH_CHECK(input.dim() == 3, op, ": input must be 3-D [T, B, I], got shape ", input.sizes());
+    L.T = input.size(0), L.B = input.size(1), L.rows = L.T * L.B;
+    TORCH_CHECK(L.T > 0, op, ": the sequence length must be at least 1, got 0");
+    L.batch.assign(L.T, L.B);
+    for (int64_t t = 0; t < L.T; ++t) L.offset.push_back(t * L.B);
+    return L;
+  }
+  const Tensor& sizes = *batch_sizes;
+  TORCH_CHECK(input.dim() == 2, op, ": packed input must be 2-D [rows, I], got shape ",
+              input.sizes());
+  TORCH_CHECK(sizes.dim() == 1 && sizes.scalar_type() == at::kLong && sizes.is_cpu(), op,
+              ": batch_sizes must be a 1-D int64 CPU tensor, as in a PackedSequence");
+  TORCH_CHECK(sizes.numel() > 0, op, ": the sequence length must be at least 1, got 0");
+  const Tensor counts = sizes.contiguous();
+  const int64_t* batch = counts.data_ptr<int64_t>();
+  L.T = counts.numel(), L.B = batch[0], L.uniform = true;
+  for (int64_t t = 0; t < L.T; ++t) {
+    TORCH_CHECK(batch[t] > 0 && batch[t] <= (t ? batch[t - 1] : batch[0]), op,
+                ": batch_sizes must be positive and non-increasing, got ", sizes);
+    L.uniform = L.uniform && batch[t] == L.B;
+    L.batch.push_back(batch[t]);
+    L.offset.push_back(L.rows);
+    L.rows += batch[t];
+  }
+  TORCH_CHECK(L.rows == input.size(0), op, ": batch_sizes add up to ", L.rows,
+              " rows, but input has ", input.size(0));
+  return L;
+}
+
 // Validates one layer's arguments for a cell with `gates` gate blocks; returns the sizes.
-Sizes check_layer(const char* op, int64_t gates, const Tensor& input, const Tensor& h0,
-                  const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                  const OptionalTensor& b_hh) {
-  TORCH_CHECK(input.dim() == 3, op, ": input must be 3-D [T, B, I], got shape ", input.sizes());
-  TORCH_CHECK(input.size(0) > 0, op, ": the sequence length must be at least 1, got 0");
+Sizes check_layer(const char* op, int64_t gates, const Tensor& input,
+                  const OptionalTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+                  const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
+  Sizes s{layout_of(op, input, batch_sizes), input.size(-1), 0};
   dtype_of(input);
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % gates == 0, op, ": w_hh must be [", gates,
               "*H, H], got shape ", w_hh.sizes());
-  const Sizes s{input.size(0), input.size(1), input.size(2), w_hh.size(1)};
+  s.H = w_hh.size(1);
   TORCH_CHECK(w_hh.size(0) == gates * s.H, op, ": w_hh must be [", gates, "*H, H], got shape ",
               w_hh.sizes());
   check_shape(op, "w_ih", w_ih, {gates * s.H, s.I});
-  check_shape(op, "h0", h0, {s.B, s.H});
+  check_shape(op, "h0", h0, {s.steps.B, s.H});
   check_like(op, "w_ih", w_ih, input);
   check_like(op, "w_hh", w_hh, input);
   check_like(op, "h0", h0, input);
@@ -178,12 +227,12 @@ Tensor grad_or_zeros(const char* op, const char* name, const OptionalTensor& g,
   return t.defined() ? t.clone() : at::zeros(shape, input.options());
 }
 
-// x W_ih^T + bias for all time steps at once: [T, B, G*H].
+// x W_ih^T + bias for all time steps at once, laid out like the input, G*H wide.
 Tensor project_input(const Tensor& input, const Tensor& w_ih, const Tensor& bias) {
-  const int64_t rows = input.size(0) * input.size(1), G_H = w_ih.size(0);
-  Tensor out = bias.defined() ? bias.expand({input.size(0), input.size(1), G_H}).contiguous()
-                              : at::empty({input.size(0), input.size(1), G_H}, input.options());
-  gemm(input, Gemm{rows, G_H, input.size(2), input.data_ptr(), false, w_ih.data_ptr(), true,
+  const int64_t rows = input.numel() / input.size(-1), G_H = w_ih.size(0);
+  Tensor out = sequence_like(input, G_H);
+  if (bias.defined()) out.copy_(bias.expand(out.sizes()));
+  gemm(input, Gemm{rows, G_H, input.size(-1), input.data_ptr(), false, w_ih.data_ptr(), true,
                    out.data_ptr(), bias.defined()});
   return out;
 }
@@ -195,29 +244,72 @@ Tensor combined_bias(const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
 // The time index of the s-th step processed.
 int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
-// The state that entered the s-th step processed: `initial` for the first, else the row of
-// `states` ([T, B, H]) written by the step before.
-void* state_before(int64_t s, int64_t T, bool reverse, const Tensor& initial,
-                   const Tensor& states) {
-  return s == 0 ? initial.data_ptr() : row(states, time_of(s - 1, T, reverse));
-}
+// The order in which one direction visits the steps, and where their states come from.
+struct Pass {
+  const Layout& steps;
+  bool reverse;
 
-// Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], as two GEMMs over all steps.
-Tensor grad_w_hh(const Tensor& d_pre, const Tensor& h0, const Tensor& output, bool reverse) {
-  const int64_t T = output.size(0), B = output.size(1), H = output.size(2), G_H = d_pre.size(2);
-  Tensor grad = at::empty({G_H, H}, output.options());
-  gemm(output, Gemm{G_H, H, B, row(d_pre, time_of(0, T, reverse)), true, h0.data_ptr(), false,
-                    grad.data_ptr(), false});
-  // Forward: d_pre[1:] pairs with output[:-1]; reverse: d_pre[:-1] with output[1:].
-  gemm(output, Gemm{G_H, H, (T - 1) * B, row(d_pre, reverse ? 0 : 1), true,
-                    row(output, reverse ? 1 : 0), false, grad.data_ptr(), true});
+  int64_t time(int64_t s) const { return time_of(s, steps.T, reverse); }
+  int64_t batch(int64_t s) const { return steps.batch[time(s)]; }
+  int64_t first_row(int64_t s) const { return steps.offset[time(s)]; }
+
+  // The state (h or c, [B, H]) entering the s-th step: `initial` for the first, else the rows
+  // that the step before left at `previous`. A reverse pass over packed sequences meets longer
+  // sequences before shorter ones start; it joins the two sources in `scratch`.
+  void* state_before(int64_t s, const Tensor& initial, void* previous, Tensor& scratch) const {
+    if (s == 0) return initial.data_ptr();
+    const int64_t had = batch(s - 1), has = batch(s);
+    if (had >= has) return previous;
+    if (!scratch.defined()) scratch = at::empty_like(initial);
+    const int64_t H = initial.size(1);
+    scratch.narrow(0, 0, had).copy_(at::from_blob(previous, {had, H}, initial.options()));
+    scratch.narrow(0, had, has - had).copy_(initial.narrow(0, had, has - had));
+    return scratch.data_ptr();
+  }
+
+  // After the s-th step, keeps the rows of sequences that end there ([B, H] `final`).
+  void keep_final(int64_t s, void* rows, Tensor& final) const {
+    const int64_t has = batch(s), next = s + 1 < steps.T ? batch(s + 1) : 0;
+    if (next >= has) return;
+    const Tensor state = at::from_blob(rows, {has, final.size(1)}, final.options());
+    final.narrow(0, next, has - next).copy_(state.narrow(0, next, has - next));
+  }
+};
+
+// Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], for d_pre the gradient of h_{t-1} W_hh^T laid
+// out like the output.
+Tensor grad_w_hh(const Pass& pass, const Tensor& d_pre, const Tensor& h0, const Tensor& output) {
+  const Layout& L = pass.steps;
+  const int64_t H = h0.size(1), G_H = d_pre.size(-1);
+  Tensor grad = at::empty({G_H, H}, h0.options());
+  if (L.uniform) {
+    // Two GEMMs: the first step processed pairs with h0, the rest with the output one step
+    // earlier (forward: d_pre[1:] with output[:-1]; reverse: d_pre[:-1] with output[1:]).
+    gemm(h0, Gemm{G_H, H, L.B, at_row(d_pre, pass.first_row(0)), true, h0.data_ptr(), false,
+                  grad.data_ptr(), false});
+    gemm(h0, Gemm{G_H, H, L.rows - L.B, at_row(d_pre, pass.reverse ? 0 : L.B), true,
+                  at_row(output, pass.reverse ? L.B : 0), false, grad.data_ptr(), true});
+    return grad;
+  }
+  // Packed: gather each row's h_{t-1} (from h0 or output) beside it, then one GEMM.
+  std::vector<int64_t> source(L.rows);  // row of cat(h0, output)
+  for (int64_t s = 0; s < L.T; ++s) {
+    const int64_t first = pass.first_row(s), had = s ? pass.batch(s - 1) : 0;
+    for (int64_t b = 0; b < pass.batch(s); ++b)
+      source[first + b] = b < had ? L.B + pass.first_row(s - 1) + b : b;
+  }
+  const Tensor index = at::tensor(source, at::kLong).to(h0.device());
+  const Tensor h_prev = at::cat({h0, output.view({-1, H})}).index_select(0, index);
+  gemm(h0, Gemm{G_H, H, L.rows, d_pre.data_ptr(), true, h_prev.data_ptr(), false, grad.data_ptr(),
+                false});
   return grad;
 }
 
-// grad_input = d_x W_ih and grad_w_ih = d_x^T x, for d_x the gradient of x W_ih^T: [T, B, G*H].
+// grad_input = d_x W_ih and grad_w_ih = d_x^T x, for d_x the gradient of x W_ih^T laid out like
+// the input.
 std::tuple<Tensor, Tensor> grads_through_input(const Tensor& d_x, const Tensor& input,
                                                const Tensor& w_ih) {
-  const int64_t rows = input.size(0) * input.size(1), I = input.size(2), G_H = w_ih.size(0);
+  const int64_t rows = input.numel() / input.size(-1), I = input.size(-1), G_H = w_ih.size(0);
   Tensor grad_input = at::empty_like(input), grad_w_ih = at::empty_like(w_ih);
   gemm(input, Gemm{rows, I, G_H, d_x.data_ptr(), false, w_ih.data_ptr(), false,
                    grad_input.data_ptr(), false});
@@ -227,39 +319,44 @@ std::tuple<Tensor, Tensor> grads_through_input(const Tensor& d_x, const Tensor& 
 }
 
 Tensor bias_grad(const Tensor& d_pre, bool has_bias) {
-  return has_bias ? d_pre.view({-1, d_pre.size(2)}).sum(0) : at::empty({0}, d_pre.options());
+  return has_bias ? d_pre.view({-1, d_pre.size(-1)}).sum(0) : at::empty({0}, d_pre.options());
 }
-
 
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input_, const Tensor& h0_, const Tensor& c0_, const Tensor& w_ih_,
     const Tensor& w_hh_, const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
-    bool training) {
+    bool training, const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.lstm_forward";
-  const auto s = check_layer(op, 4, input_, h0_, w_ih_, w_hh_, b_ih, b_hh);
-  check_shape(op, "c0", c0_, {s.B, s.H});
+  const auto s = check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh);
+  const int64_t B = s.steps.B, H = s.H;
+  check_shape(op, "c0", c0_, {B, H});
   check_like(op, "c0", c0_, input_);
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Pass pass{s.steps, reverse};
 
-  Tensor gates = project_input(input, w_ih, combined_bias(b_ih, b_hh));  // [T, B, 4H]
-  Tensor output = at::empty({s.T, s.B, s.H}, input.options());
-  // Training keeps every c_t; inference alternates between two buffers.
-  Tensor cells = at::empty({training ? s.T : 2, s.B, s.H}, input.options());
-  void *h_prev = h0.data_ptr(), *c_prev = c0.data_ptr();
-  for (int64_t step = 0; step < s.T; ++step) {
-    const int64_t t = time_of(step, s.T, reverse);
-    void *g = row(gates, t), *c = row(cells, training ? t : step % 2), *h = row(output, t);
-    gemm(input, Gemm{s.B, 4 * s.H, s.H, h_prev, false, w_hh.data_ptr(), true, g, true});
-    run_step(input, LSTMForwardStep{g, c_prev, c, h, s.B, s.H, training});
+  Tensor gates = project_input(input, w_ih, combined_bias(b_ih, b_hh));  // like input, 4H wide
+  Tensor output = sequence_like(input, H);
+  // Training keeps every c_t; inference alternates between two [B, H] buffers.
+  Tensor cells = training ? sequence_like(input, H) : at::empty({2 * B, H}, input.options());
+  Tensor hn = at::empty({B, H}, input.options()), cn = at::empty_like(hn), h_join, c_join;
+  void *h_prev = nullptr, *c_prev = nullptr;
+  for (int64_t step = 0; step < s.steps.T; ++step) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    h_prev = pass.state_before(step, h0, h_prev, h_join);
+    c_prev = pass.state_before(step, c0, c_prev, c_join);
+    void *g = at_row(gates, first), *h = at_row(output, first);
+    void* c = at_row(cells, training ? first : (step % 2) * B);
+    gemm(input, Gemm{rows, 4 * H, H, h_prev, false, w_hh.data_ptr(), true, g, true});
+    run_step(input, LSTMForwardStep{g, c_prev, c, h, rows, H, training});
+    pass.keep_final(step, h, hn);
+    pass.keep_final(step, c, cn);
     h_prev = h;
     c_prev = c;
   }
-  const int64_t last = time_of(s.T - 1, s.T, reverse);
-  Tensor hn = output[last].clone(), cn = cells[training ? last : (s.T - 1) % 2].clone();
   if (!training) {
     gates = at::empty({0}, input.options());
     cells = at::empty({0}, input.options());
@@ -271,138 +368,165 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn,
     const OptionalTensor& grad_cn, const Tensor& input_, const Tensor& h0_, const Tensor& c0_,
     const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output, const Tensor& gates,
-    const Tensor& cells, bool has_bias, bool reverse) {
+    const Tensor& cells, bool has_bias, bool reverse, const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.lstm_backward";
-  const auto s = check_layer(op, 4, input_, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
-  check_shape(op, "output", output, {s.T, s.B, s.H});
-  check_shape(op, "gates", gates, {s.T, s.B, 4 * s.H});
-  check_shape(op, "cells", cells, {s.T, s.B, s.H});
+  const auto s =
+      check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
+  const int64_t B = s.steps.B, H = s.H;
+  const Tensor like_output = sequence_like(input_, H);
+  check_shape(op, "output", output, like_output.sizes());
+  check_shape(op, "cells", cells, like_output.sizes());
+  check_shape(op, "gates", gates, sequence_like(input_, 4 * H).sizes());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
-  const Tensor grad_output = grad_or_undefined(op, "grad_output", grad_output_, output.sizes(), input);
-  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {s.B, s.H}, input);
-  Tensor dc = grad_or_zeros(op, "grad_cn", grad_cn, {s.B, s.H}, input);
+  const Tensor grad_output =
+      grad_or_undefined(op, "grad_output", grad_output_, output.sizes(), input);
+  // Rows of sequences not yet reached keep their final-state gradient until their last step.
+  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {B, H}, input);
+  Tensor dc = grad_or_zeros(op, "grad_cn", grad_cn, {B, H}, input);
+  const Pass pass{s.steps, reverse};
 
-  Tensor d_gates = at::empty({s.T, s.B, 4 * s.H}, input.options());
-  for (int64_t step = s.T - 1; step >= 0; --step) {
-    const int64_t t = time_of(step, s.T, reverse);
-    void* dg = row(d_gates, t);
-    run_step(input, LSTMBackwardStep{row(gates, t), row(cells, t),
-                                     state_before(step, s.T, reverse, c0, cells),
-                                     row(grad_output, t), dh.data_ptr(), dc.data_ptr(), dg, s.B,
-                                     s.H});
+  Tensor d_gates = sequence_like(input, 4 * H), c_join;
+  for (int64_t step = s.steps.T - 1; step >= 0; --step) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    void* c_prev = pass.state_before(
+        step, c0, step ? at_row(cells, pass.first_row(step - 1)) : nullptr, c_join);
+    void* dg = at_row(d_gates, first);
+    run_step(input, LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev,
+                                     at_row(grad_output, first), dh.data_ptr(), dc.data_ptr(),
+                                     dg, rows, H});
     // The gradient reaching h_{t-1}.
-    gemm(input, Gemm{s.B, s.H, 4 * s.H, dg, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
+    gemm(input, Gemm{rows, H, 4 * H, dg, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
-  return {grad_input, dh, dc, grad_w_ih, grad_w_hh(d_gates, h0, output, reverse),
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh(pass, d_gates, h0, output),
           bias_grad(d_gates, has_bias)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input_, const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_,
-    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse, bool training) {
+    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse, bool training,
+    const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.gru_forward";
-  const auto s = check_layer(op, 3, input_, h0_, w_ih_, w_hh_, b_ih, b_hh);
+  const auto s = check_layer(op, 3, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh);
+  const int64_t B = s.steps.B, H = s.H;
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Pass pass{s.steps, reverse};
 
-  const Tensor x_gates = project_input(input, w_ih, b_ih ? *b_ih : Tensor());  // [T, B, 3H]
-  Tensor h_gates = at::empty({s.B, 3 * s.H}, input.options());  // h_{t-1} W_hh^T
-  Tensor output = at::empty({s.T, s.B, s.H}, input.options());
-  Tensor saved = training ? at::empty({s.T, s.B, 4 * s.H}, input.options())
-                          : at::empty({0}, input.options());
-  void* h_prev = h0.data_ptr();
-  for (int64_t step = 0; step < s.T; ++step) {
-    const int64_t t = time_of(step, s.T, reverse);
-    void* h = row(output, t);
-    gemm(input, Gemm{s.B, 3 * s.H, s.H, h_prev, false, w_hh.data_ptr(), true, h_gates.data_ptr(),
+  const Tensor x_gates = project_input(input, w_ih, b_ih ? *b_ih : Tensor());  // 3H wide
+  Tensor h_gates = at::empty({B, 3 * H}, input.options());  // h_{t-1} W_hh^T
+  Tensor output = sequence_like(input, H);
+  Tensor saved = training ? sequence_like(input, 4 * H) : at::empty({0}, input.options());
+  Tensor hn = at::empty({B, H}, input.options()), h_join;
+  void* h_prev = nullptr;
+  for (int64_t step = 0; step < s.steps.T; ++step) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    h_prev = pass.state_before(step, h0, h_prev, h_join);
+    void* h = at_row(output, first);
+    gemm(input, Gemm{rows, 3 * H, H, h_prev, false, w_hh.data_ptr(), true, h_gates.data_ptr(),
                      false});
-    run_step(input, GRUForwardStep{row(x_gates, t), h_gates.data_ptr(),
+    run_step(input, GRUForwardStep{at_row(x_gates, first), h_gates.data_ptr(),
                                    b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
-                                   training ? row(saved, t) : nullptr, s.B, s.H});
+                                   training ? at_row(saved, first) : nullptr, rows, H});
+    pass.keep_final(step, h, hn);
     h_prev = h;
   }
-  return {output, output[time_of(s.T - 1, s.T, reverse)].clone(), saved};
+  return {output, hn, saved};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
     const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output,
-    const Tensor& saved, bool has_bias, bool reverse) {
+    const Tensor& saved, bool has_bias, bool reverse, const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.gru_backward";
-  const auto s = check_layer(op, 3, input_, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
-  check_shape(op, "output", output, {s.T, s.B, s.H});
-  check_shape(op, "saved", saved, {s.T, s.B, 4 * s.H});
+  const auto s =
+      check_layer(op, 3, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
+  const int64_t B = s.steps.B, H = s.H;
+  check_shape(op, "output", output, sequence_like(input_, H).sizes());
+  check_shape(op, "saved", saved, sequence_like(input_, 4 * H).sizes());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
-  const Tensor grad_output = grad_or_undefined(op, "grad_output", grad_output_, output.sizes(), input);
-  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {s.B, s.H}, input);
+  const Tensor grad_output =
+      grad_or_undefined(op, "grad_output", grad_output_, output.sizes(), input);
+  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {B, H}, input);
+  const Pass pass{s.steps, reverse};
 
-  Tensor d_x_gates = at::empty({s.T, s.B, 3 * s.H}, input.options());
-  Tensor d_h_gates = at::empty({s.T, s.B, 3 * s.H}, input.options());
-  for (int64_t step = s.T - 1; step >= 0; --step) {
-    const int64_t t = time_of(step, s.T, reverse);
-    void* dhg = row(d_h_gates, t);
-    run_step(input, GRUBackwardStep{row(saved, t), state_before(step, s.T, reverse, h0, output),
-                                    row(grad_output, t), dh.data_ptr(), row(d_x_gates, t), dhg,
-                                    s.B, s.H});
+  Tensor d_x_gates = sequence_like(input, 3 * H), d_h_gates = sequence_like(input, 3 * H), h_join;
+  for (int64_t step = s.steps.T - 1; step >= 0; --step) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    void* h_prev = pass.state_before(
+        step, h0, step ? at_row(output, pass.first_row(step - 1)) : nullptr, h_join);
+    void* dhg = at_row(d_h_gates, first);
+    run_step(input, GRUBackwardStep{at_row(saved, first), h_prev, at_row(grad_output, first),
+                                    dh.data_ptr(), at_row(d_x_gates, first), dhg, rows, H});
     // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh.
-    gemm(input, Gemm{s.B, s.H, 3 * s.H, dhg, false, w_hh.data_ptr(), false, dh.data_ptr(), true});
+    gemm(input, Gemm{rows, H, 3 * H, dhg, false, w_hh.data_ptr(), false, dh.data_ptr(), true});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, w_ih);
-  return {grad_input, dh, grad_w_ih, grad_w_hh(d_h_gates, h0, output, reverse),
+  return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_h_gates, h0, output),
           bias_grad(d_x_gates, has_bias), bias_grad(d_h_gates, has_bias)};
 }
 
 std::tuple<Tensor, Tensor> rnn_forward(
     const Tensor& input_, const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_,
-    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu, bool reverse) {
+    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu, bool reverse,
+    const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.rnn_forward";
-  const auto s = check_layer(op, 1, input_, h0_, w_ih_, w_hh_, b_ih, b_hh);
+  const auto s = check_layer(op, 1, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh);
+  const int64_t B = s.steps.B, H = s.H;
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Pass pass{s.steps, reverse};
 
-  // Each row of output holds the pre-activation until its step turns it into h_t.
+  // Each step's rows of output hold the pre-activation until the step turns them into h_t.
   Tensor output = project_input(input, w_ih, combined_bias(b_ih, b_hh));
-  void* h_prev = h0.data_ptr();
-  for (int64_t step = 0; step < s.T; ++step) {
-    void* h = row(output, time_of(step, s.T, reverse));
-    gemm(input, Gemm{s.B, s.H, s.H, h_prev, false, w_hh.data_ptr(), true, h, true});
-    run_step(input, RNNForwardStep{h, s.B, s.H, relu});
+  Tensor hn = at::empty({B, H}, input.options()), h_join;
+  void* h_prev = nullptr;
+  for (int64_t step = 0; step < s.steps.T; ++step) {
+    const int64_t rows = pass.batch(step);
+    h_prev = pass.state_before(step, h0, h_prev, h_join);
+    void* h = at_row(output, pass.first_row(step));
+    gemm(input, Gemm{rows, H, H, h_prev, false, w_hh.data_ptr(), true, h, true});
+    run_step(input, RNNForwardStep{h, rows, H, relu});
+    pass.keep_final(step, h, hn);
     h_prev = h;
   }
-  return {output, output[time_of(s.T - 1, s.T, reverse)].clone()};
+  return {output, hn};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
     const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output,
-    bool has_bias, bool relu, bool reverse) {
+    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.rnn_backward";
-  const auto s = check_layer(op, 1, input_, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
-  check_shape(op, "output", output, {s.T, s.B, s.H});
+  const auto s =
+      check_layer(op, 1, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
+  const int64_t B = s.steps.B, H = s.H;
+  check_shape(op, "output", output, sequence_like(input_, H).sizes());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
-  const Tensor grad_output = grad_or_undefined(op, "grad_output", grad_output_, output.sizes(), input);
-  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {s.B, s.H}, input);
+  const Tensor grad_output =
+      grad_or_undefined(op, "grad_output", grad_output_, output.sizes(), input);
+  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {B, H}, input);
+  const Pass pass{s.steps, reverse};
 
-  Tensor d_pre = at::empty({s.T, s.B, s.H}, input.options());
-  for (int64_t step = s.T - 1; step >= 0; --step) {
-    const int64_t t = time_of(step, s.T, reverse);
-    void* dp = row(d_pre, t);
-    run_step(input, RNNBackwardStep{row(output, t), row(grad_output, t), dh.data_ptr(), dp, s.B,
-                                    s.H, relu});
+  Tensor d_pre = sequence_like(input, H);
+  for (int64_t step = s.steps.T - 1; step >= 0; --step) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    void* dp = at_row(d_pre, first);
+    run_step(input, RNNBackwardStep{at_row(output, first), at_row(grad_output, first),
+                                    dh.data_ptr(), dp, rows, H, relu});
     // The gradient reaching h_{t-1}.
-    gemm(input, Gemm{s.B, s.H, s.H, dp, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
+    gemm(input, Gemm{rows, H, H, dp, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_pre, input, w_ih);
-  return {grad_input, dh, grad_w_ih, grad_w_hh(d_pre, h0, output, reverse),
+  return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_pre, h0, output),
           bias_grad(d_pre, has_bias)};
 }
 

@@ -6,6 +6,11 @@
 // Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H];
 // output [T, B, H]. `reverse` runs the sequence from t = T-1 down to 0 (the backward direction
 // of a bidirectional layer). `training` keeps what the backward needs; otherwise nothing per step.
+// With `batch_sizes` (a PackedSequence's: [T] int64 on the CPU, non-increasing), input is the
+// packed data [rows, I], step t runs on its first batch_sizes[t] rows only, and every per-step
+// buffer (output, saved tensors, gradients) is packed the same way; B = batch_sizes[0]. Each
+// sequence's final state is taken at its own last step, and a reverse pass starts each sequence
+// at its own last element.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,36 +28,39 @@ using OptionalTensor = std::optional<Tensor>;
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
     const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
-    bool training);
+    bool training, const OptionalTensor& batch_sizes);
 
 // -> grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias (the gradient of b_ih and of
 // b_hh alike; empty without bias).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const OptionalTensor& grad_cn,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool has_bias, bool reverse);
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool has_bias, bool reverse,
+    const OptionalTensor& batch_sizes);
 
 // -> output, hn, saved [T, B, 4H] (r, z, n, h W_hn^T + b_hn; empty unless training).
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse, bool training);
+    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse, bool training,
+    const OptionalTensor& batch_sizes);
 
 // -> grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (the last two empty
 // without bias).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
     const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    const Tensor& saved, bool has_bias, bool reverse);
+    const Tensor& saved, bool has_bias, bool reverse, const OptionalTensor& batch_sizes);
 
 // Elman RNN, tanh or relu. The output is all the backward needs. -> output, hn.
 std::tuple<Tensor, Tensor> rnn_forward(
     const Tensor& input, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
-    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu, bool reverse);
+    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu, bool reverse,
+    const OptionalTensor& batch_sizes);
 
 // -> grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias (as for the LSTM).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
     const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    bool has_bias, bool relu, bool reverse);
+    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes);
 
 }  // namespace fusedrnn
