@@ -2,13 +2,15 @@
 
 Each op runs one layer in one direction over a whole sequence (csrc/layer.h). Here they get
 fake kernels (shapes only, for torch.compile and FakeTensor) and one torch.autograd.Function
-per cell type whose forward and backward call nothing but those ops.
+per cell type whose forward and backward call nothing but those ops, except under
+create_graph=True, where the backward recomputes the layer in plain PyTorch ops so that its
+result can be differentiated again (double backward).
 
 Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H] or None;
 output [T, B, H].
 """
 import torch
-from torch.autograd.function import once_differentiable
+import torch.nn.functional as F
 
 from . import _extension  # noqa: F401  (loading _C registers torch.ops.fusedrnn)
 
@@ -65,25 +67,87 @@ def _rnn_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_
             torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
 
 
+# ---- the same layers in plain PyTorch ops (csrc/kernels/gates.h), for the double backward ----
+def _steps(x, reverse):
+    return reversed(x.unbind(0)) if reverse else x.unbind(0)
+
+
+def _stack(outputs, reverse):
+    return torch.stack(outputs[::-1] if reverse else outputs)
+
+
+def _lstm_reference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+    h, c, outputs = h0, c0, []
+    for x_gates in _steps(F.linear(input, w_ih, b_ih), reverse):
+        i, f, g, o = (x_gates + F.linear(h, w_hh, b_hh)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return _stack(outputs, reverse), h, c
+
+
+def _gru_reference(input, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+    h, outputs = h0, []
+    for x_gates in _steps(F.linear(input, w_ih, b_ih), reverse):
+        xr, xz, xn = x_gates.chunk(3, 1)
+        hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, 1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+    return _stack(outputs, reverse), h
+
+
+def _rnn_reference(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    activation = torch.relu if relu else torch.tanh
+    h, outputs = h0, []
+    for x_pre in _steps(F.linear(input, w_ih, b_ih), reverse):
+        h = activation(x_pre + F.linear(h, w_hh, b_hh))
+        outputs.append(h)
+    return _stack(outputs, reverse), h
+
+
+def _differentiable_backward(ctx, reference, inputs, options, grad_outputs):
+    """The gradients of `inputs` through `reference(*inputs, *options)`, built as a graph so that
+    they can be differentiated again. Taken only under create_graph=True: it is much slower than
+    the fused backward and keeps every step's activations."""
+    needed = ctx.needs_input_grad[:len(inputs)]
+    wanted = [t for t, need in zip(inputs, needed) if need]
+    outputs = reference(*inputs, *options)
+    used = [(out, grad) for out, grad in zip(outputs, grad_outputs) if grad is not None]
+    if not wanted or not used:
+        return (None,) * len(inputs)
+    grads = iter(torch.autograd.grad([out for out, _ in used], wanted, [g for _, g in used],
+                                     create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needed)
+
+
 # ---- autograd ------------------------------------------------------------------------------
+# Each backward runs the fused backward op, with grad mode off as the engine leaves it for a
+# first-order backward. Grad mode on means create_graph=True: then the gradients must carry a
+# graph, which the fused op cannot give, so the layer is recomputed in plain PyTorch ops.
 class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
         output, hn, cn, gates, cells = _ops.lstm_forward(
             input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True)
-        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, output, gates, cells)
-        ctx.has_bias, ctx.reverse = b_ih is not None, reverse
+        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, gates, cells)
+        ctx.reverse = reverse
         ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
         return output, hn, cn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_hn, grad_cn):
-        input, h0, c0, w_ih, w_hh, output, gates, cells = ctx.saved_tensors
+        input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, gates, cells = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(
+                ctx, _lstm_reference, (input, h0, c0, w_ih, w_hh, b_ih, b_hh), (ctx.reverse,),
+                (grad_output, grad_hn, grad_cn)) + (None,)
+        has_bias = b_ih is not None
         grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = _ops.lstm_backward(
             grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
-            ctx.has_bias, ctx.reverse)
-        grad_bias = grad_bias if ctx.has_bias else None
+            has_bias, ctx.reverse)
+        grad_bias = grad_bias if has_bias else None
         return grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None
 
 
@@ -91,19 +155,23 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, reverse):
         output, hn, saved = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
-        ctx.save_for_backward(input, h0, w_ih, w_hh, output, saved)
-        ctx.has_bias, ctx.reverse = b_ih is not None, reverse
+        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output, saved)
+        ctx.reverse = reverse
         ctx.set_materialize_grads(False)
         return output, hn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_hn):
-        input, h0, w_ih, w_hh, output, saved = ctx.saved_tensors
+        input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(
+                ctx, _gru_reference, (input, h0, w_ih, w_hh, b_ih, b_hh), (ctx.reverse,),
+                (grad_output, grad_hn)) + (None,)
+        has_bias = b_ih is not None
         grads = _ops.gru_backward(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved,
-                                  ctx.has_bias, ctx.reverse)
+                                  has_bias, ctx.reverse)
         grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
-        if not ctx.has_bias:
+        if not has_bias:
             grad_b_ih = grad_b_hh = None
         return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None
 
@@ -112,19 +180,23 @@ class RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
         output, hn = _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
-        ctx.save_for_backward(input, h0, w_ih, w_hh, output)
-        ctx.has_bias, ctx.relu, ctx.reverse = b_ih is not None, relu, reverse
+        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output)
+        ctx.relu, ctx.reverse = relu, reverse
         ctx.set_materialize_grads(False)
         return output, hn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_hn):
-        input, h0, w_ih, w_hh, output = ctx.saved_tensors
+        input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(
+                ctx, _rnn_reference, (input, h0, w_ih, w_hh, b_ih, b_hh),
+                (ctx.relu, ctx.reverse), (grad_output, grad_hn)) + (None, None)
+        has_bias = b_ih is not None
         grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_backward(
-            grad_output, grad_hn, input, h0, w_ih, w_hh, output, ctx.has_bias, ctx.relu,
+            grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, ctx.relu,
             ctx.reverse)
-        grad_bias = grad_bias if ctx.has_bias else None
+        grad_bias = grad_bias if has_bias else None
         return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None, None
 
 
@@ -155,3 +227,4 @@ def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=F
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
         return RNNFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
     return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+

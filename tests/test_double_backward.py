@@ -1,0 +1,89 @@
+"""Double backward: under create_graph=True the autograd Functions recompute the layer in plain
+PyTorch ops; otherwise their backward is the fused op alone."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import CELLS, DEVICES, assert_close_by_name, make_pair, random_state
+from test_ops import _apply, _layer_args
+
+ALL_CELLS = list(CELLS)
+
+
+def _requiring_grad(args):
+    return [a.requires_grad_() if a is not None else None for a in args]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reverse, bias", [(False, True), (True, False)],
+                         ids=["forward-bias", "reverse-nobias"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_gradgradcheck(cell, reverse, bias, device):
+    args = _requiring_grad(_layer_args(cell, 2, 2, 2, 3, device, bias=bias))
+    assert torch.autograd.gradgradcheck(lambda *a: _apply(cell, a, reverse), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_differentiable_backward_matches_fused_backward(cell, bias, reverse, device):
+    """The first-order gradients of the two backward paths agree."""
+    args = _requiring_grad(_layer_args(cell, 5, 3, 4, 6, device, bias=bias))
+    inputs = [a for a in args if a is not None]
+    outputs = _apply(cell, args, reverse)
+    gen = torch.Generator().manual_seed(3)
+    probes = [torch.randn(o.shape, generator=gen, dtype=o.dtype).to(device) for o in outputs]
+    fused = torch.autograd.grad(outputs, inputs, probes, retain_graph=True)
+    differentiable = torch.autograd.grad(outputs, inputs, probes, create_graph=True)
+    assert all(g.grad_fn is not None for g in differentiable)
+    names = [str(i) for i in range(len(inputs))]
+    assert_close_by_name(dict(zip(names, differentiable)), dict(zip(names, fused)), 1e-10)
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the name of every op dispatched while active (not the ops they call inside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_first_order_backward_is_the_fused_op_alone(cell):
+    args = _requiring_grad(_layer_args(cell, 4, 2, 3, 5, "cpu"))
+    outputs = _apply(cell, args, False)
+    loss = sum(o.sum() for o in outputs)
+    with _OpNames() as ops:
+        loss.backward()
+    assert f"fusedrnn::{cell.split('_')[0]}_backward" in ops.names
+    cell_math = {"aten::sigmoid", "aten::tanh", "aten::relu", "aten::mm", "aten::addmm"}
+    assert not {name.split(".")[0] for name in ops.names} & cell_math, ops.names
+
+
+def _penalty_gradients(model, x, hx):
+    """A gradient penalty: the gradients of ||d loss / d input||^2 with respect to the input and
+    every parameter (by name), for loss a random projection of the output."""
+    x = x.detach().requires_grad_()
+    output = model(x, hx)[0]
+    probe = torch.randn(output.shape, generator=torch.Generator().manual_seed(5),
+                        dtype=output.dtype).to(output.device)
+    (grad_x,) = torch.autograd.grad((output * probe).sum(), x, create_graph=True)
+    names, parameters = zip(*model.named_parameters())
+    grads = torch.autograd.grad(grad_x.pow(2).sum(), (x, *parameters))
+    return dict(zip(("input", *names), grads))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_gradient_penalty_matches_torch_nn(cell, device):
+    ref, fused = make_pair(cell, 3, 4, device, torch.float64, num_layers=2, bidirectional=True)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64).to(device)
+    hx = random_state(cell, ref, 2, device, torch.float64, gen)
+    assert_close_by_name(_penalty_gradients(fused, x, hx), _penalty_gradients(ref, x, hx), 1e-10)
+
