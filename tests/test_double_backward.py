@@ -5,6 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import CELLS, DEVICES, assert_close_by_name, make_pair, random_state
+from test_cells import CELL_CLASSES, CellAsLayer, cell_inputs, make_cell_pair
 from test_ops import _apply, _layer_args
 
 ALL_CELLS = list(CELLS)
@@ -87,3 +88,11 @@ def test_gradient_penalty_matches_torch_nn(cell, device):
     hx = random_state(cell, ref, 2, device, torch.float64, gen)
     assert_close_by_name(_penalty_gradients(fused, x, hx), _penalty_gradients(ref, x, hx), 1e-10)
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", list(CELL_CLASSES))
+def test_cell_gradient_penalty_matches_torch_nn(cell, device):
+    ref, fused = make_cell_pair(cell, 3, 4, device, torch.float64)
+    x, hx = cell_inputs(cell, (2,), 3, 4, device, torch.float64)
+    assert_close_by_name(_penalty_gradients(CellAsLayer(fused), x, hx),
+                         _penalty_gradients(CellAsLayer(ref), x, hx), 1e-10)

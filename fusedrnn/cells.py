@@ -1,0 +1,145 @@
+"""fusedrnn.LSTMCell, GRUCell and RNNCell: drop-in replacements for torch.nn's cells.
+
+Each step is the layer op with T=1: the input GEMM, the recurrent GEMM and one fused pointwise
+kernel. They subclass nn.RNNCellBase, as torch.nn's cells do, so they have the same
+constructor, parameter names, shapes, gate order, initialisation and state_dict.
+"""
+import torch
+from torch import nn
+
+from . import ops
+
+
+class _FusedCell(nn.RNNCellBase):
+    """torch.nn's cell checks and reshaping around one step of a layer op."""
+
+    _torch_name: str  # torch.nn's class name, for error messages
+    _chunks: int      # gates per hidden unit
+    _states: int      # 2 for (h, c), 1 for h
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, num_chunks=self._chunks, device=device,
+                         dtype=dtype)
+
+    def _step(self, input, states, weights):
+        """input [B, I]; states: tuple of [B, H]. -> tuple of the new [B, H] states."""
+        raise NotImplementedError
+
+    def _as_states(self, hx):
+        """hx as a tuple of states (None stays None), with torch.nn's dimension check."""
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"{self._torch_name}: Expected hidden to be 1D or 2D, got {hx.dim()}D "
+                             "instead")
+        return None if hx is None else (hx,)
+
+    def forward(self, input, hx=None):
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{self._torch_name}: Expected input to be 1D or 2D, got "
+                             f"{input.dim()}D instead")
+        states = self._as_states(hx)
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            if states is not None:
+                states = tuple(s.unsqueeze(0) for s in states)
+        if states is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            states = (zeros,) * self._states
+        self._check_sizes(input, states, is_batched)
+
+        weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        self._check_dtypes_and_devices(input, states, weights[0])
+
+        new_states = self._step(input, states, weights)
+        if not is_batched:
+            new_states = tuple(s.squeeze(0) for s in new_states)
+        return new_states if self._states == 2 else new_states[0]
+
+    def _check_sizes(self, input, states, is_batched):
+        # ATen's checks (check_rnn_cell_forward_input/_hidden), in its order, with its messages,
+        # and a check of the number of dimensions where ATen has none (it then raises an
+        # IndexError, returns a wrongly broadcast result or, for the LSTMCell, crashes).
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
+                               f"expected {self.input_size}")
+        for index, state in enumerate(states):
+            if state.size(0) != input.size(0):
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match "
+                                   f"hidden{index} batch size {state.size(0)}")
+            if state.dim() != 2:
+                given, kind = (state.dim(), "batched") if is_batched else (2, "unbatched")
+                raise RuntimeError(f"{self._torch_name}: hidden{index} must be 2-D for batched "
+                                   f"input and 1-D for unbatched input, got {given}-D for {kind} "
+                                   "input")
+            if state.size(1) != self.hidden_size:
+                raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got "
+                                   f"{state.size(1)}, expected {self.hidden_size}")
+
+    def _check_dtypes_and_devices(self, input, states, weight):
+        name = self._torch_name
+        if input.dtype != weight.dtype:
+            raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match weight dtype "
+                               f"({weight.dtype}); convert the input: input.to({weight.dtype}), "
+                               f"or the cell: cell.to({input.dtype})")
+        for index, state in enumerate(states):
+            if state.dtype != input.dtype:
+                raise RuntimeError(f"{name}: hidden{index} dtype ({state.dtype}) does not match "
+                                   f"input dtype ({input.dtype})")
+            if state.device != input.device:
+                raise RuntimeError(f"{name}: input is on {input.device} but hidden{index} is on "
+                                   f"{state.device}")
+        if weight.device != input.device:
+            raise RuntimeError(f"{name}: input is on {input.device} but the weights are on "
+                               f"{weight.device}")
+
+
+class LSTMCell(_FusedCell):
+    """Drop-in for torch.nn.LSTMCell: forward(input, (h, c) or None) -> (h', c')."""
+
+    _torch_name, _chunks, _states = "LSTMCell", 4, 2
+
+    def _as_states(self, hx):
+        if hx is None:
+            return None
+        for index, value in enumerate(hx):
+            if value.dim() not in (1, 2):
+                raise ValueError(f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got "
+                                 f"{value.dim()}D instead")
+        if len(hx) != 2:
+            raise RuntimeError("lstm_cell expects two hidden states")
+        return tuple(hx)
+
+    def _step(self, input, states, weights):
+        _, h, c = ops.lstm_layer(input.unsqueeze(0), *states, *weights)
+        return h, c
+
+
+class GRUCell(_FusedCell):
+    """Drop-in for torch.nn.GRUCell: forward(input, h or None) -> h'."""
+
+    _torch_name, _chunks, _states = "GRUCell", 3, 1
+
+    def _step(self, input, states, weights):
+        _, h = ops.gru_layer(input.unsqueeze(0), *states, *weights)
+        return (h,)
+
+
+class RNNCell(_FusedCell):
+    """Drop-in for torch.nn.RNNCell (nonlinearity 'tanh' or 'relu'): forward(input, h or None)
+    -> h'. Like torch.nn's, an unknown nonlinearity is reported by forward, not here."""
+
+    __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
+    _torch_name, _chunks, _states = "RNNCell", 1, 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+    def _step(self, input, states, weights):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        _, h = ops.rnn_layer(input.unsqueeze(0), *states, *weights,
+                             relu=self.nonlinearity == "relu")
+        return (h,)
