@@ -4,6 +4,8 @@ Each step is the layer op with T=1: the input GEMM, the recurrent GEMM and one f
 kernel. They subclass nn.RNNCellBase, as torch.nn's cells do, so they have the same
 constructor, parameter names, shapes, gate order, initialisation and state_dict.
 """
+import contextlib
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ from . import ops
 class _FusedCell(nn.RNNCellBase):
     """torch.nn's cell checks and reshaping around one step of a layer op."""
 
-    _torch_name: str  # torch.nn's class name, for error messages
+    _torch_name: str  # torch.nn's class name: error messages and the autocast policy
     _chunks: int      # gates per hidden unit
     _states: int      # 2 for (h, c), 1 for h
 
@@ -49,9 +51,17 @@ class _FusedCell(nn.RNNCellBase):
         self._check_sizes(input, states, is_batched)
 
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        result_dtype, context = None, contextlib.nullcontext()
+        policy = ops.autocast_policy(self._torch_name, input.device.type)
+        if policy is not None:
+            input, states, weights, result_dtype = policy.cast(input, states, weights)
+            context = torch.autocast(input.device.type, enabled=False)  # no re-casting inside
         self._check_dtypes_and_devices(input, states, weights[0])
 
-        new_states = self._step(input, states, weights)
+        with context:
+            new_states = self._step(input, states, weights)
+        if result_dtype is not None:
+            new_states = tuple(s.to(result_dtype) for s in new_states)
         if not is_batched:
             new_states = tuple(s.squeeze(0) for s in new_states)
         return new_states if self._states == 2 else new_states[0]

@@ -4,6 +4,8 @@ They subclass nn.RNNBase (not nn.LSTM/GRU/RNN, which torch.compile refuses to tr
 have torch.nn's constructor, parameter names, shapes, gate order, initialisation and
 state_dict, and load each other's checkpoints with strict=True.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,24 +56,41 @@ class _FusedRNNBase(nn.RNNBase):
     def _zero_state(self, input):
         return torch.zeros(self._state_size(input), dtype=input.dtype, device=input.device)
 
-    def _run_layers(self, input, states, layer_fn):
+    def _apply_autocast(self, kind, input, states):
+        """The weights, with input and states cast as torch.nn's `kind` casts them under
+        autocast (ops.autocast_policy). -> input, states, weights, the dtype the results must
+        come back in (None: as computed), and the context to run the layers in."""
+        self._update_flat_weights()
+        weights = self._flat_weights
+        policy = ops.autocast_policy(kind, input.device.type)
+        if policy is None:
+            return input, states, weights, None, contextlib.nullcontext()
+        input, states, weights, result_dtype = policy.cast(input, states, weights)
+        if input.dtype != weights[0].dtype:
+            raise RuntimeError(
+                f"{kind} input dtype ({input.dtype}) does not match weight dtype "
+                f"({weights[0].dtype}) under autocast, which leaves float64 tensors as they are")
+        # Nothing inside may re-cast what was cast here.
+        return input, states, weights, result_dtype, torch.autocast(input.device.type,
+                                                                     enabled=False)
+
+    def _run_layers(self, input, states, weights, layer_fn):
         """Runs every layer and direction.
 
         input: [T, B, I]; states: tuple of [L*D, B, H] tensors (h, and c for the LSTM);
-        layer_fn(input, states_of_one_direction, weights, reverse) -> (output, new_states).
-        -> output [T, B, D*H], tuple of [L*D, B, H].
+        weights: the flat weights; layer_fn(input, states_of_one_direction, weights, reverse)
+        -> (output, new_states). -> output [T, B, D*H], tuple of [L*D, B, H].
         """
-        self._update_flat_weights()
         directions = 2 if self.bidirectional else 1
-        per_direction = len(self._flat_weights) // (self.num_layers * directions)
+        per_direction = len(weights) // (self.num_layers * directions)
         finals = [[] for _ in states]
         x = input
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(directions):
                 index = layer * directions + direction
-                weights = self._flat_weights[index * per_direction:(index + 1) * per_direction]
-                output, new_states = layer_fn(x, tuple(s[index] for s in states), weights,
+                layer_weights = weights[index * per_direction:(index + 1) * per_direction]
+                output, new_states = layer_fn(x, tuple(s[index] for s in states), layer_weights,
                                               direction == 1)
                 outputs.append(output)
                 for final, state in zip(finals, new_states):
@@ -120,6 +139,7 @@ class LSTM(_FusedRNNBase):
         expected = self._state_size(input)
         self.check_hidden_size(hx[0], expected, "Expected hidden[0] size {}, got {}")
         self.check_hidden_size(hx[1], expected, "Expected hidden[1] size {}, got {}")
+        input, hx, weights, result_dtype, context = self._apply_autocast("LSTM", input, hx)
         self._check_state("hx", hx[0], input)
         self._check_state("cx", hx[1], input)
 
@@ -128,7 +148,10 @@ class LSTM(_FusedRNNBase):
                                           reverse=reverse)
             return output, (h, c)
 
-        output, (h_n, c_n) = self._run_layers(input, hx, layer)
+        with context:
+            output, (h_n, c_n) = self._run_layers(input, hx, weights, layer)
+        if result_dtype is not None:
+            output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return self._finish_output(output, is_batched), (h_n, c_n)
@@ -155,13 +178,18 @@ class _SingleStateRNN(_FusedRNNBase):
             hx = hx.unsqueeze(1)
         self.check_input(input, None)
         self.check_hidden_size(hx, self._state_size(input))
+        kind = "GRU" if self.mode == "GRU" else "RNN"
+        input, (hx,), weights, result_dtype, context = self._apply_autocast(kind, input, (hx,))
         self._check_state("hx", hx, input)
 
         def layer(x, state, weights, reverse):
             output, h = self._layer(x, state[0], self._split_weights(weights), reverse)
             return output, (h,)
 
-        output, (h_n,) = self._run_layers(input, (hx,), layer)
+        with context:
+            output, (h_n,) = self._run_layers(input, (hx,), weights, layer)
+        if result_dtype is not None:
+            output, h_n = output.to(result_dtype), h_n.to(result_dtype)
         if not is_batched:
             h_n = h_n.squeeze(1)
         return self._finish_output(output, is_batched), h_n
