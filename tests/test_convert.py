@@ -1,0 +1,156 @@
+"""fusedrnn.convert and fusedrnn.revert on model trees: same results, same Parameter objects."""
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+from conftest import DEVICES, assert_close_by_name
+
+TORCH_NN = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+FUSED = (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN, fusedrnn.LSTMCell, fusedrnn.GRUCell,
+         fusedrnn.RNNCell)
+
+
+class Tagger(nn.Module):
+    """Every recurrent module torch.nn has, inside containers: embedding, a 2-layer bidirectional
+    LSTM, a GRU and a relu RNN over the sequence, then a loop of cells, then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(20, 6)
+        self.encoder = nn.Sequential(nn.LSTM(6, 5, num_layers=2, bidirectional=True))
+        self.layers = nn.ModuleList([nn.GRU(10, 4), nn.RNN(4, 4, nonlinearity="relu")])
+        self.cells = nn.ModuleDict({"lstm": nn.LSTMCell(4, 3), "gru": nn.GRUCell(3, 3),
+                                    "rnn": nn.RNNCell(3, 3, bias=False)})
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, tokens):
+        x, _ = self.encoder[0](self.embedding(tokens))
+        for layer in self.layers:
+            x, _ = layer(x)
+        lstm_state = gru_state = rnn_state = None
+        for step in x:
+            lstm_state = self.cells["lstm"](step, lstm_state)
+            gru_state = self.cells["gru"](lstm_state[0], gru_state)
+            rnn_state = self.cells["rnn"](gru_state, rnn_state)
+        return self.head(rnn_state)
+
+
+def _tagger(device="cpu", dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return Tagger().to(device=device, dtype=dtype)
+
+
+def _tokens(device):
+    return torch.randint(0, 20, (5, 3), generator=torch.Generator().manual_seed(1)).to(device)
+
+
+def _outputs_and_gradients(model, tokens):
+    """The output and the gradient of a random projection of it for every trainable parameter."""
+    output = model(tokens)
+    probe = torch.randn(output.shape, generator=torch.Generator().manual_seed(2),
+                        dtype=output.dtype).to(output.device)
+    names, parameters = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    grads = torch.autograd.grad((output * probe).sum(), parameters)
+    return {"output": output.detach(), **{f"grad_{n}": g for n, g in zip(names, grads)}}
+
+
+def _recurrent_types(model):
+    return sorted(type(m).__module__.split(".")[0] + "." + type(m).__name__
+                  for m in model.modules() if isinstance(m, TORCH_NN + FUSED))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_same_outputs_and_gradients(device):
+    model, tokens = _tagger(device), _tokens(device)
+    expected = _outputs_and_gradients(model, tokens)
+    converted = fusedrnn.convert(model)
+    assert converted is model
+    assert _recurrent_types(model) == sorted(f"fusedrnn.{c.__name__}" for c in FUSED)
+    assert_close_by_name(_outputs_and_gradients(model, tokens), expected, 1e-10)
+
+
+def test_parameters_are_the_same_objects():
+    model = _tagger()
+    before = dict(model.named_parameters())
+    fusedrnn.convert(model)
+    after = dict(model.named_parameters())
+    assert list(after) == list(before)
+    assert all(after[name] is parameter for name, parameter in before.items())
+
+
+def test_copy_converts_a_copy():
+    model = _tagger()
+    before = dict(model.named_parameters())
+    converted = fusedrnn.convert(model, copy=True)
+    assert _recurrent_types(model) == sorted(f"torch.{c.__name__}" for c in TORCH_NN)
+    assert _recurrent_types(converted) == sorted(f"fusedrnn.{c.__name__}" for c in FUSED)
+    for name, parameter in converted.named_parameters():
+        assert parameter is not before[name] and torch.equal(parameter, before[name]), name
+    tokens = _tokens("cpu")
+    assert_close_by_name(_outputs_and_gradients(converted, tokens),
+                         _outputs_and_gradients(model, tokens), 1e-10)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_training_mode_requires_grad_and_dtype_are_kept(copy):
+    model = _tagger(dtype=torch.float32)
+    model.layers[0].eval()
+    model.cells["gru"].eval()
+    model.cells["lstm"].bias_hh.requires_grad_(False)
+    model.encoder[0].weight_hh_l1_reverse.requires_grad_(False)
+    state = {name: (m.training, [(p.requires_grad, p.dtype, p.device) for p in m.parameters()])
+             for name, m in model.named_modules()}
+    converted = fusedrnn.convert(model, copy=copy)
+    assert {name: (m.training, [(p.requires_grad, p.dtype, p.device) for p in m.parameters()])
+            for name, m in converted.named_modules()} == state
+
+
+def test_revert_round_trips():
+    model, tokens = _tagger(), _tokens("cpu")
+    expected = _outputs_and_gradients(model, tokens)
+    before = dict(model.named_parameters())
+    reverted = fusedrnn.revert(fusedrnn.convert(model))
+    assert _recurrent_types(reverted) == sorted(f"torch.{c.__name__}" for c in TORCH_NN)
+    assert all(type(m) in TORCH_NN for m in reverted.modules() if isinstance(m, TORCH_NN))
+    assert all(p is before[name] for name, p in reverted.named_parameters())
+    assert_close_by_name(_outputs_and_gradients(reverted, tokens), expected, 1e-10)
+
+
+def test_root_module_is_replaced_and_returned():
+    lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True, dropout=0.25).double().eval()
+    fused = fusedrnn.convert(lstm)
+    assert type(fused) is fusedrnn.LSTM and not fused.training
+    assert (fused.num_layers, fused.batch_first, fused.dropout) == (2, True, 0.25)
+    assert all(a is b for a, b in zip(fused.parameters(), lstm.parameters()))
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    torch.testing.assert_close(fused(x)[0], lstm(x)[0], rtol=1e-10, atol=0)
+    back = fusedrnn.revert(fused)
+    assert type(back) is nn.LSTM and all(a is b for a, b in zip(back.parameters(),
+                                                                lstm.parameters()))
+    torch.testing.assert_close(back(x)[0], lstm(x)[0], rtol=0, atol=0)
+
+
+def test_unsupported_lstm_is_left_with_a_warning_naming_it():
+    model = nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 4, proj_size=2), nn.GRU(2, 2))
+    with pytest.warns(UserWarning, match=r"left 1 \(torch.nn.LSTM\).*proj_size > 0 \(here 2\)"):
+        fusedrnn.convert(model)
+    assert type(model[1]) is nn.LSTM and type(model[2]) is fusedrnn.GRU
+
+
+def test_extra_parameters_are_left_with_a_warning():
+    gru = nn.GRU(3, 4)
+    gru.register_buffer("mask", torch.ones(4))
+    with pytest.warns(UserWarning, match="the root module .*parameters or buffers other than"):
+        assert fusedrnn.convert(gru) is gru
+
+
+def test_shared_module_stays_shared_and_subclasses_stay():
+    class MyGRU(nn.GRU):
+        pass
+
+    shared = nn.LSTMCell(3, 3)
+    model = nn.ModuleList([shared, nn.Sequential(shared), MyGRU(3, 3)])
+    fusedrnn.convert(model)
+    assert type(model[0]) is fusedrnn.LSTMCell and model[1][0] is model[0]
+    assert type(model[2]) is MyGRU
