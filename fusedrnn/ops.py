@@ -153,20 +153,10 @@ class LSTMFunction(torch.autograd.Function):
         return grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None
 
 
-def _unaliased_gru_bias(input, b_ih):
-    """b_ih, or a copy of it where gru_forward would write into it: csrc/layer.cpp's
-    project_input accumulates the input GEMM into bias.expand(T, B, 3H).contiguous(), which for
-    T = B = 1 is b_ih itself. Drop this once project_input always copies."""
-    if b_ih is not None and input.size(0) * input.size(1) == 1:
-        return b_ih.clone()
-    return b_ih
-
-
 class GRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, reverse):
-        output, hn, saved = _ops.gru_forward(
-            input, h0, w_ih, w_hh, _unaliased_gru_bias(input, b_ih), b_hh, reverse, True)
+        output, hn, saved = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
         ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output, saved)
         ctx.reverse = reverse
         ctx.set_materialize_grads(False)
@@ -230,8 +220,7 @@ def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
     """-> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
         return GRUFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, reverse)
-    output, hn, _ = _ops.gru_forward(input, h0, w_ih, w_hh, _unaliased_gru_bias(input, b_ih),
-                                     b_hh, reverse, False)
+    output, hn, _ = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False)
     return output, hn
 
 
