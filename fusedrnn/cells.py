@@ -44,10 +44,9 @@ class _FusedCell(nn.RNNCellBase):
             input = input.unsqueeze(0)
             if states is not None:
                 states = tuple(s.unsqueeze(0) for s in states)
-        if states is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
-                                device=input.device)
-            states = (zeros,) * self._states
+        if states is None:  # one tensor per state: Dynamo rejects a Function given one twice
+            states = tuple(torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                       device=input.device) for _ in range(self._states))
         self._check_sizes(input, states, is_batched)
 
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]

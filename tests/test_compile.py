@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import DEVICES, assert_close_by_name, make_pair, random_state, run_and_grad
+from test_cells import CELL_CLASSES, CellAsLayer, cell_inputs, make_cell_pair
 from test_double_backward import _OpNames
 
 MODELS = [("lstm", {"num_layers": 2, "bidirectional": True}), ("gru", {})]
@@ -31,6 +32,17 @@ def test_compiled_matches_eager(cell, options, backend, device):
     model, x, hx = _model_and_inputs(cell, options, device)
     assert_close_by_name(_compiled_run_and_grad(model, x, hx, backend),
                          run_and_grad(model, x, hx), 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", list(CELL_CLASSES))
+def test_compiled_cells_match_eager(cell, device):
+    _, fused = make_cell_pair(cell, 5, 6, device)
+    x, hx = cell_inputs(cell, (3,), 5, 6, device, torch.float32)
+    model = CellAsLayer(fused)
+    for state in (hx, None):
+        assert_close_by_name(_compiled_run_and_grad(model, x, state, "aot_eager"),
+                             run_and_grad(model, x, state), 1e-5)
 
 
 @pytest.mark.parametrize("cell, options", MODELS, ids=[cell for cell, _ in MODELS])
