@@ -18,13 +18,6 @@ class _FusedRNNBase(nn.RNNBase):
     def flatten_parameters(self) -> None:
         """No-op: cuDNN's flat weight buffer is of no use to fusedrnn's kernels."""
 
-    def _check_not_packed(self, input):
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                f"fusedrnn.{type(self).__name__} does not take PackedSequence input yet; pad the "
-                "batch (torch.nn.utils.rnn.pad_packed_sequence) or use torch.nn."
-                f"{type(self).__name__} for packed input")
-
     def _check_state(self, name, state, input):
         if state.dtype != input.dtype:
             raise RuntimeError(
@@ -36,7 +29,12 @@ class _FusedRNNBase(nn.RNNBase):
                 f"{input.device} and {name} tensor at {state.device}")
 
     def _prepare_input(self, input):
-        """-> time-major contiguous input [T, B, I], whether it was batched."""
+        """-> (x, packing, is_batched): x is time-major contiguous input [T, B, I], or a
+        PackedSequence's data [rows, I] with packing = (batch_sizes, sorted_indices,
+        unsorted_indices); packing is None for a plain tensor."""
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            return data.contiguous(), (batch_sizes, sorted_indices, unsorted_indices), True
         if input.dim() not in (2, 3):
             raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
                              f"{input.dim()}D instead")
@@ -47,14 +45,15 @@ class _FusedRNNBase(nn.RNNBase):
             input = input.transpose(0, 1)
         if input.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        return input.contiguous(), is_batched
+        return input.contiguous(), None, is_batched
 
-    def _state_size(self, input):
-        """(layers * directions, B, H) for time-major input."""
-        return (self.num_layers * (2 if self.bidirectional else 1), input.size(1), self.hidden_size)
+    def _state_size(self, x, packing):
+        """(layers * directions, B, H)."""
+        batch = int(packing[0][0]) if packing else x.size(1)
+        return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
 
-    def _zero_state(self, input):
-        return torch.zeros(self._state_size(input), dtype=input.dtype, device=input.device)
+    def _zero_state(self, x, packing):
+        return torch.zeros(self._state_size(x, packing), dtype=x.dtype, device=x.device)
 
     def _apply_autocast(self, kind, input, states):
         """The weights, with input and states cast as torch.nn's `kind` casts them under
@@ -77,9 +76,10 @@ class _FusedRNNBase(nn.RNNBase):
     def _run_layers(self, input, states, weights, layer_fn):
         """Runs every layer and direction.
 
-        input: [T, B, I]; states: tuple of [L*D, B, H] tensors (h, and c for the LSTM);
-        weights: the flat weights; layer_fn(input, states_of_one_direction, weights, reverse)
-        -> (output, new_states). -> output [T, B, D*H], tuple of [L*D, B, H].
+        input: [T, B, I] or packed [rows, I]; states: tuple of [L*D, B, H] tensors (h, and c for
+        the LSTM); weights: the flat weights; layer_fn(input, states_of_one_direction, weights,
+        reverse) -> (output, new_states). -> output [T, B, D*H] or [rows, D*H], tuple of
+        [L*D, B, H].
         """
         directions = 2 if self.bidirectional else 1
         per_direction = len(weights) // (self.num_layers * directions)
@@ -95,15 +95,24 @@ class _FusedRNNBase(nn.RNNBase):
                 outputs.append(output)
                 for final, state in zip(finals, new_states):
                     final.append(state)
-            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=2)
+            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, p=self.dropout, training=True)
         return x, tuple(torch.stack(final) for final in finals)
 
-    def _finish_output(self, output, is_batched):
+    def _finish_output(self, output, packing, is_batched):
+        if packing:
+            return PackedSequence(output, *packing)
         if not is_batched:
             return output.squeeze(1)
         return output.transpose(0, 1) if self.batch_first else output
+
+    @staticmethod
+    def _reorder(state, packing, key):
+        """Moves a [L*D, B, H] state between the caller's batch order and the sorted order of a
+        PackedSequence (key 1: sorted_indices, into it; key 2: unsorted_indices, out of it)."""
+        indices = packing[key] if packing else None
+        return state if indices is None else state.index_select(1, indices)
 
     def _split_weights(self, weights):
         w_ih, w_hh = weights[0], weights[1]
@@ -112,8 +121,8 @@ class _FusedRNNBase(nn.RNNBase):
 
 
 class LSTM(_FusedRNNBase):
-    """Drop-in for torch.nn.LSTM (same arguments, parameters and outputs). proj_size is not
-    supported yet."""
+    """Drop-in for torch.nn.LSTM (same arguments, parameters and outputs, PackedSequence input
+    included). proj_size is not supported yet."""
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -122,10 +131,11 @@ class LSTM(_FusedRNNBase):
                                       "torch.nn.LSTM for projected LSTMs")
 
     def forward(self, input, hx=None):
-        self._check_not_packed(input)
-        input, is_batched = self._prepare_input(input)
+        input, packing, is_batched = self._prepare_input(input)
         if hx is None:
-            hx = (self._zero_state(input),) * 2
+            hx = (self._zero_state(input, packing), self._zero_state(input, packing))
+        elif packing:
+            hx = tuple(self._reorder(state, packing, 1) for state in hx)
         else:
             want = 3 if is_batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -135,8 +145,9 @@ class LSTM(_FusedRNNBase):
                     f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
             if not is_batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-        self.check_input(input, None)
-        expected = self._state_size(input)
+        batch_sizes = packing[0] if packing else None
+        self.check_input(input, batch_sizes)
+        expected = self._state_size(input, packing)
         self.check_hidden_size(hx[0], expected, "Expected hidden[0] size {}, got {}")
         self.check_hidden_size(hx[1], expected, "Expected hidden[1] size {}, got {}")
         input, hx, weights, result_dtype, context = self._apply_autocast("LSTM", input, hx)
@@ -145,7 +156,7 @@ class LSTM(_FusedRNNBase):
 
         def layer(x, state, weights, reverse):
             output, h, c = ops.lstm_layer(x, state[0], state[1], *self._split_weights(weights),
-                                          reverse=reverse)
+                                          reverse=reverse, batch_sizes=batch_sizes)
             return output, (h, c)
 
         with context:
@@ -154,20 +165,22 @@ class LSTM(_FusedRNNBase):
             output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._finish_output(output, is_batched), (h_n, c_n)
+        h_n, c_n = self._reorder(h_n, packing, 2), self._reorder(c_n, packing, 2)
+        return self._finish_output(output, packing, is_batched), (h_n, c_n)
 
 
 class _SingleStateRNN(_FusedRNNBase):
     """GRU and RNN: one hidden state."""
 
-    def _layer(self, x, h0, weights, reverse):
+    def _layer(self, x, h0, weights, reverse, batch_sizes):
         raise NotImplementedError
 
     def forward(self, input, hx=None):
-        self._check_not_packed(input)
-        input, is_batched = self._prepare_input(input)
+        input, packing, is_batched = self._prepare_input(input)
         if hx is None:
-            hx = self._zero_state(input)
+            hx = self._zero_state(input, packing)
+        elif packing:
+            hx = self._reorder(hx, packing, 1)
         elif is_batched and hx.dim() != 3:
             raise RuntimeError(
                 f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
@@ -176,14 +189,16 @@ class _SingleStateRNN(_FusedRNNBase):
                 raise RuntimeError(
                     f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
             hx = hx.unsqueeze(1)
-        self.check_input(input, None)
-        self.check_hidden_size(hx, self._state_size(input))
+        batch_sizes = packing[0] if packing else None
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hx, self._state_size(input, packing))
         kind = "GRU" if self.mode == "GRU" else "RNN"
         input, (hx,), weights, result_dtype, context = self._apply_autocast(kind, input, (hx,))
         self._check_state("hx", hx, input)
 
         def layer(x, state, weights, reverse):
-            output, h = self._layer(x, state[0], self._split_weights(weights), reverse)
+            output, h = self._layer(x, state[0], self._split_weights(weights), reverse,
+                                    batch_sizes)
             return output, (h,)
 
         with context:
@@ -192,7 +207,7 @@ class _SingleStateRNN(_FusedRNNBase):
             output, h_n = output.to(result_dtype), h_n.to(result_dtype)
         if not is_batched:
             h_n = h_n.squeeze(1)
-        return self._finish_output(output, is_batched), h_n
+        return self._finish_output(output, packing, is_batched), self._reorder(h_n, packing, 2)
 
 
 class GRU(_SingleStateRNN):
@@ -203,8 +218,8 @@ class GRU(_SingleStateRNN):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
-    def _layer(self, x, h0, weights, reverse):
-        return ops.gru_layer(x, h0, *weights, reverse=reverse)
+    def _layer(self, x, h0, weights, reverse, batch_sizes):
+        return ops.gru_layer(x, h0, *weights, reverse=reverse, batch_sizes=batch_sizes)
 
 
 class RNN(_SingleStateRNN):
@@ -224,5 +239,6 @@ class RNN(_SingleStateRNN):
         super().__init__("RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU", *args,
                          **kwargs)
 
-    def _layer(self, x, h0, weights, reverse):
-        return ops.rnn_layer(x, h0, *weights, relu=self.nonlinearity == "relu", reverse=reverse)
+    def _layer(self, x, h0, weights, reverse, batch_sizes):
+        return ops.rnn_layer(x, h0, *weights, relu=self.nonlinearity == "relu", reverse=reverse,
+                             batch_sizes=batch_sizes)

@@ -7,7 +7,8 @@ create_graph=True, where the backward recomputes the layer in plain PyTorch ops 
 result can be differentiated again (double backward).
 
 Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H] or None;
-output [T, B, H].
+output [T, B, H]. With batch_sizes (a PackedSequence's), input is the packed data [rows, I] and
+output is packed the same way, [rows, H].
 """
 from typing import NamedTuple
 
@@ -20,51 +21,54 @@ _ops = torch.ops.fusedrnn
 
 
 # ---- fake kernels: the shapes each op returns ----------------------------------------------
+def _sequence(input, width):
+    """A per-step buffer laid out like the input ([T, B, width] or packed [rows, width])."""
+    return input.new_empty(*input.shape[:-1], width)
+
+
 def _saved(input, width, training):
-    """A per-step buffer the forward keeps for the backward: [T, B, width], or empty."""
-    if not training:
-        return input.new_empty(0)
-    return input.new_empty(input.shape[0], input.shape[1], width)
+    """A per-step buffer the forward keeps for the backward, or empty."""
+    return _sequence(input, width) if training else input.new_empty(0)
 
 
 @torch.library.register_fake("fusedrnn::lstm_forward")
-def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training):
-    T, B, H = input.shape[0], input.shape[1], w_hh.shape[1]
-    return (input.new_empty(T, B, H), h0.new_empty(B, H), c0.new_empty(B, H),
+def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training,
+                       batch_sizes=None):
+    H = w_hh.shape[1]
+    return (_sequence(input, H), torch.empty_like(h0), torch.empty_like(c0),
             _saved(input, 4 * H, training), _saved(input, H, training))
 
 
 @torch.library.register_fake("fusedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates,
-                        cells, has_bias, reverse):
+                        cells, has_bias, reverse, batch_sizes=None):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
 
 
 @torch.library.register_fake("fusedrnn::gru_forward")
-def _gru_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training):
-    T, B, H = input.shape[0], input.shape[1], w_hh.shape[1]
-    return input.new_empty(T, B, H), h0.new_empty(B, H), _saved(input, 4 * H, training)
+def _gru_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training, batch_sizes=None):
+    H = w_hh.shape[1]
+    return _sequence(input, H), torch.empty_like(h0), _saved(input, 4 * H, training)
 
 
 @torch.library.register_fake("fusedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                       reverse):
+                       reverse, batch_sizes=None):
     bias_size = w_hh.shape[0] if has_bias else 0
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_hh.new_empty(bias_size), w_hh.new_empty(bias_size))
 
 
 @torch.library.register_fake("fusedrnn::rnn_forward")
-def _rnn_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
-    T, B, H = input.shape[0], input.shape[1], w_hh.shape[1]
-    return input.new_empty(T, B, H), h0.new_empty(B, H)
+def _rnn_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes=None):
+    return _sequence(input, w_hh.shape[1]), torch.empty_like(h0)
 
 
 @torch.library.register_fake("fusedrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
-                       reverse):
+                       reverse, batch_sizes=None):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
 
@@ -124,17 +128,24 @@ def _differentiable_backward(ctx, reference, inputs, options, grad_outputs):
     return tuple(next(grads) if need else None for need in needed)
 
 
+def _check_not_packed_for_double_backward(ctx):
+    if ctx.batch_sizes is not None:
+        raise NotImplementedError(
+            "fusedrnn: double backward (create_graph=True) through PackedSequence input is not "
+            "supported; pad the batch for gradient penalties")
+
+
 # ---- autograd ------------------------------------------------------------------------------
 # Each backward runs the fused backward op, with grad mode off as the engine leaves it for a
 # first-order backward. Grad mode on means create_graph=True: then the gradients must carry a
 # graph, which the fused op cannot give, so the layer is recomputed in plain PyTorch ops.
 class LSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+    def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes):
         output, hn, cn, gates, cells = _ops.lstm_forward(
-            input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True)
+            input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True, batch_sizes)
         ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, gates, cells)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.batch_sizes = reverse, batch_sizes
         ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
         return output, hn, cn
 
@@ -142,23 +153,26 @@ class LSTMFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, grad_cn):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, gates, cells = ctx.saved_tensors
         if torch.is_grad_enabled():
+            _check_not_packed_for_double_backward(ctx)
             return _differentiable_backward(
                 ctx, _lstm_reference, (input, h0, c0, w_ih, w_hh, b_ih, b_hh), (ctx.reverse,),
-                (grad_output, grad_hn, grad_cn)) + (None,)
+                (grad_output, grad_hn, grad_cn)) + (None, None)
         has_bias = b_ih is not None
         grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = _ops.lstm_backward(
             grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
-            has_bias, ctx.reverse)
+            has_bias, ctx.reverse, ctx.batch_sizes)
         grad_bias = grad_bias if has_bias else None
-        return grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None
+        return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None,
+                None)
 
 
 class GRUFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, reverse):
-        output, hn, saved = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, True)
+    def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes):
+        output, hn, saved = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, True,
+                                             batch_sizes)
         ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output, saved)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.batch_sizes = reverse, batch_sizes
         ctx.set_materialize_grads(False)
         return output, hn
 
@@ -166,24 +180,26 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
         if torch.is_grad_enabled():
+            _check_not_packed_for_double_backward(ctx)
             return _differentiable_backward(
                 ctx, _gru_reference, (input, h0, w_ih, w_hh, b_ih, b_hh), (ctx.reverse,),
-                (grad_output, grad_hn)) + (None,)
+                (grad_output, grad_hn)) + (None, None)
         has_bias = b_ih is not None
         grads = _ops.gru_backward(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved,
-                                  has_bias, ctx.reverse)
+                                  has_bias, ctx.reverse, ctx.batch_sizes)
         grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
         if not has_bias:
             grad_b_ih = grad_b_hh = None
-        return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None
+        return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None, None
 
 
 class RNNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
-        output, hn = _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+    def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes):
+        output, hn = _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
+                                      batch_sizes)
         ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output)
-        ctx.relu, ctx.reverse = relu, reverse
+        ctx.relu, ctx.reverse, ctx.batch_sizes = relu, reverse, batch_sizes
         ctx.set_materialize_grads(False)
         return output, hn
 
@@ -191,15 +207,16 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
         if torch.is_grad_enabled():
+            _check_not_packed_for_double_backward(ctx)
             return _differentiable_backward(
                 ctx, _rnn_reference, (input, h0, w_ih, w_hh, b_ih, b_hh),
-                (ctx.relu, ctx.reverse), (grad_output, grad_hn)) + (None, None)
+                (ctx.relu, ctx.reverse), (grad_output, grad_hn)) + (None, None, None)
         has_bias = b_ih is not None
         grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_backward(
             grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, ctx.relu,
-            ctx.reverse)
+            ctx.reverse, ctx.batch_sizes)
         grad_bias = grad_bias if has_bias else None
-        return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None, None
+        return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None, None, None
 
 
 # ---- one layer, one direction --------------------------------------------------------------
@@ -207,28 +224,31 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
+def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
+               batch_sizes=None):
     """-> output [T, B, H], h_n [B, H], c_n [B, H]. Saves nothing when no gradient is needed."""
     if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        return LSTMFunction.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
+        return LSTMFunction.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes)
     output, hn, cn, _, _ = _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
-                                             False)
+                                             False, batch_sizes)
     return output, hn, cn
 
 
-def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
+def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_sizes=None):
     """-> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
-        return GRUFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, reverse)
-    output, hn, _ = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False)
+        return GRUFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes)
+    output, hn, _ = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False,
+                                     batch_sizes)
     return output, hn
 
 
-def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=False):
+def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=False,
+              batch_sizes=None):
     """Elman RNN, tanh (or relu). -> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
-        return RNNFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
-    return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+        return RNNFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
+    return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
 
 
 # ---- autocast ------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Bad input: a clear Python exception, of the type torch.nn raises, never a crash."""
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_sequence
 
 import fusedrnn
 from conftest import CELLS, CUDA_SKIP, make_pair
@@ -101,9 +100,6 @@ def test_unsupported_options_say_so():
         fusedrnn.GRU(4, 6, proj_size=3)
     with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
         fusedrnn.RNN(4, 6, nonlinearity="sigmoid")
-    packed = pack_sequence([torch.randn(3, 4), torch.randn(2, 4)])
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        fusedrnn.LSTM(4, 6)(packed)
 
 
 @pytest.mark.parametrize("bad, match", [

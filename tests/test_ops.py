@@ -25,12 +25,12 @@ def _layer_args(cell, T, B, I, H, device, dtype=torch.float64, bias=True, seed=0
     return args
 
 
-def _apply(cell, args, reverse):
+def _apply(cell, args, reverse, batch_sizes=None):
     if cell == "lstm":
-        return ops.LSTMFunction.apply(*args, reverse)
+        return ops.LSTMFunction.apply(*args, reverse, batch_sizes)
     if cell == "gru":
-        return ops.GRUFunction.apply(*args, reverse)
-    return ops.RNNFunction.apply(*args, cell == "rnn_relu", reverse)
+        return ops.GRUFunction.apply(*args, reverse, batch_sizes)
+    return ops.RNNFunction.apply(*args, cell == "rnn_relu", reverse, batch_sizes)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -41,6 +41,18 @@ def test_gradcheck(cell, reverse, bias, device):
     args = _layer_args(cell, 4, 3, 5, 6, device, bias=bias)
     args = [a.requires_grad_() if a is not None else None for a in args]
     assert torch.autograd.gradcheck(lambda *a: _apply(cell, a, reverse), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_gradcheck_packed(cell, reverse, device):
+    """Packed rows (batch sizes 3, 3, 2, 1): input [9, I]."""
+    batch_sizes = torch.tensor([3, 3, 2, 1])
+    args = _layer_args(cell, 9, 3, 5, 4, device)
+    args[0] = args[0][:, 0]
+    args = [a.requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(lambda *a: _apply(cell, a, reverse, batch_sizes), args)
 
 
 def _op_samples(device):
@@ -71,6 +83,17 @@ def _op_samples(device):
     out, hn = lib.rnn_forward(x, h0, w_ih, w_hh, None, None, True, False)
     samples.append((lib.rnn_backward.default, (grad_like(out), grad_like(hn), x, h0, w_ih, w_hh,
                                                out, False, True, False)))
+    # Packed: 5 rows in steps of 2, 2, 1.
+    batch_sizes = torch.tensor([2, 2, 1])
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _layer_args("lstm", 5, 2, 4, 5, device, torch.float32)
+    x = x[:, 0]
+    samples.append((lib.lstm_forward.default, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, True, True,
+                                               batch_sizes)))
+    out, hn, cn, gates, cells = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, True, True,
+                                                 batch_sizes)
+    samples.append((lib.lstm_backward.default, (grad_like(out), None, grad_like(cn), x, h0, c0,
+                                                w_ih, w_hh, out, gates, cells, True, True,
+                                                batch_sizes)))
     return samples
 
 

@@ -1,0 +1,103 @@
+"""PackedSequence input against torch.nn: outputs, final states and every gradient."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
+
+from conftest import CELLS, DEVICES, TOLERANCE, assert_close_by_name, make_pair, random_state
+
+# (lengths, enforce_sorted): sorted and unsorted batches, a batch of one, equal lengths, and
+# lengths that drop by more than one row between steps.
+BATCHES = [
+    ([6, 4, 4, 1], True),
+    ([3, 7, 1, 5, 5], False),
+    ([5], True),
+    ([4, 4, 4], False),
+    ([9, 2, 6, 2, 1, 7], False),
+]
+OPTIONS = [
+    {},
+    {"num_layers": 2, "bidirectional": True},
+    {"bidirectional": True, "bias": False},
+    {"num_layers": 3, "bidirectional": True, "batch_first": True},
+]
+
+
+def _run(model, padded, lengths, enforce_sorted, hx):
+    """Packs `padded`, runs the model, differentiates a random projection of the padded output
+    and of the final states. -> {name: tensor}, like conftest.run_and_grad."""
+    padded = padded.detach().requires_grad_()
+    states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
+    states = tuple(s.detach().requires_grad_() for s in states)
+    hx_arg = None if hx is None else (states if isinstance(hx, tuple) else states[0])
+    packed = pack_padded_sequence(padded, torch.tensor(lengths), model.batch_first,
+                                  enforce_sorted)
+    output, final = model(packed, hx_arg)
+    out_padded, out_lengths = pad_packed_sequence(output, model.batch_first)
+    assert out_lengths.tolist() == lengths
+    finals = final if isinstance(final, tuple) else (final,)
+    results = {"output": out_padded}
+    results.update(zip(("h_n", "c_n"), finals))
+    gen = torch.Generator().manual_seed(5)
+    loss = sum((t.double() * torch.randn(t.shape, generator=gen).to(t.device, torch.float64)).sum()
+               for t in results.values())
+    names = [n for n, _ in model.named_parameters()]
+    grads = torch.autograd.grad(loss, [padded, *states, *model.parameters()])
+    results["grad_input"] = grads[0]
+    results.update(zip(("grad_h0", "grad_c0"), grads[1:1 + len(states)]))
+    results.update({f"grad_{n}": g for n, g in zip(names, grads[1 + len(states):])})
+    return {k: v.detach() for k, v in results.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in
+                                                                  o.items()) or "plain")
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"{b[0]}-sorted={b[1]}")
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_packed_matches_torch_nn(cell, batch, options, dtype, device):
+    lengths, enforce_sorted = batch
+    ref, fused = make_pair(cell, 3, 5, device, dtype, **options)
+    gen = torch.Generator().manual_seed(len(lengths))
+    T, B = max(lengths), len(lengths)
+    shape = (B, T, 3) if options.get("batch_first") else (T, B, 3)
+    padded = torch.randn(shape, generator=gen).to(device, dtype)
+    for hx in (None, random_state(cell, ref, B, device, dtype, gen)):
+        assert_close_by_name(_run(fused, padded, lengths, enforce_sorted, hx),
+                             _run(ref, padded, lengths, enforce_sorted, hx), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_pack_sequence_and_inference(cell, device):
+    ref, fused = make_pair(cell, 4, 6, device, torch.float64, num_layers=2, bidirectional=True)
+    seqs = [torch.randn(n, 4, dtype=torch.float64, device=device) for n in (2, 7, 5)]
+    packed = pack_sequence(seqs, enforce_sorted=False)
+    with torch.no_grad():
+        ours, theirs = fused(packed), ref(packed)
+    assert torch.equal(ours[0].batch_sizes, theirs[0].batch_sizes)
+    assert torch.equal(ours[0].unsorted_indices, theirs[0].unsorted_indices)
+    torch.testing.assert_close(ours[0].data, theirs[0].data, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+
+
+def test_ops_check_batch_sizes():
+    args = dict(h0=torch.randn(3, 5), c0=torch.randn(3, 5), w_ih=torch.randn(20, 4),
+                w_hh=torch.randn(20, 5), b_ih=None, b_hh=None)
+    lstm = torch.ops.fusedrnn.lstm_forward
+    with pytest.raises(RuntimeError, match="non-increasing"):
+        lstm(torch.randn(6, 4), *args.values(), False, False, torch.tensor([1, 2, 3]))
+    with pytest.raises(RuntimeError, match="add up to 6 rows, but input has 7"):
+        lstm(torch.randn(7, 4), *args.values(), False, False, torch.tensor([3, 2, 1]))
+    with pytest.raises(RuntimeError, match="packed input must be 2-D"):
+        lstm(torch.randn(3, 2, 4), *args.values(), False, False, torch.tensor([3, 2, 1]))
+    with pytest.raises(RuntimeError, match="int64 CPU tensor"):
+        lstm(torch.randn(6, 4), *args.values(), False, False, torch.tensor([3., 2., 1.]))
+
+
+def test_double_backward_through_packed_input_says_so():
+    _, fused = make_pair("gru", 3, 4, dtype=torch.float64)
+    packed = pack_sequence([torch.randn(3, 3, dtype=torch.float64, requires_grad=True),
+                            torch.randn(2, 3, dtype=torch.float64)])
+    output, _ = fused(packed)
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        torch.autograd.grad(output.data.sum(), fused.weight_hh_l0, create_graph=True)
