@@ -140,6 +140,7 @@ Tensor sequence_like(const Tensor& input, int64_t width) {
 struct Sizes {
   Layout steps;
   int64_t I, H;
+  int64_t P;  // width of the hidden state: the LSTM's projection size, else H
 };
 
 void check_like(const char* op, const char* name, const Tensor& t, const Tensor& input) {
@@ -186,19 +187,27 @@ Layout layout_of(const char* op, const Tensor& input, const OptionalTensor& batc
   return L;
 }
 
-// Validates one layer's arguments for a cell with `gates` gate blocks; returns the sizes.
+// Validates one layer's arguments for a cell with `gates` gate blocks and, for the LSTM, an
+// optional projection w_hr [P, H]; returns the sizes.
 Sizes check_layer(const char* op, int64_t gates, const Tensor& input,
                   const OptionalTensor& batch_sizes, const Tensor& h0, const Tensor& w_ih,
-                  const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  Sizes s{layout_of(op, input, batch_sizes), input.size(-1), 0};
+                  const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                  const OptionalTensor& w_hr = std::nullopt) {
+  Sizes s{layout_of(op, input, batch_sizes), input.size(-1), 0, 0};
   dtype_of(input);
+  const char* w_hh_shape = w_hr ? "*H, P]" : "*H, H]";
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % gates == 0, op, ": w_hh must be [", gates,
-              "*H, H], got shape ", w_hh.sizes());
-  s.H = w_hh.size(1);
-  TORCH_CHECK(w_hh.size(0) == gates * s.H, op, ": w_hh must be [", gates, "*H, H], got shape ",
+              w_hh_shape, ", got shape ", w_hh.sizes());
+  s.H = w_hh.size(0) / gates;
+  s.P = w_hr ? w_hr->size(0) : s.H;
+  TORCH_CHECK(w_hh.size(1) == s.P, op, ": w_hh must be [", gates, w_hh_shape, ", got shape ",
               w_hh.sizes());
+  if (w_hr) {
+    check_shape(op, "w_hr", *w_hr, {s.P, s.H});
+    check_like(op, "w_hr", *w_hr, input);
+  }
   check_shape(op, "w_ih", w_ih, {gates * s.H, s.I});
-  check_shape(op, "h0", h0, {s.steps.B, s.H});
+  check_shape(op, "h0", h0, {s.steps.B, s.P});
   check_like(op, "w_ih", w_ih, input);
   check_like(op, "w_hh", w_hh, input);
   check_like(op, "h0", h0, input);
@@ -324,25 +333,32 @@ Tensor bias_grad(const Tensor& d_pre, bool has_bias) {
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input_, const Tensor& h0_, const Tensor& c0_, const Tensor& w_ih_,
     const Tensor& w_hh_, const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
-    bool training, const OptionalTensor& batch_sizes) {
+    bool training, const OptionalTensor& batch_sizes, const OptionalTensor& w_hr_) {
   constexpr const char* op = "fusedrnn.lstm_forward";
-  const auto s = check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh);
-  const int64_t B = s.steps.B, H = s.H;
+  const auto s = check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh, w_hr_);
+  const int64_t B = s.steps.B, H = s.H, P = s.P;
   check_shape(op, "c0", c0_, {B, H});
   check_like(op, "c0", c0_, input_);
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Tensor w_hr = w_hr_ ? w_hr_->contiguous() : Tensor();
   const Pass pass{s.steps, reverse};
 
   Tensor gates = project_input(input, w_ih, combined_bias(b_ih, b_hh));  // like input, 4H wide
-  Tensor output = sequence_like(input, H);
+  Tensor output = sequence_like(input, P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
   Tensor cells = training ? sequence_like(input, H) : at::empty({2 * B, H}, input.options());
-  Tensor hn = at::empty({B, H}, input.options()), cn = at::empty_like(hn), h_join, c_join;
+  // With a projection the cell's o * tanh(c) lands here, and h = that W_hr^T; training keeps
+  // every step's for the gradient of W_hr.
+  Tensor unprojected = !w_hr.defined() ? at::empty({0}, input.options())
+                       : training      ? sequence_like(input, H)
+                                       : at::empty({B, H}, input.options());
+  Tensor hn = at::empty({B, P}, input.options()), cn = at::empty({B, H}, input.options());
+  Tensor h_join, c_join;
   void *h_prev = nullptr, *c_prev = nullptr;
   for (int64_t step = 0; step < s.steps.T; ++step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
@@ -350,8 +366,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     c_prev = pass.state_before(step, c0, c_prev, c_join);
     void *g = at_row(gates, first), *h = at_row(output, first);
     void* c = at_row(cells, training ? first : (step % 2) * B);
-    gemm(input, Gemm{rows, 4 * H, H, h_prev, false, w_hh.data_ptr(), true, g, true});
-    run_step(input, LSTMForwardStep{g, c_prev, c, h, rows, H, training});
+    void* cell_out = w_hr.defined() ? at_row(unprojected, training ? first : 0) : h;
+    gemm(input, Gemm{rows, 4 * H, P, h_prev, false, w_hh.data_ptr(), true, g, true});
+    run_step(input, LSTMForwardStep{g, c_prev, c, cell_out, rows, H, training});
+    if (w_hr.defined())
+      gemm(input, Gemm{rows, P, H, cell_out, false, w_hr.data_ptr(), true, h, false});
     pass.keep_final(step, h, hn);
     pass.keep_final(step, c, cn);
     h_prev = h;
@@ -360,48 +379,74 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   if (!training) {
     gates = at::empty({0}, input.options());
     cells = at::empty({0}, input.options());
+    unprojected = at::empty({0}, input.options());
   }
-  return {output, hn, cn, gates, cells};
+  return {output, hn, cn, gates, cells, unprojected};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn,
     const OptionalTensor& grad_cn, const Tensor& input_, const Tensor& h0_, const Tensor& c0_,
     const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output, const Tensor& gates,
-    const Tensor& cells, bool has_bias, bool reverse, const OptionalTensor& batch_sizes) {
+    const Tensor& cells, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
+    const OptionalTensor& w_hr_, const OptionalTensor& unprojected) {
   constexpr const char* op = "fusedrnn.lstm_backward";
-  const auto s =
-      check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
-  const int64_t B = s.steps.B, H = s.H;
-  const Tensor like_output = sequence_like(input_, H);
-  check_shape(op, "output", output, like_output.sizes());
-  check_shape(op, "cells", cells, like_output.sizes());
+  const auto s = check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt,
+                             std::nullopt, w_hr_);
+  const int64_t B = s.steps.B, H = s.H, P = s.P;
+  check_shape(op, "output", output, sequence_like(input_, P).sizes());
+  check_shape(op, "cells", cells, sequence_like(input_, H).sizes());
   check_shape(op, "gates", gates, sequence_like(input_, 4 * H).sizes());
+  TORCH_CHECK(!w_hr_ || (unprojected && unprojected->sizes() == cells.sizes()), op,
+              ": with w_hr, pass the forward's unprojected cell outputs");
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Tensor w_hr = w_hr_ ? w_hr_->contiguous() : Tensor();
   const Tensor grad_output =
       grad_or_undefined(op, "grad_output", grad_output_, output.sizes(), input);
   // Rows of sequences not yet reached keep their final-state gradient until their last step.
-  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {B, H}, input);
+  Tensor dh = grad_or_zeros(op, "grad_hn", grad_hn, {B, P}, input);
   Tensor dc = grad_or_zeros(op, "grad_cn", grad_cn, {B, H}, input);
   const Pass pass{s.steps, reverse};
 
+  // With a projection: d_h, each step's whole gradient of h_t (kept for W_hr's gradient), and
+  // d_cell_out = d_h W_hr, the gradient of o * tanh(c) that the pointwise step takes.
+  Tensor d_h, d_cell_out;
+  if (w_hr.defined()) {
+    d_h = sequence_like(input, P);
+    d_cell_out = at::empty({B, H}, input.options());
+  }
   Tensor d_gates = sequence_like(input, 4 * H), c_join;
   for (int64_t step = s.steps.T - 1; step >= 0; --step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* c_prev = pass.state_before(
         step, c0, step ? at_row(cells, pass.first_row(step - 1)) : nullptr, c_join);
     void* dg = at_row(d_gates, first);
-    run_step(input, LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev,
-                                     at_row(grad_output, first), dh.data_ptr(), dc.data_ptr(),
-                                     dg, rows, H});
+    void *dy = at_row(grad_output, first), *d_cell = dh.data_ptr();
+    if (w_hr.defined()) {
+      Tensor total = at::from_blob(at_row(d_h, first), {rows, P}, input.options());
+      const Tensor recurrent = dh.narrow(0, 0, rows);
+      if (dy) at::add_out(total, at::from_blob(dy, {rows, P}, input.options()), recurrent);
+      else total.copy_(recurrent);
+      gemm(input, Gemm{rows, H, P, total.data_ptr(), false, w_hr.data_ptr(), false,
+                       d_cell_out.data_ptr(), false});
+      dy = nullptr, d_cell = d_cell_out.data_ptr();
+    }
+    run_step(input, LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev, dy,
+                                     d_cell, dc.data_ptr(), dg, rows, H});
     // The gradient reaching h_{t-1}.
-    gemm(input, Gemm{rows, H, 4 * H, dg, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
+    gemm(input, Gemm{rows, P, 4 * H, dg, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
   }
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
+  Tensor grad_w_hr = at::empty({0}, input.options());
+  if (w_hr.defined()) {
+    grad_w_hr = at::empty_like(w_hr);
+    gemm(input, Gemm{P, H, s.steps.rows, d_h.data_ptr(), true, unprojected->data_ptr(), false,
+                     grad_w_hr.data_ptr(), false});
+  }
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh(pass, d_gates, h0, output),
-          bias_grad(d_gates, has_bias)};
+          bias_grad(d_gates, has_bias), grad_w_hr};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(

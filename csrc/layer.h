@@ -23,20 +23,23 @@ namespace fusedrnn {
 using at::Tensor;
 using OptionalTensor = std::optional<Tensor>;
 
-// -> output, hn, cn, gates [T, B, 4H] (activations), cells [T, B, H] (c_t); the last two are
-// empty unless training.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+// LSTM with an optional projection w_hr [P, H] (h_t = (o_t * tanh(c_t)) W_hr^T; then h0, hn
+// and output are P wide and w_hh is [4H, P]).
+// -> output, hn, cn, gates [T, B, 4H] (activations), cells [T, B, H] (c_t), unprojected
+// [T, B, H] (o_t * tanh(c_t), with a projection only); the last three are empty unless training.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
     const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
-    bool training, const OptionalTensor& batch_sizes);
+    bool training, const OptionalTensor& batch_sizes, const OptionalTensor& w_hr);
 
 // -> grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias (the gradient of b_ih and of
-// b_hh alike; empty without bias).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+// b_hh alike; empty without bias), grad_w_hr (empty without a projection).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const OptionalTensor& grad_cn,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool has_bias, bool reverse,
-    const OptionalTensor& batch_sizes);
+    const OptionalTensor& batch_sizes, const OptionalTensor& w_hr,
+    const OptionalTensor& unprojected);
 
 // -> output, hn, saved [T, B, 4H] (r, z, n, h W_hn^T + b_hn; empty unless training).
 std::tuple<Tensor, Tensor, Tensor> gru_forward(

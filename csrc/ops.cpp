@@ -7,12 +7,12 @@
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-        "Tensor? b_hh, bool reverse, bool training, Tensor? batch_sizes=None) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? b_hh, bool reverse, bool training, Tensor? batch_sizes=None, Tensor? w_hr=None) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor? grad_output, Tensor? grad_hn, Tensor? grad_cn, Tensor input, "
         "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, "
-        "Tensor cells, bool has_bias, bool reverse, Tensor? batch_sizes=None) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor cells, bool has_bias, bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None, "
+        "Tensor? unprojected=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, bool reverse, bool training, Tensor? batch_sizes=None) "
         "-> (Tensor, Tensor, Tensor)");

@@ -22,8 +22,8 @@ def convert(module, copy=False):
     The replacements hold the same Parameter objects, so device, dtype, requires_grad and any
     optimizer that already holds them carry over, and keep the training mode. copy=True converts
     a deep copy and leaves `module` as it was. Only those exact classes are replaced (not
-    subclasses, whose forward may differ). Modules fusedrnn cannot run (LSTM with proj_size > 0)
-    or whose parameters are not torch.nn's own (weight norm) stay, with a warning naming them.
+    subclasses, whose forward may differ). Modules whose parameters are not torch.nn's own
+    (weight norm) stay, with a warning naming them.
     Hooks registered on a replaced module are not carried over."""
     return _replace_tree(copying.deepcopy(module) if copy else module, _TO_FUSED)
 
@@ -60,10 +60,6 @@ def _counterpart(module, target_cls, path):
     that would not compute the same thing."""
     library = "torch.nn" if type(module) in _TO_FUSED else "fusedrnn"
     described = f"{path} ({library}.{type(module).__name__})"
-    if getattr(module, "proj_size", 0) > 0 and target_cls is modules.LSTM:
-        warnings.warn(f"fusedrnn.convert: left {described} as it is: fusedrnn does not support "
-                      f"LSTM proj_size > 0 (here {module.proj_size}) yet")
-        return module
     with warnings.catch_warnings():  # torch.nn warned about these arguments when they were given
         warnings.simplefilter("ignore")
         new = target_cls(**_constructor_arguments(module), device="meta")
@@ -86,6 +82,8 @@ def _constructor_arguments(module):
     if isinstance(module, nn.RNNBase):
         arguments.update(num_layers=module.num_layers, batch_first=module.batch_first,
                          dropout=module.dropout, bidirectional=module.bidirectional)
+    if getattr(module, "proj_size", 0) > 0:
+        arguments["proj_size"] = module.proj_size
     if hasattr(module, "nonlinearity"):
         arguments["nonlinearity"] = module.nonlinearity
     return arguments

@@ -47,13 +47,14 @@ class _FusedRNNBase(nn.RNNBase):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         return input.contiguous(), None, is_batched
 
-    def _state_size(self, x, packing):
-        """(layers * directions, B, H)."""
+    def _state_size(self, x, packing, width=None):
+        """(layers * directions, B, width), width H by default."""
         batch = int(packing[0][0]) if packing else x.size(1)
-        return (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+        return (self.num_layers * (2 if self.bidirectional else 1), batch,
+                width or self.hidden_size)
 
-    def _zero_state(self, x, packing):
-        return torch.zeros(self._state_size(x, packing), dtype=x.dtype, device=x.device)
+    def _zero_state(self, x, packing, width=None):
+        return torch.zeros(self._state_size(x, packing, width), dtype=x.dtype, device=x.device)
 
     def _apply_autocast(self, kind, input, states):
         """The weights, with input and states cast as torch.nn's `kind` casts them under
@@ -122,18 +123,16 @@ class _FusedRNNBase(nn.RNNBase):
 
 class LSTM(_FusedRNNBase):
     """Drop-in for torch.nn.LSTM (same arguments, parameters and outputs, PackedSequence input
-    included). proj_size is not supported yet."""
+    and proj_size included)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
-        if self.proj_size > 0:
-            raise NotImplementedError("fusedrnn.LSTM does not support proj_size > 0 yet; use "
-                                      "torch.nn.LSTM for projected LSTMs")
 
     def forward(self, input, hx=None):
         input, packing, is_batched = self._prepare_input(input)
         if hx is None:
-            hx = (self._zero_state(input, packing), self._zero_state(input, packing))
+            hx = (self._zero_state(input, packing, self.proj_size),
+                  self._zero_state(input, packing))
         elif packing:
             hx = tuple(self._reorder(state, packing, 1) for state in hx)
         else:
@@ -147,16 +146,18 @@ class LSTM(_FusedRNNBase):
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         batch_sizes = packing[0] if packing else None
         self.check_input(input, batch_sizes)
-        expected = self._state_size(input, packing)
-        self.check_hidden_size(hx[0], expected, "Expected hidden[0] size {}, got {}")
-        self.check_hidden_size(hx[1], expected, "Expected hidden[1] size {}, got {}")
+        self.check_hidden_size(hx[0], self._state_size(input, packing, self.proj_size),
+                               "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hx[1], self._state_size(input, packing),
+                               "Expected hidden[1] size {}, got {}")
         input, hx, weights, result_dtype, context = self._apply_autocast("LSTM", input, hx)
         self._check_state("hx", hx[0], input)
         self._check_state("cx", hx[1], input)
 
         def layer(x, state, weights, reverse):
+            w_hr = weights[-1] if self.proj_size > 0 else None
             output, h, c = ops.lstm_layer(x, state[0], state[1], *self._split_weights(weights),
-                                          reverse=reverse, batch_sizes=batch_sizes)
+                                          reverse=reverse, batch_sizes=batch_sizes, w_hr=w_hr)
             return output, (h, c)
 
         with context:

@@ -33,18 +33,20 @@ def _saved(input, width, training):
 
 @torch.library.register_fake("fusedrnn::lstm_forward")
 def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training,
-                       batch_sizes=None):
-    H = w_hh.shape[1]
-    return (_sequence(input, H), torch.empty_like(h0), torch.empty_like(c0),
-            _saved(input, 4 * H, training), _saved(input, H, training))
+                       batch_sizes=None, w_hr=None):
+    H, P = c0.shape[1], h0.shape[1]
+    return (_sequence(input, P), torch.empty_like(h0), torch.empty_like(c0),
+            _saved(input, 4 * H, training), _saved(input, H, training),
+            _saved(input, H, training and w_hr is not None))
 
 
 @torch.library.register_fake("fusedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates,
-                        cells, has_bias, reverse, batch_sizes=None):
+                        cells, has_bias, reverse, batch_sizes=None, w_hr=None, unprojected=None):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_ih), torch.empty_like(w_hh),
-            w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
+            w_hh.new_empty(w_hh.shape[0] if has_bias else 0),
+            torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty(0))
 
 
 @torch.library.register_fake("fusedrnn::gru_forward")
@@ -82,12 +84,14 @@ def _stack(outputs, reverse):
     return torch.stack(outputs[::-1] if reverse else outputs)
 
 
-def _lstm_reference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+def _lstm_reference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     h, c, outputs = h0, c0, []
     for x_gates in _steps(F.linear(input, w_ih, b_ih), reverse):
         i, f, g, o = (x_gates + F.linear(h, w_hh, b_hh)).chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
+        if w_hr is not None:
+            h = F.linear(h, w_hr)
         outputs.append(h)
     return _stack(outputs, reverse), h, c
 
@@ -113,11 +117,12 @@ def _rnn_reference(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
     return _stack(outputs, reverse), h
 
 
-def _differentiable_backward(ctx, reference, inputs, options, grad_outputs):
+def _differentiable_backward(ctx, reference, inputs, options, grad_outputs, needed=None):
     """The gradients of `inputs` through `reference(*inputs, *options)`, built as a graph so that
     they can be differentiated again. Taken only under create_graph=True: it is much slower than
-    the fused backward and keeps every step's activations."""
-    needed = ctx.needs_input_grad[:len(inputs)]
+    the fused backward and keeps every step's activations. `needed`: which inputs need a
+    gradient (default: the Function's first len(inputs) inputs)."""
+    needed = needed or ctx.needs_input_grad[:len(inputs)]
     wanted = [t for t, need in zip(inputs, needed) if need]
     outputs = reference(*inputs, *options)
     used = [(out, grad) for out, grad in zip(outputs, grad_outputs) if grad is not None]
@@ -141,29 +146,36 @@ def _check_not_packed_for_double_backward(ctx):
 # graph, which the fused op cannot give, so the layer is recomputed in plain PyTorch ops.
 class LSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes):
-        output, hn, cn, gates, cells = _ops.lstm_forward(
-            input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True, batch_sizes)
-        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, gates, cells)
+    def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes, w_hr=None):
+        output, hn, cn, gates, cells, unprojected = _ops.lstm_forward(
+            input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True, batch_sizes, w_hr)
+        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells,
+                              unprojected)
         ctx.reverse, ctx.batch_sizes = reverse, batch_sizes
         ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
         return output, hn, cn
 
     @staticmethod
     def backward(ctx, grad_output, grad_hn, grad_cn):
-        input, h0, c0, w_ih, w_hh, b_ih, b_hh, output, gates, cells = ctx.saved_tensors
+        input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
+            ctx.saved_tensors
         if torch.is_grad_enabled():
             _check_not_packed_for_double_backward(ctx)
-            return _differentiable_backward(
-                ctx, _lstm_reference, (input, h0, c0, w_ih, w_hh, b_ih, b_hh), (ctx.reverse,),
-                (grad_output, grad_hn, grad_cn)) + (None, None)
+            needed = ctx.needs_input_grad
+            grads = _differentiable_backward(
+                ctx, _lstm_reference, (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
+                (ctx.reverse,), (grad_output, grad_hn, grad_cn),
+                needed[:7] + (len(needed) > 9 and needed[9],))
+            return grads[:7] + (None, None, grads[7])
         has_bias = b_ih is not None
-        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = _ops.lstm_backward(
-            grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
-            has_bias, ctx.reverse, ctx.batch_sizes)
+        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = \
+            _ops.lstm_backward(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output,
+                               gates, cells, has_bias, ctx.reverse, ctx.batch_sizes, w_hr,
+                               unprojected)
         grad_bias = grad_bias if has_bias else None
+        grad_w_hr = grad_w_hr if w_hr is not None else None
         return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None,
-                None)
+                None, grad_w_hr)
 
 
 class GRUFunction(torch.autograd.Function):
@@ -225,12 +237,14 @@ def _needs_grad(*tensors):
 
 
 def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
-               batch_sizes=None):
-    """-> output [T, B, H], h_n [B, H], c_n [B, H]. Saves nothing when no gradient is needed."""
-    if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        return LSTMFunction.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes)
-    output, hn, cn, _, _ = _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
-                                             False, batch_sizes)
+               batch_sizes=None, w_hr=None):
+    """-> output [T, B, P], h_n [B, P], c_n [B, H], where P is w_hr's projection size (H without
+    one). Saves nothing when no gradient is needed."""
+    if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        return LSTMFunction.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes,
+                                  w_hr)
+    output, hn, cn, _, _, _ = _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
+                                                False, batch_sizes, w_hr)
     return output, hn, cn
 
 

@@ -131,11 +131,12 @@ def test_root_module_is_replaced_and_returned():
     torch.testing.assert_close(back(x)[0], lstm(x)[0], rtol=0, atol=0)
 
 
-def test_unsupported_lstm_is_left_with_a_warning_naming_it():
-    model = nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 4, proj_size=2), nn.GRU(2, 2))
-    with pytest.warns(UserWarning, match=r"left 1 \(torch.nn.LSTM\).*proj_size > 0 \(here 2\)"):
-        fusedrnn.convert(model)
-    assert type(model[1]) is nn.LSTM and type(model[2]) is fusedrnn.GRU
+def test_projected_lstm_converts():
+    lstm = nn.LSTM(3, 4, proj_size=2, num_layers=2, bidirectional=True).double()
+    fused = fusedrnn.convert(lstm, copy=True)
+    assert type(fused) is fusedrnn.LSTM and fused.proj_size == 2
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(fused(x)[0], lstm(x)[0], rtol=1e-10, atol=0)
 
 
 def test_extra_parameters_are_left_with_a_warning():

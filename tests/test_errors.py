@@ -94,8 +94,6 @@ def test_hidden_state_on_another_device(cell):
 
 
 def test_unsupported_options_say_so():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        fusedrnn.LSTM(4, 6, proj_size=3)
     with pytest.raises(ValueError, match="only supported for LSTM"):
         fusedrnn.GRU(4, 6, proj_size=3)
     with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):

@@ -257,3 +257,28 @@ def test_not_a_torch_nn_rnn_subclass():
     for cls in (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN):
         assert not issubclass(cls, (nn.LSTM, nn.GRU, nn.RNN))
         assert issubclass(cls, nn.RNNBase)
+
+
+PROJECTED = [
+    (5, 3, 7, 11, {"proj_size": 4}),
+    (4, 2, 6, 5, {"proj_size": 3, "num_layers": 2, "bidirectional": True}),
+    (3, 4, 8, 6, {"proj_size": 1, "bias": False, "batch_first": True}),
+    (1, 1, 3, 4, {"proj_size": 2, "num_layers": 3, "bidirectional": True}),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("config", PROJECTED, ids=_config_id)
+def test_projected_lstm_matches_torch_nn(config, dtype, device):
+    T, B, I, H, options = config
+    ref, fused = make_pair("lstm", I, H, device, dtype, **options)
+    gen = torch.Generator().manual_seed(9)
+    shape = (B, T, I) if options.get("batch_first") else (T, B, I)
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    layers = ref.num_layers * (2 if ref.bidirectional else 1)
+    hx = (torch.randn(layers, B, options["proj_size"], generator=gen).to(device, dtype),
+          torch.randn(layers, B, H, generator=gen).to(device, dtype))
+    assert_matches("lstm", fused, ref, x, hx, dtype)
+    assert_close_by_name(run_and_grad(fused, x, None), run_and_grad(ref, x, None),
+                         TOLERANCE[dtype])

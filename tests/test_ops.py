@@ -55,6 +55,29 @@ def test_gradcheck_packed(cell, reverse, device):
     assert torch.autograd.gradcheck(lambda *a: _apply(cell, a, reverse, batch_sizes), args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck_projected_lstm(packed, reverse, device):
+    """h_t = (o_t * tanh(c_t)) W_hr^T with P = 3 < H = 4."""
+    gen = torch.Generator().manual_seed(2)
+    T, B, I, H, P = 4, 3, 5, 4, 3
+    shapes = [(T * B, I) if packed else (T, B, I), (B, P), (B, H), (4 * H, I), (4 * H, P),
+              (4 * H,), (4 * H,), (P, H)]
+    args = [(0.5 * torch.randn(s, generator=gen, dtype=torch.float64)).to(device).requires_grad_()
+            for s in shapes]
+    batch_sizes = torch.tensor([3, 3, 2, 2, 1, 1]) if packed else None
+    if packed:
+        args[0] = args[0][:12].detach().requires_grad_()
+
+    def run(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        return ops.LSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes,
+                                      w_hr)
+    assert torch.autograd.gradcheck(run, args)
+    if not packed:  # double backward takes padded input only
+        assert torch.autograd.gradgradcheck(run, args)
+
+
 def _op_samples(device):
     """(op, args) for every op, with forward results feeding the backward ops."""
     lib = torch.ops.fusedrnn
@@ -72,7 +95,7 @@ def _op_samples(device):
         return torch.randn(t.shape, generator=gen).to(device)
 
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _layer_args("lstm", 3, 2, 4, 5, device, torch.float32)
-    out, hn, cn, gates, cells = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False, True)
+    out, hn, cn, gates, cells, _ = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False, True)
     samples.append((lib.lstm_backward.default, (grad_like(out), grad_like(hn), None, x, h0, c0,
                                                 w_ih, w_hh, out, gates, cells, True, False)))
     x, h0, w_ih, w_hh, b_ih, b_hh = _layer_args("gru", 3, 2, 4, 5, device, torch.float32)
@@ -89,7 +112,7 @@ def _op_samples(device):
     x = x[:, 0]
     samples.append((lib.lstm_forward.default, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, True, True,
                                                batch_sizes)))
-    out, hn, cn, gates, cells = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, True, True,
+    out, hn, cn, gates, cells, _ = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, True, True,
                                                  batch_sizes)
     samples.append((lib.lstm_backward.default, (grad_like(out), None, grad_like(cn), x, h0, c0,
                                                 w_ih, w_hh, out, gates, cells, True, True,
@@ -115,9 +138,9 @@ def test_opcheck_every_op(device):
 def test_inference_keeps_nothing_per_step(device):
     lib = torch.ops.fusedrnn
     args = _layer_args("lstm", 5, 2, 3, 4, device, torch.float32)
-    _, _, _, gates, cells = lib.lstm_forward(*args, False, False)
+    _, _, _, gates, cells, _ = lib.lstm_forward(*args, False, False)
     assert gates.numel() == 0 and cells.numel() == 0
-    _, _, _, gates, cells = lib.lstm_forward(*args, False, True)
+    _, _, _, gates, cells, _ = lib.lstm_forward(*args, False, True)
     assert gates.shape == (5, 2, 16) and cells.shape == (5, 2, 4)
     args = _layer_args("gru", 5, 2, 3, 4, device, torch.float32)
     assert lib.gru_forward(*args, False, False)[2].numel() == 0

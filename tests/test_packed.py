@@ -80,6 +80,17 @@ def test_pack_sequence_and_inference(cell, device):
     torch.testing.assert_close(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", BATCHES[:2], ids=lambda b: f"{b[0]}-sorted={b[1]}")
+def test_packed_projected_lstm(batch, device):
+    lengths, enforce_sorted = batch
+    ref, fused = make_pair("lstm", 3, 5, device, torch.float64, proj_size=2, num_layers=2,
+                           bidirectional=True)
+    padded = torch.randn(max(lengths), len(lengths), 3, dtype=torch.float64, device=device)
+    assert_close_by_name(_run(fused, padded, lengths, enforce_sorted, None),
+                         _run(ref, padded, lengths, enforce_sorted, None), 1e-10)
+
+
 def test_ops_check_batch_sizes():
     args = dict(h0=torch.randn(3, 5), c0=torch.randn(3, 5), w_ih=torch.randn(20, 4),
                 w_hh=torch.randn(20, 5), b_ih=None, b_hh=None)
