@@ -22,7 +22,7 @@ dtype), so its bfloat16 cuDNN calls copy the weights every time, with a warning;
 its users get, and the baseline keeps it.
 FlashRNN is not compared: its API takes a precomputed input projection in its own
 [B, T, gates, heads, D] layout and gate order, so a like-for-like adapter is a task of its own.
-Packed sequences are not in any grid: they come with fusedrnn's packed-sequence support.
+Packed cases feed both modules the same PackedSequence of mixed lengths.
 
 Letters: T time steps, B batch, I input size, H hidden size, L layers, D directions.
 """
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import GRU, LSTM, RNN, WITH_CUDA, __version__
 
@@ -77,11 +78,22 @@ class Case:
     bidirectional: bool = False
     dtype: str = "float32"
     mode: str = "inference"
+    packed: bool = False  # a PackedSequence of B sequences of lengths 1 to T (see lengths())
 
     def label(self) -> str:
         stack = f"L{self.layers}" + (" bidir" if self.bidirectional else "")
-        return (f"{self.cell} {stack} T={self.T} B={self.B} I={self.I} H={self.H} "
+        steps = f"T<={self.T} packed" if self.packed else f"T={self.T}"
+        return (f"{self.cell} {stack} {steps} B={self.B} I={self.I} H={self.H} "
                 f"{self.dtype} {self.mode}")
+
+    def lengths(self) -> list:
+        """Sequence lengths: T for a padded batch; for a packed one, mixed lengths from 1 to T
+        in no particular order (the same draw every time), the longest always T."""
+        if not self.packed:
+            return [self.T] * self.B
+        drawn = torch.randint(1, self.T + 1, (self.B,), generator=torch.Generator().manual_seed(7))
+        drawn[0] = self.T
+        return drawn.tolist()
 
 
 def _cases(cells, *, dtypes="float32", modes="inference,training", **shape):
@@ -111,6 +123,7 @@ GRIDS = {
         *_cases("lstm", T=2000, B=32, I=256, H=256),  # long sequence
         *_cases("lstm,gru", T=100, B=64, I=512, H=512, layers=2, bidirectional=True),
         *_cases("rnn_tanh,rnn_relu", T=100, B=64, I=512, H=512),
+        *_cases("lstm,gru", T=100, B=64, I=512, H=512, packed=True),  # mixed lengths
     ],
     # Sized for 2 CPU cores in under 3 minutes.
     "cpu": [
@@ -120,16 +133,17 @@ GRIDS = {
         *_cases("lstm", T=50, B=16, I=128, H=128, layers=2, bidirectional=True),
         *_cases("lstm", modes="inference", T=100, B=1, I=256, H=256),
         *_cases("gru", modes="inference", T=100, B=8, I=256, H=256),
+        *_cases("lstm", T=50, B=16, I=128, H=128, packed=True),  # mixed lengths
     ],
 }
 
 
 def forward_flops(case: Case) -> int:
     """GEMM FLOPs of one forward pass (see FLOP_NOTE)."""
-    directions = 2 if case.bidirectional else 1
+    directions, tokens = 2 if case.bidirectional else 1, sum(case.lengths())
     total, width = 0, case.I
     for _ in range(case.layers):
-        total += directions * 2 * case.T * case.B * GATES[case.cell] * case.H * (width + case.H)
+        total += directions * 2 * tokens * GATES[case.cell] * case.H * (width + case.H)
         width = directions * case.H
     return total
 
@@ -155,7 +169,8 @@ def build_modules(case: Case, device):
 
 
 def make_inputs(case: Case, device):
-    """-> (x [T, B, I], hx): hx is h0, or (h0, c0) for the LSTM, each [L*D, B, H].
+    """-> (x [T, B, I], or a PackedSequence of it, hx): hx is h0, or (h0, c0) for the LSTM, each
+    [L*D, B, H].
 
     Random initial states, not zeros, so that no code path can skip work on a zero state.
     They need gradients in training mode, as the input does.
@@ -168,6 +183,10 @@ def make_inputs(case: Case, device):
 
     states = case.layers * (2 if case.bidirectional else 1)
     x = draw(case.T, case.B, case.I)
+    if case.packed:  # packed data as the leaf that takes the input gradient
+        data, *packing = pack_padded_sequence(x.detach(), torch.tensor(case.lengths()),
+                                              enforce_sorted=False)
+        x = PackedSequence(data.requires_grad_(case.mode == "training"), *packing)
     if case.cell == "lstm":
         return x, (draw(states, case.B, case.H), draw(states, case.B, case.H))
     return x, draw(states, case.B, case.H)
@@ -179,7 +198,8 @@ class Step:
     def __init__(self, module, inputs, mode, cudnn=True):
         self.module, self.mode = module, mode
         self.x, self.hx = inputs
-        self._leaves = [self.x, *(self.hx if isinstance(self.hx, tuple) else (self.hx,))]
+        states = self.hx if isinstance(self.hx, tuple) else (self.hx,)
+        self._leaves = [self.x.data if isinstance(self.x, PackedSequence) else self.x, *states]
         self._context = (contextlib.nullcontext if cudnn
                          else lambda: torch.backends.cudnn.flags(enabled=False))
 
@@ -196,6 +216,8 @@ class Step:
                     self.module(self.x, self.hx)
                 return
             output, h_n = self.module(self.x, self.hx)
+            if isinstance(output, PackedSequence):
+                output = output.data
             if isinstance(h_n, tuple):  # LSTM: (h_n, c_n)
                 h_n = h_n[0]
             (output.float().sum() + h_n.float().sum()).backward()
@@ -338,7 +360,8 @@ def markdown_table(report: dict) -> str:
         "(> 1: fused is faster).",
         f"- FLOP count: {FLOP_NOTE}",
         f"- Peak: median of {report['peak_matmul_n']}^3 matmuls: {peaks}.",
-        "- Not covered: packed sequences (not supported by fusedrnn yet); FlashRNN (no adapter).",
+        "- Packed cases: a PackedSequence of B sequences of mixed lengths (1 to T, unsorted); "
+        "their FLOPs count the real tokens. Not covered: FlashRNN (no adapter).",
         "",
     ]
     columns = ["cell", "L", "bidir", "T", "B", "I", "H", "dtype", "mode", "torch ms",
@@ -349,8 +372,9 @@ def markdown_table(report: dict) -> str:
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     failures = []
     for result in report["results"]:
+        steps = f"<={result['T']} packed" if result.get("packed") else result["T"]
         row = [result["cell"], result["layers"], "yes" if result["bidirectional"] else "no",
-               result["T"], result["B"], result["I"], result["H"], result["dtype"],
+               steps, result["B"], result["I"], result["H"], result["dtype"],
                result["mode"]]
         if "error" in result:
             failures.append(f"- {Case(**_case_fields(result)).label()}: {result['error']}")
