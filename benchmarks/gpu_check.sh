@@ -7,7 +7,7 @@
 # build: the extension in place, against python3's torch. env: GPU, driver and versions.
 # tests: the whole suite with CUDA. memcheck: compute-sanitizer on benchmarks/sanitize_small.py.
 # bench: python3 -m fusedrnn.bench $BENCH_ARGS (e.g. "--grid quick"), table and versions into
-# results.md.
+# results.md. TESTS chooses and orders the test files (default: tests).
 # Exit status: 1 if a step failed (the steps after a failed test run still run).
 # Everything goes under $OUT (default ./gpu_out). The device tool brings back at most 8 files,
 # 2 folders deep, so this writes only: build.log env.txt tests.log memcheck.log results.md
@@ -73,7 +73,9 @@ fi
 
 if wants tests; then
     echo "== tests"
-    timeout "$(limit 240 240)" python3 -m pytest tests -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+    # TESTS: the test files, in the order to run them (default: all of tests/).
+    timeout "$(limit 300 180)" python3 -m pytest ${TESTS:-tests} -q -rs -p no:cacheprovider \
+        --durations=10 2>&1 | tee "$OUT/tests.log"
     tests_rc=${PIPESTATUS[0]}
 fi
 
