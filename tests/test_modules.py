@@ -282,3 +282,15 @@ def test_projected_lstm_matches_torch_nn(config, dtype, device):
     assert_matches("lstm", fused, ref, x, hx, dtype)
     assert_close_by_name(run_and_grad(fused, x, None), run_and_grad(ref, x, None),
                          TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_backward_in_eval_mode(cell, device):
+    """cuDNN refuses a backward in eval mode; fusedrnn does it (dropout off, as in eval)."""
+    ref, fused = make_pair(cell, 4, 5, device, torch.float64, num_layers=2, dropout=0.5)
+    ref.eval(), fused.eval()
+    x, hx = _inputs(cell, ref, 6, 3, 4, device, torch.float64)
+    with torch.backends.cudnn.flags(enabled=False):  # torch.nn's reference: its native path
+        expected = run_and_grad(ref, x, hx)
+    assert_close_by_name(run_and_grad(fused, x, hx), expected, 1e-10)
