@@ -45,9 +45,10 @@ def _exact_float32_on_cuda():
 
 
 def make_pair(cell, input_size, hidden_size, device="cpu", dtype=torch.float32, seed=0,
-              **options):
-    """A torch.nn module and a fusedrnn module with the same (random) weights."""
-    ref_cls, fused_cls, extra = CELLS[cell]
+              classes=CELLS, **options):
+    """A torch.nn module and a fusedrnn module with the same (random) weights; `classes` maps
+    the cell name to (torch.nn class, fusedrnn class, extra arguments)."""
+    ref_cls, fused_cls, extra = classes[cell]
     torch.manual_seed(seed)
     ref = ref_cls(input_size, hidden_size, **extra, **options).to(device=device, dtype=dtype)
     fused = fused_cls(input_size, hidden_size, **extra, **options).to(device=device, dtype=dtype)

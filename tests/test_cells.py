@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import fusedrnn
-from conftest import DEVICES, TOLERANCE, assert_close_by_name, run_and_grad
+from conftest import DEVICES, TOLERANCE, assert_close_by_name, make_pair, run_and_grad
 from test_errors import _both_raise
 
 # cell name -> (torch.nn class, fusedrnn class, extra constructor arguments)
@@ -34,15 +34,9 @@ class CellAsLayer(nn.Module):
         return out if isinstance(out, tuple) else (out, ())
 
 
-def make_cell_pair(cell, input_size, hidden_size, device="cpu", dtype=torch.float32, seed=0,
-                   **options):
-    """A torch.nn cell and a fusedrnn cell with the same (random) weights."""
-    ref_cls, fused_cls, extra = CELL_CLASSES[cell]
-    torch.manual_seed(seed)
-    ref = ref_cls(input_size, hidden_size, **extra, **options).to(device=device, dtype=dtype)
-    fused = fused_cls(input_size, hidden_size, **extra, **options).to(device=device, dtype=dtype)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
+def make_cell_pair(cell, input_size, hidden_size, *args, **options):
+    """A torch.nn cell and a fusedrnn cell with the same (random) weights (see make_pair)."""
+    return make_pair(cell, input_size, hidden_size, *args, classes=CELL_CLASSES, **options)
 
 
 def cell_inputs(cell, batch_shape, input_size, hidden_size, device, dtype, seed=7):

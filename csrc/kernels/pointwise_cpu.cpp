@@ -39,6 +39,15 @@ void dispatch(Dtype dtype, const Args& args) {
 
 }  // namespace
 
+bool has_vector_rows() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+#else
+  return false;
+#endif
+}
+
 void step(Dtype dtype, const LSTMForwardStep& args) { dispatch(dtype, args); }
 void step(Dtype dtype, const LSTMBackwardStep& args) { dispatch(dtype, args); }
 void step(Dtype dtype, const GRUForwardStep& args) { dispatch(dtype, args); }

@@ -1,7 +1,8 @@
 // The CPU per-step kernels on SIMD registers, for float32 and float64 rows: the same
 // element<T, A> functions as the scalar loop and the CUDA kernels, with A an at::vec::Vectorized
 // type, so gates.h's math runs eight (four) lanes at a time. This file alone is compiled for
-// AVX2 and FMA, and pointwise_cpu.cpp enters it only on CPUs that have them.
+// AVX2 and FMA, and pointwise_cpu.cpp enters it only on CPUs that have them (has_vector_rows,
+// defined there so that the check itself runs on any CPU).
 #include "pointwise_cpu_vec.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -59,43 +60,34 @@ int64_t row_lanes(const Args& args, int64_t b) {
   return j;
 }
 
-}  // namespace
-
-#define FUSEDRNN_VECTOR_ROW(Args)                                                    \
-  int64_t vector_row(Dtype dtype, const Args& args, int64_t b) {                    \
-    switch (dtype) {                                                                  \
-      case Dtype::kFloat32: return row_lanes<float>(args, b);                        \
-      case Dtype::kFloat64: return row_lanes<double>(args, b);                       \
-      default: return 0;                                                              \
-    }                                                                                 \
+template <typename Args>
+int64_t any_row(Dtype dtype, const Args& args, int64_t b) {
+  switch (dtype) {
+    case Dtype::kFloat32: return row_lanes<float>(args, b);
+    case Dtype::kFloat64: return row_lanes<double>(args, b);
+    default: return 0;
   }
-FUSEDRNN_VECTOR_ROW(LSTMForwardStep)
-FUSEDRNN_VECTOR_ROW(LSTMBackwardStep)
-FUSEDRNN_VECTOR_ROW(GRUForwardStep)
-FUSEDRNN_VECTOR_ROW(GRUBackwardStep)
-FUSEDRNN_VECTOR_ROW(RNNForwardStep)
-FUSEDRNN_VECTOR_ROW(RNNBackwardStep)
-
-bool has_vector_rows() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
 }
 
+}  // namespace
 }  // namespace cpu
 }  // namespace fusedrnn
 
 #else  // no vector path on this architecture or compiler: the scalar loop does every row
 
 namespace fusedrnn::cpu {
-#define FUSEDRNN_VECTOR_ROW(Args) \
-  int64_t vector_row(Dtype, const Args&, int64_t) { return 0; }
-FUSEDRNN_VECTOR_ROW(LSTMForwardStep)
-FUSEDRNN_VECTOR_ROW(LSTMBackwardStep)
-FUSEDRNN_VECTOR_ROW(GRUForwardStep)
-FUSEDRNN_VECTOR_ROW(GRUBackwardStep)
-FUSEDRNN_VECTOR_ROW(RNNForwardStep)
-FUSEDRNN_VECTOR_ROW(RNNBackwardStep)
-bool has_vector_rows() { return false; }
+namespace {
+template <typename Args> int64_t any_row(Dtype, const Args&, int64_t) { return 0; }
+}  // namespace
 }  // namespace fusedrnn::cpu
 
 #endif
+
+namespace fusedrnn::cpu {
+int64_t vector_row(Dtype d, const LSTMForwardStep& a, int64_t b) { return any_row(d, a, b); }
+int64_t vector_row(Dtype d, const LSTMBackwardStep& a, int64_t b) { return any_row(d, a, b); }
+int64_t vector_row(Dtype d, const GRUForwardStep& a, int64_t b) { return any_row(d, a, b); }
+int64_t vector_row(Dtype d, const GRUBackwardStep& a, int64_t b) { return any_row(d, a, b); }
+int64_t vector_row(Dtype d, const RNNForwardStep& a, int64_t b) { return any_row(d, a, b); }
+int64_t vector_row(Dtype d, const RNNBackwardStep& a, int64_t b) { return any_row(d, a, b); }
+}  // namespace fusedrnn::cpu
