@@ -10,7 +10,8 @@ MAX_JOBS ?= 2
 
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_SPEC) setuptools wheel ninja pybind11 pytest pytest-benchmark
+	$(PY) -m pip install --quiet $(TORCH_SPEC) setuptools wheel ninja pybind11 pytest pytest-benchmark \
+		scikit-learn
 	touch $@
 
 build: $(VENV)/.installed
