@@ -92,6 +92,13 @@ def train(model, args, batches, loss_of, clip):
     return {"losses": losses, "seconds": seconds, "model": model}
 
 
+def shuffled_chunks(count, batch_size, seed):
+    """The indices 0..count-1 in an order fixed by seed, in chunks of batch_size: one epoch of
+    batches, the same for both implementations."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order.split(batch_size)
+
+
 def evaluated(model, evaluate):
     if evaluate is None:
         return {}

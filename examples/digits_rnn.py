@@ -10,7 +10,7 @@ import sys
 import torch
 from torch import nn
 
-from common import compare, parse_args
+from common import compare, parse_args, shuffled_chunks
 
 
 class RowReader(nn.Module):
@@ -46,9 +46,8 @@ def main(argv=None):
     loss_fn = nn.CrossEntropyLoss()
 
     def batches(epoch):
-        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed + epoch))
-        for start in range(0, len(order), args.batch_size):
-            index = order[start:start + args.batch_size].to(args.device)
+        for index in shuffled_chunks(len(y_train), args.batch_size, args.seed + epoch):
+            index = index.to(args.device)
             yield x_train[index], y_train[index]
 
     def loss_of(model, batch):

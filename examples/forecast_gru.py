@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from common import compare, parse_args
+from common import compare, parse_args, shuffled_chunks
 
 WINDOW, HORIZON = 96, 12
 
@@ -55,9 +55,8 @@ def main(argv=None):
     mse = nn.MSELoss()
 
     def batches(epoch):
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed + epoch))
-        for start in range(0, len(order), args.batch_size):
-            index = order[start:start + args.batch_size].to(args.device)
+        for index in shuffled_chunks(len(x_train), args.batch_size, args.seed + epoch):
+            index = index.to(args.device)
             yield x_train[index], y_train[index]
 
     def loss_of(model, batch):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
-from common import compare, parse_args
+from common import compare, parse_args, shuffled_chunks
 
 PAIRS = {"(": ")", "[": "]"}
 VOCAB = {c: i + 1 for i, c in enumerate("()[]")}  # 0 is padding
@@ -90,9 +90,7 @@ def main(argv=None):
         return pad_sequence(sequences, batch_first=True, padding_value=0).to(args.device), lengths
 
     def batches(epoch):
-        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(args.seed + epoch))
-        for start in range(0, len(order), args.batch_size):
-            index = order[start:start + args.batch_size]
+        for index in shuffled_chunks(len(train_y), args.batch_size, args.seed + epoch):
             yield collate([train_x[i] for i in index]), train_y[index].to(args.device)
 
     def loss_of(model, batch):
