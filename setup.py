@@ -65,14 +65,22 @@ def _cublas_link_args():
 
 def _extension():
     with_cuda, why_not = _want_cuda()
-    # pointwise_cpu_vec.cpp is compiled for AVX2: it links after the other C++ files, so that the
+    # The *_vec.cpp files are compiled for AVX2: they link after the other C++ files, so that the
     # baseline copies of the inline functions it shares with them are the ones kept.
     sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/kernels/pointwise_cpu.cpp",
-               "csrc/kernels/pointwise_cpu_vec.cpp"]
+               "csrc/kernels/recurrent_cpu.cpp", "csrc/kernels/pointwise_cpu_vec.cpp",
+               "csrc/kernels/recurrent_cpu_vec.cpp"]
     cxx = ["-O3", f"-DFUSEDRNN_TORCH_VERSION={torch.__version__}"]
+    link = []
+    if torch.backends.openmp.is_available():
+        # at::parallel_for is inline OpenMP: without -fopenmp it runs every loop on one thread.
+        # Linking libgomp.so.1 binds to the copy torch has already loaded.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if not with_cuda:
         print(f"fusedrnn: building for the CPU only ({why_not})", file=sys.stderr)
-        return cpp_extension.CppExtension("fusedrnn._C", sources, extra_compile_args={"cxx": cxx})
+        return cpp_extension.CppExtension("fusedrnn._C", sources, extra_compile_args={"cxx": cxx},
+                                          extra_link_args=link)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
     cxx.append("-DFUSEDRNN_WITH_CUDA")
     return cpp_extension.CUDAExtension(
@@ -80,7 +88,7 @@ def _extension():
         sources + ["csrc/kernels/pointwise_cuda.cu"],
         include_dirs=_nvidia_wheel_includes(),
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-        extra_link_args=_cublas_link_args(),
+        extra_link_args=link + _cublas_link_args(),
     )
 
 

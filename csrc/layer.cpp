@@ -9,6 +9,7 @@
 #endif
 
 #include "kernels/pointwise.h"
+#include "kernels/recurrent_cpu.h"
 
 namespace fusedrnn {
 namespace {
@@ -113,6 +114,53 @@ void gemm(const Tensor& like, const Gemm& g) {
   if (g.accumulate) c.addmm_(a, b);
   else at::mm_out(c, a, b);
 }
+
+// Each step's product with the recurrent weights, out[rows, N] (+)= in[rows, K] W, and the
+// step's pointwise kernel. W is w^T for the forward (w = w_hh [G*H, K]) and w itself for the
+// gradient reaching h (w = w_hh [G*H, H], K = G*H). On the CPU, for float32 and float64, the
+// two run fused per thread over a packed copy of w (kernels/recurrent_cpu.h); elsewhere, a GEMM
+// then the step kernel.
+class Recurrence {
+ public:
+  // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
+  // fusable: false where other work must run between the product and the pointwise step.
+  Recurrence(const Tensor& w, int64_t gates, bool transposed, bool fusable = true)
+      : w_(w), transposed_(transposed) {
+    const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
+    if (!fusable || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w))) return;
+    panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
+    packed_ = at::empty({panels_.size()}, w.options());
+    cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed ? K : 1, transposed ? 1 : N,
+              packed_.data_ptr());
+  }
+
+  // The product (none when `in` is null), then the step.
+  template <typename Args>
+  void step(const void* in, int64_t rows, void* out, bool accumulate, const Args& args) const {
+    if (!packed_.defined()) {
+      product(in, rows, out, accumulate);
+      return run_step(w_, args);
+    }
+    cpu::fused_step(dtype_of(w_), fused(in, in ? rows : args.batch, out, accumulate), args);
+  }
+
+  void product(const void* in, int64_t rows, void* out, bool accumulate) const {
+    if (!in) return;
+    if (packed_.defined()) return cpu::fused_product(dtype_of(w_), fused(in, rows, out, accumulate));
+    const int64_t N = transposed_ ? w_.size(0) : w_.size(1);
+    const int64_t K = transposed_ ? w_.size(1) : w_.size(0);
+    gemm(w_, Gemm{rows, N, K, in, false, w_.data_ptr(), transposed_, out, accumulate});
+  }
+
+ private:
+  cpu::Product fused(const void* in, int64_t rows, void* out, bool accumulate) const {
+    return cpu::Product{&panels_, packed_.data_ptr(), in, out, rows, accumulate};
+  }
+
+  Tensor w_, packed_;  // packed_: defined on the fused path only
+  bool transposed_;
+  cpu::Panels panels_{};
+};
 
 // Where each time step's rows live in a sequence buffer: step t holds batch[t] rows from row
 // offset[t] on. Padded input [T, B, ...] is the case batch[t] = B; a PackedSequence's data
@@ -360,6 +408,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor hn = at::empty({B, P}, input.options()), cn = at::empty({B, H}, input.options());
   Tensor h_join, c_join;
   void *h_prev = nullptr, *c_prev = nullptr;
+  const Recurrence recurrence(w_hh, 4, true, !w_hr.defined());
   for (int64_t step = 0; step < s.steps.T; ++step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     h_prev = pass.state_before(step, h0, h_prev, h_join);
@@ -367,8 +416,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     void *g = at_row(gates, first), *h = at_row(output, first);
     void* c = at_row(cells, training ? first : (step % 2) * B);
     void* cell_out = w_hr.defined() ? at_row(unprojected, training ? first : 0) : h;
-    gemm(input, Gemm{rows, 4 * H, P, h_prev, false, w_hh.data_ptr(), true, g, true});
-    run_step(input, LSTMForwardStep{g, c_prev, c, cell_out, rows, H, training});
+    recurrence.step(h_prev, rows, g, true,
+                    LSTMForwardStep{g, c_prev, c, cell_out, rows, H, training});
     if (w_hr.defined())
       gemm(input, Gemm{rows, P, H, cell_out, false, w_hr.data_ptr(), true, h, false});
     pass.keep_final(step, h, hn);
@@ -418,6 +467,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     d_cell_out = at::empty({B, H}, input.options());
   }
   Tensor d_gates = sequence_like(input, 4 * H), c_join;
+  // Each step first adds the gradient that its successor's gates send back to h through W_hh.
+  const Recurrence recurrence(w_hh, 1, false, !w_hr.defined());
+  void* dg_after = nullptr;
+  int64_t rows_after = 0;
   for (int64_t step = s.steps.T - 1; step >= 0; --step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* c_prev = pass.state_before(
@@ -425,6 +478,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     void* dg = at_row(d_gates, first);
     void *dy = at_row(grad_output, first), *d_cell = dh.data_ptr();
     if (w_hr.defined()) {
+      recurrence.product(dg_after, rows_after, dh.data_ptr(), false);
       Tensor total = at::from_blob(at_row(d_h, first), {rows, P}, input.options());
       const Tensor recurrent = dh.narrow(0, 0, rows);
       if (dy) at::add_out(total, at::from_blob(dy, {rows, P}, input.options()), recurrent);
@@ -432,12 +486,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       gemm(input, Gemm{rows, H, P, total.data_ptr(), false, w_hr.data_ptr(), false,
                        d_cell_out.data_ptr(), false});
       dy = nullptr, d_cell = d_cell_out.data_ptr();
+      run_step(input, LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev, dy,
+                                       d_cell, dc.data_ptr(), dg, rows, H});
+    } else {
+      recurrence.step(dg_after, rows_after, dh.data_ptr(), false,
+                      LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev, dy,
+                                       d_cell, dc.data_ptr(), dg, rows, H});
     }
-    run_step(input, LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev, dy,
-                                     d_cell, dc.data_ptr(), dg, rows, H});
-    // The gradient reaching h_{t-1}.
-    gemm(input, Gemm{rows, P, 4 * H, dg, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
+    dg_after = dg, rows_after = rows;
   }
+  recurrence.product(dg_after, rows_after, dh.data_ptr(), false);  // the gradient of h0
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (w_hr.defined()) {
@@ -467,13 +525,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   Tensor saved = training ? sequence_like(input, 4 * H) : at::empty({0}, input.options());
   Tensor hn = at::empty({B, H}, input.options()), h_join;
   void* h_prev = nullptr;
+  const Recurrence recurrence(w_hh, 3, true);
   for (int64_t step = 0; step < s.steps.T; ++step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     h_prev = pass.state_before(step, h0, h_prev, h_join);
     void* h = at_row(output, first);
-    gemm(input, Gemm{rows, 3 * H, H, h_prev, false, w_hh.data_ptr(), true, h_gates.data_ptr(),
-                     false});
-    run_step(input, GRUForwardStep{at_row(x_gates, first), h_gates.data_ptr(),
+    recurrence.step(h_prev, rows, h_gates.data_ptr(), false, GRUForwardStep{at_row(x_gates, first), h_gates.data_ptr(),
                                    b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
                                    training ? at_row(saved, first) : nullptr, rows, H});
     pass.keep_final(step, h, hn);
@@ -501,16 +558,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Pass pass{s.steps, reverse};
 
   Tensor d_x_gates = sequence_like(input, 3 * H), d_h_gates = sequence_like(input, 3 * H), h_join;
+  // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh,
+  // which the step before adds first.
+  const Recurrence recurrence(w_hh, 1, false);
+  void* dhg_after = nullptr;
+  int64_t rows_after = 0;
   for (int64_t step = s.steps.T - 1; step >= 0; --step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* h_prev = pass.state_before(
         step, h0, step ? at_row(output, pass.first_row(step - 1)) : nullptr, h_join);
     void* dhg = at_row(d_h_gates, first);
-    run_step(input, GRUBackwardStep{at_row(saved, first), h_prev, at_row(grad_output, first),
+    recurrence.step(dhg_after, rows_after, dh.data_ptr(), true,
+                    GRUBackwardStep{at_row(saved, first), h_prev, at_row(grad_output, first),
                                     dh.data_ptr(), at_row(d_x_gates, first), dhg, rows, H});
-    // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh.
-    gemm(input, Gemm{rows, H, 3 * H, dhg, false, w_hh.data_ptr(), false, dh.data_ptr(), true});
+    dhg_after = dhg, rows_after = rows;
   }
+  recurrence.product(dhg_after, rows_after, dh.data_ptr(), true);
   auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_h_gates, h0, output),
           bias_grad(d_x_gates, has_bias), bias_grad(d_h_gates, has_bias)};
@@ -532,12 +595,12 @@ std::tuple<Tensor, Tensor> rnn_forward(
   Tensor output = project_input(input, w_ih, combined_bias(b_ih, b_hh));
   Tensor hn = at::empty({B, H}, input.options()), h_join;
   void* h_prev = nullptr;
+  const Recurrence recurrence(w_hh, 1, true);
   for (int64_t step = 0; step < s.steps.T; ++step) {
     const int64_t rows = pass.batch(step);
     h_prev = pass.state_before(step, h0, h_prev, h_join);
     void* h = at_row(output, pass.first_row(step));
-    gemm(input, Gemm{rows, H, H, h_prev, false, w_hh.data_ptr(), true, h, true});
-    run_step(input, RNNForwardStep{h, rows, H, relu});
+    recurrence.step(h_prev, rows, h, true, RNNForwardStep{h, rows, H, relu});
     pass.keep_final(step, h, hn);
     h_prev = h;
   }
@@ -562,14 +625,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const Pass pass{s.steps, reverse};
 
   Tensor d_pre = sequence_like(input, H);
+  const Recurrence recurrence(w_hh, 1, false);  // the gradient reaching h_{t-1}
+  void* dp_after = nullptr;
+  int64_t rows_after = 0;
   for (int64_t step = s.steps.T - 1; step >= 0; --step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* dp = at_row(d_pre, first);
-    run_step(input, RNNBackwardStep{at_row(output, first), at_row(grad_output, first),
+    recurrence.step(dp_after, rows_after, dh.data_ptr(), false,
+                    RNNBackwardStep{at_row(output, first), at_row(grad_output, first),
                                     dh.data_ptr(), dp, rows, H, relu});
-    // The gradient reaching h_{t-1}.
-    gemm(input, Gemm{rows, H, H, dp, false, w_hh.data_ptr(), false, dh.data_ptr(), false});
+    dp_after = dp, rows_after = rows;
   }
+  recurrence.product(dp_after, rows_after, dh.data_ptr(), false);
   auto [grad_input, grad_w_ih] = grads_through_input(d_pre, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_pre, h0, output),
           bias_grad(d_pre, has_bias)};

@@ -1,9 +1,11 @@
 """Shared helpers: device and dtype parameters, model pairs, and the comparison rules."""
+import copy
 import statistics
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 
@@ -91,6 +93,32 @@ def run_and_grad(model, x, hx, probe_seed=1234):
     return {k: v.detach() for k, v in results.items()}
 
 
+def run_packed_and_grad(model, padded, lengths, enforce_sorted, hx):
+    """Packs `padded`, runs the model, differentiates a random projection of the padded output
+    and of the final states. -> {name: tensor}, like run_and_grad."""
+    padded = padded.detach().requires_grad_()
+    states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
+    states = tuple(s.detach().requires_grad_() for s in states)
+    hx_arg = None if hx is None else (states if isinstance(hx, tuple) else states[0])
+    packed = pack_padded_sequence(padded, torch.tensor(lengths), model.batch_first,
+                                  enforce_sorted)
+    output, final = model(packed, hx_arg)
+    out_padded, out_lengths = pad_packed_sequence(output, model.batch_first)
+    assert out_lengths.tolist() == lengths
+    finals = final if isinstance(final, tuple) else (final,)
+    results = {"output": out_padded}
+    results.update(zip(("h_n", "c_n"), finals))
+    gen = torch.Generator().manual_seed(5)
+    loss = sum((t.double() * torch.randn(t.shape, generator=gen).to(t.device, torch.float64)).sum()
+               for t in results.values())
+    names = [n for n, _ in model.named_parameters()]
+    grads = torch.autograd.grad(loss, [padded, *states, *model.parameters()])
+    results["grad_input"] = grads[0]
+    results.update(zip(("grad_h0", "grad_c0"), grads[1:1 + len(states)]))
+    results.update({f"grad_{n}": g for n, g in zip(names, grads[1 + len(states):])})
+    return {k: v.detach() for k, v in results.items()}
+
+
 def rel_err(actual, expected):
     actual, expected = actual.double().cpu(), expected.double().cpu()
     scale = expected.norm()
@@ -119,3 +147,20 @@ def assert_half_rule(runs, factor=3.0, floor=1e-4):
         if not e_ours <= factor * e_torch + floor:
             bad[k] = (e_ours, e_torch)
     assert not bad, f"(ours, torch.nn) median errors against float64 breaking the rule: {bad}"
+
+
+def assert_matches(cell, fused, ref, x, hx, dtype):
+    """Every result within TOLERANCE of torch.nn's. In float32 two correct implementations that
+    sum in different orders (cuDNN's and ours) can differ by more on ill-conditioned values,
+    such as small bias gradients: those must then be at least as close as torch.nn's to a
+    float64 run of the same model."""
+    ours, theirs = run_and_grad(fused, x, hx), run_and_grad(ref, x, hx)
+    off = [k for k in theirs if not rel_err(ours[k], theirs[k]) <= TOLERANCE[dtype]]
+    if dtype != torch.float32 or not off:
+        assert not off, {k: rel_err(ours[k], theirs[k]) for k in off}
+        return
+    ref64 = copy.deepcopy(ref).double()
+    as_double = tuple(s.double() for s in hx) if isinstance(hx, tuple) else hx.double()
+    exact = run_and_grad(ref64, x.double(), as_double)
+    worse = {k: (rel_err(ours[k], exact[k]), rel_err(theirs[k], exact[k])) for k in off}
+    assert all(e_ours <= 2 * e_torch + 1e-6 for e_ours, e_torch in worse.values()), worse

@@ -1,9 +1,10 @@
 """PackedSequence input against torch.nn: outputs, final states and every gradient."""
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_sequence
 
-from conftest import CELLS, DEVICES, TOLERANCE, assert_close_by_name, make_pair, random_state
+from conftest import (CELLS, DEVICES, TOLERANCE, assert_close_by_name, make_pair, random_state,
+                      run_packed_and_grad)
 
 # (lengths, enforce_sorted): sorted and unsorted batches, a batch of one, equal lengths, and
 # lengths that drop by more than one row between steps.
@@ -22,32 +23,6 @@ OPTIONS = [
 ]
 
 
-def _run(model, padded, lengths, enforce_sorted, hx):
-    """Packs `padded`, runs the model, differentiates a random projection of the padded output
-    and of the final states. -> {name: tensor}, like conftest.run_and_grad."""
-    padded = padded.detach().requires_grad_()
-    states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
-    states = tuple(s.detach().requires_grad_() for s in states)
-    hx_arg = None if hx is None else (states if isinstance(hx, tuple) else states[0])
-    packed = pack_padded_sequence(padded, torch.tensor(lengths), model.batch_first,
-                                  enforce_sorted)
-    output, final = model(packed, hx_arg)
-    out_padded, out_lengths = pad_packed_sequence(output, model.batch_first)
-    assert out_lengths.tolist() == lengths
-    finals = final if isinstance(final, tuple) else (final,)
-    results = {"output": out_padded}
-    results.update(zip(("h_n", "c_n"), finals))
-    gen = torch.Generator().manual_seed(5)
-    loss = sum((t.double() * torch.randn(t.shape, generator=gen).to(t.device, torch.float64)).sum()
-               for t in results.values())
-    names = [n for n, _ in model.named_parameters()]
-    grads = torch.autograd.grad(loss, [padded, *states, *model.parameters()])
-    results["grad_input"] = grads[0]
-    results.update(zip(("grad_h0", "grad_c0"), grads[1:1 + len(states)]))
-    results.update({f"grad_{n}": g for n, g in zip(names, grads[1 + len(states):])})
-    return {k: v.detach() for k, v in results.items()}
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in
@@ -62,8 +37,8 @@ def test_packed_matches_torch_nn(cell, batch, options, dtype, device):
     shape = (B, T, 3) if options.get("batch_first") else (T, B, 3)
     padded = torch.randn(shape, generator=gen).to(device, dtype)
     for hx in (None, random_state(cell, ref, B, device, dtype, gen)):
-        assert_close_by_name(_run(fused, padded, lengths, enforce_sorted, hx),
-                             _run(ref, padded, lengths, enforce_sorted, hx), TOLERANCE[dtype])
+        assert_close_by_name(run_packed_and_grad(fused, padded, lengths, enforce_sorted, hx),
+                             run_packed_and_grad(ref, padded, lengths, enforce_sorted, hx), TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -87,8 +62,8 @@ def test_packed_projected_lstm(batch, device):
     ref, fused = make_pair("lstm", 3, 5, device, torch.float64, proj_size=2, num_layers=2,
                            bidirectional=True)
     padded = torch.randn(max(lengths), len(lengths), 3, dtype=torch.float64, device=device)
-    assert_close_by_name(_run(fused, padded, lengths, enforce_sorted, None),
-                         _run(ref, padded, lengths, enforce_sorted, None), 1e-10)
+    assert_close_by_name(run_packed_and_grad(fused, padded, lengths, enforce_sorted, None),
+                         run_packed_and_grad(ref, padded, lengths, enforce_sorted, None), 1e-10)
 
 
 def test_ops_check_batch_sizes():

@@ -80,6 +80,9 @@ void step(Dtype dtype, const GRUForwardStep& args);
 void step(Dtype dtype, const GRUBackwardStep& args);
 void step(Dtype dtype, const RNNForwardStep& args);
 void step(Dtype dtype, const RNNBackwardStep& args);
+// Hidden units [begin, end) of every row, on the calling thread alone (the fused recurrence of
+// recurrent_cpu.h gives each thread its own slice of units).
+template <typename Args> void step_units(Dtype dtype, const Args& args, int64_t begin, int64_t end);
 }  // namespace cpu
 
 namespace cuda {

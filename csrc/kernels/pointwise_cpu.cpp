@@ -14,27 +14,29 @@ namespace cpu {
 namespace {
 
 template <typename T, typename Args>
-void run(Dtype dtype, const Args& args) {
+void units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
   using A = typename AccumulateType<T>::type;
-  const bool vectors = has_vector_rows();
-  // Enough rows per task that a thread's share outweighs waking it.
-  const int64_t rows_per_task = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.hidden));
-  at::parallel_for(0, args.batch, rows_per_task, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      int64_t j = vectors ? vector_row(dtype, args, b) : 0;
-      for (; j < args.hidden; ++j) element<T, A>(args, b, j);
-    }
-  });
+  int64_t j = has_vector_rows() ? vector_units(dtype, args, b, begin, end) : begin;
+  for (; j < end; ++j) element<T, A>(args, b, j);
+}
+
+template <typename Args>
+void row_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
+  switch (dtype) {
+    case Dtype::kFloat32: return units<float>(dtype, args, b, begin, end);
+    case Dtype::kFloat64: return units<double>(dtype, args, b, begin, end);
+    case Dtype::kFloat16: return units<c10::Half>(dtype, args, b, begin, end);
+    case Dtype::kBFloat16: return units<c10::BFloat16>(dtype, args, b, begin, end);
+  }
 }
 
 template <typename Args>
 void dispatch(Dtype dtype, const Args& args) {
-  switch (dtype) {
-    case Dtype::kFloat32: return run<float>(dtype, args);
-    case Dtype::kFloat64: return run<double>(dtype, args);
-    case Dtype::kFloat16: return run<c10::Half>(dtype, args);
-    case Dtype::kBFloat16: return run<c10::BFloat16>(dtype, args);
-  }
+  // Enough rows per task that a thread's share outweighs waking it.
+  const int64_t rows_per_task = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.hidden));
+  at::parallel_for(0, args.batch, rows_per_task, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) row_units(dtype, args, b, 0, args.hidden);
+  });
 }
 
 }  // namespace
@@ -54,6 +56,17 @@ void step(Dtype dtype, const GRUForwardStep& args) { dispatch(dtype, args); }
 void step(Dtype dtype, const GRUBackwardStep& args) { dispatch(dtype, args); }
 void step(Dtype dtype, const RNNForwardStep& args) { dispatch(dtype, args); }
 void step(Dtype dtype, const RNNBackwardStep& args) { dispatch(dtype, args); }
+
+template <typename Args>
+void step_units(Dtype dtype, const Args& args, int64_t begin, int64_t end) {
+  for (int64_t b = 0; b < args.batch; ++b) row_units(dtype, args, b, begin, end);
+}
+template void step_units(Dtype, const LSTMForwardStep&, int64_t, int64_t);
+template void step_units(Dtype, const LSTMBackwardStep&, int64_t, int64_t);
+template void step_units(Dtype, const GRUForwardStep&, int64_t, int64_t);
+template void step_units(Dtype, const GRUBackwardStep&, int64_t, int64_t);
+template void step_units(Dtype, const RNNForwardStep&, int64_t, int64_t);
+template void step_units(Dtype, const RNNBackwardStep&, int64_t, int64_t);
 
 }  // namespace cpu
 }  // namespace fusedrnn

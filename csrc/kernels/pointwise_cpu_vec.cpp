@@ -1,20 +1,13 @@
 // The CPU per-step kernels on SIMD registers, for float32 and float64 rows: the same
 // element<T, A> functions as the scalar loop and the CUDA kernels, with A an at::vec::Vectorized
-// type, so gates.h's math runs eight (four) lanes at a time. This file alone is compiled for
-// AVX2 and FMA, and pointwise_cpu.cpp enters it only on CPUs that have them (has_vector_rows,
+// type, so gates.h's math runs eight (four) lanes at a time. Compiled for AVX2 and FMA
+// (vec_avx2.h); pointwise_cpu.cpp enters it only on CPUs that have them (has_vector_rows,
 // defined there so that the check itself runs on any CPU).
+#include "vec_avx2.h"
+
 #include "pointwise_cpu_vec.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC target("avx2,fma")
-// The pragma switches code generation but, in C++, not the feature macros that sleef.h and
-// ATen's vector headers test: state them, as -mavx2 -mfma would.
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __FMA__ 1
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#include <ATen/cpu/vec/vec.h>
+#ifdef FUSEDRNN_VEC_AVX2
 
 #include "elements.h"
 
@@ -53,19 +46,18 @@ namespace cpu {
 namespace {
 
 template <typename T, typename Args>
-int64_t row_lanes(const Args& args, int64_t b) {
+int64_t units_lanes(const Args& args, int64_t b, int64_t j, int64_t end) {
   using Vec = Vectorized<T>;
-  int64_t j = 0;
-  for (; j + Vec::size() <= args.hidden; j += Vec::size()) element<T, Vec>(args, b, j);
+  for (; j + Vec::size() <= end; j += Vec::size()) element<T, Vec>(args, b, j);
   return j;
 }
 
 template <typename Args>
-int64_t any_row(Dtype dtype, const Args& args, int64_t b) {
+int64_t any_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
   switch (dtype) {
-    case Dtype::kFloat32: return row_lanes<float>(args, b);
-    case Dtype::kFloat64: return row_lanes<double>(args, b);
-    default: return 0;
+    case Dtype::kFloat32: return units_lanes<float>(args, b, begin, end);
+    case Dtype::kFloat64: return units_lanes<double>(args, b, begin, end);
+    default: return begin;
   }
 }
 
@@ -77,17 +69,24 @@ int64_t any_row(Dtype dtype, const Args& args, int64_t b) {
 
 namespace fusedrnn::cpu {
 namespace {
-template <typename Args> int64_t any_row(Dtype, const Args&, int64_t) { return 0; }
+template <typename Args>
+int64_t any_units(Dtype, const Args&, int64_t, int64_t begin, int64_t) {
+  return begin;
+}
 }  // namespace
 }  // namespace fusedrnn::cpu
 
 #endif
 
 namespace fusedrnn::cpu {
-int64_t vector_row(Dtype d, const LSTMForwardStep& a, int64_t b) { return any_row(d, a, b); }
-int64_t vector_row(Dtype d, const LSTMBackwardStep& a, int64_t b) { return any_row(d, a, b); }
-int64_t vector_row(Dtype d, const GRUForwardStep& a, int64_t b) { return any_row(d, a, b); }
-int64_t vector_row(Dtype d, const GRUBackwardStep& a, int64_t b) { return any_row(d, a, b); }
-int64_t vector_row(Dtype d, const RNNForwardStep& a, int64_t b) { return any_row(d, a, b); }
-int64_t vector_row(Dtype d, const RNNBackwardStep& a, int64_t b) { return any_row(d, a, b); }
+template <typename Args>
+int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
+  return any_units(dtype, args, b, begin, end);
+}
+template int64_t vector_units(Dtype, const LSTMForwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const LSTMBackwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const GRUForwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const GRUBackwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const RNNForwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const RNNBackwardStep&, int64_t, int64_t, int64_t);
 }  // namespace fusedrnn::cpu

@@ -1,0 +1,58 @@
+// The fused CPU recurrence: a step's product with the recurrent weights and its pointwise kernel
+// in one pass per thread. Each thread owns a slice of the hidden units (that slice of every gate),
+// so it reads the product it just wrote from its own cache, and it keeps the same slice of the
+// weights, repacked into SIMD-width panels, in its own cache from step to step. No GEMM call and
+// no ATen dispatch per step: small and medium layers are bound by exactly those costs.
+#pragma once
+
+#include "pointwise.h"
+
+namespace fusedrnn::cpu {
+
+// How a weight matrix is cut for the product out[rows, G*H] = in[rows, K] W, W [K, G*H].
+// A panel is `vectors()` SIMD vectors wide, stored [K][vectors() * lanes]; its vector v covers
+// `lanes` consecutive units of gate v / blocks, unit block p * blocks + v % blocks. A panel thus
+// holds every gate of its units, and a thread that owns whole panels owns whole units.
+struct Panels {
+  int64_t gates;   // G: gate blocks of the output (the cell's, or 1 for a product onto h)
+  int64_t hidden;  // H: units per gate block
+  int64_t depth;   // K
+  int64_t lanes;   // L: elements per SIMD vector
+  int64_t blocks;  // unit blocks (of L units) per panel
+  int64_t count;   // panels
+
+  int64_t vectors() const { return gates * blocks; }
+  int64_t units() const { return blocks * lanes; }  // units per panel
+  int64_t size() const { return count * depth * vectors() * lanes; }  // packed elements
+};
+
+// Whether this CPU and dtype have the fused recurrence (float32 and float64 on AVX2 and FMA).
+bool has_fused_steps(Dtype dtype);
+
+Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
+
+// Packs W[k, n] = w[n * n_stride + k * k_stride] into `packed` (panels.size() elements; units
+// past H are zero). The forward's W = w_hh^T (n_stride K, k_stride 1); the gradient reaching h
+// uses W = w_hh itself (n_stride 1, k_stride H).
+void pack(Dtype dtype, const Panels& panels, const void* w, int64_t n_stride, int64_t k_stride,
+          void* packed);
+
+// The product of one fused step: out (+)= in W, or nothing when `in` is null.
+struct Product {
+  const Panels* panels;
+  const void* packed;  // panels->size() elements
+  const void* in;      // [rows, K], or null
+  void* out;           // [rows, G*H]
+  int64_t rows;
+  bool accumulate;
+};
+
+// The product, then the pointwise step on the same units, split across threads by panels.
+template <typename Args> void fused_step(Dtype dtype, const Product& product, const Args& args);
+// The product alone.
+void fused_product(Dtype dtype, const Product& product);
+
+// The product for panels [begin, end), on the calling thread (recurrent_cpu_vec.cpp).
+void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);
+
+}  // namespace fusedrnn::cpu

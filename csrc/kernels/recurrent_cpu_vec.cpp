@@ -1,0 +1,156 @@
+// The product of the fused CPU recurrence (recurrent_cpu.h): packing, and the register-blocked
+// kernel that multiplies a few rows of the input by one panel of the weights. Compiled for AVX2
+// and FMA (vec_avx2.h); entered only where has_fused_steps says so.
+#include "vec_avx2.h"
+
+#include "recurrent_cpu.h"
+
+#include <algorithm>
+
+namespace fusedrnn::cpu {
+namespace {
+
+template <typename T> constexpr int64_t kLanes = 32 / sizeof(T);  // one 256-bit vector
+
+int64_t lanes_of(Dtype dtype) {
+  return dtype == Dtype::kFloat64 ? kLanes<double> : kLanes<float>;
+}
+
+// Where vector v of panel p writes: its first output column, and how many of its lanes are
+// units (fewer in the last block when L does not divide H).
+struct Columns {
+  int64_t first, lanes;
+};
+
+Columns columns(const Panels& panels, int64_t p, int64_t v) {
+  const int64_t gate = v / panels.blocks, block = p * panels.blocks + v % panels.blocks;
+  const int64_t unit = block * panels.lanes;
+  return {gate * panels.hidden + unit,
+          std::clamp<int64_t>(panels.hidden - unit, 0, panels.lanes)};
+}
+
+template <typename T>
+void pack_as(const Panels& panels, const T* w, int64_t n_stride, int64_t k_stride, T* packed) {
+  const int64_t L = panels.lanes, V = panels.vectors();
+  for (int64_t p = 0; p < panels.count; ++p) {
+    for (int64_t v = 0; v < V; ++v) {
+      const Columns c = columns(panels, p, v);
+      T* panel = packed + p * panels.depth * V * L + v * L;
+      for (int64_t k = 0; k < panels.depth; ++k) {
+        for (int64_t l = 0; l < L; ++l)
+          panel[k * V * L + l] = l < c.lanes ? w[(c.first + l) * n_stride + k * k_stride] : T(0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
+  const int64_t lanes = lanes_of(dtype);
+  // Four vectors a panel where the gates allow (a single-gate output takes four unit blocks),
+  // so that each loaded input element feeds several independent FMAs.
+  const int64_t blocks = gates >= 3 ? 1 : 4;
+  const int64_t units = blocks * lanes;
+  return Panels{gates, hidden, depth, lanes, blocks, (hidden + units - 1) / units};
+}
+
+void pack(Dtype dtype, const Panels& panels, const void* w, int64_t n_stride, int64_t k_stride,
+          void* packed) {
+  if (dtype == Dtype::kFloat64)
+    return pack_as(panels, static_cast<const double*>(w), n_stride, k_stride,
+                   static_cast<double*>(packed));
+  pack_as(panels, static_cast<const float*>(w), n_stride, k_stride, static_cast<float*>(packed));
+}
+
+}  // namespace fusedrnn::cpu
+
+#ifdef FUSEDRNN_VEC_AVX2
+
+namespace fusedrnn::cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+// out[r, columns of v] (+)= sum over k of in[r, k] panel[k, v] for MR rows and the NV vectors of
+// one panel, in MR * NV accumulators. With fewer than eight, consecutive k alternate between two
+// sets of accumulators, so that the FMAs' latency hides behind independent work.
+template <typename T, int MR, int NV>
+void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
+          const Columns* cols, bool accumulate) {
+  using Vec = Vectorized<T>;
+  constexpr int L = Vec::size(), S = MR * NV < 8 ? 2 : 1;
+  Vec acc[S][MR][NV];
+  for (int s = 0; s < S; ++s)
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) acc[s][r][v] = Vec(T(0));
+  const auto accumulate_k = [&](int s, int64_t k) {
+    Vec w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(panel + k * NV * L + v * L);
+    for (int r = 0; r < MR; ++r) {
+      const Vec x(in[r * K + k]);
+      for (int v = 0; v < NV; ++v) acc[s][r][v] = at::vec::fmadd(x, w[v], acc[s][r][v]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + S <= K; k += S)
+    for (int s = 0; s < S; ++s) accumulate_k(s, k + s);
+  for (; k < K; ++k) accumulate_k(0, k);
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      Vec sum = acc[0][r][v];
+      if constexpr (S == 2) sum = sum + acc[1][r][v];
+      T* o = out + r * out_stride + cols[v].first;
+      if (cols[v].lanes == L) {
+        if (accumulate) sum = sum + Vec::loadu(o);
+        sum.store(o);
+      } else if (cols[v].lanes > 0) {
+        if (accumulate) sum = sum + Vec::loadu(o, cols[v].lanes);
+        sum.store(o, cols[v].lanes);
+      }
+    }
+  }
+}
+
+// Every row of the product for panels [begin, end): MR rows at a time, the rest one by one.
+template <typename T, int NV>
+void panels_as(const Product& product, int64_t begin, int64_t end) {
+  constexpr int MR = 12 / NV;  // 12 accumulators, of the 16 vector registers
+  const Panels& panels = *product.panels;
+  const int64_t K = panels.depth, stride = panels.gates * panels.hidden;
+  const T* in = static_cast<const T*>(product.in);
+  T* out = static_cast<T*>(product.out);
+  for (int64_t p = begin; p < end; ++p) {
+    Columns cols[NV];
+    for (int v = 0; v < NV; ++v) cols[v] = columns(panels, p, v);
+    const T* panel = static_cast<const T*>(product.packed) + p * K * NV * panels.lanes;
+    int64_t r = 0;
+    for (; r + MR <= product.rows; r += MR)
+      tile<T, MR, NV>(in + r * K, K, panel, out + r * stride, stride, cols, product.accumulate);
+    for (; r < product.rows; ++r)
+      tile<T, 1, NV>(in + r * K, K, panel, out + r * stride, stride, cols, product.accumulate);
+  }
+}
+
+template <typename T>
+void panels_of(const Product& product, int64_t begin, int64_t end) {
+  if (product.panels->vectors() == 3) return panels_as<T, 3>(product, begin, end);
+  return panels_as<T, 4>(product, begin, end);
+}
+
+}  // namespace
+
+void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end) {
+  if (dtype == Dtype::kFloat64) return panels_of<double>(product, begin, end);
+  return panels_of<float>(product, begin, end);
+}
+
+}  // namespace fusedrnn::cpu
+
+#else  // has_fused_steps is false here: nothing calls these
+
+namespace fusedrnn::cpu {
+void product_panels(Dtype, const Product&, int64_t, int64_t) {}
+}  // namespace fusedrnn::cpu
+
+#endif

@@ -1,0 +1,18 @@
+// Included first by the files compiled for AVX2 and FMA (the *_vec.cpp files): switches the
+// rest of the file to those instructions and includes ATen's vector types for them. Callers
+// enter those files only on CPUs that have them (has_vector_rows). Defines FUSEDRNN_VEC_AVX2
+// where this compiler and architecture allow it; elsewhere the files fall back to scalar code.
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FUSEDRNN_VEC_AVX2 1
+#pragma GCC target("avx2,fma")
+// The pragma switches code generation but, in C++, not the feature macros that sleef.h and
+// ATen's vector headers test: state them, as -mavx2 -mfma would.
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#include <ATen/cpu/vec/vec.h>
+#endif

@@ -1,0 +1,54 @@
+"""The fused CPU recurrence (csrc/kernels/recurrent_cpu.*) against torch.nn, on the shapes that
+reach its corners: the hidden units split across threads, a last panel that is partly padding
+(H not a multiple of the SIMD width), batch rows left over after the row tiles, one row alone,
+packed batches whose rows change from step to step, and one thread doing every panel."""
+import pytest
+import torch
+
+from conftest import (CELLS, TOLERANCE, assert_close_by_name, assert_matches, make_pair,
+                      random_state, run_packed_and_grad)
+
+# (T, B, I, H, options)
+SHAPES = [
+    (6, 16, 9, 70, {}),  # two threads; H = 8 * 8 + 6
+    (5, 7, 4, 37, {"num_layers": 2, "bidirectional": True}),  # rows after the tiles
+    (4, 2, 3, 130, {}),  # rows one at a time
+    (3, 1, 5, 260, {"bias": False}),  # one row, two threads
+]
+LENGTHS = [9, 3, 12, 1, 7, 12, 5, 2, 8, 11, 4, 6, 10, 12, 3, 9]
+
+
+@pytest.fixture(params=[None, 1], ids=["threads-default", "threads-1"])
+def threads(request):
+    saved = torch.get_num_threads()
+    if request.param:
+        torch.set_num_threads(request.param)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _id(shape):
+    T, B, I, H, options = shape
+    return f"T{T}-B{B}-I{I}-H{H}" + "".join(f"-{k}={v}" for k, v in options.items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_matches_torch_nn(cell, shape, dtype, threads):
+    T, B, I, H, options = shape
+    ref, fused = make_pair(cell, I, H, "cpu", dtype, **options)
+    gen = torch.Generator().manual_seed(T * B + H)
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", dtype, gen), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_packed_matches_torch_nn(cell, dtype, threads):
+    ref, fused = make_pair(cell, 6, 70, "cpu", dtype, bidirectional=True)
+    gen = torch.Generator().manual_seed(3)
+    padded = torch.randn(max(LENGTHS), len(LENGTHS), 6, generator=gen, dtype=dtype)
+    hx = random_state(cell, ref, len(LENGTHS), "cpu", dtype, gen)
+    assert_close_by_name(run_packed_and_grad(fused, padded, LENGTHS, False, hx),
+                         run_packed_and_grad(ref, padded, LENGTHS, False, hx), TOLERANCE[dtype])
