@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
+
+#include <utility>
 #ifdef FUSEDRNN_WITH_CUDA
 #include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAStream.h>
@@ -115,17 +117,27 @@ void gemm(const Tensor& like, const Gemm& g) {
   else at::mm_out(c, a, b);
 }
 
-// Each step's product with the recurrent weights, out[rows, N] (+)= in[rows, K] W, and the
-// step's pointwise kernel. W is w^T for the forward (w = w_hh [G*H, K]) and w itself for the
-// gradient reaching h (w = w_hh [G*H, H], K = G*H). On the CPU, for float32 and float64, the
-// two run fused per thread over a packed copy of w (kernels/recurrent_cpu.h); elsewhere, a GEMM
-// then the step kernel.
+// One step of a layer's loop: the rows the product reads (null: no product this step), how many,
+// where the product goes, and the pointwise step that follows.
+template <typename Args> struct Step {
+  const void* in;
+  int64_t rows;
+  void* out;
+  Args args;
+};
+
+// A layer's loop over time: each step's product with the recurrent weights, out[rows, N] (+)=
+// in[rows, K] W, then its pointwise kernel. W is w^T for the forward (w = w_hh [G*H, K]) and w
+// itself for the gradient reaching h (w = w_hh [G*H, H], K = G*H). On the CPU, for float32 and
+// float64, each thread runs both on its own units over a packed copy of w, one team of threads
+// for the whole loop (kernels/recurrent_cpu.h); elsewhere, a GEMM then the step kernel.
 class Recurrence {
  public:
   // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
   // fusable: false where other work must run between the product and the pointwise step.
-  Recurrence(const Tensor& w, int64_t gates, bool transposed, bool fusable = true)
-      : w_(w), transposed_(transposed) {
+  Recurrence(const Tensor& w, int64_t gates, bool transposed, bool accumulate,
+             bool fusable = true)
+      : w_(w), transposed_(transposed), accumulate_(accumulate) {
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
     if (!fusable || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w))) return;
     panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
@@ -134,33 +146,49 @@ class Recurrence {
               packed_.data_ptr());
   }
 
-  // The product (none when `in` is null), then the step.
-  template <typename Args>
-  void step(const void* in, int64_t rows, void* out, bool accumulate, const Args& args) const {
+  // Runs `steps` steps of at most `rows` rows: plan(s) -> Step<Args>, the s-th; done(s) once
+  // its results are in place. Each may move rows between the loop's buffers.
+  template <typename Plan, typename Done>
+  void loop(int64_t steps, int64_t rows, const Plan& plan, const Done& done) const {
+    using Args = decltype(plan(int64_t{}).args);
     if (!packed_.defined()) {
-      product(in, rows, out, accumulate);
-      return run_step(w_, args);
+      for (int64_t s = 0; s < steps; ++s) {
+        const Step<Args> step = plan(s);
+        product(step.in, step.rows, step.out);
+        run_step(w_, step.args);
+        done(s);
+      }
+      return;
     }
-    cpu::fused_step(dtype_of(w_), fused(in, in ? rows : args.batch, out, accumulate), args);
+    const cpu::PlanStep<Args> fill = [&](int64_t s, cpu::Product& product, Args& args) {
+      const Step<Args> step = plan(s);
+      product = fused(step.in, step.rows, step.out);
+      args = step.args;
+    };
+    cpu::fused_loop<Args>(dtype_of(w_), panels_, steps, rows, fill, done);
   }
 
-  void product(const void* in, int64_t rows, void* out, bool accumulate) const {
+  // The product alone (none when `in` is null).
+  void product(const void* in, int64_t rows, void* out) const {
     if (!in) return;
-    if (packed_.defined()) return cpu::fused_product(dtype_of(w_), fused(in, rows, out, accumulate));
+    if (packed_.defined()) return cpu::fused_product(dtype_of(w_), fused(in, rows, out));
     const int64_t N = transposed_ ? w_.size(0) : w_.size(1);
     const int64_t K = transposed_ ? w_.size(1) : w_.size(0);
-    gemm(w_, Gemm{rows, N, K, in, false, w_.data_ptr(), transposed_, out, accumulate});
+    gemm(w_, Gemm{rows, N, K, in, false, w_.data_ptr(), transposed_, out, accumulate_});
   }
 
  private:
-  cpu::Product fused(const void* in, int64_t rows, void* out, bool accumulate) const {
-    return cpu::Product{&panels_, packed_.data_ptr(), in, out, rows, accumulate};
+  cpu::Product fused(const void* in, int64_t rows, void* out) const {
+    return cpu::Product{&panels_, packed_.data_ptr(), in, out, rows, accumulate_};
   }
 
   Tensor w_, packed_;  // packed_: defined on the fused path only
-  bool transposed_;
+  bool transposed_, accumulate_;
   cpu::Panels panels_{};
 };
+
+// Nothing to do once a step is done.
+void nothing_after(int64_t) {}
 
 // Where each time step's rows live in a sequence buffer: step t holds batch[t] rows from row
 // offset[t] on. Padded input [T, B, ...] is the case batch[t] = B; a PackedSequence's data
@@ -407,24 +435,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                                        : at::empty({B, H}, input.options());
   Tensor hn = at::empty({B, P}, input.options()), cn = at::empty({B, H}, input.options());
   Tensor h_join, c_join;
-  void *h_prev = nullptr, *c_prev = nullptr;
-  const Recurrence recurrence(w_hh, 4, true, !w_hr.defined());
-  for (int64_t step = 0; step < s.steps.T; ++step) {
+  const Recurrence recurrence(w_hh, 4, true, true, !w_hr.defined());
+  void *h = nullptr, *c = nullptr, *cell_out = nullptr;  // the latest step's
+  const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
-    h_prev = pass.state_before(step, h0, h_prev, h_join);
-    c_prev = pass.state_before(step, c0, c_prev, c_join);
-    void *g = at_row(gates, first), *h = at_row(output, first);
-    void* c = at_row(cells, training ? first : (step % 2) * B);
-    void* cell_out = w_hr.defined() ? at_row(unprojected, training ? first : 0) : h;
-    recurrence.step(h_prev, rows, g, true,
-                    LSTMForwardStep{g, c_prev, c, cell_out, rows, H, training});
+    void* h_prev = pass.state_before(step, h0, h, h_join);
+    void* c_prev = pass.state_before(step, c0, c, c_join);
+    void* g = at_row(gates, first);
+    h = at_row(output, first);
+    c = at_row(cells, training ? first : (step % 2) * B);
+    cell_out = w_hr.defined() ? at_row(unprojected, training ? first : 0) : h;
+    return Step<LSTMForwardStep>{h_prev, rows, g,
+                                 {g, c_prev, c, cell_out, rows, H, training}};
+  };
+  const auto done = [&](int64_t step) {
     if (w_hr.defined())
-      gemm(input, Gemm{rows, P, H, cell_out, false, w_hr.data_ptr(), true, h, false});
+      gemm(input, Gemm{pass.batch(step), P, H, cell_out, false, w_hr.data_ptr(), true, h, false});
     pass.keep_final(step, h, hn);
     pass.keep_final(step, c, cn);
-    h_prev = h;
-    c_prev = c;
-  }
+  };
+  recurrence.loop(s.steps.T, B, plan, done);
   if (!training) {
     gates = at::empty({0}, input.options());
     cells = at::empty({0}, input.options());
@@ -467,18 +497,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     d_cell_out = at::empty({B, H}, input.options());
   }
   Tensor d_gates = sequence_like(input, 4 * H), c_join;
-  // Each step first adds the gradient that its successor's gates send back to h through W_hh.
-  const Recurrence recurrence(w_hh, 1, false, !w_hr.defined());
-  void* dg_after = nullptr;
-  int64_t rows_after = 0;
-  for (int64_t step = s.steps.T - 1; step >= 0; --step) {
+  // Each step first adds the gradient that the gates of the step after it send back to h.
+  const Recurrence recurrence(w_hh, 1, false, false, !w_hr.defined());
+  void* dg = nullptr;  // the latest step's gate gradients
+  int64_t dg_rows = 0;
+  const auto plan = [&](int64_t s_back) {
+    const int64_t step = s.steps.T - 1 - s_back;
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* c_prev = pass.state_before(
         step, c0, step ? at_row(cells, pass.first_row(step - 1)) : nullptr, c_join);
-    void* dg = at_row(d_gates, first);
+    const void* dg_after = dg;
+    const int64_t rows_after = dg_rows;
+    dg = at_row(d_gates, first), dg_rows = rows;
     void *dy = at_row(grad_output, first), *d_cell = dh.data_ptr();
-    if (w_hr.defined()) {
-      recurrence.product(dg_after, rows_after, dh.data_ptr(), false);
+    if (w_hr.defined()) {  // not fused: the product, then the projection's gradient
+      recurrence.product(std::exchange(dg_after, nullptr), rows_after, dh.data_ptr());
       Tensor total = at::from_blob(at_row(d_h, first), {rows, P}, input.options());
       const Tensor recurrent = dh.narrow(0, 0, rows);
       if (dy) at::add_out(total, at::from_blob(dy, {rows, P}, input.options()), recurrent);
@@ -486,16 +519,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       gemm(input, Gemm{rows, H, P, total.data_ptr(), false, w_hr.data_ptr(), false,
                        d_cell_out.data_ptr(), false});
       dy = nullptr, d_cell = d_cell_out.data_ptr();
-      run_step(input, LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev, dy,
-                                       d_cell, dc.data_ptr(), dg, rows, H});
-    } else {
-      recurrence.step(dg_after, rows_after, dh.data_ptr(), false,
-                      LSTMBackwardStep{at_row(gates, first), at_row(cells, first), c_prev, dy,
-                                       d_cell, dc.data_ptr(), dg, rows, H});
     }
-    dg_after = dg, rows_after = rows;
-  }
-  recurrence.product(dg_after, rows_after, dh.data_ptr(), false);  // the gradient of h0
+    return Step<LSTMBackwardStep>{dg_after, rows_after, dh.data_ptr(),
+                                  {at_row(gates, first), at_row(cells, first), c_prev, dy, d_cell,
+                                   dc.data_ptr(), dg, rows, H}};
+  };
+  recurrence.loop(s.steps.T, B, plan, nothing_after);
+  recurrence.product(dg, dg_rows, dh.data_ptr());  // the gradient of h0
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (w_hr.defined()) {
@@ -524,18 +554,18 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   Tensor output = sequence_like(input, H);
   Tensor saved = training ? sequence_like(input, 4 * H) : at::empty({0}, input.options());
   Tensor hn = at::empty({B, H}, input.options()), h_join;
-  void* h_prev = nullptr;
-  const Recurrence recurrence(w_hh, 3, true);
-  for (int64_t step = 0; step < s.steps.T; ++step) {
+  const Recurrence recurrence(w_hh, 3, true, false);
+  void* h = nullptr;  // the latest step's
+  const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
-    h_prev = pass.state_before(step, h0, h_prev, h_join);
-    void* h = at_row(output, first);
-    recurrence.step(h_prev, rows, h_gates.data_ptr(), false, GRUForwardStep{at_row(x_gates, first), h_gates.data_ptr(),
-                                   b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
-                                   training ? at_row(saved, first) : nullptr, rows, H});
-    pass.keep_final(step, h, hn);
-    h_prev = h;
-  }
+    void* h_prev = pass.state_before(step, h0, h, h_join);
+    h = at_row(output, first);
+    return Step<GRUForwardStep>{
+        h_prev, rows, h_gates.data_ptr(),
+        {at_row(x_gates, first), h_gates.data_ptr(), b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
+         training ? at_row(saved, first) : nullptr, rows, H}};
+  };
+  recurrence.loop(s.steps.T, B, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
   return {output, hn, saved};
 }
 
@@ -560,20 +590,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor d_x_gates = sequence_like(input, 3 * H), d_h_gates = sequence_like(input, 3 * H), h_join;
   // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh,
   // which the step before adds first.
-  const Recurrence recurrence(w_hh, 1, false);
-  void* dhg_after = nullptr;
-  int64_t rows_after = 0;
-  for (int64_t step = s.steps.T - 1; step >= 0; --step) {
+  const Recurrence recurrence(w_hh, 1, false, true);
+  void* dhg = nullptr;  // the latest step's
+  int64_t dhg_rows = 0;
+  const auto plan = [&](int64_t s_back) {
+    const int64_t step = s.steps.T - 1 - s_back;
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* h_prev = pass.state_before(
         step, h0, step ? at_row(output, pass.first_row(step - 1)) : nullptr, h_join);
-    void* dhg = at_row(d_h_gates, first);
-    recurrence.step(dhg_after, rows_after, dh.data_ptr(), true,
-                    GRUBackwardStep{at_row(saved, first), h_prev, at_row(grad_output, first),
-                                    dh.data_ptr(), at_row(d_x_gates, first), dhg, rows, H});
-    dhg_after = dhg, rows_after = rows;
-  }
-  recurrence.product(dhg_after, rows_after, dh.data_ptr(), true);
+    const void* dhg_after = dhg;
+    const int64_t rows_after = dhg_rows;
+    dhg = at_row(d_h_gates, first), dhg_rows = rows;
+    return Step<GRUBackwardStep>{dhg_after, rows_after, dh.data_ptr(),
+                                 {at_row(saved, first), h_prev, at_row(grad_output, first),
+                                  dh.data_ptr(), at_row(d_x_gates, first), dhg, rows, H}};
+  };
+  recurrence.loop(s.steps.T, B, plan, nothing_after);
+  recurrence.product(dhg, dhg_rows, dh.data_ptr());
   auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_h_gates, h0, output),
           bias_grad(d_x_gates, has_bias), bias_grad(d_h_gates, has_bias)};
@@ -594,16 +627,15 @@ std::tuple<Tensor, Tensor> rnn_forward(
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
   Tensor output = project_input(input, w_ih, combined_bias(b_ih, b_hh));
   Tensor hn = at::empty({B, H}, input.options()), h_join;
-  void* h_prev = nullptr;
-  const Recurrence recurrence(w_hh, 1, true);
-  for (int64_t step = 0; step < s.steps.T; ++step) {
+  const Recurrence recurrence(w_hh, 1, true, true);
+  void* h = nullptr;  // the latest step's
+  const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step);
-    h_prev = pass.state_before(step, h0, h_prev, h_join);
-    void* h = at_row(output, pass.first_row(step));
-    recurrence.step(h_prev, rows, h, true, RNNForwardStep{h, rows, H, relu});
-    pass.keep_final(step, h, hn);
-    h_prev = h;
-  }
+    void* h_prev = pass.state_before(step, h0, h, h_join);
+    h = at_row(output, pass.first_row(step));
+    return Step<RNNForwardStep>{h_prev, rows, h, {h, rows, H, relu}};
+  };
+  recurrence.loop(s.steps.T, B, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
   return {output, hn};
 }
 
@@ -625,18 +657,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const Pass pass{s.steps, reverse};
 
   Tensor d_pre = sequence_like(input, H);
-  const Recurrence recurrence(w_hh, 1, false);  // the gradient reaching h_{t-1}
-  void* dp_after = nullptr;
-  int64_t rows_after = 0;
-  for (int64_t step = s.steps.T - 1; step >= 0; --step) {
+  const Recurrence recurrence(w_hh, 1, false, false);  // the gradient reaching h_{t-1}
+  void* dp = nullptr;  // the latest step's
+  int64_t dp_rows = 0;
+  const auto plan = [&](int64_t s_back) {
+    const int64_t step = s.steps.T - 1 - s_back;
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
-    void* dp = at_row(d_pre, first);
-    recurrence.step(dp_after, rows_after, dh.data_ptr(), false,
-                    RNNBackwardStep{at_row(output, first), at_row(grad_output, first),
-                                    dh.data_ptr(), dp, rows, H, relu});
-    dp_after = dp, rows_after = rows;
-  }
-  recurrence.product(dp_after, rows_after, dh.data_ptr(), false);
+    const void* dp_after = dp;
+    const int64_t rows_after = dp_rows;
+    dp = at_row(d_pre, first), dp_rows = rows;
+    return Step<RNNBackwardStep>{dp_after, rows_after, dh.data_ptr(),
+                                 {at_row(output, first), at_row(grad_output, first),
+                                  dh.data_ptr(), dp, rows, H, relu}};
+  };
+  recurrence.loop(s.steps.T, B, plan, nothing_after);
+  recurrence.product(dp, dp_rows, dh.data_ptr());
   auto [grad_input, grad_w_ih] = grads_through_input(d_pre, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_pre, h0, output),
           bias_grad(d_pre, has_bias)};

@@ -1,36 +1,62 @@
-// The fused CPU recurrence's threads (recurrent_cpu.h): each step splits the panels, and with
-// them the hidden units, across threads; each thread runs its panels' product, then the
-// pointwise step on their units. OpenMP keeps thread i on chunk i from step to step, so each
-// thread's slice of the weights stays in its core's cache.
+// The fused CPU recurrence's threads (recurrent_cpu.h). A loop's team of threads stays together
+// from its first step to its last, meeting at a spin barrier between steps: an OpenMP fork and
+// join per step costs more than a small step's math. Thread t always takes the same panels, so
+// its slice of the weights stays in its core's cache.
 #include "recurrent_cpu.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <thread>
 
 #include "pointwise_cpu_vec.h"
 
 namespace fusedrnn::cpu {
 namespace {
 
-// Multiply-adds per thread below which waking another thread costs more than it saves.
+// Multiply-adds per thread and step below which another thread costs more than it saves.
 constexpr int64_t kWorkPerThread = 1 << 15;
 
-int64_t threads_for(const Product& product) {
-  const Panels& panels = *product.panels;
-  const int64_t work = std::max<int64_t>(1, product.rows) * panels.depth * panels.gates *
-                       panels.hidden;
+int64_t threads_for(const Panels& panels, int64_t rows) {
+  const int64_t work = std::max<int64_t>(1, rows) * panels.depth * panels.gates * panels.hidden;
   return std::clamp<int64_t>(work / kWorkPerThread, 1,
                              std::min<int64_t>(at::get_num_threads(), panels.count));
 }
 
-// Runs `slice(first_panel, end_panel)` on each thread's share of the panels.
-template <typename Slice>
-void split_panels(const Product& product, const Slice& slice) {
-  const int64_t threads = threads_for(product), count = product.panels->count;
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) slice(count * t / threads, count * (t + 1) / threads);
-  });
+// Waits until every thread of the team has arrived. A thread that runs the slices of several
+// team members (where OpenMP gave the loop fewer threads than asked for) arrives for all of them
+// at once, so the barrier never waits for a thread that does not exist.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int64_t members) : members_(members) {}
+
+  void arrive_and_wait(int64_t count) {
+    const int64_t round = round_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(count, std::memory_order_acq_rel) + count == members_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      round_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int64_t spins = 0; round_.load(std::memory_order_acquire) == round; ++spins) {
+      if (spins > 20000) std::this_thread::yield();  // an oversubscribed machine
+    }
+  }
+
+ private:
+  const int64_t members_;
+  std::atomic<int64_t> arrived_{0}, round_{0};
+};
+
+// Runs the product and the pointwise step of thread t's panels, one of `threads`.
+template <typename Args>
+void run_slice(Dtype dtype, const Product& product, const Args& args, int64_t t,
+               int64_t threads) {
+  const Panels& panels = *product.panels;
+  const int64_t begin = panels.count * t / threads, end = panels.count * (t + 1) / threads;
+  if (product.in) product_panels(dtype, product, begin, end);
+  step_units(dtype, args, begin * panels.units(), std::min(panels.hidden, end * panels.units()));
 }
 
 }  // namespace
@@ -40,23 +66,58 @@ bool has_fused_steps(Dtype dtype) {
 }
 
 template <typename Args>
-void fused_step(Dtype dtype, const Product& product, const Args& args) {
-  const int64_t units = product.panels->units(), hidden = product.panels->hidden;
-  split_panels(product, [&](int64_t begin, int64_t end) {
-    if (product.in) product_panels(dtype, product, begin, end);
-    step_units(dtype, args, begin * units, std::min(hidden, end * units));
+void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows,
+                const PlanStep<Args>& plan, const StepDone& done) {
+  const int64_t threads = threads_for(panels, rows);
+  Product product{};  // the step in flight: written by the planner between the two barriers
+  Args args{};
+  SpinBarrier barrier(threads);
+  std::exception_ptr error;  // the planner's; the barrier publishes it to the others
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    const bool planner = begin == 0;
+    for (int64_t s = 0; s < steps; ++s) {
+      if (planner && !error) {
+        try {
+          if (s > 0) done(s - 1);
+          plan(s, product, args);
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+      barrier.arrive_and_wait(end - begin);
+      if (error) return;
+      for (int64_t t = begin; t < end; ++t) run_slice(dtype, product, args, t, threads);
+      barrier.arrive_and_wait(end - begin);
+    }
+    if (planner && steps > 0) {
+      try {
+        done(steps - 1);
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
   });
+  if (error) std::rethrow_exception(error);
 }
-template void fused_step(Dtype, const Product&, const LSTMForwardStep&);
-template void fused_step(Dtype, const Product&, const LSTMBackwardStep&);
-template void fused_step(Dtype, const Product&, const GRUForwardStep&);
-template void fused_step(Dtype, const Product&, const GRUBackwardStep&);
-template void fused_step(Dtype, const Product&, const RNNForwardStep&);
-template void fused_step(Dtype, const Product&, const RNNBackwardStep&);
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+                         const PlanStep<LSTMForwardStep>&, const StepDone&);
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+                         const PlanStep<LSTMBackwardStep>&, const StepDone&);
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+                         const PlanStep<GRUForwardStep>&, const StepDone&);
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+                         const PlanStep<GRUBackwardStep>&, const StepDone&);
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+                         const PlanStep<RNNForwardStep>&, const StepDone&);
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+                         const PlanStep<RNNBackwardStep>&, const StepDone&);
 
 void fused_product(Dtype dtype, const Product& product) {
-  split_panels(product, [&](int64_t begin, int64_t end) {
-    product_panels(dtype, product, begin, end);
+  const int64_t threads = threads_for(*product.panels, product.rows);
+  const int64_t count = product.panels->count;
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      product_panels(dtype, product, count * t / threads, count * (t + 1) / threads);
   });
 }
 

@@ -5,6 +5,8 @@
 // no ATen dispatch per step: small and medium layers are bound by exactly those costs.
 #pragma once
 
+#include <functional>
+
 #include "pointwise.h"
 
 namespace fusedrnn::cpu {
@@ -47,8 +49,19 @@ struct Product {
   bool accumulate;
 };
 
-// The product, then the pointwise step on the same units, split across threads by panels.
-template <typename Args> void fused_step(Dtype dtype, const Product& product, const Args& args);
+// Fills the s-th step of a loop: its product (whose `in` may be null) and its pointwise step.
+template <typename Args>
+using PlanStep = std::function<void(int64_t s, Product& product, Args& args)>;
+// Called once every result of the s-th step is in place.
+using StepDone = std::function<void(int64_t s)>;
+
+// Runs `steps` steps, each the product and then the pointwise step on the same units, on one
+// team of threads for the whole loop, each thread on its own panels. One thread plans each step
+// (and reports the one before done) while the others wait at a barrier, so `plan` and `done`
+// may move rows between the loop's buffers. `rows`, the most rows of any step, sizes the team.
+template <typename Args>
+void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows,
+                const PlanStep<Args>& plan, const StepDone& done);
 // The product alone.
 void fused_product(Dtype dtype, const Product& product);
 
