@@ -142,8 +142,7 @@ class Recurrence {
     if (!fusable || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w))) return;
     panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
     packed_ = at::empty({panels_.size()}, w.options());
-    cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed ? K : 1, transposed ? 1 : N,
-              packed_.data_ptr());
+    cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
   }
 
   // Runs `steps` steps of at most `rows` rows: plan(s) -> Step<Args>, the s-th; done(s) once

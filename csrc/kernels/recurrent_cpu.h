@@ -33,11 +33,10 @@ bool has_fused_steps(Dtype dtype);
 
 Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
 
-// Packs W[k, n] = w[n * n_stride + k * k_stride] into `packed` (panels.size() elements; units
-// past H are zero). The forward's W = w_hh^T (n_stride K, k_stride 1); the gradient reaching h
-// uses W = w_hh itself (n_stride 1, k_stride H).
-void pack(Dtype dtype, const Panels& panels, const void* w, int64_t n_stride, int64_t k_stride,
-          void* packed);
+// Packs W into `packed` (panels.size() elements; units past H are zero): W = w^T for w [G*H, K]
+// when `transposed` (the forward's w_hh), else W = w for w [K, G*H] (w_hh itself, for the
+// gradient reaching h).
+void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed);
 
 // The product of one fused step: out (+)= in W, or nothing when `in` is null.
 struct Product {

@@ -29,21 +29,6 @@ Columns columns(const Panels& panels, int64_t p, int64_t v) {
           std::clamp<int64_t>(panels.hidden - unit, 0, panels.lanes)};
 }
 
-template <typename T>
-void pack_as(const Panels& panels, const T* w, int64_t n_stride, int64_t k_stride, T* packed) {
-  const int64_t L = panels.lanes, V = panels.vectors();
-  for (int64_t p = 0; p < panels.count; ++p) {
-    for (int64_t v = 0; v < V; ++v) {
-      const Columns c = columns(panels, p, v);
-      T* panel = packed + p * panels.depth * V * L + v * L;
-      for (int64_t k = 0; k < panels.depth; ++k) {
-        for (int64_t l = 0; l < L; ++l)
-          panel[k * V * L + l] = l < c.lanes ? w[(c.first + l) * n_stride + k * k_stride] : T(0);
-      }
-    }
-  }
-}
-
 }  // namespace
 
 Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
@@ -55,14 +40,6 @@ Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
   return Panels{gates, hidden, depth, lanes, blocks, (hidden + units - 1) / units};
 }
 
-void pack(Dtype dtype, const Panels& panels, const void* w, int64_t n_stride, int64_t k_stride,
-          void* packed) {
-  if (dtype == Dtype::kFloat64)
-    return pack_as(panels, static_cast<const double*>(w), n_stride, k_stride,
-                   static_cast<double*>(packed));
-  pack_as(panels, static_cast<const float*>(w), n_stride, k_stride, static_cast<float*>(packed));
-}
-
 }  // namespace fusedrnn::cpu
 
 #ifdef FUSEDRNN_VEC_AVX2
@@ -71,6 +48,30 @@ namespace fusedrnn::cpu {
 namespace {
 
 using at::vec::Vectorized;
+
+// w: [N, K] when transposed (W = w^T), else [K, N].
+template <typename T>
+void pack_as(const Panels& panels, const T* w, bool transposed, T* packed) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t K = panels.depth, N = panels.gates * panels.hidden, width = panels.vectors() * L;
+  for (int64_t p = 0; p < panels.count; ++p) {
+    for (int64_t v = 0; v < panels.vectors(); ++v) {
+      const Columns c = columns(panels, p, v);
+      T* dst = packed + p * K * width + v * L;  // dst[k * width + l] = W[k, c.first + l]
+      for (int64_t k = 0; c.lanes < L && k < K; ++k)
+        std::fill(dst + k * width + c.lanes, dst + k * width + L, T(0));
+      if (!transposed) {
+        for (int64_t k = 0; k < K; ++k) std::copy_n(w + k * N + c.first, c.lanes, dst + k * width);
+        continue;
+      }
+      const T* src = w + c.first * K;  // src[l * K + k] = W[k, c.first + l]
+      int64_t k = 0;
+      for (; c.lanes == L && k + L <= K; k += L)
+        at::vec::transpose_mxn<T, L, L>(src + k, K, dst + k * width, width);
+      at::vec::transpose_mxn<T>(src + k, K, dst + k * width, width, int(c.lanes), int(K - k));
+    }
+  }
+}
 
 // out[r, columns of v] (+)= sum over k of in[r, k] panel[k, v] for MR rows and the NV vectors of
 // one panel, in MR * NV accumulators. With fewer than eight, consecutive k alternate between two
@@ -151,12 +152,19 @@ void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t 
   return panels_of<float>(product, begin, end);
 }
 
+void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed) {
+  if (dtype == Dtype::kFloat64)
+    return pack_as(panels, static_cast<const double*>(w), transposed, static_cast<double*>(packed));
+  pack_as(panels, static_cast<const float*>(w), transposed, static_cast<float*>(packed));
+}
+
 }  // namespace fusedrnn::cpu
 
 #else  // has_fused_steps is false here: nothing calls these
 
 namespace fusedrnn::cpu {
 void product_panels(Dtype, const Product&, int64_t, int64_t) {}
+void pack(Dtype, const Panels&, const void*, bool, void*) {}
 }  // namespace fusedrnn::cpu
 
 #endif
