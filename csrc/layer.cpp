@@ -117,78 +117,6 @@ void gemm(const Tensor& like, const Gemm& g) {
   else at::mm_out(c, a, b);
 }
 
-// One step of a layer's loop: the rows the product reads (null: no product this step), how many,
-// where the product goes, and the pointwise step that follows.
-template <typename Args> struct Step {
-  const void* in;
-  int64_t rows;
-  void* out;
-  Args args;
-};
-
-// A layer's loop over time: each step's product with the recurrent weights, out[rows, N] (+)=
-// in[rows, K] W, then its pointwise kernel. W is w^T for the forward (w = w_hh [G*H, K]) and w
-// itself for the gradient reaching h (w = w_hh [G*H, H], K = G*H). On the CPU, for float32 and
-// float64, each thread runs both on its own units over a packed copy of w, one team of threads
-// for the whole loop (kernels/recurrent_cpu.h); elsewhere, a GEMM then the step kernel.
-class Recurrence {
- public:
-  // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
-  // fusable: false where other work must run between the product and the pointwise step.
-  Recurrence(const Tensor& w, int64_t gates, bool transposed, bool accumulate,
-             bool fusable = true)
-      : w_(w), transposed_(transposed), accumulate_(accumulate) {
-    const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
-    if (!fusable || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w))) return;
-    panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
-    packed_ = at::empty({panels_.size()}, w.options());
-    cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
-  }
-
-  // Runs `steps` steps of at most `rows` rows: plan(s) -> Step<Args>, the s-th; done(s) once
-  // its results are in place. Each may move rows between the loop's buffers.
-  template <typename Plan, typename Done>
-  void loop(int64_t steps, int64_t rows, const Plan& plan, const Done& done) const {
-    using Args = decltype(plan(int64_t{}).args);
-    if (!packed_.defined()) {
-      for (int64_t s = 0; s < steps; ++s) {
-        const Step<Args> step = plan(s);
-        product(step.in, step.rows, step.out);
-        run_step(w_, step.args);
-        done(s);
-      }
-      return;
-    }
-    const cpu::PlanStep<Args> fill = [&](int64_t s, cpu::Product& product, Args& args) {
-      const Step<Args> step = plan(s);
-      product = fused(step.in, step.rows, step.out);
-      args = step.args;
-    };
-    cpu::fused_loop<Args>(dtype_of(w_), panels_, steps, rows, fill, done);
-  }
-
-  // The product alone (none when `in` is null).
-  void product(const void* in, int64_t rows, void* out) const {
-    if (!in) return;
-    if (packed_.defined()) return cpu::fused_product(dtype_of(w_), fused(in, rows, out));
-    const int64_t N = transposed_ ? w_.size(0) : w_.size(1);
-    const int64_t K = transposed_ ? w_.size(1) : w_.size(0);
-    gemm(w_, Gemm{rows, N, K, in, false, w_.data_ptr(), transposed_, out, accumulate_});
-  }
-
- private:
-  cpu::Product fused(const void* in, int64_t rows, void* out) const {
-    return cpu::Product{&panels_, packed_.data_ptr(), in, out, rows, accumulate_};
-  }
-
-  Tensor w_, packed_;  // packed_: defined on the fused path only
-  bool transposed_, accumulate_;
-  cpu::Panels panels_{};
-};
-
-// Nothing to do once a step is done.
-void nothing_after(int64_t) {}
-
 // Where each time step's rows live in a sequence buffer: step t holds batch[t] rows from row
 // offset[t] on. Padded input [T, B, ...] is the case batch[t] = B; a PackedSequence's data
 // [rows, ...] has batch[t] = batch_sizes[t], which never grows with t.
@@ -360,6 +288,80 @@ struct Pass {
   }
 };
 
+// One step of a layer's loop: the rows the product reads (null: no product this step), how many,
+// where the product goes, and the pointwise step that follows.
+template <typename Args> struct Step {
+  const void* in;
+  int64_t rows;
+  void* out;
+  Args args;
+};
+
+// A layer's loop over time: each step's product with the recurrent weights, out[rows, N] (+)=
+// in[rows, K] W, then its pointwise kernel. W is w^T for the forward (w = w_hh [G*H, K]) and w
+// itself for the gradient reaching h (w = w_hh [G*H, H], K = G*H). On the CPU, for float32 and
+// float64, each thread runs both on its own units over a packed copy of w, one team of threads
+// for the whole loop (kernels/recurrent_cpu.h); elsewhere, a GEMM then the step kernel.
+class Recurrence {
+ public:
+  // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
+  // fusable: false where other work must run between the product and the pointwise step.
+  Recurrence(const Tensor& w, int64_t gates, bool transposed, bool accumulate,
+             bool fusable = true)
+      : w_(w), transposed_(transposed), accumulate_(accumulate) {
+    const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
+    if (!fusable || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w))) return;
+    panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
+    packed_ = at::empty({panels_.size()}, w.options());
+    cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
+  }
+
+  // Runs the steps of `pass`: plan(s) -> Step<Args>, the s-th; done(s) once its results are in
+  // place. Each may move rows between the loop's buffers, except over padded batches, whose
+  // plans touch no data: there the CPU plans ahead (cpu::fused_loop's lookahead).
+  template <typename Plan, typename Done>
+  void loop(const Pass& pass, const Plan& plan, const Done& done) const {
+    const int64_t steps = pass.steps.T, rows = pass.steps.B;
+    using Args = decltype(plan(int64_t{}).args);
+    if (!packed_.defined()) {
+      for (int64_t s = 0; s < steps; ++s) {
+        const Step<Args> step = plan(s);
+        product(step.in, step.rows, step.out);
+        run_step(w_, step.args);
+        done(s);
+      }
+      return;
+    }
+    const cpu::PlanStep<Args> fill = [&](int64_t s, cpu::Product& product, Args& args) {
+      const Step<Args> step = plan(s);
+      product = fused(step.in, step.rows, step.out);
+      args = step.args;
+    };
+    cpu::fused_loop<Args>(dtype_of(w_), panels_, steps, rows, pass.steps.uniform, fill, done);
+  }
+
+  // The product alone (none when `in` is null).
+  void product(const void* in, int64_t rows, void* out) const {
+    if (!in) return;
+    if (packed_.defined()) return cpu::fused_product(dtype_of(w_), fused(in, rows, out));
+    const int64_t N = transposed_ ? w_.size(0) : w_.size(1);
+    const int64_t K = transposed_ ? w_.size(1) : w_.size(0);
+    gemm(w_, Gemm{rows, N, K, in, false, w_.data_ptr(), transposed_, out, accumulate_});
+  }
+
+ private:
+  cpu::Product fused(const void* in, int64_t rows, void* out) const {
+    return cpu::Product{&panels_, packed_.data_ptr(), in, out, rows, accumulate_};
+  }
+
+  Tensor w_, packed_;  // packed_: defined on the fused path only
+  bool transposed_, accumulate_;
+  cpu::Panels panels_{};
+};
+
+// Nothing to do once a step is done.
+void nothing_after(int64_t) {}
+
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], for d_pre the gradient of h_{t-1} W_hh^T laid
 // out like the output.
 Tensor grad_w_hh(const Pass& pass, const Tensor& d_pre, const Tensor& h0, const Tensor& output) {
@@ -453,7 +455,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     pass.keep_final(step, h, hn);
     pass.keep_final(step, c, cn);
   };
-  recurrence.loop(s.steps.T, B, plan, done);
+  recurrence.loop(pass, plan, done);
   if (!training) {
     gates = at::empty({0}, input.options());
     cells = at::empty({0}, input.options());
@@ -523,7 +525,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                   {at_row(gates, first), at_row(cells, first), c_prev, dy, d_cell,
                                    dc.data_ptr(), dg, rows, H}};
   };
-  recurrence.loop(s.steps.T, B, plan, nothing_after);
+  recurrence.loop(pass, plan, nothing_after);
   recurrence.product(dg, dg_rows, dh.data_ptr());  // the gradient of h0
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
   Tensor grad_w_hr = at::empty({0}, input.options());
@@ -564,7 +566,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
         {at_row(x_gates, first), h_gates.data_ptr(), b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
          training ? at_row(saved, first) : nullptr, rows, H}};
   };
-  recurrence.loop(s.steps.T, B, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
+  recurrence.loop(pass, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
   return {output, hn, saved};
 }
 
@@ -604,7 +606,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                  {at_row(saved, first), h_prev, at_row(grad_output, first),
                                   dh.data_ptr(), at_row(d_x_gates, first), dhg, rows, H}};
   };
-  recurrence.loop(s.steps.T, B, plan, nothing_after);
+  recurrence.loop(pass, plan, nothing_after);
   recurrence.product(dhg, dhg_rows, dh.data_ptr());
   auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_h_gates, h0, output),
@@ -634,7 +636,7 @@ std::tuple<Tensor, Tensor> rnn_forward(
     h = at_row(output, pass.first_row(step));
     return Step<RNNForwardStep>{h_prev, rows, h, {h, rows, H, relu}};
   };
-  recurrence.loop(s.steps.T, B, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
+  recurrence.loop(pass, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
   return {output, hn};
 }
 
@@ -669,7 +671,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
                                  {at_row(output, first), at_row(grad_output, first),
                                   dh.data_ptr(), dp, rows, H, relu}};
   };
-  recurrence.loop(s.steps.T, B, plan, nothing_after);
+  recurrence.loop(pass, plan, nothing_after);
   recurrence.product(dp, dp_rows, dh.data_ptr());
   auto [grad_input, grad_w_ih] = grads_through_input(d_pre, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_pre, h0, output),

@@ -45,8 +45,10 @@ class SpinBarrier {
   }
 
  private:
+  // On cache lines of their own: the waiting threads poll round_ while arrivals change arrived_.
   const int64_t members_;
-  std::atomic<int64_t> arrived_{0}, round_{0};
+  alignas(64) std::atomic<int64_t> arrived_{0};
+  alignas(64) std::atomic<int64_t> round_{0};
 };
 
 // Runs the product and the pointwise step of thread t's panels, one of `threads`.
@@ -66,50 +68,70 @@ bool has_fused_steps(Dtype dtype) {
 }
 
 template <typename Args>
-void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows,
+void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, bool lookahead,
                 const PlanStep<Args>& plan, const StepDone& done) {
+  if (steps == 0) return;
   const int64_t threads = threads_for(panels, rows);
-  Product product{};  // the step in flight: written by the planner between the two barriers
-  Args args{};
+  // The steps in flight, written by the planner: slot 0 alone, or step s in slot s % 2 when
+  // the planner fills the next step's slot while the team computes this one.
+  Product products[2]{};
+  Args args[2]{};
   SpinBarrier barrier(threads);
   std::exception_ptr error;  // the planner's; the barrier publishes it to the others
+  const auto guarded = [&](const auto& work) {
+    if (error) return;
+    try {
+      work();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  };
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     const bool planner = begin == 0;
-    for (int64_t s = 0; s < steps; ++s) {
-      if (planner && !error) {
-        try {
+    const auto compute = [&](int slot) {
+      for (int64_t t = begin; t < end; ++t) run_slice(dtype, products[slot], args[slot], t, threads);
+    };
+    const auto all_arrived = [&] {  // -> whether to go on
+      barrier.arrive_and_wait(end - begin);
+      return !error;
+    };
+    if (!lookahead) {  // plan, wait, compute, wait
+      for (int64_t s = 0; s < steps; ++s) {
+        if (planner) guarded([&] {
           if (s > 0) done(s - 1);
-          plan(s, product, args);
-        } catch (...) {
-          error = std::current_exception();
-        }
+          plan(s, products[0], args[0]);
+        });
+        if (!all_arrived()) return;
+        compute(0);
+        barrier.arrive_and_wait(end - begin);
       }
-      barrier.arrive_and_wait(end - begin);
-      if (error) return;
-      for (int64_t t = begin; t < end; ++t) run_slice(dtype, product, args, t, threads);
-      barrier.arrive_and_wait(end - begin);
-    }
-    if (planner && steps > 0) {
-      try {
-        done(steps - 1);
-      } catch (...) {
-        error = std::current_exception();
+    } else {  // one barrier a step: the planner plans step s + 1 alongside step s
+      if (planner) guarded([&] { plan(0, products[0], args[0]); });
+      if (!all_arrived()) return;
+      for (int64_t s = 0; s < steps; ++s) {
+        if (planner) guarded([&] {
+          if (s > 0) done(s - 1);
+          if (s + 1 < steps) plan(s + 1, products[(s + 1) % 2], args[(s + 1) % 2]);
+        });
+        compute(s % 2);
+        if (!all_arrived()) return;
       }
     }
+    if (planner) guarded([&] { done(steps - 1); });
   });
   if (error) std::rethrow_exception(error);
 }
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
                          const PlanStep<LSTMForwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
                          const PlanStep<LSTMBackwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
                          const PlanStep<GRUForwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
                          const PlanStep<GRUBackwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
                          const PlanStep<RNNForwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t,
+template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
                          const PlanStep<RNNBackwardStep>&, const StepDone&);
 
 void fused_product(Dtype dtype, const Product& product) {

@@ -56,10 +56,13 @@ using StepDone = std::function<void(int64_t s)>;
 
 // Runs `steps` steps, each the product and then the pointwise step on the same units, on one
 // team of threads for the whole loop, each thread on its own panels. One thread plans each step
-// (and reports the one before done) while the others wait at a barrier, so `plan` and `done`
-// may move rows between the loop's buffers. `rows`, the most rows of any step, sizes the team.
+// and reports the one before it done, while the others wait at a barrier, so `plan` and `done`
+// may move rows between the loop's buffers. With `lookahead`, the planner instead plans step
+// s + 1 (and reports s - 1 done) while the team computes step s, one barrier a step: for loops
+// whose plans read and write nothing the steps do (padded batches). `rows`, the most rows of any
+// step, sizes the team.
 template <typename Args>
-void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows,
+void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, bool lookahead,
                 const PlanStep<Args>& plan, const StepDone& done);
 // The product alone.
 void fused_product(Dtype dtype, const Product& product);
