@@ -42,6 +42,9 @@ class SpinBarrier {
       return;
     }
     for (int64_t spins = 0; round_.load(std::memory_order_acquire) == round; ++spins) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();  // leaves the core to a hyperthread sibling while it waits
+#endif
       if (spins > 20000) std::this_thread::yield();  // an oversubscribed machine
     }
   }
