@@ -340,6 +340,26 @@ class Recurrence {
     cpu::fused_loop<Args>(dtype_of(w_), panels_, steps, rows, pass.steps.uniform, fill, done);
   }
 
+  // The backward through time: the steps of `pass` from its last to its first. Each step's
+  // product first adds to `dh` what the step after it sent back, from that step's rows of
+  // `d_pre` (the product's input; none before the last step), then its pointwise step writes its
+  // own rows of d_pre; a last product gives the gradient of h0. plan(step, after, rows_after) ->
+  // Step<Args>, where (after, rows_after) are the rows the step's product reads: passed on as
+  // its `in`, or multiplied by plan itself where other work must come between (then in = null).
+  template <typename Plan>
+  void loop_back(const Pass& pass, const Tensor& d_pre, void* dh, const Plan& plan) const {
+    const void* after = nullptr;
+    int64_t rows_after = 0;
+    const auto last_first = [&](int64_t s) {
+      const int64_t step = pass.steps.T - 1 - s;
+      const auto planned = plan(step, after, rows_after);
+      after = at_row(d_pre, pass.first_row(step)), rows_after = pass.batch(step);
+      return planned;
+    };
+    loop(pass, last_first, [](int64_t) {});
+    product(after, rows_after, dh);
+  }
+
   // The product alone (none when `in` is null).
   void product(const void* in, int64_t rows, void* out) const {
     if (!in) return;
@@ -358,9 +378,6 @@ class Recurrence {
   bool transposed_, accumulate_;
   cpu::Panels panels_{};
 };
-
-// Nothing to do once a step is done.
-void nothing_after(int64_t) {}
 
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], for d_pre the gradient of h_{t-1} W_hh^T laid
 // out like the output.
@@ -498,18 +515,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     d_cell_out = at::empty({B, H}, input.options());
   }
   Tensor d_gates = sequence_like(input, 4 * H), c_join;
-  // Each step first adds the gradient that the gates of the step after it send back to h.
   const Recurrence recurrence(w_hh, 1, false, false, !w_hr.defined());
-  void* dg = nullptr;  // the latest step's gate gradients
-  int64_t dg_rows = 0;
-  const auto plan = [&](int64_t s_back) {
-    const int64_t step = s.steps.T - 1 - s_back;
+  const auto plan = [&](int64_t step, const void* dg_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* c_prev = pass.state_before(
         step, c0, step ? at_row(cells, pass.first_row(step - 1)) : nullptr, c_join);
-    const void* dg_after = dg;
-    const int64_t rows_after = dg_rows;
-    dg = at_row(d_gates, first), dg_rows = rows;
     void *dy = at_row(grad_output, first), *d_cell = dh.data_ptr();
     if (w_hr.defined()) {  // not fused: the product, then the projection's gradient
       recurrence.product(std::exchange(dg_after, nullptr), rows_after, dh.data_ptr());
@@ -523,10 +533,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     }
     return Step<LSTMBackwardStep>{dg_after, rows_after, dh.data_ptr(),
                                   {at_row(gates, first), at_row(cells, first), c_prev, dy, d_cell,
-                                   dc.data_ptr(), dg, rows, H}};
+                                   dc.data_ptr(), at_row(d_gates, first), rows, H}};
   };
-  recurrence.loop(pass, plan, nothing_after);
-  recurrence.product(dg, dg_rows, dh.data_ptr());  // the gradient of h0
+  recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan);
   auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, w_ih);
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (w_hr.defined()) {
@@ -589,25 +598,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Pass pass{s.steps, reverse};
 
   Tensor d_x_gates = sequence_like(input, 3 * H), d_h_gates = sequence_like(input, 3 * H), h_join;
-  // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh,
-  // which the step before adds first.
+  // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh.
   const Recurrence recurrence(w_hh, 1, false, true);
-  void* dhg = nullptr;  // the latest step's
-  int64_t dhg_rows = 0;
-  const auto plan = [&](int64_t s_back) {
-    const int64_t step = s.steps.T - 1 - s_back;
+  const auto plan = [&](int64_t step, const void* dhg_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* h_prev = pass.state_before(
         step, h0, step ? at_row(output, pass.first_row(step - 1)) : nullptr, h_join);
-    const void* dhg_after = dhg;
-    const int64_t rows_after = dhg_rows;
-    dhg = at_row(d_h_gates, first), dhg_rows = rows;
     return Step<GRUBackwardStep>{dhg_after, rows_after, dh.data_ptr(),
                                  {at_row(saved, first), h_prev, at_row(grad_output, first),
-                                  dh.data_ptr(), at_row(d_x_gates, first), dhg, rows, H}};
+                                  dh.data_ptr(), at_row(d_x_gates, first),
+                                  at_row(d_h_gates, first), rows, H}};
   };
-  recurrence.loop(pass, plan, nothing_after);
-  recurrence.product(dhg, dhg_rows, dh.data_ptr());
+  recurrence.loop_back(pass, d_h_gates, dh.data_ptr(), plan);
   auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_h_gates, h0, output),
           bias_grad(d_x_gates, has_bias), bias_grad(d_h_gates, has_bias)};
@@ -659,20 +661,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
 
   Tensor d_pre = sequence_like(input, H);
   const Recurrence recurrence(w_hh, 1, false, false);  // the gradient reaching h_{t-1}
-  void* dp = nullptr;  // the latest step's
-  int64_t dp_rows = 0;
-  const auto plan = [&](int64_t s_back) {
-    const int64_t step = s.steps.T - 1 - s_back;
+  const auto plan = [&](int64_t step, const void* dp_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
-    const void* dp_after = dp;
-    const int64_t rows_after = dp_rows;
-    dp = at_row(d_pre, first), dp_rows = rows;
     return Step<RNNBackwardStep>{dp_after, rows_after, dh.data_ptr(),
                                  {at_row(output, first), at_row(grad_output, first),
-                                  dh.data_ptr(), dp, rows, H, relu}};
+                                  dh.data_ptr(), at_row(d_pre, first), rows, H, relu}};
   };
-  recurrence.loop(pass, plan, nothing_after);
-  recurrence.product(dp, dp_rows, dh.data_ptr());
+  recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan);
   auto [grad_input, grad_w_ih] = grads_through_input(d_pre, input, w_ih);
   return {grad_input, dh, grad_w_ih, grad_w_hh(pass, d_pre, h0, output),
           bias_grad(d_pre, has_bias)};
