@@ -67,17 +67,24 @@ def random_state(cell, model, batch, device, dtype, generator):
     return h
 
 
-def run_and_grad(model, x, hx, probe_seed=1234):
+def run_and_grad(model, x, hx, probe_seed=1234, lengths=None, enforce_sorted=True):
     """Runs the model and differentiates a random projection of every output.
 
-    Returns {name: tensor}: output, h_n (c_n), grad_input, grad_h0 (grad_c0) and
-    grad_<parameter name> for every parameter.
+    With `lengths`, x is a padded batch that runs packed (pack_padded_sequence with
+    enforce_sorted), and the output is padded back. Returns {name: tensor}: output, h_n (c_n),
+    grad_input, grad_h0 (grad_c0) and grad_<parameter name> for every parameter.
     """
     x = x.detach().requires_grad_()
     states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
     states = tuple(s.detach().requires_grad_() for s in states)
     hx_arg = None if hx is None else (states if isinstance(hx, tuple) else states[0])
-    output, final = model(x, hx_arg)
+    if lengths is None:
+        output, final = model(x, hx_arg)
+    else:
+        packed = pack_padded_sequence(x, torch.tensor(lengths), model.batch_first, enforce_sorted)
+        output, final = model(packed, hx_arg)
+        output, out_lengths = pad_packed_sequence(output, model.batch_first)
+        assert out_lengths.tolist() == lengths
     finals = final if isinstance(final, tuple) else (final,)
     gen = torch.Generator().manual_seed(probe_seed)
     results = {"output": output}
@@ -94,29 +101,9 @@ def run_and_grad(model, x, hx, probe_seed=1234):
 
 
 def run_packed_and_grad(model, padded, lengths, enforce_sorted, hx):
-    """Packs `padded`, runs the model, differentiates a random projection of the padded output
-    and of the final states. -> {name: tensor}, like run_and_grad."""
-    padded = padded.detach().requires_grad_()
-    states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
-    states = tuple(s.detach().requires_grad_() for s in states)
-    hx_arg = None if hx is None else (states if isinstance(hx, tuple) else states[0])
-    packed = pack_padded_sequence(padded, torch.tensor(lengths), model.batch_first,
-                                  enforce_sorted)
-    output, final = model(packed, hx_arg)
-    out_padded, out_lengths = pad_packed_sequence(output, model.batch_first)
-    assert out_lengths.tolist() == lengths
-    finals = final if isinstance(final, tuple) else (final,)
-    results = {"output": out_padded}
-    results.update(zip(("h_n", "c_n"), finals))
-    gen = torch.Generator().manual_seed(5)
-    loss = sum((t.double() * torch.randn(t.shape, generator=gen).to(t.device, torch.float64)).sum()
-               for t in results.values())
-    names = [n for n, _ in model.named_parameters()]
-    grads = torch.autograd.grad(loss, [padded, *states, *model.parameters()])
-    results["grad_input"] = grads[0]
-    results.update(zip(("grad_h0", "grad_c0"), grads[1:1 + len(states)]))
-    results.update({f"grad_{n}": g for n, g in zip(names, grads[1 + len(states):])})
-    return {k: v.detach() for k, v in results.items()}
+    """run_and_grad on `padded` run as a PackedSequence of `lengths`."""
+    return run_and_grad(model, padded, hx, probe_seed=5, lengths=lengths,
+                        enforce_sorted=enforce_sorted)
 
 
 def rel_err(actual, expected):
