@@ -56,12 +56,18 @@ class SpinBarrier {
   alignas(64) std::atomic<int64_t> round_{0};
 };
 
+// Thread t of `threads` takes panels [first_panel(t), first_panel(t + 1)), the same ones at every
+// step and in every product of a loop, so that they stay in its core's cache.
+int64_t first_panel(const Panels& panels, int64_t t, int64_t threads) {
+  return panels.count * t / threads;
+}
+
 // Runs the product and the pointwise step of thread t's panels, one of `threads`.
 template <typename Args>
 void run_slice(Dtype dtype, const Product& product, const Args& args, int64_t t,
                int64_t threads) {
   const Panels& panels = *product.panels;
-  const int64_t begin = panels.count * t / threads, end = panels.count * (t + 1) / threads;
+  const int64_t begin = first_panel(panels, t, threads), end = first_panel(panels, t + 1, threads);
   if (product.in) product_panels(dtype, product, begin, end);
   step_units(dtype, args, begin * panels.units(), std::min(panels.hidden, end * panels.units()));
 }
@@ -94,7 +100,8 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     const bool planner = begin == 0;
     const auto compute = [&](int slot) {
-      for (int64_t t = begin; t < end; ++t) run_slice(dtype, products[slot], args[slot], t, threads);
+      for (int64_t t = begin; t < end; ++t)
+        run_slice(dtype, products[slot], args[slot], t, threads);
     };
     const auto all_arrived = [&] {  // -> whether to go on
       barrier.arrive_and_wait(end - begin);
@@ -140,11 +147,13 @@ template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
                          const PlanStep<RNNBackwardStep>&, const StepDone&);
 
 void fused_product(Dtype dtype, const Product& product) {
-  const int64_t threads = threads_for(*product.panels, product.rows);
-  const int64_t count = product.panels->count;
+  const Panels& panels = *product.panels;
+  const int64_t threads = threads_for(panels, product.rows);
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t)
-      product_panels(dtype, product, count * t / threads, count * (t + 1) / threads);
+    for (int64_t t = begin; t < end; ++t) {
+      product_panels(dtype, product, first_panel(panels, t, threads),
+                     first_panel(panels, t + 1, threads));
+    }
   });
 }
 
