@@ -51,16 +51,16 @@ def _nvidia_wheel_includes():
     return sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
 
 
-def _cublas_link_args():
-    # The per-step GEMMs call cuBLAS directly. Link the library torch itself loads: the toolkit's,
-    # else the one from the nvidia-* wheels (which has no unversioned libcublas.so).
+def _cublas_link_args(library):
+    # The GEMMs call cuBLAS and cuBLASLt directly. Link the library torch itself loads: the
+    # toolkit's, else the one from the nvidia-* wheels (which have no unversioned lib*.so).
     site = sysconfig.get_paths()["purelib"]
-    candidates = [os.path.join(cpp_extension.CUDA_HOME, "lib64", "libcublas.so")]
-    candidates += sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libcublas.so*")))
+    candidates = [os.path.join(cpp_extension.CUDA_HOME, "lib64", f"lib{library}.so")]
+    candidates += sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", f"lib{library}.so*")))
     for path in candidates:
         if os.path.exists(path):
             return [f"-L{os.path.dirname(path)}", f"-l:{os.path.basename(path)}"]
-    return ["-lcublas"]
+    return [f"-l{library}"]
 
 
 def _extension():
@@ -85,10 +85,10 @@ def _extension():
     cxx.append("-DFUSEDRNN_WITH_CUDA")
     return cpp_extension.CUDAExtension(
         "fusedrnn._C",
-        sources + ["csrc/kernels/pointwise_cuda.cu"],
+        sources + ["csrc/step_gemm_cuda.cpp", "csrc/kernels/pointwise_cuda.cu"],
         include_dirs=_nvidia_wheel_includes(),
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-        extra_link_args=link + _cublas_link_args(),
+        extra_link_args=link + _cublas_link_args("cublas") + _cublas_link_args("cublasLt"),
     )
 
 

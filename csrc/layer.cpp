@@ -3,11 +3,14 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <memory>
 #include <utility>
 #ifdef FUSEDRNN_WITH_CUDA
 #include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cublas_v2.h>
+
+#include "step_gemm_cuda.h"
 #endif
 
 #include "kernels/pointwise.h"
@@ -301,7 +304,8 @@ template <typename Args> struct Step {
 // in[rows, K] W, then its pointwise kernel. W is w^T for the forward (w = w_hh [G*H, K]) and w
 // itself for the gradient reaching h (w = w_hh [G*H, H], K = G*H). On the CPU, for float32 and
 // float64, each thread runs both on its own units over a packed copy of w, one team of threads
-// for the whole loop (kernels/recurrent_cpu.h); elsewhere, a GEMM then the step kernel.
+// for the whole loop (kernels/recurrent_cpu.h); elsewhere, a GEMM then the step kernel (on CUDA
+// a cuda::StepGemm, whose algorithm is chosen once for the loop).
 class Recurrence {
  public:
   // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
@@ -309,6 +313,9 @@ class Recurrence {
   Recurrence(const Tensor& w, int64_t gates, bool transposed, bool accumulate,
              bool fusable = true)
       : w_(w), transposed_(transposed), accumulate_(accumulate) {
+#ifdef FUSEDRNN_WITH_CUDA
+    if (w.is_cuda()) step_gemm_ = std::make_unique<cuda::StepGemm>(w, transposed, accumulate);
+#endif
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
     if (!fusable || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w))) return;
     panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
@@ -364,6 +371,9 @@ class Recurrence {
   void product(const void* in, int64_t rows, void* out) const {
     if (!in) return;
     if (packed_.defined()) return cpu::fused_product(dtype_of(w_), fused(in, rows, out));
+#ifdef FUSEDRNN_WITH_CUDA
+    if (step_gemm_) return step_gemm_->run(in, rows, out);
+#endif
     const int64_t N = transposed_ ? w_.size(0) : w_.size(1);
     const int64_t K = transposed_ ? w_.size(1) : w_.size(0);
     gemm(w_, Gemm{rows, N, K, in, false, w_.data_ptr(), transposed_, out, accumulate_});
@@ -377,6 +387,9 @@ class Recurrence {
   Tensor w_, packed_;  // packed_: defined on the fused path only
   bool transposed_, accumulate_;
   cpu::Panels panels_{};
+#ifdef FUSEDRNN_WITH_CUDA
+  std::unique_ptr<cuda::StepGemm> step_gemm_;  // on CUDA tensors only
+#endif
 };
 
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], for d_pre the gradient of h_{t-1} W_hh^T laid
