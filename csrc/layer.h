@@ -1,7 +1,7 @@
 // One recurrent layer in one direction, forward and backward through time, for each cell.
 // These are the dispatcher ops' implementations (registered in ops.cpp) and the binding layer:
-// they validate, allocate, run the GEMMs through ATen (cuBLAS on PyTorch's handle and current
-// stream, or the CPU BLAS) and call the per-step pointwise kernels of kernels/pointwise.h.
+// they validate, allocate, run the GEMMs (cuBLAS and cuBLASLt on PyTorch's handles and current
+// stream, or the CPU BLAS through ATen) and call the per-step kernels of kernels/.
 //
 // Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H];
 // output [T, B, H]. `reverse` runs the sequence from t = T-1 down to 0 (the backward direction
