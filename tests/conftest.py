@@ -120,6 +120,15 @@ def assert_close_by_name(actual, expected, tol):
     assert not bad, f"relative errors above {tol}: {bad}"
 
 
+def half_rule_draws(cell):
+    """How many input draws the half-precision rule takes its medians over. relu's derivative
+    jumps at zero, so its gradient errors are heavy-tailed: in a draw where a unit lands on the
+    other side of zero than in float64 they jump from ~0.004 to ~0.1-0.3, for fusedrnn and
+    torch.nn alike (60 draws of the 2-layer bidirectional bfloat16 RNN of these tests: 5-25% of
+    draws for either, about as often). Three draws leave the median to that lottery."""
+    return 15 if cell == "rnn_relu" else 3
+
+
 def assert_half_rule(runs, factor=3.0, floor=1e-4):
     """Half precision: our error against a float64 reference at most `factor` times torch.nn's
     own error against the same reference (plus a small floor for errors near zero).
