@@ -4,6 +4,7 @@
 #include <c10/core/DeviceGuard.h>
 
 #include <memory>
+#include <tuple>
 #include <utility>
 #ifdef FUSEDRNN_WITH_CUDA
 #include <ATen/cuda/CUDAContextLight.h>
@@ -256,6 +257,33 @@ Tensor combined_bias(const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
   return b_ih ? *b_ih + *b_hh : Tensor();
 }
 
+// float16 and bfloat16 on the CPU run as float32: the fused CPU recurrence has float32 and
+// float64 kernels, and a loop of half-precision GEMMs and scalar gate math ran 5-8x slower than
+// torch.nn's oneDNN path. The op's tensors widen exactly; each result is rounded to the caller's
+// dtype once, at the end (what oneDNN's bfloat16 LSTM also computes in: float32 arithmetic on
+// half-precision inputs).
+bool runs_widened(const Tensor& input) {
+  return input.is_cpu() &&
+         (input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16);
+}
+
+Tensor widened(const Tensor& t) {
+  return t.defined() && t.is_floating_point() ? t.to(at::kFloat) : t;
+}
+
+OptionalTensor widened(const OptionalTensor& t) {
+  return t ? OptionalTensor(widened(*t)) : std::nullopt;
+}
+
+template <typename... Results>
+std::tuple<Results...> narrowed(std::tuple<Results...> results, at::ScalarType dtype) {
+  const auto narrow = [&](Tensor& result) {
+    if (result.defined()) result = result.to(dtype);
+  };
+  std::apply([&](auto&... result) { (narrow(result), ...); }, results);
+  return results;
+}
+
 // The time index of the s-th step processed.
 int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
@@ -449,6 +477,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const int64_t B = s.steps.B, H = s.H, P = s.P;
   check_shape(op, "c0", c0_, {B, H});
   check_like(op, "c0", c0_, input_);
+  if (runs_widened(input_))
+    return narrowed(lstm_forward(widened(input_), widened(h0_), widened(c0_), widened(w_ih_),
+                                 widened(w_hh_), widened(b_ih), widened(b_hh), reverse, training,
+                                 batch_sizes, widened(w_hr_)),
+                    input_.scalar_type());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
@@ -509,6 +542,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   check_shape(op, "gates", gates, sequence_like(input_, 4 * H).sizes());
   TORCH_CHECK(!w_hr_ || (unprojected && unprojected->sizes() == cells.sizes()), op,
               ": with w_hr, pass the forward's unprojected cell outputs");
+  if (runs_widened(input_))
+    return narrowed(lstm_backward(widened(grad_output_), widened(grad_hn), widened(grad_cn),
+                                  widened(input_), widened(h0_), widened(c0_), widened(w_ih_),
+                                  widened(w_hh_), widened(output), widened(gates), widened(cells),
+                                  has_bias, reverse, batch_sizes, widened(w_hr_),
+                                  widened(unprojected)),
+                    input_.scalar_type());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
@@ -567,6 +607,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   constexpr const char* op = "fusedrnn.gru_forward";
   const auto s = check_layer(op, 3, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh);
   const int64_t B = s.steps.B, H = s.H;
+  if (runs_widened(input_))
+    return narrowed(gru_forward(widened(input_), widened(h0_), widened(w_ih_), widened(w_hh_),
+                                widened(b_ih), widened(b_hh), reverse, training, batch_sizes),
+                    input_.scalar_type());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
@@ -602,6 +646,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const int64_t B = s.steps.B, H = s.H;
   check_shape(op, "output", output, sequence_like(input_, H).sizes());
   check_shape(op, "saved", saved, sequence_like(input_, 4 * H).sizes());
+  if (runs_widened(input_))
+    return narrowed(gru_backward(widened(grad_output_), widened(grad_hn), widened(input_),
+                                 widened(h0_), widened(w_ih_), widened(w_hh_), widened(output),
+                                 widened(saved), has_bias, reverse, batch_sizes),
+                    input_.scalar_type());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
@@ -635,6 +684,10 @@ std::tuple<Tensor, Tensor> rnn_forward(
   constexpr const char* op = "fusedrnn.rnn_forward";
   const auto s = check_layer(op, 1, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh);
   const int64_t B = s.steps.B, H = s.H;
+  if (runs_widened(input_))
+    return narrowed(rnn_forward(widened(input_), widened(h0_), widened(w_ih_), widened(w_hh_),
+                                widened(b_ih), widened(b_hh), relu, reverse, batch_sizes),
+                    input_.scalar_type());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
@@ -664,6 +717,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
       check_layer(op, 1, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
   const int64_t B = s.steps.B, H = s.H;
   check_shape(op, "output", output, sequence_like(input_, H).sizes());
+  if (runs_widened(input_))
+    return narrowed(rnn_backward(widened(grad_output_), widened(grad_hn), widened(input_),
+                                 widened(h0_), widened(w_ih_), widened(w_hh_), widened(output),
+                                 has_bias, relu, reverse, batch_sizes),
+                    input_.scalar_type());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();

@@ -1,7 +1,10 @@
 """The fused CPU recurrence (csrc/kernels/recurrent_cpu.*) against torch.nn, on the shapes that
 reach its corners: the hidden units split across threads, a last panel that is partly padding
 (H not a multiple of the SIMD width), batch rows left over after the row tiles, one row alone,
-packed batches whose rows change from step to step, and one thread doing every panel."""
+packed batches whose rows change from step to step, and one thread doing every panel; and
+float16/bfloat16, which run through it as float32."""
+import copy
+
 import pytest
 import torch
 
@@ -52,3 +55,25 @@ def test_packed_matches_torch_nn(cell, dtype, threads):
     hx = random_state(cell, ref, len(LENGTHS), "cpu", dtype, gen)
     assert_close_by_name(run_packed_and_grad(fused, padded, LENGTHS, False, hx),
                          run_packed_and_grad(ref, padded, LENGTHS, False, hx), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_half_types_compute_in_float32(cell, dtype):
+    """A half-precision layer on the CPU is the float32 layer on the same (exactly widened)
+    numbers, rounded once at the end, bit for bit. (Their accuracy
+    against torch.nn: the half-precision rule in test_modules.py.)"""
+    _, fused = make_pair(cell, 9, 70, "cpu", dtype, bidirectional=True)
+    wide = copy.deepcopy(fused).float()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 5, 9, generator=gen).to(dtype)
+    hx = random_state(cell, fused, 5, "cpu", dtype, gen)
+    widened = tuple(s.float() for s in hx) if cell == "lstm" else hx.float()
+    with torch.no_grad():
+        output, final = fused(x, hx)
+        wide_output, wide_final = wide(x.float(), widened)
+    finals = final if cell == "lstm" else (final,)
+    wide_finals = wide_final if cell == "lstm" else (wide_final,)
+    assert output.dtype == dtype
+    for ours, expected in zip((output, *finals), (wide_output, *wide_finals)):
+        assert torch.equal(ours, expected.to(dtype))

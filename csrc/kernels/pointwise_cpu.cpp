@@ -1,10 +1,9 @@
 // CPU side of the per-step kernels: a loop over batch rows, split across threads; each row in
 // SIMD vectors where the CPU allows (pointwise_cpu_vec.cpp), the rest element by element.
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "elements.h"
 #include "pointwise_cpu_vec.h"
@@ -25,9 +24,12 @@ void row_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t 
   switch (dtype) {
     case Dtype::kFloat32: return units<float>(dtype, args, b, begin, end);
     case Dtype::kFloat64: return units<double>(dtype, args, b, begin, end);
-    case Dtype::kFloat16: return units<c10::Half>(dtype, args, b, begin, end);
-    case Dtype::kBFloat16: return units<c10::BFloat16>(dtype, args, b, begin, end);
+    case Dtype::kFloat16:
+    case Dtype::kBFloat16:
+      break;
   }
+  throw std::invalid_argument(
+      "fusedrnn: the CPU step kernels take float32 and float64 (layer.cpp widens half types)");
 }
 
 template <typename Args>
