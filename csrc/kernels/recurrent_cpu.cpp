@@ -20,9 +20,15 @@ namespace {
 // 2-core development machine a second thread paid from 16K multiply-adds a step (B=1, H=64:
 // 10% faster) and cost below 9K (B=1, H=32: 16% slower).
 constexpr int64_t kWorkPerThread = 1 << 13;
+// Multiply-adds over the whole call below which one thread runs it, as waking the team costs more
+// than it saves: there a forward of T=1, B=1, H=64 took 19 us on one thread and 33 us on two, and
+// a forward and backward of that layer broke even near T=6 (one thread 9% faster at T=4, two
+// threads 4-6% faster from T=8).
+constexpr int64_t kWorkPerTeam = 1 << 17;
 
-int64_t threads_for(const Panels& panels, int64_t rows) {
+int64_t threads_for(const Panels& panels, int64_t rows, int64_t steps) {
   const int64_t work = std::max<int64_t>(1, rows) * panels.depth * panels.gates * panels.hidden;
+  if (work * steps < kWorkPerTeam) return 1;
   return std::clamp<int64_t>(work / kWorkPerThread, 1,
                              std::min<int64_t>(at::get_num_threads(), panels.count));
 }
@@ -82,7 +88,7 @@ template <typename Args>
 void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, bool lookahead,
                 const PlanStep<Args>& plan, const StepDone& done) {
   if (steps == 0) return;
-  const int64_t threads = threads_for(panels, rows);
+  const int64_t threads = threads_for(panels, rows, steps);
   // The steps in flight, written by the planner: slot 0 alone, or step s in slot s % 2 when
   // the planner fills the next step's slot while the team computes this one.
   Product products[2]{};
@@ -148,7 +154,7 @@ template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
 
 void fused_product(Dtype dtype, const Product& product) {
   const Panels& panels = *product.panels;
-  const int64_t threads = threads_for(panels, product.rows);
+  const int64_t threads = threads_for(panels, product.rows, 1);
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       product_panels(dtype, product, first_panel(panels, t, threads),
