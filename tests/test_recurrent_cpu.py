@@ -61,8 +61,8 @@ def test_packed_matches_torch_nn(cell, dtype, threads):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_half_types_compute_in_float32(cell, dtype):
     """A half-precision layer on the CPU is the float32 layer on the same (exactly widened)
-    numbers, rounded once at the end, bit for bit. (Their accuracy
-    against torch.nn: the half-precision rule in test_modules.py.)"""
+    numbers, rounded once at the end, bit for bit. (Its accuracy against torch.nn: the
+    half-precision rule in test_modules.py.)"""
     _, fused = make_pair(cell, 9, 70, "cpu", dtype, bidirectional=True)
     wide = copy.deepcopy(fused).float()
     gen = torch.Generator().manual_seed(5)
