@@ -338,17 +338,18 @@ class Recurrence {
  public:
   // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
   // fusable: false where other work must run between the product and the pointwise step. A
-  // single step (a cell) takes the GEMM: packing w would cost more than the one product it serves
-  // (LSTMCell, B=1, H=1024: 3.4 ms a step packed, against torch.nn's 2.1).
+  // single step (a cell) takes the plain GEMM: what the loop prepares once (the CPU's packed w,
+  // the GPU's chosen algorithm) would cost more than the one product it serves (LSTMCell, B=1,
+  // H=1024, CPU: 3.4 ms a step packed, against torch.nn's 2.1).
   Recurrence(const Pass& pass, const Tensor& w, int64_t gates, bool transposed, bool accumulate,
              bool fusable = true)
       : w_(w), transposed_(transposed), accumulate_(accumulate) {
+    if (pass.steps.T == 1) return;
 #ifdef FUSEDRNN_WITH_CUDA
     if (w.is_cuda()) step_gemm_ = std::make_unique<cuda::StepGemm>(w, transposed, accumulate);
 #endif
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
-    if (!fusable || pass.steps.T == 1 || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w)))
-      return;
+    if (!fusable || !w.is_cpu() || !cpu::has_fused_steps(dtype_of(w))) return;
     panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
     packed_ = at::empty({panels_.size()}, w.options());
     cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
