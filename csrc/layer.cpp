@@ -6,6 +6,7 @@
 #include <memory>
 #include <tuple>
 #include <utility>
+#include <vector>
 #ifdef FUSEDRNN_WITH_CUDA
 #include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAStream.h>
@@ -137,11 +138,16 @@ void* at_row(const Tensor& seq, int64_t r) {
   return static_cast<char*>(seq.data_ptr()) + r * seq.size(-1) * seq.element_size();
 }
 
-// A sequence buffer laid out like the input, `width` wide.
-Tensor sequence_like(const Tensor& input, int64_t width) {
+// The shape of a sequence buffer laid out like the input, `width` wide.
+std::vector<int64_t> sequence_sizes(const Tensor& input, int64_t width) {
   auto sizes = input.sizes().vec();
   sizes.back() = width;
-  return at::empty(sizes, input.options());
+  return sizes;
+}
+
+// A sequence buffer laid out like the input, `width` wide.
+Tensor sequence_like(const Tensor& input, int64_t width) {
+  return at::empty(sequence_sizes(input, width), input.options());
 }
 
 struct Sizes {
@@ -541,9 +547,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const auto s = check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt,
                              std::nullopt, w_hr_);
   const int64_t B = s.steps.B, H = s.H, P = s.P;
-  check_shape(op, "output", output, sequence_like(input_, P).sizes());
-  check_shape(op, "cells", cells, sequence_like(input_, H).sizes());
-  check_shape(op, "gates", gates, sequence_like(input_, 4 * H).sizes());
+  check_shape(op, "output", output, sequence_sizes(input_, P));
+  check_shape(op, "cells", cells, sequence_sizes(input_, H));
+  check_shape(op, "gates", gates, sequence_sizes(input_, 4 * H));
   TORCH_CHECK(!w_hr_ || (unprojected && unprojected->sizes() == cells.sizes()), op,
               ": with w_hr, pass the forward's unprojected cell outputs");
   if (runs_widened(input_))
@@ -648,8 +654,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const auto s =
       check_layer(op, 3, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
   const int64_t B = s.steps.B, H = s.H;
-  check_shape(op, "output", output, sequence_like(input_, H).sizes());
-  check_shape(op, "saved", saved, sequence_like(input_, 4 * H).sizes());
+  check_shape(op, "output", output, sequence_sizes(input_, H));
+  check_shape(op, "saved", saved, sequence_sizes(input_, 4 * H));
   if (runs_widened(input_))
     return narrowed(gru_backward(widened(grad_output_), widened(grad_hn), widened(input_),
                                  widened(h0_), widened(w_ih_), widened(w_hh_), widened(output),
@@ -720,7 +726,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const auto s =
       check_layer(op, 1, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
   const int64_t B = s.steps.B, H = s.H;
-  check_shape(op, "output", output, sequence_like(input_, H).sizes());
+  check_shape(op, "output", output, sequence_sizes(input_, H));
   if (runs_widened(input_))
     return narrowed(rnn_backward(widened(grad_output_), widened(grad_hn), widened(input_),
                                  widened(h0_), widened(w_ih_), widened(w_hh_), widened(output),
