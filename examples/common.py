@@ -99,6 +99,13 @@ def shuffled_chunks(count, batch_size, seed):
     return order.split(batch_size)
 
 
+def tensor_batches(x, y, batch_size, seed):
+    """One epoch of (x, y) minibatches of paired rows, in the order shuffled_chunks fixes."""
+    for index in shuffled_chunks(len(x), batch_size, seed):
+        index = index.to(x.device)
+        yield x[index], y[index]
+
+
 def evaluated(model, evaluate):
     if evaluate is None:
         return {}

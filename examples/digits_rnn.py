@@ -10,7 +10,7 @@ import sys
 import torch
 from torch import nn
 
-from common import compare, parse_args, shuffled_chunks
+from common import compare, parse_args, tensor_batches
 
 
 class RowReader(nn.Module):
@@ -46,9 +46,7 @@ def main(argv=None):
     loss_fn = nn.CrossEntropyLoss()
 
     def batches(epoch):
-        for index in shuffled_chunks(len(y_train), args.batch_size, args.seed + epoch):
-            index = index.to(args.device)
-            yield x_train[index], y_train[index]
+        return tensor_batches(x_train, y_train, args.batch_size, args.seed + epoch)
 
     def loss_of(model, batch):
         images, labels = batch

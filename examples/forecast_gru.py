@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from common import compare, parse_args, shuffled_chunks
+from common import compare, parse_args, tensor_batches
 
 WINDOW, HORIZON = 96, 12
 
@@ -55,9 +55,7 @@ def main(argv=None):
     mse = nn.MSELoss()
 
     def batches(epoch):
-        for index in shuffled_chunks(len(x_train), args.batch_size, args.seed + epoch):
-            index = index.to(args.device)
-            yield x_train[index], y_train[index]
+        return tensor_batches(x_train, y_train, args.batch_size, args.seed + epoch)
 
     def loss_of(model, batch):
         x, y = batch
