@@ -1,8 +1,8 @@
 """The fused CPU recurrence (csrc/kernels/recurrent_cpu.*) against torch.nn, on the shapes that
 reach its corners: the hidden units split across threads, a last panel that is partly padding
 (H not a multiple of the SIMD width), batch rows left over after the row tiles, one row alone,
-packed batches whose rows change from step to step, and one thread doing every panel; and
-float16/bfloat16, which run through it as float32."""
+packed batches whose rows change from step to step, and one thread doing every panel;
+float16/bfloat16, which run through it as float32; and GEMMs on oneDNN and on at::mm."""
 import copy
 
 import pytest
@@ -77,3 +77,20 @@ def test_half_types_compute_in_float32(cell, dtype):
     assert output.dtype == dtype
     for ours, expected in zip((output, *finals), (wide_output, *wide_finals)):
         assert torch.equal(ours, expected.to(dtype))
+
+
+# torch.backends.mkldnn.flags also sets oneDNN's TF32 switch, which warns on CPU-only builds.
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_large_gemms_match_torch_nn(cell, onednn):
+    """float32 layers whose GEMMs are large enough for oneDNN (8M multiply-adds and up: here the
+    input projection and the weight gradients), and the same with oneDNN switched off, where
+    they run on at::mm."""
+    T, B, I, H = 12, 24, 200, 180
+    ref, fused = make_pair(cell, I, H, "cpu", torch.float32)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(T, B, I, generator=gen)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", torch.float32, gen),
+                       torch.float32)
