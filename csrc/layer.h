@@ -13,15 +13,19 @@
 // at its own last element.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace fusedrnn {
 
 using at::Tensor;
 using OptionalTensor = std::optional<Tensor>;
+using Tensors = c10::ArrayRef<Tensor>;
+using OptionalTensors = c10::List<OptionalTensor>;
 
 // LSTM with an optional projection w_hr [P, H] (h_t = (o_t * tanh(c_t)) W_hr^T; then h0, hn
 // and output are P wide and w_hh is [4H, P]).
@@ -65,5 +69,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
     const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
     bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes);
+
+// Both directions of a bidirectional layer in one call: each per-direction argument is a list
+// of two, [forward, reverse], and the results are the one-direction op's, the forward's then the
+// reverse's, in one flat list. On the CPU with two threads the directions run side by side, one
+// thread each (layer.cpp, both_directions); otherwise one after the other.
+std::vector<Tensor> lstm_forward_pair(const Tensor& input, Tensors h0, Tensors c0, Tensors w_ih,
+                                      Tensors w_hh, const OptionalTensors& b_ih,
+                                      const OptionalTensors& b_hh, bool training,
+                                      const OptionalTensor& batch_sizes,
+                                      const OptionalTensors& w_hr);
+std::vector<Tensor> lstm_backward_pair(
+    const OptionalTensors& grad_output, const OptionalTensors& grad_hn,
+    const OptionalTensors& grad_cn, const Tensor& input, Tensors h0, Tensors c0, Tensors w_ih,
+    Tensors w_hh, Tensors output, Tensors gates, Tensors cells, bool has_bias,
+    const OptionalTensor& batch_sizes, const OptionalTensors& w_hr,
+    const OptionalTensors& unprojected);
+std::vector<Tensor> gru_forward_pair(const Tensor& input, Tensors h0, Tensors w_ih, Tensors w_hh,
+                                     const OptionalTensors& b_ih, const OptionalTensors& b_hh,
+                                     bool training, const OptionalTensor& batch_sizes);
+std::vector<Tensor> gru_backward_pair(const OptionalTensors& grad_output,
+                                      const OptionalTensors& grad_hn, const Tensor& input,
+                                      Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
+                                      Tensors saved, bool has_bias,
+                                      const OptionalTensor& batch_sizes);
+std::vector<Tensor> rnn_forward_pair(const Tensor& input, Tensors h0, Tensors w_ih, Tensors w_hh,
+                                     const OptionalTensors& b_ih, const OptionalTensors& b_hh,
+                                     bool relu, const OptionalTensor& batch_sizes);
+std::vector<Tensor> rnn_backward_pair(const OptionalTensors& grad_output,
+                                      const OptionalTensors& grad_hn, const Tensor& input,
+                                      Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
+                                      bool has_bias, bool relu, const OptionalTensor& batch_sizes);
 
 }  // namespace fusedrnn

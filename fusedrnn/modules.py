@@ -74,25 +74,31 @@ class _FusedRNNBase(nn.RNNBase):
         return input, states, weights, result_dtype, torch.autocast(input.device.type,
                                                                      enabled=False)
 
-    def _run_layers(self, input, states, weights, layer_fn):
+    def _run_layers(self, input, states, weights, layer_fn, pair_fn):
         """Runs every layer and direction.
 
         input: [T, B, I] or packed [rows, I]; states: tuple of [L*D, B, H] tensors (h, and c for
         the LSTM); weights: the flat weights; layer_fn(input, states_of_one_direction, weights,
-        reverse) -> (output, new_states). -> output [T, B, D*H] or [rows, D*H], tuple of
-        [L*D, B, H].
+        reverse) -> (output, new_states); pair_fn(input, (states, weights) of each direction)
+        -> (output, new_states) of each, for the two directions of a CPU layer in one call (the
+        CPU runs them side by side). -> output [T, B, D*H] or [rows, D*H], tuple of [L*D, B, H].
         """
         directions = 2 if self.bidirectional else 1
         per_direction = len(weights) // (self.num_layers * directions)
         finals = [[] for _ in states]
         x = input
         for layer in range(self.num_layers):
-            outputs = []
+            ins = []
             for direction in range(directions):
                 index = layer * directions + direction
-                layer_weights = weights[index * per_direction:(index + 1) * per_direction]
-                output, new_states = layer_fn(x, tuple(s[index] for s in states), layer_weights,
-                                              direction == 1)
+                ins.append((tuple(s[index] for s in states),
+                            weights[index * per_direction:(index + 1) * per_direction]))
+            if directions == 2 and x.device.type == "cpu":
+                results = pair_fn(x, ins)
+            else:
+                results = [layer_fn(x, *ins[d], d == 1) for d in range(directions)]
+            outputs = []
+            for output, new_states in results:
                 outputs.append(output)
                 for final, state in zip(finals, new_states):
                     final.append(state)
@@ -157,14 +163,22 @@ class LSTM(_FusedRNNBase):
         self._check_state("hx", hx[0], input)
         self._check_state("cx", hx[1], input)
 
-        def layer(x, state, weights, reverse):
+        def arguments(state, weights):  # h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
             w_hr = weights[-1] if self.proj_size > 0 else None
-            output, h, c = ops.lstm_layer(x, state[0], state[1], *self._split_weights(weights),
-                                          reverse=reverse, batch_sizes=batch_sizes, w_hr=w_hr)
+            return (*state, *self._split_weights(weights), w_hr)
+
+        def layer(x, state, weights, reverse):
+            *args, w_hr = arguments(state, weights)
+            output, h, c = ops.lstm_layer(x, *args, reverse=reverse, batch_sizes=batch_sizes,
+                                          w_hr=w_hr)
             return output, (h, c)
 
+        def pair(x, directions):
+            both = ops.lstm_layer_pair(x, [arguments(*d) for d in directions], batch_sizes)
+            return [(output, (h, c)) for output, h, c in both]
+
         with context:
-            output, (h_n, c_n) = self._run_layers(input, hx, weights, layer)
+            output, (h_n, c_n) = self._run_layers(input, hx, weights, layer, pair)
         if result_dtype is not None:
             output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
         if not is_batched:
@@ -177,6 +191,9 @@ class _SingleStateRNN(_FusedRNNBase):
     """GRU and RNN: one hidden state."""
 
     def _layer(self, x, h0, weights, reverse, batch_sizes):
+        raise NotImplementedError
+
+    def _layer_pair(self, x, directions, batch_sizes):
         raise NotImplementedError
 
     def forward(self, input, hx=None):
@@ -205,8 +222,14 @@ class _SingleStateRNN(_FusedRNNBase):
                                     batch_sizes)
             return output, (h,)
 
+        def pair(x, directions):
+            both = self._layer_pair(
+                x, [(state[0], *self._split_weights(weights)) for state, weights in directions],
+                batch_sizes)
+            return [(output, (h,)) for output, h in both]
+
         with context:
-            output, (h_n,) = self._run_layers(input, (hx,), weights, layer)
+            output, (h_n,) = self._run_layers(input, (hx,), weights, layer, pair)
         if result_dtype is not None:
             output, h_n = output.to(result_dtype), h_n.to(result_dtype)
         if not is_batched:
@@ -224,6 +247,9 @@ class GRU(_SingleStateRNN):
 
     def _layer(self, x, h0, weights, reverse, batch_sizes):
         return ops.gru_layer(x, h0, *weights, reverse=reverse, batch_sizes=batch_sizes)
+
+    def _layer_pair(self, x, directions, batch_sizes):
+        return ops.gru_layer_pair(x, directions, batch_sizes)
 
 
 class RNN(_SingleStateRNN):
@@ -246,3 +272,6 @@ class RNN(_SingleStateRNN):
     def _layer(self, x, h0, weights, reverse, batch_sizes):
         return ops.rnn_layer(x, h0, *weights, relu=self.nonlinearity == "relu", reverse=reverse,
                              batch_sizes=batch_sizes)
+
+    def _layer_pair(self, x, directions, batch_sizes):
+        return ops.rnn_layer_pair(x, directions, self.nonlinearity == "relu", batch_sizes)

@@ -75,6 +75,51 @@ def _rnn_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_
             torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
 
 
+# Both directions of a bidirectional layer (csrc/layer.h): lists of two per direction in, the
+# one-direction results of both, flat, out.
+@torch.library.register_fake("fusedrnn::lstm_forward_pair")
+def _lstm_forward_pair_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes, w_hr):
+    return [t for d in range(2) for t in _lstm_forward_fake(
+        input, h0[d], c0[d], w_ih[d], w_hh[d], b_ih[d], b_hh[d], d == 1, training, batch_sizes,
+        w_hr[d])]
+
+
+@torch.library.register_fake("fusedrnn::lstm_backward_pair")
+def _lstm_backward_pair_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output,
+                             gates, cells, has_bias, batch_sizes, w_hr, unprojected):
+    return [t for d in range(2) for t in _lstm_backward_fake(
+        grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d], w_hh[d], output[d],
+        gates[d], cells[d], has_bias, d == 1, batch_sizes, w_hr[d], unprojected[d])]
+
+
+@torch.library.register_fake("fusedrnn::gru_forward_pair")
+def _gru_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes):
+    return [t for d in range(2) for t in _gru_forward_fake(
+        input, h0[d], w_ih[d], w_hh[d], b_ih[d], b_hh[d], d == 1, training, batch_sizes)]
+
+
+@torch.library.register_fake("fusedrnn::gru_backward_pair")
+def _gru_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
+                            batch_sizes):
+    return [t for d in range(2) for t in _gru_backward_fake(
+        grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], saved[d], has_bias,
+        d == 1, batch_sizes)]
+
+
+@torch.library.register_fake("fusedrnn::rnn_forward_pair")
+def _rnn_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes):
+    return [t for d in range(2) for t in _rnn_forward_fake(
+        input, h0[d], w_ih[d], w_hh[d], b_ih[d], b_hh[d], relu, d == 1, batch_sizes)]
+
+
+@torch.library.register_fake("fusedrnn::rnn_backward_pair")
+def _rnn_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
+                            batch_sizes):
+    return [t for d in range(2) for t in _rnn_backward_fake(
+        grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], has_bias, relu,
+        d == 1, batch_sizes)]
+
+
 # ---- the same layers in plain PyTorch ops (csrc/kernels/gates.h), for the double backward ----
 def _steps(x, reverse):
     return reversed(x.unbind(0)) if reverse else x.unbind(0)
@@ -231,6 +276,133 @@ class RNNFunction(torch.autograd.Function):
         return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None, None, None
 
 
+# Both directions of a bidirectional layer: one op forward and one op backward, so that the CPU
+# runs the directions side by side (csrc/layer.cpp, both_directions). forward(ctx, input,
+# batch_sizes, [options,] *directions): the forward direction's per-direction inputs, then the
+# reverse's, k each; returns the forward direction's results, then the reverse's.
+def _lists(directions, k):
+    """[forward's k inputs..., reverse's k...] -> k lists [forward's, reverse's]."""
+    return [[directions[i], directions[k + i]] for i in range(k)]
+
+
+def _save_pair(ctx, batch_sizes, input, directions, kept):
+    ctx.save_for_backward(input, *directions, *kept)
+    ctx.batch_sizes = batch_sizes
+    ctx.set_materialize_grads(False)
+
+
+def _pair_double_backward(ctx, reference, input, directions, options, grads, k, leading):
+    """Both directions' gradients through `reference`, as _differentiable_backward; input's two
+    gradients summed. `leading`: the Function's inputs before the directions. -> the gradients
+    of all the Function's inputs."""
+    _check_not_packed_for_double_backward(ctx)
+    needed = ctx.needs_input_grad
+    per = [_differentiable_backward(
+        ctx, reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
+        (needed[0], *needed[leading + d * k:leading + (d + 1) * k])) for d in range(2)]
+    return (_sum_defined(per[0][0], per[1][0]), *(None,) * (leading - 1), *per[0][1:],
+            *per[1][1:])
+
+
+def _sum_defined(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+class LSTMPairFunction(torch.autograd.Function):
+    """directions: h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr of each."""
+
+    @staticmethod
+    def forward(ctx, input, batch_sizes, *directions):
+        h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _lists(directions, 7)
+        results = _ops.lstm_forward_pair(input, h0, c0, w_ih, w_hh, b_ih, b_hh, True,
+                                         batch_sizes, w_hr)
+        kept = [t for d in (0, 6) for t in (results[d], *results[d + 3:d + 6])]
+        _save_pair(ctx, batch_sizes, input, directions, kept)
+        return (*results[:3], *results[6:9])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        input, *saved = ctx.saved_tensors
+        directions, kept = saved[:14], saved[14:]
+        if torch.is_grad_enabled():
+            return _pair_double_backward(ctx, _lstm_reference, input, directions, (),
+                                         (grads[:3], grads[3:]), 7, 2)
+        h0, c0, w_ih, w_hh, b_ih, _, w_hr = _lists(directions, 7)
+        output, gates, cells, unprojected = _lists(kept, 4)
+        has_bias = b_ih[0] is not None
+        results = _ops.lstm_backward_pair(
+            [grads[0], grads[3]], [grads[1], grads[4]], [grads[2], grads[5]], input, h0, c0,
+            w_ih, w_hh, output, gates, cells, has_bias, ctx.batch_sizes, w_hr, unprojected)
+
+        def direction(d):  # grads of h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+            grad_bias = results[7 * d + 5] if has_bias else None
+            grad_w_hr = results[7 * d + 6] if w_hr[d] is not None else None
+            return (*results[7 * d + 1:7 * d + 5], grad_bias, grad_bias, grad_w_hr)
+
+        return (results[0] + results[7], None, *direction(0), *direction(1))
+
+
+class GRUPairFunction(torch.autograd.Function):
+    """directions: h0, w_ih, w_hh, b_ih, b_hh of each."""
+
+    @staticmethod
+    def forward(ctx, input, batch_sizes, *directions):
+        h0, w_ih, w_hh, b_ih, b_hh = _lists(directions, 5)
+        results = _ops.gru_forward_pair(input, h0, w_ih, w_hh, b_ih, b_hh, True, batch_sizes)
+        _save_pair(ctx, batch_sizes, input, directions, [results[i] for i in (0, 2, 3, 5)])
+        return (*results[:2], *results[3:5])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        input, *saved = ctx.saved_tensors
+        directions = saved[:10]
+        if torch.is_grad_enabled():
+            return _pair_double_backward(ctx, _gru_reference, input, directions, (),
+                                         (grads[:2], grads[2:]), 5, 2)
+        h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
+        output, kept = [saved[10], saved[12]], [saved[11], saved[13]]
+        has_bias = b_ih[0] is not None
+        results = _ops.gru_backward_pair([grads[0], grads[2]], [grads[1], grads[3]], input, h0,
+                                         w_ih, w_hh, output, kept, has_bias, ctx.batch_sizes)
+
+        def direction(d):  # grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+            grad_b = results[6 * d + 4:6 * d + 6] if has_bias else (None, None)
+            return (*results[6 * d + 1:6 * d + 4], *grad_b)
+
+        return (results[0] + results[6], None, *direction(0), *direction(1))
+
+
+class RNNPairFunction(torch.autograd.Function):
+    """directions: h0, w_ih, w_hh, b_ih, b_hh of each."""
+
+    @staticmethod
+    def forward(ctx, input, batch_sizes, relu, *directions):
+        h0, w_ih, w_hh, b_ih, b_hh = _lists(directions, 5)
+        results = _ops.rnn_forward_pair(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
+        _save_pair(ctx, batch_sizes, input, directions, [results[0], results[2]])
+        ctx.relu = relu
+        return tuple(results)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        input, *saved = ctx.saved_tensors
+        directions = saved[:10]
+        if torch.is_grad_enabled():
+            return _pair_double_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
+                                         (grads[:2], grads[2:]), 5, 3)
+        h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
+        has_bias = b_ih[0] is not None
+        results = _ops.rnn_backward_pair([grads[0], grads[2]], [grads[1], grads[3]], input, h0,
+                                         w_ih, w_hh, saved[10:12], has_bias, ctx.relu,
+                                         ctx.batch_sizes)
+
+        def direction(d):  # grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+            grad_bias = results[5 * d + 4] if has_bias else None
+            return (*results[5 * d + 1:5 * d + 4], grad_bias, grad_bias)
+
+        return (results[0] + results[5], None, None, *direction(0), *direction(1))
+
+
 # ---- one layer, one direction --------------------------------------------------------------
 def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -263,6 +435,42 @@ def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=F
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
         return RNNFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
     return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
+
+
+# ---- one layer, both directions ------------------------------------------------------------
+# directions: two tuples of per-direction tensors, the forward direction's and the reverse's,
+# in the order of the one-direction functions above. -> two tuples of results, likewise.
+def lstm_layer_pair(input, directions, batch_sizes=None):
+    """directions: (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) each. -> (output, h_n, c_n) each."""
+    flat = (*directions[0], *directions[1])
+    if _needs_grad(input, *flat):
+        results = LSTMPairFunction.apply(input, batch_sizes, *flat)
+    else:
+        results = _ops.lstm_forward_pair(input, *_lists(flat, 7)[:6], False, batch_sizes,
+                                         _lists(flat, 7)[6])
+        results = (*results[:3], *results[6:9])
+    return results[:3], results[3:]
+
+
+def gru_layer_pair(input, directions, batch_sizes=None):
+    """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
+    flat = (*directions[0], *directions[1])
+    if _needs_grad(input, *flat):
+        results = GRUPairFunction.apply(input, batch_sizes, *flat)
+    else:
+        results = _ops.gru_forward_pair(input, *_lists(flat, 5), False, batch_sizes)
+        results = (*results[:2], *results[3:5])
+    return results[:2], results[2:]
+
+
+def rnn_layer_pair(input, directions, relu=False, batch_sizes=None):
+    """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
+    flat = (*directions[0], *directions[1])
+    if _needs_grad(input, *flat):
+        results = RNNPairFunction.apply(input, batch_sizes, relu, *flat)
+    else:
+        results = _ops.rnn_forward_pair(input, *_lists(flat, 5), relu, batch_sizes)
+    return tuple(results[:2]), tuple(results[2:])
 
 
 # ---- autocast ------------------------------------------------------------------------------

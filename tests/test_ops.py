@@ -117,6 +117,28 @@ def _op_samples(device):
     samples.append((lib.lstm_backward.default, (grad_like(out), None, grad_like(cn), x, h0, c0,
                                                 w_ih, w_hh, out, gates, cells, True, True,
                                                 batch_sizes)))
+    # Both directions at once: the one-direction samples above, twice, as lists of two.
+    for cell in ("lstm", "gru", "rnn"):
+        name = "rnn_tanh" if cell == "rnn" else cell
+        f, r = (_layer_args(name, 3, 2, 4, 5, device, torch.float32, seed=s) for s in (2, 3))
+        per_direction = [[a, b] for a, b in zip(f[1:], r[1:])]
+        options = (False,) if cell == "rnn" else (True,)
+        extra = ([None, None],) if cell == "lstm" else ()
+        forward = getattr(lib, f"{cell}_forward_pair")
+        samples.append((forward.default, (f[0], *per_direction, *options, None, *extra)))
+        results = forward(f[0], *per_direction, *options, None, *extra)
+        n = len(results) // 2
+        both = [[results[i], results[n + i]] for i in range(n)]  # [forward's, reverse's] each
+        grads = [[grad_like(t) for t in both[0]], [grad_like(t) for t in both[1]]]
+        weights = per_direction[:-2]  # h0 (c0), w_ih, w_hh
+        if cell == "lstm":  # saved: output, gates, cells, unprojected
+            args = (*grads, [None, None], f[0], *weights, both[0], both[3], both[4], True, None,
+                    [None, None], both[5])
+        elif cell == "gru":  # saved: output, r/z/n/hn
+            args = (*grads, f[0], *weights, both[0], both[2], True, None)
+        else:
+            args = (*grads, f[0], *weights, both[0], True, False, None)
+        samples.append((getattr(lib, f"{cell}_backward_pair").default, args))
     return samples
 
 
@@ -128,8 +150,8 @@ def test_opcheck_every_op(device):
     require no grad."""
     samples = _op_samples(device)
     assert {op.name() for op, _ in samples} == {
-        f"fusedrnn::{cell}_{kind}" for cell in ("lstm", "gru", "rnn")
-        for kind in ("forward", "backward")}
+        f"fusedrnn::{cell}_{kind}{pair}" for cell in ("lstm", "gru", "rnn")
+        for kind in ("forward", "backward") for pair in ("", "_pair")}
     for op, args in samples:
         torch.library.opcheck(op, args)
 
@@ -161,3 +183,57 @@ def test_layer_functions_match_autograd_and_inference_paths(cell, device):
     assert training[0].grad_fn is not None
     for a, b in zip(inference, training):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def _pair_layer(cell, x, directions, batch_sizes=None):
+    if cell == "lstm":  # the pair takes w_hr last
+        return ops.lstm_layer_pair(x, [(*d, None) for d in directions], batch_sizes)
+    if cell == "gru":
+        return ops.gru_layer_pair(x, directions, batch_sizes)
+    return ops.rnn_layer_pair(x, directions, cell == "rnn_relu", batch_sizes)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_gradcheck_pair(cell, packed, device):
+    """Both directions at once (the CPU runs them side by side), padded and packed."""
+    batch_sizes = torch.tensor([3, 3, 2, 1]) if packed else None
+    forward, reverse = (_layer_args(cell, 9 if packed else 4, 3, 5, 4, device, seed=s)
+                        for s in (4, 5))
+    x = forward[0][:, 0] if packed else forward[0]
+    k = len(forward) - 1
+    args = [t.requires_grad_() for t in (x, *forward[1:], *reverse[1:])]
+
+    def run(x, *directions):
+        both = _pair_layer(cell, x, (directions[:k], directions[k:]), batch_sizes)
+        return (*both[0], *both[1])
+    assert torch.autograd.gradcheck(run, args)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_pair_is_both_directions(cell):
+    """Forward and backward of the pair ops against the one-direction ops on the same numbers,
+    run one after the other (float64: the GEMMs then differ only in their thread split)."""
+    forward, reverse = (_layer_args(cell, 7, 3, 5, 6, "cpu", seed=s) for s in (6, 7))
+    x = forward[0].requires_grad_()
+    directions = [[t.requires_grad_() for t in d[1:]] for d in (forward, reverse)]
+    single = [_apply(cell, [x, *d], r) for d, r in zip(directions, (False, True))]
+    pair = _pair_layer(cell, x, directions)
+    gen = torch.Generator().manual_seed(8)
+    probes = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for d in single for t in d]
+    inputs = [x, *directions[0], *directions[1]]
+
+    def results(outputs):
+        flat = [t for d in outputs for t in d]
+        loss = sum((t * p).sum() for t, p in zip(flat, probes))
+        return flat + list(torch.autograd.grad(loss, inputs))
+    for ours, expected in zip(results(pair), results(single)):
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_ops_take_lists_of_two():
+    x, h0, w_ih, w_hh, b_ih, b_hh = _layer_args("gru", 3, 2, 4, 5, "cpu", torch.float32)
+    expected = r"list of two tensors \[forward, reverse\], got a list of 1"
+    with pytest.raises(RuntimeError, match=expected):
+        torch.ops.fusedrnn.gru_forward_pair(x, [h0], [w_ih], [w_hh], [b_ih], [b_hh], False, None)

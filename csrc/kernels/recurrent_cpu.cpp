@@ -27,6 +27,7 @@ constexpr int64_t kWorkPerThread = 1 << 13;
 constexpr int64_t kWorkPerTeam = 1 << 17;
 
 int64_t threads_for(const Panels& panels, int64_t rows, int64_t steps) {
+  if (at::in_parallel_region()) return 1;  // nested teams run serially (both_directions)
   const int64_t work = std::max<int64_t>(1, rows) * panels.depth * panels.gates * panels.hidden;
   if (work * steps < kWorkPerTeam) return 1;
   return std::clamp<int64_t>(work / kWorkPerThread, 1,
