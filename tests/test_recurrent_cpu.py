@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import (CELLS, TOLERANCE, assert_close_by_name, assert_matches, make_pair,
-                      random_state, run_packed_and_grad)
+                      random_state, run_and_grad, run_packed_and_grad)
 
 # (T, B, I, H, options)
 SHAPES = [
@@ -94,3 +94,23 @@ def test_large_gemms_match_torch_nn(cell, onednn):
     with torch.backends.mkldnn.flags(enabled=onednn):
         assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", torch.float32, gen),
                        torch.float32)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_temporaries_from_the_kept_buffer(cell):
+    """Temporaries of 1 MB and more (the GRU's input projection, the gate gradients) come from a
+    per-thread buffer kept between calls (layer.cpp, Scratch). A larger call after a smaller one
+    grows it, a smaller one after it reuses it: each still matches torch.nn, and a call repeated
+    after others gives the same results bit for bit."""
+    calls = []
+    # Every temporary here is 1 MB (the RNN's gradient at T=16) to 6 MB (the LSTM's at T=24).
+    for T, B, H in [(16, 32, 512), (24, 32, 512), (16, 32, 512)]:
+        ref, fused = make_pair(cell, H, H, "cpu", torch.float32, seed=T + H)
+        gen = torch.Generator().manual_seed(T * B + H)
+        x = torch.randn(T, B, H, generator=gen)
+        hx = random_state(cell, ref, B, "cpu", torch.float32, gen)
+        assert_matches(cell, fused, ref, x, hx, torch.float32)
+        calls.append((fused, x, hx, run_and_grad(fused, x, hx)))
+    fused, x, hx, first = calls[0]
+    for name, value in run_and_grad(fused, x, hx).items():
+        assert torch.equal(value, first[name]), name
