@@ -4,7 +4,9 @@
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/GradMode.h>
 
+#include <cstring>
 #include <memory>
 #include <tuple>
 #include <utility>
@@ -334,17 +336,19 @@ Tensor grad_or_zeros(const char* op, const char* name, const OptionalTensor& g,
   return t.defined() ? t.clone() : at::zeros(shape, input.options());
 }
 
-// x W_ih^T + bias for all time steps at once, into `out` (laid out like the input, G*H wide).
-Tensor project_input(const Tensor& input, const Tensor& w_ih, const Tensor& bias, Tensor out) {
+// x W_ih^T + bias (+ bias_2) for all time steps at once, into `out` (laid out like the input,
+// G*H wide): the biases go in first, in one ATen call, and the GEMM adds to them.
+Tensor project_input(const Tensor& input, const Tensor& w_ih, const OptionalTensor& bias,
+                     const OptionalTensor& bias_2, Tensor out) {
   const int64_t rows = input.numel() / input.size(-1), G_H = w_ih.size(0);
-  if (bias.defined()) out.copy_(bias.expand(out.sizes()));
+  // Nothing here is differentiated (the autograd Functions are), but grad mode can still be on
+  // (under torch.compile, for one), and ATen's out= calls refuse inputs that require grad then.
+  const c10::NoGradGuard no_grad;
+  if (bias && bias_2) at::add_out(out, bias->expand(out.sizes()), *bias_2);
+  else if (bias) out.copy_(bias->expand(out.sizes()));
   gemm(input, Gemm{rows, G_H, input.size(-1), input.data_ptr(), false, w_ih.data_ptr(), true,
-                   out.data_ptr(), bias.defined()});
+                   out.data_ptr(), bias.has_value()});
   return out;
-}
-
-Tensor combined_bias(const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  return b_ih ? *b_ih + *b_hh : Tensor();
 }
 
 // float16 and bfloat16 on the CPU run as float32: the fused CPU recurrence has float32 and
@@ -400,10 +404,17 @@ struct Pass {
     return scratch.data_ptr();
   }
 
-  // After the s-th step, keeps the rows of sequences that end there ([B, H] `final`).
+  // After the s-th step, keeps the rows of sequences that end there ([B, H] `final`). On the
+  // CPU a memcpy: the ATen copy cost a one-step call (a cell) more than its gate math.
   void keep_final(int64_t s, void* rows, Tensor& final) const {
     const int64_t has = batch(s), next = s + 1 < steps.T ? batch(s + 1) : 0;
     if (next >= has) return;
+    const int64_t row_bytes = final.size(1) * final.element_size();
+    if (final.is_cpu()) {
+      std::memcpy(static_cast<char*>(final.data_ptr()) + next * row_bytes,
+                  static_cast<const char*>(rows) + next * row_bytes, (has - next) * row_bytes);
+      return;
+    }
     const Tensor state = at::from_blob(rows, {has, final.size(1)}, final.options());
     final.narrow(0, next, has - next).copy_(state.narrow(0, next, has - next));
   }
@@ -585,7 +596,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   // Like input, 4H wide; in training the activated gates, kept for the backward.
   Scratch scratch(input);
   Tensor gates = project_input(
-      input, w_ih, combined_bias(b_ih, b_hh),
+      input, w_ih, b_ih, b_hh,
       training ? sequence_like(input, 4 * H) : scratch.sequence(input, 4 * H));
   Tensor output = sequence_like(input, P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
@@ -716,7 +727,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Pass pass{s.steps, reverse};
 
   Scratch scratch(input);
-  const Tensor x_gates = project_input(input, w_ih, b_ih ? *b_ih : Tensor(),
+  // b_hh stays out: the step adds it to h W_hh^T, inside r * (h W_hn^T + b_hn).
+  const Tensor x_gates = project_input(input, w_ih, b_ih, std::nullopt,
                                        scratch.sequence(input, 3 * H));
   Tensor h_gates = at::empty({B, 3 * H}, input.options());  // h_{t-1} W_hh^T
   Tensor output = sequence_like(input, H);
@@ -797,7 +809,7 @@ std::tuple<Tensor, Tensor> rnn_forward(
   const Pass pass{s.steps, reverse};
 
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
-  Tensor output = project_input(input, w_ih, combined_bias(b_ih, b_hh), sequence_like(input, H));
+  Tensor output = project_input(input, w_ih, b_ih, b_hh, sequence_like(input, H));
   Tensor hn = at::empty({B, H}, input.options()), h_join;
   const Recurrence recurrence(pass, w_hh, 1, true, true);
   void* h = nullptr;  // the latest step's

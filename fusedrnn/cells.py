@@ -4,8 +4,6 @@ Each step is the layer op with T=1: the input GEMM, the recurrent GEMM and one f
 kernel. They subclass nn.RNNCellBase, as torch.nn's cells do, so they have the same
 constructor, parameter names, shapes, gate order, initialisation and state_dict.
 """
-import contextlib
-
 import torch
 from torch import nn
 
@@ -50,17 +48,17 @@ class _FusedCell(nn.RNNCellBase):
         self._check_sizes(input, states, is_batched)
 
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        result_dtype, context = None, contextlib.nullcontext()
         policy = ops.autocast_policy(self._torch_name, input.device.type)
-        if policy is not None:
-            input, states, weights, result_dtype = policy.cast(input, states, weights)
-            context = torch.autocast(input.device.type, enabled=False)  # no re-casting inside
-        self._check_dtypes_and_devices(input, states, weights[0])
-
-        with context:
+        if policy is None:
+            self._check_dtypes_and_devices(input, states, weights[0])
             new_states = self._step(input, states, weights)
-        if result_dtype is not None:
-            new_states = tuple(s.to(result_dtype) for s in new_states)
+        else:
+            input, states, weights, result_dtype = policy.cast(input, states, weights)
+            self._check_dtypes_and_devices(input, states, weights[0])
+            with torch.autocast(input.device.type, enabled=False):  # no re-casting inside
+                new_states = self._step(input, states, weights)
+            if result_dtype is not None:
+                new_states = tuple(s.to(result_dtype) for s in new_states)
         if not is_batched:
             new_states = tuple(s.squeeze(0) for s in new_states)
         return new_states if self._states == 2 else new_states[0]
@@ -68,7 +66,12 @@ class _FusedCell(nn.RNNCellBase):
     def _check_sizes(self, input, states, is_batched):
         # ATen's checks (check_rnn_cell_forward_input/_hidden), in its order, with its messages,
         # and a check of the number of dimensions where ATen has none (it then raises an
-        # IndexError, returns a wrongly broadcast result or, for the LSTMCell, crashes).
+        # IndexError, returns a wrongly broadcast result or, for the LSTMCell, crashes). First
+        # one comparison of shapes for the calls that pass them all.
+        batch, width = input.shape
+        expected = (batch, self.hidden_size)
+        if width == self.input_size and all(state.shape == expected for state in states):
+            return
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
                                f"expected {self.input_size}")
