@@ -124,8 +124,22 @@ Tensor matrix(const void* data, int64_t rows, int64_t cols, bool transposed,
 bool runs_on_onednn(const Tensor& like, const Gemm& g) {
 #if AT_MKLDNN_ENABLED()
   constexpr int64_t kMinWork = int64_t{1} << 23;
-  return like.scalar_type() == at::kFloat && at::native::mkldnn_matmul != nullptr &&
-         at::globalContext().userEnabledMkldnn() && g.M * g.N * g.K >= kMinWork;
+  // Checked once on a 2x2 product: the function is not public API, and a torch whose version
+  // refuses float32 (or reads its arguments otherwise) keeps every GEMM on at::mm.
+  static const bool works = [] {
+    if (at::native::mkldnn_matmul == nullptr) return false;
+    try {
+      const Tensor a = at::tensor({1.f, 2.f, 3.f, 4.f}).view({2, 2});
+      const Tensor b = at::tensor({5.f, 6.f, 7.f, 8.f}).view({2, 2}).t();
+      const Tensor c = at::ones({2, 2});
+      at::native::mkldnn_matmul(a, b, c, 1.f, 1.f);
+      return at::equal(c, at::mm(a, b) + 1);
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  return like.scalar_type() == at::kFloat && g.M * g.N * g.K >= kMinWork &&
+         at::globalContext().userEnabledMkldnn() && works;
 #else
   return false;
 #endif
