@@ -114,3 +114,22 @@ def test_temporaries_from_the_kept_buffer(cell):
     fused, x, hx, first = calls[0]
     for name, value in run_and_grad(fused, x, hx).items():
         assert torch.equal(value, first[name]), name
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_large_gemms_leave_at_mm_for_onednn():
+    """No silent fallback: with oneDNN on, a float32 input projection of 8M multiply-adds and
+    more does not reach at::mm (whose addmm_ it would be: it accumulates onto the bias)."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    _, fused = make_pair("lstm", 200, 180, "cpu", torch.float32)
+    x = torch.randn(12, 24, 200)  # 288 x 200 x 720: 41M multiply-adds
+
+    def gemm_ops(onednn):
+        with torch.backends.mkldnn.flags(enabled=onednn), torch.no_grad():
+            fused(x)  # the first call checks oneDNN once, with a 2x2 at::mm
+            with torch.profiler.profile() as profile:
+                fused(x)
+        return {e.key for e in profile.key_averages()} & {"aten::addmm_", "aten::mm"}
+    assert gemm_ops(True) == set()
+    assert "aten::addmm_" in gemm_ops(False)
