@@ -446,8 +446,8 @@ def lstm_layer_pair(input, directions, batch_sizes=None):
     if _needs_grad(input, *flat):
         results = LSTMPairFunction.apply(input, batch_sizes, *flat)
     else:
-        results = _ops.lstm_forward_pair(input, *_lists(flat, 7)[:6], False, batch_sizes,
-                                         _lists(flat, 7)[6])
+        *per_direction, w_hr = _lists(flat, 7)
+        results = _ops.lstm_forward_pair(input, *per_direction, False, batch_sizes, w_hr)
         results = (*results[:3], *results[6:9])
     return results[:3], results[3:]
 
