@@ -67,9 +67,9 @@ def _extension():
     with_cuda, why_not = _want_cuda()
     # The *_vec.cpp files are compiled for AVX2: they link after the other C++ files, so that the
     # baseline copies of the inline functions it shares with them are the ones kept.
-    sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/kernels/pointwise_cpu.cpp",
-               "csrc/kernels/recurrent_cpu.cpp", "csrc/kernels/pointwise_cpu_vec.cpp",
-               "csrc/kernels/recurrent_cpu_vec.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/scratch.cpp",
+               "csrc/kernels/pointwise_cpu.cpp", "csrc/kernels/recurrent_cpu.cpp",
+               "csrc/kernels/pointwise_cpu_vec.cpp", "csrc/kernels/recurrent_cpu_vec.cpp"]
     cxx = ["-O3", f"-DFUSEDRNN_TORCH_VERSION={torch.__version__}"]
     link = []
     if torch.backends.openmp.is_available():

@@ -21,6 +21,7 @@
 
 #include "kernels/pointwise.h"
 #include "kernels/recurrent_cpu.h"
+#include "scratch.h"
 
 #if AT_MKLDNN_ENABLED()
 namespace at::native {
@@ -193,63 +194,6 @@ std::vector<int64_t> sequence_sizes(const Tensor& input, int64_t width) {
 Tensor sequence_like(const Tensor& input, int64_t width) {
   return at::empty(sequence_sizes(input, width), input.options());
 }
-
-// An op call's CPU temporaries (buffers that never leave the call), carved from a per-thread
-// buffer kept from call to call. glibc maps every block over its mmap threshold (at most 32 MB)
-// anew and the kernel faults it in page by page at first touch: a GRU's training step at T=100,
-// B=64, H=512 (three 39 MB temporaries) spent ~17% of its samples in the kernel. The buffer
-// grows to the largest call's temporaries and stays for the thread's life. A call meets a busy
-// buffer (a nested call, or a view of it kept somewhere) only by mistake; it then allocates.
-// Other devices allocate as usual (PyTorch caches CUDA memory itself).
-class Scratch {
- public:
-  explicit Scratch(const Tensor& like) : options_(like.options()) {
-    Tensor& kept = kept_buffer();
-    reuses_ = like.is_cpu() && !busy() && (!kept.defined() || kept.storage().use_count() == 1);
-    if (reuses_) busy() = true;
-  }
-  ~Scratch() {
-    if (reuses_) busy() = false;
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-
-  // An uninitialised buffer laid out like `input`, `width` wide.
-  Tensor sequence(const Tensor& input, int64_t width) {
-    return take(sequence_sizes(input, width));
-  }
-
-  Tensor take(at::IntArrayRef sizes) {
-    const int64_t bytes = c10::multiply_integers(sizes) * options_.dtype().itemsize();
-    // Small blocks come back from glibc's free lists; carving costs a few views more.
-    if (!reuses_ || bytes < kMinBytes) return at::empty(sizes, options_);
-    const int64_t start = (used_ + 63) / 64 * 64;  // each piece on its own cache lines
-    Tensor& kept = kept_buffer();
-    if (!kept.defined() || start + bytes > kept.numel()) {
-      // Pieces taken so far keep the old buffer alive until the call ends; from the next call
-      // on, this one holds them all.
-      kept = at::empty({start + bytes}, options_.dtype(at::kByte));
-    }
-    used_ = start + bytes;
-    return kept.narrow(0, start, bytes).view(options_.dtype().toScalarType()).view(sizes);
-  }
-
- private:
-  static Tensor& kept_buffer() {
-    static thread_local Tensor buffer;
-    return buffer;
-  }
-  static bool& busy() {
-    static thread_local bool in_use = false;
-    return in_use;
-  }
-
-  static constexpr int64_t kMinBytes = int64_t{1} << 20;
-
-  at::TensorOptions options_;
-  bool reuses_ = false;
-  int64_t used_ = 0;
-};
 
 struct Sizes {
   Layout steps;
@@ -611,7 +555,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Scratch scratch(input);
   Tensor gates = project_input(
       input, w_ih, b_ih, b_hh,
-      training ? sequence_like(input, 4 * H) : scratch.sequence(input, 4 * H));
+      training ? sequence_like(input, 4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
   Tensor output = sequence_like(input, P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
   Tensor cells = training ? sequence_like(input, H) : at::empty({2 * B, H}, input.options());
@@ -691,7 +635,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     d_cell_out = at::empty({B, H}, input.options());
   }
   Scratch scratch(input);
-  Tensor d_gates = scratch.sequence(input, 4 * H), c_join;
+  Tensor d_gates = scratch.take(sequence_sizes(input, 4 * H)), c_join;
   const Recurrence recurrence(pass, w_hh, 1, false, false, !w_hr.defined());
   const auto plan = [&](int64_t step, const void* dg_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
@@ -743,7 +687,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   Scratch scratch(input);
   // b_hh stays out: the step adds it to h W_hh^T, inside r * (h W_hn^T + b_hn).
   const Tensor x_gates = project_input(input, w_ih, b_ih, std::nullopt,
-                                       scratch.sequence(input, 3 * H));
+                                       scratch.take(sequence_sizes(input, 3 * H)));
   Tensor h_gates = at::empty({B, 3 * H}, input.options());  // h_{t-1} W_hh^T
   Tensor output = sequence_like(input, H);
   Tensor saved = training ? sequence_like(input, 4 * H) : at::empty({0}, input.options());
@@ -787,7 +731,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Pass pass{s.steps, reverse};
 
   Scratch scratch(input);
-  Tensor d_x_gates = scratch.sequence(input, 3 * H), d_h_gates = scratch.sequence(input, 3 * H);
+  Tensor d_x_gates = scratch.take(sequence_sizes(input, 3 * H));
+  Tensor d_h_gates = scratch.take(sequence_sizes(input, 3 * H));
   Tensor h_join;
   // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh.
   const Recurrence recurrence(pass, w_hh, 1, false, true);
@@ -860,7 +805,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   const Pass pass{s.steps, reverse};
 
   Scratch scratch(input);
-  Tensor d_pre = scratch.sequence(input, H);
+  Tensor d_pre = scratch.take(sequence_sizes(input, H));
   const Recurrence recurrence(pass, w_hh, 1, false, false);  // the gradient reaching h_{t-1}
   const auto plan = [&](int64_t step, const void* dp_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);

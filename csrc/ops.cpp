@@ -1,9 +1,11 @@
-// The dispatcher ops (schemas, CPU and CUDA registrations) and the Python module's build info.
+// The dispatcher ops (schemas, CPU and CUDA registrations), and the Python module's build info
+// and scratch-memory controls.
 // Fake kernels and autograd live in Python, beside the public wrappers (fusedrnn/ops.py).
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include "layer.h"
+#include "scratch.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
@@ -74,6 +76,11 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { FUSEDRNN_REGISTER_OPS(m) }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("torch_version") = FUSEDRNN_STR(FUSEDRNN_TORCH_VERSION);
+  // The pool of CPU temporaries kept between calls (scratch.h).
+  m.def("scratch_held_bytes", &fusedrnn::scratch::held_bytes);
+  m.def("scratch_limit_bytes", &fusedrnn::scratch::limit_bytes);
+  m.def("set_scratch_limit_bytes", &fusedrnn::scratch::set_limit_bytes);
+  m.def("empty_cache", &fusedrnn::scratch::empty_cache);
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

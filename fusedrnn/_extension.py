@@ -28,3 +28,22 @@ if _C.torch_version != torch.__version__:
 
 WITH_CUDA: bool = _C.with_cuda
 TORCH_VERSION: str = _C.torch_version
+
+
+def empty_cache() -> None:
+    """Frees the CPU temporaries that fusedrnn keeps between calls (see scratch_memory)."""
+    _C.empty_cache()
+
+
+def scratch_memory() -> dict:
+    """The pool of CPU temporaries (1 MB and up) that calls take and give back: `held`, the
+    bytes kept now between calls, and `limit`, the most it keeps (FUSEDRNN_SCRATCH_LIMIT_MB in
+    the environment, default 256 MB; set_scratch_limit). Calls in flight may hold more while
+    they run; what exceeds the limit is freed as they end."""
+    return {"held": _C.scratch_held_bytes(), "limit": _C.scratch_limit_bytes()}
+
+
+def set_scratch_limit(nbytes: int) -> None:
+    """Keeps at most `nbytes` of CPU temporaries between calls (0: keep none), freeing what is
+    kept beyond it now."""
+    _C.set_scratch_limit_bytes(int(nbytes))

@@ -98,10 +98,10 @@ def test_large_gemms_match_torch_nn(cell, onednn):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_temporaries_from_the_kept_buffer(cell):
-    """Temporaries of 1 MB and more (the GRU's input projection, the gate gradients) come from a
-    per-thread buffer kept between calls (layer.cpp, Scratch). A larger call after a smaller one
-    grows it, a smaller one after it reuses it: each still matches torch.nn, and a call repeated
-    after others gives the same results bit for bit."""
+    """Temporaries of 1 MB and more (the GRU's input projection, the gate gradients) come from
+    the pool kept between calls (scratch.h). A larger call after a smaller one takes new blocks,
+    a smaller one after it reuses them: each still matches torch.nn, and a call repeated after
+    others gives the same results bit for bit."""
     calls = []
     # Every temporary here is 1 MB (the RNN's gradient at T=16) to 6 MB (the LSTM's at T=24).
     for T, B, H in [(16, 32, 512), (24, 32, 512), (16, 32, 512)]:

@@ -1,0 +1,127 @@
+#include "scratch.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+
+namespace fusedrnn {
+namespace {
+
+// Below this a temporary comes straight from the allocator: glibc serves small blocks from its
+// free lists without faulting pages in.
+constexpr int64_t kMinPooledBytes = int64_t{1} << 20;
+
+int64_t limit_from_environment() {
+  const char* text = std::getenv("FUSEDRNN_SCRATCH_LIMIT_MB");
+  if (text && *text) {
+    char* end = nullptr;
+    const long long megabytes = std::strtoll(text, &end, 10);
+    if (end && *end == '\0' && megabytes >= 0) return megabytes << 20;
+  }
+  return int64_t{256} << 20;
+}
+
+class Pool {
+ public:
+  // The smallest kept block of at least `bytes` and at most twice that (a much larger one stays
+  // for the call that needs it), else a new one.
+  at::Tensor acquire(int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto best = blocks_.end();
+      for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
+        const int64_t size = it->numel();
+        if (size >= bytes && size <= 2 * bytes && (best == blocks_.end() || size < best->numel()))
+          best = it;
+      }
+      if (best != blocks_.end()) {
+        at::Tensor block = std::move(*best);
+        blocks_.erase(best);
+        held_ -= block.numel();
+        return block;
+      }
+    }
+    return at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+  }
+
+  // Keeps `block` if nothing else refers to it and it fits under the limit, making room by
+  // freeing the oldest kept blocks; otherwise frees it.
+  void release(at::Tensor block) {
+    if (block.storage().use_count() != 1) return;
+    std::deque<at::Tensor> freed;  // freed outside the lock
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (block.numel() > limit_) return;
+      while (held_ + block.numel() > limit_) {
+        held_ -= blocks_.front().numel();
+        freed.push_back(std::move(blocks_.front()));
+        blocks_.pop_front();
+      }
+      held_ += block.numel();
+      blocks_.push_back(std::move(block));
+    }
+  }
+
+  int64_t held() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return held_;
+  }
+  int64_t limit() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return limit_;
+  }
+  void set_limit(int64_t bytes) {
+    std::deque<at::Tensor> freed;  // freed after the lock is released
+    std::lock_guard<std::mutex> lock(mutex_);
+    limit_ = bytes;
+    while (held_ > limit_) {
+      held_ -= blocks_.front().numel();
+      freed.push_back(std::move(blocks_.front()));
+      blocks_.pop_front();
+    }
+  }
+  void clear() {
+    std::deque<at::Tensor> freed;
+    std::lock_guard<std::mutex> lock(mutex_);
+    freed.swap(blocks_);
+    held_ = 0;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::deque<at::Tensor> blocks_;  // bytes, oldest first
+  int64_t held_ = 0;
+  int64_t limit_ = limit_from_environment();
+};
+
+Pool& pool() {
+  static Pool* instance = new Pool();  // never destroyed: calls may still run at exit
+  return *instance;
+}
+
+}  // namespace
+
+Scratch::~Scratch() {
+  for (at::Tensor& block : blocks_) pool().release(std::move(block));
+}
+
+at::Tensor Scratch::take(at::IntArrayRef sizes) {
+  const int64_t bytes = c10::multiply_integers(sizes) * options_.dtype().itemsize();
+  if (!pooled_ || bytes < kMinPooledBytes) return at::empty(sizes, options_);
+  blocks_.push_back(pool().acquire(bytes));
+  return blocks_.back().narrow(0, 0, bytes).view(options_.dtype().toScalarType()).view(sizes);
+}
+
+namespace scratch {
+int64_t held_bytes() { return pool().held(); }
+int64_t limit_bytes() { return pool().limit(); }
+void set_limit_bytes(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "fusedrnn: the scratch limit must be at least 0 bytes, got ", bytes);
+  pool().set_limit(bytes);
+}
+void empty_cache() { pool().clear(); }
+}  // namespace scratch
+
+}  // namespace fusedrnn
