@@ -43,8 +43,8 @@ Dtype dtype_of(const Tensor& t) {
     case at::kHalf: return Dtype::kFloat16;
     case at::kBFloat16: return Dtype::kBFloat16;
     default:
-      TORCH_CHECK_TYPE(false, "fusedrnn: unsupported dtype ", t.scalar_type(),
-                       "; expected float32, float64, float16 or bfloat16");
+      TORCH_CHECK(false, "fusedrnn: unsupported dtype ", t.scalar_type(),
+                  "; expected float32, float64, float16 or bfloat16");
   }
 }
 
@@ -204,8 +204,8 @@ struct Sizes {
 void check_like(const char* op, const char* name, const Tensor& t, const Tensor& input) {
   TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
               " but input is on ", input.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
-                   t.scalar_type(), " but input has dtype ", input.scalar_type());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but input has dtype ", input.scalar_type());
 }
 
 void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef expected) {
@@ -277,6 +277,15 @@ Sizes check_layer(const char* op, int64_t gates, const Tensor& input,
     check_like(op, "b_hh", *b_hh, input);
   }
   return s;
+}
+
+// Checks a tensor the forward saved for the backward and makes it contiguous: the kernels read
+// it row by row, whatever the caller passes.
+Tensor saved_tensor(const char* op, const char* name, const Tensor& t, at::IntArrayRef shape,
+                    const Tensor& input) {
+  check_shape(op, name, t, shape);
+  check_like(op, name, t, input);
+  return t.contiguous();
 }
 
 // Checks a gradient from autograd and makes it contiguous; undefined stays undefined.
@@ -597,18 +606,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn,
     const OptionalTensor& grad_cn, const Tensor& input_, const Tensor& h0_, const Tensor& c0_,
-    const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output, const Tensor& gates,
-    const Tensor& cells, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
-    const OptionalTensor& w_hr_, const OptionalTensor& unprojected) {
+    const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_, const Tensor& gates_,
+    const Tensor& cells_, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
+    const OptionalTensor& w_hr_, const OptionalTensor& unprojected_) {
   constexpr const char* op = "fusedrnn.lstm_backward";
   const auto s = check_layer(op, 4, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt,
                              std::nullopt, w_hr_);
   const int64_t B = s.steps.B, H = s.H, P = s.P;
-  check_shape(op, "output", output, sequence_sizes(input_, P));
-  check_shape(op, "cells", cells, sequence_sizes(input_, H));
-  check_shape(op, "gates", gates, sequence_sizes(input_, 4 * H));
-  TORCH_CHECK(!w_hr_ || (unprojected && unprojected->sizes() == cells.sizes()), op,
+  const Tensor output = saved_tensor(op, "output", output_, sequence_sizes(input_, P), input_);
+  const Tensor cells = saved_tensor(op, "cells", cells_, sequence_sizes(input_, H), input_);
+  const Tensor gates = saved_tensor(op, "gates", gates_, sequence_sizes(input_, 4 * H), input_);
+  TORCH_CHECK(!w_hr_ || (unprojected_ && unprojected_->defined()), op,
               ": with w_hr, pass the forward's unprojected cell outputs");
+  const OptionalTensor unprojected =
+      w_hr_ ? OptionalTensor(saved_tensor(op, "unprojected", *unprojected_, cells.sizes(), input_))
+            : std::nullopt;
   if (runs_widened(input_))
     return narrowed(lstm_backward(widened(grad_output_), widened(grad_hn), widened(grad_cn),
                                   widened(input_), widened(h0_), widened(c0_), widened(w_ih_),
@@ -670,18 +682,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input_, const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_,
-    const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse, bool training,
+    const OptionalTensor& b_ih, const OptionalTensor& b_hh_, bool reverse, bool training,
     const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.gru_forward";
-  const auto s = check_layer(op, 3, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh);
+  const auto s = check_layer(op, 3, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih, b_hh_);
   const int64_t B = s.steps.B, H = s.H;
   if (runs_widened(input_))
     return narrowed(gru_forward(widened(input_), widened(h0_), widened(w_ih_), widened(w_hh_),
-                                widened(b_ih), widened(b_hh), reverse, training, batch_sizes),
+                                widened(b_ih), widened(b_hh_), reverse, training, batch_sizes),
                     input_.scalar_type());
   c10::DeviceGuard guard(input_.device());
   const Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Tensor b_hh = b_hh_ ? b_hh_->contiguous() : Tensor();  // read by the step kernel
   const Pass pass{s.steps, reverse};
 
   Scratch scratch(input);
@@ -700,7 +713,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     h = at_row(output, first);
     return Step<GRUForwardStep>{
         h_prev, rows, h_gates.data_ptr(),
-        {at_row(x_gates, first), h_gates.data_ptr(), b_hh ? b_hh->data_ptr() : nullptr, h_prev, h,
+        {at_row(x_gates, first), h_gates.data_ptr(), b_hh.defined() ? b_hh.data_ptr() : nullptr,
+         h_prev, h,
          training ? at_row(saved, first) : nullptr, rows, H}};
   };
   recurrence.loop(pass, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
@@ -709,14 +723,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
-    const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output,
-    const Tensor& saved, bool has_bias, bool reverse, const OptionalTensor& batch_sizes) {
+    const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
+    const Tensor& saved_, bool has_bias, bool reverse, const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.gru_backward";
   const auto s =
       check_layer(op, 3, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
   const int64_t B = s.steps.B, H = s.H;
-  check_shape(op, "output", output, sequence_sizes(input_, H));
-  check_shape(op, "saved", saved, sequence_sizes(input_, 4 * H));
+  const Tensor output = saved_tensor(op, "output", output_, sequence_sizes(input_, H), input_);
+  const Tensor saved = saved_tensor(op, "saved", saved_, sequence_sizes(input_, 4 * H), input_);
   if (runs_widened(input_))
     return narrowed(gru_backward(widened(grad_output_), widened(grad_hn), widened(input_),
                                  widened(h0_), widened(w_ih_), widened(w_hh_), widened(output),
@@ -784,13 +798,13 @@ std::tuple<Tensor, Tensor> rnn_forward(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
-    const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output,
+    const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
     bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes) {
   constexpr const char* op = "fusedrnn.rnn_backward";
   const auto s =
       check_layer(op, 1, input_, batch_sizes, h0_, w_ih_, w_hh_, std::nullopt, std::nullopt);
   const int64_t B = s.steps.B, H = s.H;
-  check_shape(op, "output", output, sequence_sizes(input_, H));
+  const Tensor output = saved_tensor(op, "output", output_, sequence_sizes(input_, H), input_);
   if (runs_widened(input_))
     return narrowed(rnn_backward(widened(grad_output_), widened(grad_hn), widened(input_),
                                  widened(h0_), widened(w_ih_), widened(w_hh_), widened(output),
