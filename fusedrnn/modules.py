@@ -62,6 +62,11 @@ class _FusedRNNBase(nn.RNNBase):
         come back in (None: as computed), and the context to run the layers in."""
         self._update_flat_weights()
         weights = self._flat_weights
+        for weight in weights:
+            if weight.device != input.device:
+                raise RuntimeError(
+                    f"Input and parameter tensors are not at the same device, found input tensor "
+                    f"at {input.device} and parameter tensor at {weight.device}")
         policy = ops.autocast_policy(kind, input.device.type)
         if policy is None:
             return input, states, weights, None, contextlib.nullcontext()
@@ -142,6 +147,8 @@ class LSTM(_FusedRNNBase):
         if hx is None:
             hx = (self._zero_state(input, packing, self.proj_size),
                   self._zero_state(input, packing))
+        elif isinstance(hx, (tuple, list)) and len(hx) > 2:
+            raise RuntimeError("lstm expects two hidden states")
         elif packing:
             hx = tuple(self._reorder(state, packing, 1) for state in hx)
         else:

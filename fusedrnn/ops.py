@@ -21,6 +21,16 @@ _ops = torch.ops.fusedrnn
 
 
 # ---- fake kernels: the shapes each op returns ----------------------------------------------
+# They also serve the Meta dispatch key, which the dispatcher picks when any argument is on
+# `meta`: so each checks, as the real kernels do, that every tensor is on the input's device.
+def _check_devices(op, input, **tensors):
+    for name, value in tensors.items():
+        for tensor in value if isinstance(value, (list, tuple)) else (value,):
+            if tensor is not None and tensor.device != input.device:
+                raise RuntimeError(f"fusedrnn.{op}: {name} is on {tensor.device} but input is on "
+                                   f"{input.device}")
+
+
 def _sequence(input, width):
     """A per-step buffer laid out like the input ([T, B, width] or packed [rows, width])."""
     return input.new_empty(*input.shape[:-1], width)
@@ -34,6 +44,8 @@ def _saved(input, width, training):
 @torch.library.register_fake("fusedrnn::lstm_forward")
 def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training,
                        batch_sizes=None, w_hr=None):
+    _check_devices("lstm_forward", input, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                   b_hh=b_hh, w_hr=w_hr)
     H, P = c0.shape[1], h0.shape[1]
     return (_sequence(input, P), torch.empty_like(h0), torch.empty_like(c0),
             _saved(input, 4 * H, training), _saved(input, H, training),
@@ -43,6 +55,9 @@ def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training,
 @torch.library.register_fake("fusedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates,
                         cells, has_bias, reverse, batch_sizes=None, w_hr=None, unprojected=None):
+    _check_devices("lstm_backward", input, grad_output=grad_output, grad_hn=grad_hn,
+                   grad_cn=grad_cn, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, output=output,
+                   gates=gates, cells=cells, w_hr=w_hr, unprojected=unprojected)
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_hh.new_empty(w_hh.shape[0] if has_bias else 0),
@@ -51,6 +66,7 @@ def _lstm_backward_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh
 
 @torch.library.register_fake("fusedrnn::gru_forward")
 def _gru_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training, batch_sizes=None):
+    _check_devices("gru_forward", input, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     H = w_hh.shape[1]
     return _sequence(input, H), torch.empty_like(h0), _saved(input, 4 * H, training)
 
@@ -58,6 +74,8 @@ def _gru_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training, batc
 @torch.library.register_fake("fusedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
                        reverse, batch_sizes=None):
+    _check_devices("gru_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
+                   w_ih=w_ih, w_hh=w_hh, output=output, saved=saved)
     bias_size = w_hh.shape[0] if has_bias else 0
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_hh.new_empty(bias_size), w_hh.new_empty(bias_size))
@@ -65,12 +83,15 @@ def _gru_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, save
 
 @torch.library.register_fake("fusedrnn::rnn_forward")
 def _rnn_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes=None):
+    _check_devices("rnn_forward", input, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     return _sequence(input, w_hh.shape[1]), torch.empty_like(h0)
 
 
 @torch.library.register_fake("fusedrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
                        reverse, batch_sizes=None):
+    _check_devices("rnn_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
+                   w_ih=w_ih, w_hh=w_hh, output=output)
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
 

@@ -122,5 +122,83 @@ def test_ops_validate_their_arguments(bad, match):
 def test_ops_reject_integer_tensors():
     args = [torch.ones(3, 2, 4, dtype=torch.int32), torch.ones(2, 5, dtype=torch.int32),
             torch.ones(5, 4, dtype=torch.int32), torch.ones(5, 5, dtype=torch.int32), None, None]
-    with pytest.raises(TypeError, match="unsupported dtype Int"):
+    with pytest.raises(RuntimeError, match="unsupported dtype Int"):
         torch.ops.fusedrnn.rnn_forward(*args, False, False)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_integer_modules(cell):
+    """Integer weights and input: a RuntimeError, as torch.nn raises (except for its relu RNN,
+    which runs in integer arithmetic; fusedrnn has no integer kernels)."""
+    ref, fused = make_pair(cell, 4, 5)
+    for model in (ref, fused):
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.data = p.data.long()
+    x = torch.ones(3, 2, 4, dtype=torch.long)
+    if cell == "rnn_relu":
+        with pytest.raises(RuntimeError, match="unsupported dtype Long"):
+            fused(x)
+    else:
+        _both_raise(ref, fused, x, match="unsupported dtype Long")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_one_weight_of_another_dtype(cell):
+    ref, fused = make_pair(cell, 4, 5)
+    for model in (ref, fused):
+        model.weight_hh_l0.data = model.weight_hh_l0.data.double()
+    _both_raise(ref, fused, torch.randn(3, 2, 4), match="w_hh has dtype Double")
+
+
+def test_lstm_state_of_three_tensors():
+    ref, fused = make_pair("lstm", 4, 5)
+    h = torch.randn(1, 2, 5)
+    _both_raise(ref, fused, torch.randn(3, 2, 4), (h, h, h), match="lstm expects two hidden states")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_on_meta(cell):
+    """Parameters on `meta` (never materialised) and a CPU input: torch.nn's error, never
+    tensors of uninitialised memory."""
+    ref_cls, fused_cls, extra = CELLS[cell]
+    x = torch.randn(3, 2, 4)
+    _both_raise(ref_cls(4, 5, device="meta", **extra), fused_cls(4, 5, device="meta", **extra), x,
+                match="not at the same device")
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_on_meta(cell):
+    ref = getattr(torch.nn, cell)(4, 5, device="meta")
+    fused = getattr(fusedrnn, cell)(4, 5, device="meta")
+    with pytest.raises(RuntimeError):
+        ref(torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="on meta"):
+        fused(torch.randn(2, 4))
+
+
+def _lstm_forward_args():
+    return dict(input=torch.randn(3, 2, 4), h0=torch.randn(2, 5), c0=torch.randn(2, 5),
+                w_ih=torch.randn(20, 4), w_hh=torch.randn(20, 5), b_ih=torch.randn(20),
+                b_hh=torch.randn(20))
+
+
+@pytest.mark.parametrize("name", list(_lstm_forward_args()))
+def test_ops_reject_an_argument_on_meta(name):
+    """Every tensor argument of an op on the input's device: one on `meta` (which sends the
+    call to the fake kernel) raises, whichever it is, the input included."""
+    args = _lstm_forward_args()
+    args[name] = args[name].to("meta")
+    other = "h0" if name == "input" else name
+    with pytest.raises(RuntimeError, match=f"{other} is on (meta|cpu) but input is on"):
+        torch.ops.fusedrnn.lstm_forward(*args.values(), False, True)
+
+
+def test_backward_op_rejects_saved_tensors_on_meta():
+    lib = torch.ops.fusedrnn
+    args = _lstm_forward_args()
+    out, hn, cn, gates, cells, _ = lib.lstm_forward(*args.values(), False, True)
+    inputs = [args[k] for k in ("input", "h0", "c0", "w_ih", "w_hh")]
+    with pytest.raises(RuntimeError, match="gates is on meta but input is on cpu"):
+        lib.lstm_backward(torch.ones_like(out), None, None, *inputs, out, gates.to("meta"), cells,
+                          True, False)
