@@ -210,13 +210,16 @@ def _check_not_packed_for_double_backward(ctx):
 # Each backward runs the fused backward op, with grad mode off as the engine leaves it for a
 # first-order backward. Grad mode on means create_graph=True: then the gradients must carry a
 # graph, which the fused op cannot give, so the layer is recomputed in plain PyTorch ops.
+# The backward reads the layer's output (each step's h_{t-1}, and the RNN's activation), so it
+# keeps a copy of its own: the caller may edit the output in place before the backward
+# (ReLU(inplace=True), zeroing padded steps), as torch.nn allows.
 class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes, w_hr=None):
         output, hn, cn, gates, cells, unprojected = _ops.lstm_forward(
             input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True, batch_sizes, w_hr)
-        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells,
-                              unprojected)
+        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output.clone(), gates,
+                              cells, unprojected)
         ctx.reverse, ctx.batch_sizes = reverse, batch_sizes
         ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
         return output, hn, cn
@@ -249,7 +252,7 @@ class GRUFunction(torch.autograd.Function):
     def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes):
         output, hn, saved = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, True,
                                              batch_sizes)
-        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output, saved)
+        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output.clone(), saved)
         ctx.reverse, ctx.batch_sizes = reverse, batch_sizes
         ctx.set_materialize_grads(False)
         return output, hn
@@ -276,7 +279,7 @@ class RNNFunction(torch.autograd.Function):
     def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes):
         output, hn = _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
                                       batch_sizes)
-        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output)
+        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output.clone())
         ctx.relu, ctx.reverse, ctx.batch_sizes = relu, reverse, batch_sizes
         ctx.set_materialize_grads(False)
         return output, hn
@@ -337,7 +340,7 @@ class LSTMPairFunction(torch.autograd.Function):
         h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _lists(directions, 7)
         results = _ops.lstm_forward_pair(input, h0, c0, w_ih, w_hh, b_ih, b_hh, True,
                                          batch_sizes, w_hr)
-        kept = [t for d in (0, 6) for t in (results[d], *results[d + 3:d + 6])]
+        kept = [t for d in (0, 6) for t in (results[d].clone(), *results[d + 3:d + 6])]
         _save_pair(ctx, batch_sizes, input, directions, kept)
         return (*results[:3], *results[6:9])
 
@@ -370,7 +373,8 @@ class GRUPairFunction(torch.autograd.Function):
     def forward(ctx, input, batch_sizes, *directions):
         h0, w_ih, w_hh, b_ih, b_hh = _lists(directions, 5)
         results = _ops.gru_forward_pair(input, h0, w_ih, w_hh, b_ih, b_hh, True, batch_sizes)
-        _save_pair(ctx, batch_sizes, input, directions, [results[i] for i in (0, 2, 3, 5)])
+        _save_pair(ctx, batch_sizes, input, directions,
+                   [results[0].clone(), results[2], results[3].clone(), results[5]])
         return (*results[:2], *results[3:5])
 
     @staticmethod
@@ -400,7 +404,7 @@ class RNNPairFunction(torch.autograd.Function):
     def forward(ctx, input, batch_sizes, relu, *directions):
         h0, w_ih, w_hh, b_ih, b_hh = _lists(directions, 5)
         results = _ops.rnn_forward_pair(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
-        _save_pair(ctx, batch_sizes, input, directions, [results[0], results[2]])
+        _save_pair(ctx, batch_sizes, input, directions, [results[0].clone(), results[2].clone()])
         ctx.relu = relu
         return tuple(results)
 
