@@ -28,8 +28,10 @@ template <typename A> FUSEDRNN_HD A d_tanh(A t) { return A(1) - t * t; }
 
 // Written so that NaN passes through, as in torch.relu.
 template <typename A> FUSEDRNN_HD A relu(A x) { return x < A(0) ? A(0) : x; }
-// As torch's: 0 at 0.
-template <typename A> FUSEDRNN_HD A d_relu(A y) { return y > A(0) ? A(1) : A(0); }
+// The gradient of relu's input from its output y and output gradient dy, as torch's
+// threshold_backward: 0 where y <= 0 (0 at 0, and 0 rather than 0 * inf), dy elsewhere, NaN
+// outputs included.
+template <typename A> FUSEDRNN_HD A relu_backward(A y, A dy) { return y <= A(0) ? A(0) : dy; }
 
 // ---- LSTM (gate order i, f, g, o, as torch.nn) -------------------------------------------
 template <typename A> struct LSTMForward {
@@ -111,7 +113,7 @@ template <typename A> FUSEDRNN_HD A rnn_forward(A pre, bool relu_act) {
 
 // Gradient of the pre-activation from the gradient of h' and h' itself.
 template <typename A> FUSEDRNN_HD A rnn_backward(A h, A dh, bool relu_act) {
-  return dh * (relu_act ? d_relu(h) : d_tanh(h));
+  return relu_act ? relu_backward(h, dh) : dh * d_tanh(h);
 }
 
 }  // namespace gates

@@ -64,8 +64,9 @@ inline Vectorized<float> tanh_(const Vectorized<float>& x) {
 template <typename S> Vectorized<S> relu(const Vectorized<S>& x) {
   return clamp_min(x, Vectorized<S>(0));  // NaN stays NaN, as in torch.relu
 }
-template <typename S> Vectorized<S> d_relu(const Vectorized<S>& y) {
-  return Vectorized<S>::blendv(Vectorized<S>(0), Vectorized<S>(1), y > Vectorized<S>(0));
+template <typename S>
+Vectorized<S> relu_backward(const Vectorized<S>& y, const Vectorized<S>& dy) {
+  return Vectorized<S>::blendv(dy, Vectorized<S>(0), y <= Vectorized<S>(0));
 }
 }  // namespace CPU_CAPABILITY
 }  // namespace at::vec
