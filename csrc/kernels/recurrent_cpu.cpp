@@ -1,15 +1,24 @@
 // The fused CPU recurrence's threads (recurrent_cpu.h). A loop's team of threads stays together
-// from its first step to its last, meeting at a spin barrier between steps: an OpenMP fork and
-// join per step costs more than a small step's math. Thread t always takes the same panels, so
-// its slice of the weights stays in its core's cache.
+// from its first step to its last, meeting at a barrier between steps: an OpenMP fork and join
+// per step costs more than a small step's math. Thread t always takes the same panels, so its
+// slice of the weights stays in its core's cache.
 #include "recurrent_cpu.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdint>
 #include <exception>
 #include <thread>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "pointwise_cpu_vec.h"
 
@@ -26,41 +35,137 @@ constexpr int64_t kWorkPerThread = 1 << 13;
 // threads 4-6% faster from T=8).
 constexpr int64_t kWorkPerTeam = 1 << 17;
 
+// Fused loops running now, in this process: concurrent calls share the CPUs.
+std::atomic<int64_t> loops_in_flight{0};
+
+struct InFlight {
+  InFlight() { loops_in_flight.fetch_add(1, std::memory_order_relaxed); }
+  ~InFlight() { loops_in_flight.fetch_sub(1, std::memory_order_relaxed); }
+};
+
+// CPUs this thread may run on (its affinity mask: taskset, a container's cpuset).
+int64_t usable_cpus() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+#endif
+  return std::max<int64_t>(1, std::thread::hardware_concurrency());
+}
+
+// Whether teams find their CPUs taken by work this process cannot see (other processes): a
+// loop in most of whose barrier rounds a thread fell asleep reports it, and loops then run on
+// one thread for a while, 10 ms at first and twice as long each time it is reported again in a
+// row, up to a second; then a team tries again. There a team only adds a sleep and a wake-up to
+// every step (2 processes of 2 threads on 2 cores: 14x slower than a thread each).
+class Contention {
+ public:
+  bool solo_now() const { return now_ns() < solo_until_ns_.load(std::memory_order_relaxed); }
+
+  void report(int64_t rounds, int64_t sleeps) {
+    if (rounds < kMinRounds) return;
+    if (2 * sleeps <= rounds) {
+      backoff_ns_.store(kMinBackoffNs, std::memory_order_relaxed);
+      return;
+    }
+    const int64_t backoff = backoff_ns_.load(std::memory_order_relaxed);
+    solo_until_ns_.store(now_ns() + backoff, std::memory_order_relaxed);
+    backoff_ns_.store(std::min(2 * backoff, kMaxBackoffNs), std::memory_order_relaxed);
+  }
+
+ private:
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  static constexpr int64_t kMinRounds = 16;  // fewer say little
+  static constexpr int64_t kMinBackoffNs = 10'000'000, kMaxBackoffNs = 1'000'000'000;
+  std::atomic<int64_t> solo_until_ns_{0}, backoff_ns_{kMinBackoffNs};
+};
+Contention contention;
+
+// The team for a loop: no more threads than its work pays for, than torch's thread count, than
+// the CPUs it may run on, or than its share of them beside the other loops in flight; one while
+// other processes hold the CPUs (Contention). A team with more threads than free CPUs makes
+// each step wait for a thread that is not running.
 int64_t threads_for(const Panels& panels, int64_t rows, int64_t steps) {
   if (at::in_parallel_region()) return 1;  // nested teams run serially (both_directions)
   const int64_t work = std::max<int64_t>(1, rows) * panels.depth * panels.gates * panels.hidden;
   if (work * steps < kWorkPerTeam) return 1;
-  return std::clamp<int64_t>(work / kWorkPerThread, 1,
-                             std::min<int64_t>(at::get_num_threads(), panels.count));
+  const int64_t wanted = std::min<int64_t>(
+      {work / kWorkPerThread, int64_t{at::get_num_threads()}, panels.count});
+  if (wanted <= 1 || contention.solo_now()) return 1;
+  const int64_t sharing = std::max<int64_t>(1, loops_in_flight.load(std::memory_order_relaxed));
+  return std::clamp<int64_t>(usable_cpus() / sharing, 1, wanted);
 }
 
-// Waits until every thread of the team has arrived. A thread that runs the slices of several
-// team members (where OpenMP gave the loop fewer threads than asked for) arrives for all of them
-// at once, so the barrier never waits for a thread that does not exist.
-class SpinBarrier {
+#if defined(__linux__)
+void futex_wait(std::atomic<uint32_t>& word, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+}
+void futex_wake_all(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+          nullptr, 0);
+}
+#else
+void futex_wait(std::atomic<uint32_t>&, uint32_t) { std::this_thread::yield(); }
+void futex_wake_all(std::atomic<uint32_t>&) {}
+#endif
+
+// How long a waiter spins before it sleeps, in pause instructions (tens of cycles each), shared
+// by every team: a wait that ended asleep halves it, one that ended spinning doubles it. On free
+// cores the steps' imbalance is short and waits end spinning; where threads outnumber free CPUs
+// (other processes, concurrent calls) spinning only delays the thread waited for, and the spin
+// falls to its floor within a few steps.
+constexpr int32_t kMinSpins = 32, kMaxSpins = 8192;
+std::atomic<int32_t> spin_limit{kMaxSpins};
+
+// Waits until every thread of the team has arrived: spins briefly, then sleeps on a futex until
+// the last arrival wakes it. A thread that runs the slices of several team members (where OpenMP
+// gave the loop fewer threads than asked for) arrives for all of them at once, so the barrier
+// never waits for a thread that does not exist.
+class TeamBarrier {
  public:
-  explicit SpinBarrier(int64_t members) : members_(members) {}
+  explicit TeamBarrier(int64_t members) : members_(members) {}
 
   void arrive_and_wait(int64_t count) {
-    const int64_t round = round_.load(std::memory_order_acquire);
+    const uint32_t round = round_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(count, std::memory_order_acq_rel) + count == members_) {
       arrived_.store(0, std::memory_order_relaxed);
-      round_.fetch_add(1, std::memory_order_release);
+      round_.fetch_add(1, std::memory_order_seq_cst);
+      // Sequentially consistent with the sleeper's count-then-check: either it sees the new
+      // round and does not sleep, or this sees it counted and wakes it.
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(round_);
       return;
     }
-    for (int64_t spins = 0; round_.load(std::memory_order_acquire) == round; ++spins) {
+    const int32_t limit = spin_limit.load(std::memory_order_relaxed);
+    for (int32_t spins = 0; spins < limit; ++spins) {
+      if (round_.load(std::memory_order_acquire) != round) {
+        if (limit < kMaxSpins) spin_limit.store(limit * 2, std::memory_order_relaxed);
+        return;
+      }
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();  // leaves the core to a hyperthread sibling while it waits
 #endif
-      if (spins > 20000) std::this_thread::yield();  // an oversubscribed machine
     }
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (round_.load(std::memory_order_seq_cst) == round) futex_wait(round_, round);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    sleeps_.fetch_add(1, std::memory_order_relaxed);
+    if (limit > kMinSpins) spin_limit.store(limit / 2, std::memory_order_relaxed);
   }
+
+  int64_t rounds() const { return round_.load(std::memory_order_relaxed); }  // completed
+  int64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }  // waits that slept
 
  private:
   // On cache lines of their own: the waiting threads poll round_ while arrivals change arrived_.
   const int64_t members_;
   alignas(64) std::atomic<int64_t> arrived_{0};
-  alignas(64) std::atomic<int64_t> round_{0};
+  alignas(64) std::atomic<uint32_t> round_{0};
+  std::atomic<int32_t> sleepers_{0};
+  std::atomic<int64_t> sleeps_{0};
 };
 
 // Thread t of `threads` takes panels [first_panel(t), first_panel(t + 1)), the same ones at every
@@ -89,12 +194,13 @@ template <typename Args>
 void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, bool lookahead,
                 const PlanStep<Args>& plan, const StepDone& done) {
   if (steps == 0) return;
+  const InFlight in_flight;
   const int64_t threads = threads_for(panels, rows, steps);
   // The steps in flight, written by the planner: slot 0 alone, or step s in slot s % 2 when
   // the planner fills the next step's slot while the team computes this one.
   Product products[2]{};
   Args args[2]{};
-  SpinBarrier barrier(threads);
+  TeamBarrier barrier(threads);
   std::exception_ptr error;  // the planner's; the barrier publishes it to the others
   const auto guarded = [&](const auto& work) {
     if (error) return;
@@ -138,6 +244,7 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
     }
     if (planner) guarded([&] { done(steps - 1); });
   });
+  if (threads > 1) contention.report(barrier.rounds(), barrier.sleeps());
   if (error) std::rethrow_exception(error);
 }
 template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
