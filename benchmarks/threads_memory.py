@@ -4,8 +4,11 @@ server's thread pool: resident growth over the process's own after a warm-up req
     PYTHONPATH=. python benchmarks/threads_memory.py {torch,fused} {infer,train,bi} [T]
 
 LSTM(512, 512) (bidirectional for `bi`), batch 64, T=1000 by default, float32 on the CPU.
-Run each library in its own process (the numbers are per process).
+Run each library in its own process (the numbers are per process). The last line is JSON:
+grown (bytes, with the threads alive), held (fusedrnn's pool then) and emptied (the growth
+left after fusedrnn.empty_cache()); tests/test_scratch.py reads it.
 """
+import json
 import sys
 import threading
 
@@ -48,10 +51,14 @@ def main(kind, mode, T=1000):
         t.start()
     served.wait()
     grown = resident_bytes() - before
+    held = fusedrnn.scratch_memory()["held"]
+    fusedrnn.empty_cache()
+    emptied = resident_bytes() - before
     finish.set()
     for t in threads:
         t.join()
     print(f"{kind} {mode} T={T}: +{grown / 2**30:.2f} GB held after 8 threads' requests")
+    print(json.dumps({"grown": grown, "held": held, "emptied": emptied}))
 
 
 if __name__ == "__main__":

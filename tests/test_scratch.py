@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +13,8 @@ import fusedrnn
 from conftest import make_pair, random_state, run_and_grad
 
 MB = 1 << 20
+ROOT = Path(__file__).parents[1]
+SCRIPT = ROOT / "benchmarks" / "threads_memory.py"
 
 
 @pytest.fixture
@@ -65,59 +67,21 @@ def test_lowering_the_limit_frees_what_is_kept_beyond_it(limit):
         fusedrnn.set_scratch_limit(-1)
 
 
-_EIGHT_THREADS = textwrap.dedent("""
-    import json, sys, threading
-    import torch, fusedrnn
-
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    torch.manual_seed(0)
-    model = (fusedrnn.LSTM if sys.argv[1] == "fusedrnn" else torch.nn.LSTM)(256, 256)
-    x = torch.randn(200, 64, 256)  # the gates' temporary: 52 MB, mapped and unmapped whole
-    with torch.no_grad():
-        model(x)
-    fusedrnn.empty_cache()
-    before = rss()
-
-    served, finish = threading.Barrier(9), threading.Event()
-
-    def worker():  # a server's pool thread: one long request, then idle but alive
-        with torch.no_grad():
-            assert model(x)[0].isfinite().all()
-        served.wait()
-        finish.wait()
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    served.wait()
-    after = rss()
-    held = fusedrnn.scratch_memory()["held"]
-    fusedrnn.empty_cache()
-    emptied = rss()
-    finish.set()
-    for t in threads:
-        t.join()
-    print(json.dumps({"grown": after - before, "held": held, "emptied": emptied - before}))
-""")
-
-
 def test_eight_threads_keep_no_more_than_the_limit():
     """One long request on each of 8 threads that then stay alive and idle, as in a server's
-    pool: fusedrnn's pool keeps at most its limit (64 MB here), not a block per thread (8 x 52
-    MB before), and empty_cache frees it. The threads themselves keep memory too (glibc's
+    pool (benchmarks/threads_memory.py): fusedrnn's pool keeps at most its limit (64 MB here),
+    not a block per thread (8 x 52 MB before), and empty_cache frees it. The threads themselves keep memory too (glibc's
     per-thread arenas: ~300 MB here), for torch.nn alike, so the bar is torch.nn's growth in
     the same run."""
-    def grown(module):
-        env = dict(os.environ, FUSEDRNN_SCRATCH_LIMIT_MB="64", OMP_NUM_THREADS="1")
-        out = subprocess.run([sys.executable, "-c", _EIGHT_THREADS, module], env=env,
+    def grown(kind):  # LSTM(512, 512), T=100, B=64: the gates' temporary is 52 MB
+        env = dict(os.environ, FUSEDRNN_SCRATCH_LIMIT_MB="64", OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.getenv("PYTHONPATH")])))
+        out = subprocess.run([sys.executable, str(SCRIPT), kind, "infer", "100"], env=env,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    ours, theirs = grown("fusedrnn"), grown("torch.nn")
+    ours, theirs = grown("fused"), grown("torch")
     assert 0 < ours["held"] <= 64 * MB
     slack = 16 * MB
     assert ours["grown"] <= theirs["grown"] + ours["held"] + slack, (ours, theirs)
