@@ -65,11 +65,10 @@ def _cublas_link_args(library):
 
 def _extension():
     with_cuda, why_not = _want_cuda()
-    # The *_vec.cpp files are compiled for AVX2: they link after the other C++ files, so that the
-    # baseline copies of the inline functions it shares with them are the ones kept.
-    sources = ["csrc/ops.cpp", "csrc/layer.cpp", "csrc/scratch.cpp",
-               "csrc/kernels/pointwise_cpu.cpp", "csrc/kernels/recurrent_cpu.cpp",
-               "csrc/kernels/pointwise_cpu_vec.cpp", "csrc/kernels/recurrent_cpu_vec.cpp"]
+    # csrc/README.md says what each folder holds. cpu/kernels_<isa>.cpp compile the vector
+    # kernels once per ISA, each copy in its own namespace (cpu/isa.h).
+    sources = (["csrc/ops.cpp"] + sorted(glob.glob("csrc/layer/*.cpp"))
+               + sorted(glob.glob("csrc/cpu/*.cpp")))
     cxx = ["-O3", f"-DFUSEDRNN_TORCH_VERSION={torch.__version__}"]
     link = []
     if torch.backends.openmp.is_available():
@@ -82,10 +81,11 @@ def _extension():
         return cpp_extension.CppExtension("fusedrnn._C", sources, extra_compile_args={"cxx": cxx},
                                           extra_link_args=link)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
-    cxx.append("-DFUSEDRNN_WITH_CUDA")
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", ",").replace(" ", ",")
+    cxx += ["-DFUSEDRNN_WITH_CUDA", f"-DFUSEDRNN_CUDA_ARCHS={archs}"]
     return cpp_extension.CUDAExtension(
         "fusedrnn._C",
-        sources + ["csrc/step_gemm_cuda.cpp", "csrc/kernels/pointwise_cuda.cu"],
+        sources + sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=_nvidia_wheel_includes(),
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
         extra_link_args=link + _cublas_link_args("cublas") + _cublas_link_args("cublasLt"),

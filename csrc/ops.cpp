@@ -4,8 +4,10 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "layer.h"
-#include "scratch.h"
+#include "cpu/isa.h"
+#include "layer/backend.h"
+#include "layer/layer.h"
+#include "layer/scratch.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
@@ -49,8 +51,8 @@ TORCH_LIBRARY(fusedrnn, m) {
         "Tensor? batch_sizes) -> Tensor[]");
 }
 
-// One device-generic driver per op: the GEMMs go through ATen, and the per-step kernel is
-// chosen by the tensors' device (kernels/pointwise_cpu.cpp or kernels/pointwise_cuda.cu).
+// One device-generic driver per op (layer/): each call runs its loop on the backend chosen for
+// it (layer/backend.h).
 #define FUSEDRNN_REGISTER_OPS(m)                               \
   m.impl("lstm_forward", &fusedrnn::lstm_forward);             \
   m.impl("lstm_backward", &fusedrnn::lstm_backward);           \
@@ -70,12 +72,78 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { FUSEDRNN_REGISTER_OPS(m) }
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { FUSEDRNN_REGISTER_OPS(m) }
 #endif
 
-// setup.py passes the torch version built against, unquoted; spell it as a string.
-#define FUSEDRNN_STR_(x) #x
-#define FUSEDRNN_STR(x) FUSEDRNN_STR_(x)
+// setup.py passes the torch version built against and the CUDA architectures, unquoted; spell
+// them as strings.
+#define FUSEDRNN_STR_(...) #__VA_ARGS__
+#define FUSEDRNN_STR(...) FUSEDRNN_STR_(__VA_ARGS__)
+
+namespace {
+
+at::ScalarType dtype_named(const std::string& name) {
+  if (name == "float32") return at::kFloat;
+  if (name == "float64") return at::kDouble;
+  if (name == "float16") return at::kHalf;
+  if (name == "bfloat16") return at::kBFloat16;
+  return at::kInt;  // no backend has kernels for it
+}
+
+// For fusedrnn.backends: the backend a call of this shape would run on (None where a forced one
+// refuses it), and every backend's refusal (None: it accepts).
+std::pair<std::optional<std::string>, std::vector<std::pair<std::string, std::optional<std::string>>>>
+backend_report(const std::string& device, const std::string& dtype, int64_t steps,
+               bool projection) {
+  const fusedrnn::CallShape call{c10::Device(device).type(), dtype_named(dtype), steps,
+                                 projection};
+  std::vector<std::pair<std::string, std::optional<std::string>>> reasons;
+  for (const fusedrnn::Backend backend : fusedrnn::all_backends())
+    reasons.emplace_back(fusedrnn::name_of(backend), fusedrnn::refusal(backend, call));
+  std::optional<std::string> chosen;
+  try {
+    chosen = fusedrnn::name_of(fusedrnn::choose_backend(call).backend);
+  } catch (const c10::Error&) {
+  }
+  return {chosen, reasons};
+}
+
+void force_backend(const std::string& name) {
+  if (name.empty()) return fusedrnn::force_backend(std::nullopt);
+  const auto backend = fusedrnn::backend_named(name);
+  TORCH_CHECK(backend, "fusedrnn: unknown backend '", name, "'");
+  fusedrnn::force_backend(backend);
+}
+
+void set_cpu_isa(const std::string& name) {
+  if (name.empty()) return fusedrnn::cpu::set_isa(std::nullopt);
+  const auto isa = fusedrnn::cpu::isa_named(name);
+  TORCH_CHECK(isa, "fusedrnn: unknown CPU ISA '", name, "'");
+  fusedrnn::cpu::set_isa(isa);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("torch_version") = FUSEDRNN_STR(FUSEDRNN_TORCH_VERSION);
+#ifdef FUSEDRNN_CUDA_ARCHS
+  m.attr("cuda_archs") = FUSEDRNN_STR(FUSEDRNN_CUDA_ARCHS);
+#else
+  m.attr("cuda_archs") = "";
+#endif
+  // Backends (layer/backend.h) and CPU instruction sets (cpu/isa.h).
+  m.def("backend_names", [] {
+    std::vector<std::string> names;
+    for (const fusedrnn::Backend backend : fusedrnn::all_backends())
+      names.emplace_back(fusedrnn::name_of(backend));
+    return names;
+  });
+  m.def("backend_report", &backend_report);
+  m.def("force_backend", &force_backend);
+  m.def("forced_backend", [] {
+    const auto backend = fusedrnn::forced_backend();
+    return backend ? std::string(fusedrnn::name_of(*backend)) : std::string();
+  });
+  m.def("cpu_isa_detected", [] { return fusedrnn::cpu::name_of(fusedrnn::cpu::detected_isa()); });
+  m.def("cpu_isa_active", [] { return fusedrnn::cpu::name_of(fusedrnn::cpu::active_isa()); });
+  m.def("set_cpu_isa", &set_cpu_isa);
   // The pool of CPU temporaries kept between calls (scratch.h).
   m.def("scratch_held_bytes", &fusedrnn::scratch::held_bytes);
   m.def("scratch_limit_bytes", &fusedrnn::scratch::limit_bytes);

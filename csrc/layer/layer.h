@@ -1,7 +1,8 @@
 // One recurrent layer in one direction, forward and backward through time, for each cell.
-// These are the dispatcher ops' implementations (registered in ops.cpp) and the binding layer:
-// they validate, allocate, run the GEMMs (cuBLAS and cuBLASLt on PyTorch's handles and current
-// stream, or the CPU BLAS through ATen) and call the per-step kernels of kernels/.
+// These are the dispatcher ops' implementations (registered in ops.cpp), one file per cell
+// (lstm.cpp, gru.cpp, rnn.cpp; both directions in bidirectional.cpp): they validate and allocate
+// (prepare.h), run the GEMMs over the whole sequence (projections.h) and the loop over time on
+// the backend chosen for the call (backend.h, recurrence.h).
 //
 // Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H];
 // output [T, B, H]. `reverse` runs the sequence from t = T-1 down to 0 (the backward direction
@@ -73,7 +74,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
 // Both directions of a bidirectional layer in one call: each per-direction argument is a list
 // of two, [forward, reverse], and the results are the one-direction op's, the forward's then the
 // reverse's, in one flat list. On the CPU with two threads the directions run side by side, one
-// thread each (layer.cpp, both_directions); otherwise one after the other.
+// thread each (bidirectional.cpp, both_directions); otherwise one after the other.
 std::vector<Tensor> lstm_forward_pair(const Tensor& input, Tensors h0, Tensors c0, Tensors w_ih,
                                       Tensors w_hh, const OptionalTensors& b_ih,
                                       const OptionalTensors& b_hh, bool training,

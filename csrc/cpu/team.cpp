@@ -1,8 +1,8 @@
-// The fused CPU recurrence's threads (recurrent_cpu.h). A loop's team of threads stays together
+// The fused CPU recurrence's threads (recurrence.h). A loop's team of threads stays together
 // from its first step to its last, meeting at a barrier between steps: an OpenMP fork and join
 // per step costs more than a small step's math. Thread t always takes the same panels, so its
 // slice of the weights stays in its core's cache.
-#include "recurrent_cpu.h"
+#include "recurrence.h"
 
 #include <ATen/Parallel.h>
 
@@ -20,7 +20,7 @@
 #include <unistd.h>
 #endif
 
-#include "pointwise_cpu_vec.h"
+#include "../core/steps.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -185,10 +185,6 @@ void run_slice(Dtype dtype, const Product& product, const Args& args, int64_t t,
 }
 
 }  // namespace
-
-bool has_fused_steps(Dtype dtype) {
-  return has_vector_rows() && (dtype == Dtype::kFloat32 || dtype == Dtype::kFloat64);
-}
 
 template <typename Args>
 void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, bool lookahead,

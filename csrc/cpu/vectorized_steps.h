@@ -1,15 +1,11 @@
 // The CPU per-step kernels on SIMD registers, for float32 and float64 rows: the same
 // element<T, A> functions as the scalar loop and the CUDA kernels, with A an at::vec::Vectorized
-// type, so gates.h's math runs eight (four) lanes at a time. Compiled for AVX2 and FMA
-// (vec_avx2.h); pointwise_cpu.cpp enters it only on CPUs that have them (has_vector_rows,
-// defined there so that the check itself runs on any CPU).
-#include "vec_avx2.h"
+// type, so gates.h's math runs a vector of lanes at a time. Written once, compiled once per ISA:
+// included only by cpu/kernels_<isa>.cpp, after that ISA's target header, with FUSEDRNN_ISA
+// naming its namespace.
+#pragma once
 
-#include "pointwise_cpu_vec.h"
-
-#ifdef FUSEDRNN_VEC_AVX2
-
-#include "elements.h"
+#include "../core/elements.h"
 
 namespace at::vec {
 inline namespace CPU_CAPABILITY {
@@ -17,11 +13,12 @@ inline namespace CPU_CAPABILITY {
 // calls in gates.h find them by argument-dependent lookup.
 template <typename S> Vectorized<S> exp_(const Vectorized<S>& x) { return x.exp(); }
 template <typename S> Vectorized<S> tanh_(const Vectorized<S>& x) { return x.tanh(); }
+#if defined(CPU_CAPABILITY_AVX2)
 // Float lanes take an exp inlined here: Sleef's is an out-of-line call, and the gate functions'
 // exps were 40% of an LSTM step's time at B=16, H=128. Cody-Waite reduction to
 // r = x - n ln2 in [-ln2/2, ln2/2], Cephes' expf polynomial for exp(r), and 2^n applied as two
 // factors so that every n from subnormal results to overflow is exact; within one ulp
-// (tests/test_pointwise_cpu.py). Clamping x first keeps n in range; NaN passes the clamp.
+// (tests/cpu/test_steps.py). Clamping x first keeps n in range; NaN passes the clamp.
 inline Vectorized<float> exp_(const Vectorized<float>& x) {
   const __m256 clamped = _mm256_min_ps(_mm256_set1_ps(88.73f),  // past log(FLT_MAX): +inf
                                        _mm256_max_ps(_mm256_set1_ps(-104.f), x));  // past 0
@@ -47,7 +44,7 @@ inline Vectorized<float> exp_(const Vectorized<float>& x) {
 // Float lanes take a tanh built on one exp: Sleef's tanh costs about six of its exps, and an LSTM
 // unit needs two tanh per step. Below |x| = 0.625 an odd polynomial (Cephes' tanhf
 // coefficients), above it 1 - 2 / (exp(2|x|) + 1), which cancels no leading digits there; within
-// two ulp of the exact value (tests/test_pointwise_cpu.py). NaN stays NaN; exp's overflow gives
+// two ulp of the exact value (tests/cpu/test_steps.py). NaN stays NaN; exp's overflow gives
 // +-1.
 inline Vectorized<float> tanh_(const Vectorized<float>& x) {
   using V = Vectorized<float>;
@@ -61,6 +58,7 @@ inline Vectorized<float> tanh_(const Vectorized<float>& x) {
   const V near = fmadd(p * z, x, x);
   return V::blendv(V::blendv(far, -far, x < V(0)), near, a < V(0.625f));
 }
+#endif  // CPU_CAPABILITY_AVX2
 template <typename S> Vectorized<S> relu(const Vectorized<S>& x) {
   return clamp_min(x, Vectorized<S>(0));  // NaN stays NaN, as in torch.relu
 }
@@ -72,6 +70,7 @@ Vectorized<S> relu_backward(const Vectorized<S>& y, const Vectorized<S>& dy) {
 }  // namespace at::vec
 
 namespace fusedrnn {
+inline namespace FUSEDRNN_ISA {
 
 using at::vec::Vectorized;
 template <> inline Vectorized<float> load<Vectorized<float>, float>(const float* p) {
@@ -87,8 +86,9 @@ template <> inline void store<double, Vectorized<double>>(double* p, Vectorized<
   x.store(p);
 }
 
-namespace cpu {
-namespace {
+}  // namespace FUSEDRNN_ISA
+
+namespace cpu::FUSEDRNN_ISA {
 
 template <typename T, typename Args>
 int64_t units_lanes(const Args& args, int64_t b, int64_t j, int64_t end) {
@@ -97,8 +97,10 @@ int64_t units_lanes(const Args& args, int64_t b, int64_t j, int64_t end) {
   return j;
 }
 
+// Runs hidden units [begin, end) of row b of a step in whole vectors, for float32 and float64;
+// returns the first unit it left to the scalar loop.
 template <typename Args>
-int64_t any_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
+int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
   switch (dtype) {
     case Dtype::kFloat32: return units_lanes<float>(args, b, begin, end);
     case Dtype::kFloat64: return units_lanes<double>(args, b, begin, end);
@@ -106,32 +108,5 @@ int64_t any_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64
   }
 }
 
-}  // namespace
-}  // namespace cpu
+}  // namespace cpu::FUSEDRNN_ISA
 }  // namespace fusedrnn
-
-#else  // no vector path on this architecture or compiler: the scalar loop does every row
-
-namespace fusedrnn::cpu {
-namespace {
-template <typename Args>
-int64_t any_units(Dtype, const Args&, int64_t, int64_t begin, int64_t) {
-  return begin;
-}
-}  // namespace
-}  // namespace fusedrnn::cpu
-
-#endif
-
-namespace fusedrnn::cpu {
-template <typename Args>
-int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
-  return any_units(dtype, args, b, begin, end);
-}
-template int64_t vector_units(Dtype, const LSTMForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const LSTMBackwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const GRUForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const GRUBackwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const RNNForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const RNNBackwardStep&, int64_t, int64_t, int64_t);
-}  // namespace fusedrnn::cpu

@@ -1,4 +1,4 @@
-#include "step_gemm_cuda.h"
+#include "step_gemm.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContextLight.h>

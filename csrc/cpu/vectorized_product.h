@@ -1,16 +1,18 @@
-// The product of the fused CPU recurrence (recurrent_cpu.h): packing, and the register-blocked
-// kernel that multiplies a few rows of the input by one panel of the weights. Compiled for AVX2
-// and FMA (vec_avx2.h); entered only where has_fused_steps says so.
-#include "vec_avx2.h"
-
-#include "recurrent_cpu.h"
+// The product of the fused CPU recurrence (recurrence.h): packing, and the register-blocked
+// kernel that multiplies a few rows of the input by one panel of the weights. Written once,
+// compiled once per ISA: included only by cpu/kernels_<isa>.cpp, after that ISA's target header,
+// with FUSEDRNN_ISA naming its namespace.
+#pragma once
 
 #include <algorithm>
 
-namespace fusedrnn::cpu {
-namespace {
+#include "recurrence.h"
 
-template <typename T> constexpr int64_t kLanes = 32 / sizeof(T);  // one 256-bit vector
+namespace fusedrnn::cpu::FUSEDRNN_ISA {
+
+using at::vec::Vectorized;
+
+template <typename T> constexpr int64_t kLanes = Vectorized<T>::size();  // one vector
 
 int64_t lanes_of(Dtype dtype) {
   return dtype == Dtype::kFloat64 ? kLanes<double> : kLanes<float>;
@@ -29,25 +31,14 @@ Columns columns(const Panels& panels, int64_t p, int64_t v) {
           std::clamp<int64_t>(panels.hidden - unit, 0, panels.lanes)};
 }
 
-}  // namespace
-
-Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
+Panels panels_for(Isa isa, Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
   const int64_t lanes = lanes_of(dtype);
   // Four vectors a panel where the gates allow (a single-gate output takes four unit blocks),
   // so that each loaded input element feeds several independent FMAs.
   const int64_t blocks = gates >= 3 ? 1 : 4;
   const int64_t units = blocks * lanes;
-  return Panels{gates, hidden, depth, lanes, blocks, (hidden + units - 1) / units};
+  return Panels{isa, gates, hidden, depth, lanes, blocks, (hidden + units - 1) / units};
 }
-
-}  // namespace fusedrnn::cpu
-
-#ifdef FUSEDRNN_VEC_AVX2
-
-namespace fusedrnn::cpu {
-namespace {
-
-using at::vec::Vectorized;
 
 // w: [N, K] when transposed (W = w^T), else [K, N].
 template <typename T>
@@ -145,8 +136,6 @@ void panels_of(const Product& product, int64_t begin, int64_t end) {
   return panels_as<T, 4>(product, begin, end);
 }
 
-}  // namespace
-
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end) {
   if (dtype == Dtype::kFloat64) return panels_of<double>(product, begin, end);
   return panels_of<float>(product, begin, end);
@@ -158,13 +147,4 @@ void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, voi
   pack_as(panels, static_cast<const float*>(w), transposed, static_cast<float*>(packed));
 }
 
-}  // namespace fusedrnn::cpu
-
-#else  // has_fused_steps is false here: nothing calls these
-
-namespace fusedrnn::cpu {
-void product_panels(Dtype, const Product&, int64_t, int64_t) {}
-void pack(Dtype, const Panels&, const void*, bool, void*) {}
-}  // namespace fusedrnn::cpu
-
-#endif
+}  // namespace fusedrnn::cpu::FUSEDRNN_ISA

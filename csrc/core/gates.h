@@ -1,7 +1,7 @@
 // Gate math of every cell, forward and derivative, for one hidden unit of one batch row.
-// Shared by the CPU loops (pointwise_cpu.cpp) and the CUDA kernels (pointwise_cuda.cu), so the
-// CPU tests exercise the arithmetic the GPU runs. Everything here works in the accumulation
-// type A (float for float/half/bfloat16 storage, double for double).
+// Shared by the CPU loops (cpu/steps.cpp, cpu/vectorized_steps.h) and the CUDA kernels
+// (cuda/steps.cu), so the CPU tests exercise the arithmetic the GPU runs. Everything here works
+// in the accumulation type A (float for float/half/bfloat16 storage, double for double).
 #pragma once
 
 #include <cmath>
@@ -12,7 +12,15 @@
 #define FUSEDRNN_HD inline
 #endif
 
+// Each compilation of this code lives in a namespace of its own: `base` by default, the ISA's
+// in the CPU vector kernels (cpu/isa.h), so that a copy compiled for AVX2 is never the one a
+// baseline caller links to.
+#ifndef FUSEDRNN_ISA
+#define FUSEDRNN_ISA base
+#endif
+
 namespace fusedrnn {
+inline namespace FUSEDRNN_ISA {
 namespace gates {
 
 FUSEDRNN_HD float exp_(float x) { return ::expf(x); }
@@ -117,4 +125,5 @@ template <typename A> FUSEDRNN_HD A rnn_backward(A h, A dh, bool relu_act) {
 }
 
 }  // namespace gates
+}  // namespace FUSEDRNN_ISA
 }  // namespace fusedrnn

@@ -1,5 +1,5 @@
 // CUDA side of the per-step kernels: one thread per (batch row, hidden unit).
-// No torch headers here (they cost minutes of nvcc time); layer.cpp passes the stream.
+// No torch headers here (they cost minutes of nvcc time); layer/recurrence.h passes the stream.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "elements.h"
+#include "../core/elements.h"
 
 namespace fusedrnn {
 namespace cuda {

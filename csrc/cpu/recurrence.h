@@ -7,7 +7,8 @@
 
 #include <functional>
 
-#include "pointwise.h"
+#include "../core/steps.h"
+#include "isa.h"
 
 namespace fusedrnn::cpu {
 
@@ -16,6 +17,7 @@ namespace fusedrnn::cpu {
 // `lanes` consecutive units of gate v / blocks, unit block p * blocks + v % blocks. A panel thus
 // holds every gate of its units, and a thread that owns whole panels owns whole units.
 struct Panels {
+  Isa isa;         // whose kernels packed it, and multiply by it
   int64_t gates;   // G: gate blocks of the output (the cell's, or 1 for a product onto h)
   int64_t hidden;  // H: units per gate block
   int64_t depth;   // K
@@ -28,15 +30,10 @@ struct Panels {
   int64_t size() const { return count * depth * vectors() * lanes; }  // packed elements
 };
 
-// Whether this CPU and dtype have the fused recurrence (float32 and float64 on AVX2 and FMA).
-bool has_fused_steps(Dtype dtype);
-
-Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
-
-// Packs W into `packed` (panels.size() elements; units past H are zero): W = w^T for w [G*H, K]
-// when `transposed` (the forward's w_hh), else W = w for w [K, G*H] (w_hh itself, for the
-// gradient reaching h).
-void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed);
+// The panels for the ISA in use (isa.h: panels_for), and pack(), which packs W into `packed`
+// (panels.size() elements; units past H are zero): W = w^T for w [G*H, K] when `transposed` (the
+// forward's w_hh), else W = w for w [K, G*H] (w_hh itself, for the gradient reaching h). The
+// fused recurrence takes float32 and float64 (layer/ widens half types).
 
 // The product of one fused step: out (+)= in W, or nothing when `in` is null.
 struct Product {
@@ -66,8 +63,5 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
                 const PlanStep<Args>& plan, const StepDone& done);
 // The product alone.
 void fused_product(Dtype dtype, const Product& product);
-
-// The product for panels [begin, end), on the calling thread (recurrent_cpu_vec.cpp).
-void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);
 
 }  // namespace fusedrnn::cpu

@@ -1,12 +1,12 @@
-// CPU side of the per-step kernels: a loop over batch rows, split across threads; each row in
-// SIMD vectors where the CPU allows (pointwise_cpu_vec.cpp), the rest element by element.
+// The CPU per-step kernels: a loop over batch rows, split across threads; each row in SIMD
+// vectors where the ISA in use has them (isa.h), the rest element by element.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <stdexcept>
 
-#include "elements.h"
-#include "pointwise_cpu_vec.h"
+#include "../core/elements.h"
+#include "isa.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -15,7 +15,7 @@ namespace {
 template <typename T, typename Args>
 void units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
   using A = typename AccumulateType<T>::type;
-  int64_t j = has_vector_rows() ? vector_units(dtype, args, b, begin, end) : begin;
+  int64_t j = vector_units(dtype, args, b, begin, end);
   for (; j < end; ++j) element<T, A>(args, b, j);
 }
 
@@ -29,7 +29,7 @@ void row_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t 
       break;
   }
   throw std::invalid_argument(
-      "fusedrnn: the CPU step kernels take float32 and float64 (layer.cpp widens half types)");
+      "fusedrnn: the CPU step kernels take float32 and float64 (layer/ widens half types)");
 }
 
 template <typename Args>
@@ -42,15 +42,6 @@ void dispatch(Dtype dtype, const Args& args) {
 }
 
 }  // namespace
-
-bool has_vector_rows() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-#else
-  return false;
-#endif
-}
 
 void step(Dtype dtype, const LSTMForwardStep& args) { dispatch(dtype, args); }
 void step(Dtype dtype, const LSTMBackwardStep& args) { dispatch(dtype, args); }

@@ -1,5 +1,6 @@
-// The framework-free kernel core: one fused pointwise kernel per time step and cell, on the CPU
-// and on CUDA. These never see an at::Tensor; layer.cpp does the GEMMs and calls them.
+// The framework-free kernel core: the argument struct of each cell's per-step pointwise kernel,
+// and those kernels' entry points on the CPU (cpu/steps.cpp) and on CUDA (cuda/steps.cu). They
+// never see an at::Tensor; layer/ does the GEMMs and calls them.
 //
 // Letters used in shape comments throughout csrc/:
 //   T time steps, B batch rows, I input features, H hidden units.
@@ -81,7 +82,7 @@ void step(Dtype dtype, const GRUBackwardStep& args);
 void step(Dtype dtype, const RNNForwardStep& args);
 void step(Dtype dtype, const RNNBackwardStep& args);
 // Hidden units [begin, end) of every row, on the calling thread alone (the fused recurrence of
-// recurrent_cpu.h gives each thread its own slice of units).
+// cpu/recurrence.h gives each thread its own slice of units).
 template <typename Args> void step_units(Dtype dtype, const Args& args, int64_t begin, int64_t end);
 }  // namespace cpu
 

@@ -9,15 +9,16 @@
 #endif
 
 #include "gates.h"
-#include "pointwise.h"
+#include "steps.h"
 
 namespace fusedrnn {
+inline namespace FUSEDRNN_ISA {  // gates.h
 
 template <typename T> struct AccumulateType { using type = float; };
 template <> struct AccumulateType<double> { using type = double; };
 
 // Loads and stores between storage type T and arithmetic type A, through pointers so that a
-// vector type A can load and store several lanes at once (pointwise_cpu_vec.cpp). torch builds
+// vector type A can load and store several lanes at once (cpu/vectorized_steps.h). torch builds
 // CUDA code with the implicit __half/__nv_bfloat16 conversions switched off, hence the
 // explicit intrinsics.
 template <typename A, typename T> FUSEDRNN_HD A load(const T* p) { return static_cast<A>(*p); }
@@ -130,4 +131,5 @@ FUSEDRNN_HD void element(const RNNBackwardStep& s, int64_t b, int64_t j) {
   store(static_cast<T*>(s.dpre) + k, gates::rnn_backward<A>(h, dh, s.relu));
 }
 
+}  // namespace FUSEDRNN_ISA
 }  // namespace fusedrnn

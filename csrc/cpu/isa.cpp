@@ -1,0 +1,130 @@
+#include "isa.h"
+
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <cstdlib>
+
+#include "recurrence.h"
+
+namespace fusedrnn::cpu {
+
+// Each ISA's copy of the vector kernels (kernels_<isa>.cpp).
+#define FUSEDRNN_DECLARE_KERNELS(isa)                                                         \
+  namespace isa {                                                                             \
+  template <typename Args>                                                                    \
+  int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end); \
+  Panels panels_for(Isa id, Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);       \
+  void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed); \
+  void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);       \
+  }
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FUSEDRNN_HAS_AVX2 1
+FUSEDRNN_DECLARE_KERNELS(avx2)
+#endif
+
+namespace {
+
+constexpr int kDetected = -1;
+std::atomic<int> chosen{kDetected - 1};  // not yet read from the environment
+
+Isa from_environment() {
+  const char* name = std::getenv("FUSEDRNN_CPU_ISA");
+  if (name == nullptr || *name == '\0') return detected_isa();
+  const std::optional<Isa> isa = isa_named(name);
+  TORCH_CHECK(isa, "FUSEDRNN_CPU_ISA=", name, ": expected scalar or avx2");
+  TORCH_CHECK(*isa <= detected_isa(), "FUSEDRNN_CPU_ISA=", name, ": this CPU runs at most ",
+              name_of(detected_isa()));
+  return *isa;
+}
+
+}  // namespace
+
+const char* name_of(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+  }
+  return "?";
+}
+
+std::optional<Isa> isa_named(const std::string& name) {
+  for (const Isa isa : {Isa::kScalar, Isa::kAvx2})
+    if (name == name_of(isa)) return isa;
+  return std::nullopt;
+}
+
+Isa detected_isa() {
+#ifdef FUSEDRNN_HAS_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) return Isa::kAvx2;
+#endif
+  return Isa::kScalar;
+}
+
+Isa active_isa() {
+  int value = chosen.load(std::memory_order_relaxed);
+  if (value < kDetected) {
+    value = static_cast<int>(from_environment());
+    chosen.store(value, std::memory_order_relaxed);
+  }
+  return value == kDetected ? detected_isa() : static_cast<Isa>(value);
+}
+
+void set_isa(std::optional<Isa> isa) {
+  TORCH_CHECK(!isa || *isa <= detected_isa(), "fusedrnn: this CPU runs at most ",
+              name_of(detected_isa()), ", not ", name_of(*isa));
+  chosen.store(isa ? static_cast<int>(*isa) : kDetected, std::memory_order_relaxed);
+}
+
+bool has_fused_steps() { return active_isa() != Isa::kScalar; }
+
+template <typename Args>
+int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
+  switch (active_isa()) {
+#ifdef FUSEDRNN_HAS_AVX2
+    case Isa::kAvx2: return avx2::vector_units(dtype, args, b, begin, end);
+#endif
+    default: return begin;
+  }
+}
+template int64_t vector_units(Dtype, const LSTMForwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const LSTMBackwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const GRUForwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const GRUBackwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const RNNForwardStep&, int64_t, int64_t, int64_t);
+template int64_t vector_units(Dtype, const RNNBackwardStep&, int64_t, int64_t, int64_t);
+
+// The fused recurrence's kernels exist only for ISAs with vectors: callers check
+// has_fused_steps() first.
+Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
+  const Isa isa = active_isa();
+  switch (isa) {
+#ifdef FUSEDRNN_HAS_AVX2
+    case Isa::kAvx2: return avx2::panels_for(isa, dtype, gates, hidden, depth);
+#endif
+    default: TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ", name_of(isa), " ISA");
+  }
+}
+
+void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed) {
+  switch (panels.isa) {
+#ifdef FUSEDRNN_HAS_AVX2
+    case Isa::kAvx2: return avx2::pack(dtype, panels, w, transposed, packed);
+#endif
+    default: TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ", name_of(panels.isa),
+                         " ISA");
+  }
+}
+
+void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end) {
+  switch (product.panels->isa) {
+#ifdef FUSEDRNN_HAS_AVX2
+    case Isa::kAvx2: return avx2::product_panels(dtype, product, begin, end);
+#endif
+    default: TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ",
+                         name_of(product.panels->isa), " ISA");
+  }
+}
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,43 @@
+// The CPU instruction sets fusedrnn's vector kernels are compiled for, which one this CPU runs,
+// and the kernels of each. The vector kernels (vectorized_steps.h, vectorized_product.h) are
+// written once and compiled once per ISA (kernels_<isa>.cpp), each copy in a namespace of its
+// own, fusedrnn::cpu::<isa>, with its own copies of the gate math (core/gates.h), so that no copy
+// depends on which one the linker keeps. Calls pick a copy at run time.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "../core/steps.h"
+
+namespace fusedrnn::cpu {
+
+enum class Isa { kScalar, kAvx2 };  // from least to most capable
+
+const char* name_of(Isa isa);
+std::optional<Isa> isa_named(const std::string& name);
+
+// The most capable ISA this CPU runs among those built.
+Isa detected_isa();
+// The ISA in use: the detected one, or a lower one forced by FUSEDRNN_CPU_ISA (read at the first
+// call) or set_isa. Raises for an unknown name or an ISA this CPU lacks.
+Isa active_isa();
+void set_isa(std::optional<Isa> isa);  // nothing: back to the detected ISA
+
+// Whether the fused recurrence runs here (an ISA with vector kernels is in use).
+bool has_fused_steps();
+
+struct Panels;
+struct Product;
+
+// The vector kernels of the ISA in use (the product's: the ISA its panels were packed for).
+// vector_units runs hidden units [begin, end) of row b of a step in whole vectors (float32 and
+// float64) and returns the first unit it left to the scalar loop.
+template <typename Args>
+int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end);
+Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
+void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed);
+void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);
+
+}  // namespace fusedrnn::cpu

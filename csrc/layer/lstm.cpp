@@ -1,0 +1,136 @@
+// The LSTM's ops: lstm_forward and lstm_backward (layer.h). The gate math is core/gates.h
+// (lstm_forward, lstm_backward); the per-step kernels core/elements.h.
+#include <ATen/ATen.h>
+
+#include <utility>
+
+#include "gemm.h"
+#include "layer.h"
+#include "prepare.h"
+#include "projections.h"
+#include "recurrence.h"
+#include "scratch.h"
+
+namespace fusedrnn {
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    const Tensor& input_, const Tensor& h0_, const Tensor& c0_, const Tensor& w_ih_,
+    const Tensor& w_hh_, const OptionalTensor& b_ih_, const OptionalTensor& b_hh_, bool reverse,
+    bool training, const OptionalTensor& batch_sizes, const OptionalTensor& w_hr_) {
+  const LayerCall L("fusedrnn.lstm_forward", 4, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih_,
+                    b_hh_, w_hr_, reverse);
+  const int64_t B = L.B, H = L.H, P = L.P;
+  const Tensor c0 = L.argument("c0", c0_, {B, H});
+  const Tensor &input = L.input, &h0 = L.h0, &w_hr = L.w_hr;
+  const Pass pass = L.pass();
+
+  // Like input, 4H wide; in training the activated gates, kept for the backward.
+  Scratch scratch(input);
+  Tensor gates = project_input(
+      input, L.w_ih, L.b_ih, L.b_hh,
+      training ? sequence_like(input, 4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
+  Tensor output = sequence_like(input, P);
+  // Training keeps every c_t; inference alternates between two [B, H] buffers.
+  Tensor cells = training ? sequence_like(input, H) : at::empty({2 * B, H}, L.options());
+  // With a projection the cell's o * tanh(c) lands here, and h = that W_hr^T; training keeps
+  // every step's for the gradient of W_hr.
+  Tensor unprojected = !w_hr.defined() ? at::empty({0}, L.options())
+                       : training      ? sequence_like(input, H)
+                                       : at::empty({B, H}, L.options());
+  Tensor hn = at::empty({B, P}, L.options()), cn = at::empty({B, H}, L.options());
+  Tensor h_join, c_join;
+  const Recurrence recurrence(pass, L.backend, L.w_hh, 4, true, true);
+  void *h = nullptr, *c = nullptr, *cell_out = nullptr;  // the latest step's
+  const auto plan = [&](int64_t step) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    void* h_prev = pass.state_before(step, h0, h, h_join);
+    void* c_prev = pass.state_before(step, c0, c, c_join);
+    void* g = at_row(gates, first);
+    h = at_row(output, first);
+    c = at_row(cells, training ? first : (step % 2) * B);
+    cell_out = w_hr.defined() ? at_row(unprojected, training ? first : 0) : h;
+    return Step<LSTMForwardStep>{h_prev, rows, g,
+                                 {g, c_prev, c, cell_out, rows, H, training}};
+  };
+  const auto done = [&](int64_t step) {
+    if (w_hr.defined())
+      gemm(input, Gemm{pass.batch(step), P, H, cell_out, false, w_hr.data_ptr(), true, h, false});
+    pass.keep_final(step, h, hn);
+    pass.keep_final(step, c, cn);
+  };
+  recurrence.loop(pass, plan, done);
+  if (!training) {
+    gates = at::empty({0}, L.options());
+    cells = at::empty({0}, L.options());
+    unprojected = at::empty({0}, L.options());
+  }
+  return L.results(std::tuple{output, hn, cn, gates, cells, unprojected});
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const OptionalTensor& grad_output_, const OptionalTensor& grad_hn,
+    const OptionalTensor& grad_cn, const Tensor& input_, const Tensor& h0_, const Tensor& c0_,
+    const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_, const Tensor& gates_,
+    const Tensor& cells_, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
+    const OptionalTensor& w_hr_, const OptionalTensor& unprojected_) {
+  const LayerCall L("fusedrnn.lstm_backward", 4, input_, batch_sizes, h0_, w_ih_, w_hh_,
+                    std::nullopt, std::nullopt, w_hr_, reverse);
+  const int64_t B = L.B, H = L.H, P = L.P;
+  const Tensor output = L.argument("output", output_, sequence_sizes(input_, P));
+  const Tensor cells = L.argument("cells", cells_, sequence_sizes(input_, H));
+  const Tensor gates = L.argument("gates", gates_, sequence_sizes(input_, 4 * H));
+  TORCH_CHECK(!w_hr_ || (unprojected_ && unprojected_->defined()), L.op,
+              ": with w_hr, pass the forward's unprojected cell outputs");
+  const Tensor unprojected =
+      w_hr_ ? L.argument("unprojected", *unprojected_, cells_.sizes()) : Tensor();
+  const Tensor c0 = L.argument("c0", c0_, {B, H});
+  const Tensor grad_output = L.gradient("grad_output", grad_output_, output_.sizes());
+  // Rows of sequences not yet reached keep their final-state gradient until their last step.
+  Tensor dh = L.gradient_or_zeros("grad_hn", grad_hn, {B, P});
+  Tensor dc = L.gradient_or_zeros("grad_cn", grad_cn, {B, H});
+  const Tensor &input = L.input, &w_hr = L.w_hr;
+  const Pass pass = L.pass();
+
+  // With a projection: d_h, each step's whole gradient of h_t (kept for W_hr's gradient), and
+  // d_cell_out = d_h W_hr, the gradient of o * tanh(c) that the pointwise step takes.
+  Tensor d_h, d_cell_out;
+  if (w_hr.defined()) {
+    d_h = sequence_like(input, P);
+    d_cell_out = at::empty({B, H}, L.options());
+  }
+  Scratch scratch(input);
+  Tensor d_gates = scratch.take(sequence_sizes(input, 4 * H)), c_join;
+  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, false, false);
+  const auto plan = [&](int64_t step, const void* dg_after, int64_t rows_after) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    void* c_prev = pass.state_before(
+        step, c0, step ? at_row(cells, pass.first_row(step - 1)) : nullptr, c_join);
+    void *dy = at_row(grad_output, first), *d_cell = dh.data_ptr();
+    if (w_hr.defined()) {  // not fused: the product, then the projection's gradient
+      recurrence.product(std::exchange(dg_after, nullptr), rows_after, dh.data_ptr());
+      Tensor total = at::from_blob(at_row(d_h, first), {rows, P}, L.options());
+      const Tensor recurrent = dh.narrow(0, 0, rows);
+      if (dy) at::add_out(total, at::from_blob(dy, {rows, P}, L.options()), recurrent);
+      else total.copy_(recurrent);
+      gemm(input, Gemm{rows, H, P, total.data_ptr(), false, w_hr.data_ptr(), false,
+                       d_cell_out.data_ptr(), false});
+      dy = nullptr, d_cell = d_cell_out.data_ptr();
+    }
+    return Step<LSTMBackwardStep>{dg_after, rows_after, dh.data_ptr(),
+                                  {at_row(gates, first), at_row(cells, first), c_prev, dy, d_cell,
+                                   dc.data_ptr(), at_row(d_gates, first), rows, H}};
+  };
+  recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan);
+  auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, L.w_ih);
+  Tensor grad_w_hr = at::empty({0}, L.options());
+  if (w_hr.defined()) {
+    grad_w_hr = at::empty_like(w_hr);
+    gemm(input, Gemm{P, H, L.steps.rows, d_h.data_ptr(), true, unprojected.data_ptr(), false,
+                     grad_w_hr.data_ptr(), false});
+  }
+  return L.results(std::tuple{grad_input, dh, dc, grad_w_ih,
+                              grad_w_hh(pass, d_gates, L.h0, output),
+                              bias_grad(d_gates, has_bias), grad_w_hr});
+}
+
+}  // namespace fusedrnn

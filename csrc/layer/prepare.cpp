@@ -1,0 +1,109 @@
+#include "prepare.h"
+
+#include <ATen/ATen.h>
+
+namespace fusedrnn {
+namespace {
+
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but input has dtype ", input.scalar_type());
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ",
+              t.sizes());
+}
+
+void check_argument(const char* op, const char* name, const Tensor& t, at::IntArrayRef shape,
+                    const Tensor& input) {
+  check_shape(op, name, t, shape);
+  check_like(op, name, t, input);
+}
+
+bool runs_widened(const Tensor& input) {
+  return input.is_cpu() &&
+         (input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16);
+}
+
+}  // namespace
+
+Dtype dtype_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return Dtype::kFloat32;
+    case at::kDouble: return Dtype::kFloat64;
+    case at::kHalf: return Dtype::kFloat16;
+    case at::kBFloat16: return Dtype::kBFloat16;
+    default:
+      TORCH_CHECK(false, "fusedrnn: unsupported dtype ", t.scalar_type(),
+                  "; expected float32, float64, float16 or bfloat16");
+  }
+}
+
+LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
+                     const OptionalTensor& batch_sizes, const Tensor& h0_, const Tensor& w_ih_,
+                     const Tensor& w_hh_, const OptionalTensor& b_ih_, const OptionalTensor& b_hh_,
+                     const OptionalTensor& w_hr_, bool reverse_)
+    : op(op_),
+      steps(layout_of(op_, input_, batch_sizes)),
+      reverse(reverse_),
+      caller_dtype_(input_.scalar_type()),
+      guard_(input_.device()) {
+  B = steps.B, I = input_.size(-1);
+  dtype_of(input_);
+  const char* w_hh_shape = w_hr_ ? "*H, P]" : "*H, H]";
+  TORCH_CHECK(w_hh_.dim() == 2 && w_hh_.size(0) % gates == 0, op, ": w_hh must be [", gates,
+              w_hh_shape, ", got shape ", w_hh_.sizes());
+  H = w_hh_.size(0) / gates;
+  P = w_hr_ ? w_hr_->size(0) : H;
+  TORCH_CHECK(w_hh_.size(1) == P, op, ": w_hh must be [", gates, w_hh_shape, ", got shape ",
+              w_hh_.sizes());
+  if (w_hr_) check_argument(op, "w_hr", *w_hr_, {P, H}, input_);
+  check_shape(op, "w_ih", w_ih_, {gates * H, I});
+  check_shape(op, "h0", h0_, {B, P});
+  check_like(op, "w_ih", w_ih_, input_);
+  check_like(op, "w_hh", w_hh_, input_);
+  check_like(op, "h0", h0_, input_);
+  TORCH_CHECK(b_ih_.has_value() == b_hh_.has_value(), op, ": pass both b_ih and b_hh, or neither");
+  if (b_ih_) {
+    check_shape(op, "b_ih", *b_ih_, {gates * H});
+    check_shape(op, "b_hh", *b_hh_, {gates * H});
+    check_like(op, "b_ih", *b_ih_, input_);
+    check_like(op, "b_hh", *b_hh_, input_);
+  }
+  input = prepared(input_), h0 = prepared(h0_), w_ih = prepared(w_ih_), w_hh = prepared(w_hh_);
+  if (w_hr_) w_hr = prepared(*w_hr_);
+  if (b_ih_) b_ih = prepared(*b_ih_), b_hh = prepared(*b_hh_);
+  backend = choose_backend({input.device().type(), input.scalar_type(), steps.T, w_hr_.has_value()})
+                .backend;
+}
+
+Tensor LayerCall::prepared(const Tensor& t) const {
+  return runs_widened(t) ? t.to(at::kFloat).contiguous() : t.contiguous();
+}
+
+Tensor LayerCall::argument(const char* name, const Tensor& t, at::IntArrayRef shape) const {
+  check_shape(op, name, t, shape);
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(t.scalar_type() == caller_dtype_, op, ": ", name, " has dtype ", t.scalar_type(),
+              " but input has dtype ", caller_dtype_);
+  return prepared(t);
+}
+
+Tensor LayerCall::gradient(const char* name, const OptionalTensor& g,
+                           at::IntArrayRef shape) const {
+  if (!g || !g->defined()) return Tensor();
+  return argument(name, *g, shape);
+}
+
+Tensor LayerCall::gradient_or_zeros(const char* name, const OptionalTensor& g,
+                                    at::IntArrayRef shape) const {
+  const Tensor t = gradient(name, g, shape);
+  // A copy even where already prepared: the loop accumulates into it.
+  return t.defined() ? (t.is_same(*g) ? t.clone() : t) : at::zeros(shape, options());
+}
+
+}  // namespace fusedrnn

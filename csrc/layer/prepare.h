@@ -1,0 +1,71 @@
+// The part every op shares before its loop: checking its arguments, once, with clear messages,
+// and preparing them as the kernels read them. The six ops and their pairs start here.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../core/steps.h"
+#include "backend.h"
+#include "sequence.h"
+
+namespace fusedrnn {
+
+// The kernels' name for a tensor's dtype; raises for any other.
+Dtype dtype_of(const Tensor& t);
+
+// One op call's arguments for a cell of `gates` gate blocks, checked (shapes, dtypes, devices),
+// on the input's device (a DeviceGuard for the call), contiguous, and, for float16 and bfloat16
+// on the CPU, widened to float32: the fused CPU recurrence has float32 and float64 kernels, and a
+// loop of half-precision GEMMs and scalar gate math ran 5-8x slower than torch.nn's oneDNN path.
+// Widening is exact; results() rounds each result to the caller's dtype once, at the end (what
+// oneDNN's bfloat16 LSTM also computes in: float32 arithmetic on half-precision inputs).
+class LayerCall {
+ public:
+  LayerCall(const char* op, int64_t gates, const Tensor& input, const OptionalTensor& batch_sizes,
+            const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+            const OptionalTensor& b_hh, const OptionalTensor& w_hr, bool reverse);
+  LayerCall(const LayerCall&) = delete;
+  LayerCall& operator=(const LayerCall&) = delete;
+
+  // Another argument of this shape (c0, or a tensor the forward saved), prepared the same way.
+  Tensor argument(const char* name, const Tensor& t, at::IntArrayRef shape) const;
+  // A gradient from autograd, prepared the same way; undefined stays undefined.
+  Tensor gradient(const char* name, const OptionalTensor& g, at::IntArrayRef shape) const;
+  // The same, as a fresh buffer to accumulate into: zeros where undefined.
+  Tensor gradient_or_zeros(const char* name, const OptionalTensor& g,
+                           at::IntArrayRef shape) const;
+
+  // The op's results in the caller's dtype.
+  template <typename... Results>
+  std::tuple<Results...> results(std::tuple<Results...> results) const {
+    if (caller_dtype_ != input.scalar_type()) {
+      std::apply([&](auto&... t) { ((t = t.defined() ? t.to(caller_dtype_) : t), ...); },
+                 results);
+    }
+    return results;
+  }
+
+  at::TensorOptions options() const { return input.options(); }
+  Pass pass() const { return Pass{steps, reverse}; }
+
+  const char* op;
+  Layout steps;
+  int64_t B, I, H;
+  int64_t P;  // width of the hidden state: the LSTM's projection size, else H
+  bool reverse;
+  Tensor input, h0, w_ih, w_hh, w_hr;  // w_hr: undefined without a projection
+  OptionalTensor b_ih, b_hh;
+  Backend backend;  // runs the loop over time
+
+ private:
+  Tensor prepared(const Tensor& t) const;
+
+  at::ScalarType caller_dtype_;
+  c10::DeviceGuard guard_;
+};
+
+}  // namespace fusedrnn

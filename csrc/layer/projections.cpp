@@ -1,0 +1,68 @@
+#include "projections.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <vector>
+
+#include "gemm.h"
+
+namespace fusedrnn {
+
+// The biases go in first, in one ATen call, and the GEMM adds to them.
+Tensor project_input(const Tensor& input, const Tensor& w_ih, const OptionalTensor& bias,
+                     const OptionalTensor& bias_2, Tensor out) {
+  const int64_t rows = input.numel() / input.size(-1), G_H = w_ih.size(0);
+  // Nothing here is differentiated (the autograd Functions are), but grad mode can still be on
+  // (under torch.compile, for one), and ATen's out= calls refuse inputs that require grad then.
+  const c10::NoGradGuard no_grad;
+  if (bias && bias_2) at::add_out(out, bias->expand(out.sizes()), *bias_2);
+  else if (bias) out.copy_(bias->expand(out.sizes()));
+  gemm(input, Gemm{rows, G_H, input.size(-1), input.data_ptr(), false, w_ih.data_ptr(), true,
+                   out.data_ptr(), bias.has_value()});
+  return out;
+}
+
+Tensor grad_w_hh(const Pass& pass, const Tensor& d_pre, const Tensor& h0, const Tensor& output) {
+  const Layout& L = pass.steps;
+  const int64_t H = h0.size(1), G_H = d_pre.size(-1);
+  Tensor grad = at::empty({G_H, H}, h0.options());
+  if (L.uniform) {
+    // Two GEMMs: the first step processed pairs with h0, the rest with the output one step
+    // earlier (forward: d_pre[1:] with output[:-1]; reverse: d_pre[:-1] with output[1:]).
+    gemm(h0, Gemm{G_H, H, L.B, at_row(d_pre, pass.first_row(0)), true, h0.data_ptr(), false,
+                  grad.data_ptr(), false});
+    gemm(h0, Gemm{G_H, H, L.rows - L.B, at_row(d_pre, pass.reverse ? 0 : L.B), true,
+                  at_row(output, pass.reverse ? L.B : 0), false, grad.data_ptr(), true});
+    return grad;
+  }
+  // Packed: gather each row's h_{t-1} (from h0 or output) beside it, then one GEMM.
+  std::vector<int64_t> source(L.rows);  // row of cat(h0, output)
+  for (int64_t s = 0; s < L.T; ++s) {
+    const int64_t first = pass.first_row(s), had = s ? pass.batch(s - 1) : 0;
+    for (int64_t b = 0; b < pass.batch(s); ++b)
+      source[first + b] = b < had ? L.B + pass.first_row(s - 1) + b : b;
+  }
+  const Tensor index = at::tensor(source, at::kLong).to(h0.device());
+  const Tensor h_prev = at::cat({h0, output.view({-1, H})}).index_select(0, index);
+  gemm(h0, Gemm{G_H, H, L.rows, d_pre.data_ptr(), true, h_prev.data_ptr(), false, grad.data_ptr(),
+                false});
+  return grad;
+}
+
+std::tuple<Tensor, Tensor> grads_through_input(const Tensor& d_x, const Tensor& input,
+                                               const Tensor& w_ih) {
+  const int64_t rows = input.numel() / input.size(-1), I = input.size(-1), G_H = w_ih.size(0);
+  Tensor grad_input = at::empty_like(input), grad_w_ih = at::empty_like(w_ih);
+  gemm(input, Gemm{rows, I, G_H, d_x.data_ptr(), false, w_ih.data_ptr(), false,
+                   grad_input.data_ptr(), false});
+  gemm(input, Gemm{G_H, I, rows, d_x.data_ptr(), true, input.data_ptr(), false,
+                   grad_w_ih.data_ptr(), false});
+  return {grad_input, grad_w_ih};
+}
+
+Tensor bias_grad(const Tensor& d_pre, bool has_bias) {
+  return has_bias ? d_pre.view({-1, d_pre.size(-1)}).sum(0) : at::empty({0}, d_pre.options());
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,69 @@
+#include "recurrence.h"
+
+#include <ATen/ATen.h>
+#ifdef FUSEDRNN_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "../cuda/step_gemm.h"
+#endif
+
+#include "gemm.h"
+
+namespace fusedrnn {
+namespace {
+
+template <typename Args>
+void step_on_device(const Tensor& like, const Args& args) {
+  if (like.is_cuda()) {
+#ifdef FUSEDRNN_WITH_CUDA
+    cuda::step(dtype_of(like), args,
+               c10::cuda::getCurrentCUDAStream(like.device().index()).stream());
+#else
+    TORCH_CHECK(false, "fusedrnn was built without CUDA; reinstall it where nvcc and a CUDA build "
+                       "of torch are present (see the README)");
+#endif
+  } else {
+    TORCH_CHECK(like.is_cpu(), "fusedrnn: tensors on ", like.device(), " are not supported");
+    cpu::step(dtype_of(like), args);
+  }
+}
+
+}  // namespace
+
+void run_step(const Tensor& like, const LSTMForwardStep& args) { step_on_device(like, args); }
+void run_step(const Tensor& like, const LSTMBackwardStep& args) { step_on_device(like, args); }
+void run_step(const Tensor& like, const GRUForwardStep& args) { step_on_device(like, args); }
+void run_step(const Tensor& like, const GRUBackwardStep& args) { step_on_device(like, args); }
+void run_step(const Tensor& like, const RNNForwardStep& args) { step_on_device(like, args); }
+void run_step(const Tensor& like, const RNNBackwardStep& args) { step_on_device(like, args); }
+
+Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64_t gates,
+                       bool transposed, bool accumulate)
+    : w_(w), transposed_(transposed), accumulate_(accumulate) {
+  if (backend == Backend::kCpuFused) {
+    const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
+    panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
+    packed_ = at::empty({panels_.size()}, w.options());
+    cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
+    return;
+  }
+#ifdef FUSEDRNN_WITH_CUDA
+  if (w.is_cuda() && pass.steps.T > 1)
+    step_gemm_ = std::make_unique<cuda::StepGemm>(w, transposed, accumulate);
+#endif
+}
+
+Recurrence::~Recurrence() = default;
+
+void Recurrence::product(const void* in, int64_t rows, void* out) const {
+  if (!in) return;
+  if (packed_.defined()) return cpu::fused_product(dtype_of(w_), fused(in, rows, out));
+#ifdef FUSEDRNN_WITH_CUDA
+  if (step_gemm_) return step_gemm_->run(in, rows, out);
+#endif
+  const int64_t N = transposed_ ? w_.size(0) : w_.size(1);
+  const int64_t K = transposed_ ? w_.size(1) : w_.size(0);
+  gemm(w_, Gemm{rows, N, K, in, false, w_.data_ptr(), transposed_, out, accumulate_});
+}
+
+}  // namespace fusedrnn

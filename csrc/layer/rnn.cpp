@@ -1,0 +1,65 @@
+// The Elman RNN's ops (tanh or relu): rnn_forward and rnn_backward (layer.h). The gate math is
+// core/gates.h (rnn_forward, rnn_backward); the per-step kernels core/elements.h.
+#include <ATen/ATen.h>
+
+#include "layer.h"
+#include "prepare.h"
+#include "projections.h"
+#include "recurrence.h"
+#include "scratch.h"
+
+namespace fusedrnn {
+
+std::tuple<Tensor, Tensor> rnn_forward(
+    const Tensor& input_, const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_,
+    const OptionalTensor& b_ih_, const OptionalTensor& b_hh_, bool relu, bool reverse,
+    const OptionalTensor& batch_sizes) {
+  const LayerCall L("fusedrnn.rnn_forward", 1, input_, batch_sizes, h0_, w_ih_, w_hh_, b_ih_,
+                    b_hh_, std::nullopt, reverse);
+  const int64_t B = L.B, H = L.H;
+  const Pass pass = L.pass();
+
+  // Each step's rows of output hold the pre-activation until the step turns them into h_t.
+  Tensor output = project_input(L.input, L.w_ih, L.b_ih, L.b_hh, sequence_like(L.input, H));
+  Tensor hn = at::empty({B, H}, L.options()), h_join;
+  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, true, true);
+  void* h = nullptr;  // the latest step's
+  const auto plan = [&](int64_t step) {
+    const int64_t rows = pass.batch(step);
+    void* h_prev = pass.state_before(step, L.h0, h, h_join);
+    h = at_row(output, pass.first_row(step));
+    return Step<RNNForwardStep>{h_prev, rows, h, {h, rows, H, relu}};
+  };
+  recurrence.loop(pass, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
+  return L.results(std::tuple{output, hn});
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
+    const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
+    const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
+    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes) {
+  const LayerCall L("fusedrnn.rnn_backward", 1, input_, batch_sizes, h0_, w_ih_, w_hh_,
+                    std::nullopt, std::nullopt, std::nullopt, reverse);
+  const int64_t B = L.B, H = L.H;
+  const Tensor output = L.argument("output", output_, sequence_sizes(input_, H));
+  const Tensor grad_output = L.gradient("grad_output", grad_output_, output_.sizes());
+  Tensor dh = L.gradient_or_zeros("grad_hn", grad_hn, {B, H});
+  const Pass pass = L.pass();
+
+  Scratch scratch(L.input);
+  Tensor d_pre = scratch.take(sequence_sizes(L.input, H));
+  // The gradient reaching h_{t-1}.
+  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, false, false);
+  const auto plan = [&](int64_t step, const void* dp_after, int64_t rows_after) {
+    const int64_t rows = pass.batch(step), first = pass.first_row(step);
+    return Step<RNNBackwardStep>{dp_after, rows_after, dh.data_ptr(),
+                                 {at_row(output, first), at_row(grad_output, first),
+                                  dh.data_ptr(), at_row(d_pre, first), rows, H, relu}};
+  };
+  recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan);
+  auto [grad_input, grad_w_ih] = grads_through_input(d_pre, L.input, L.w_ih);
+  return L.results(std::tuple{grad_input, dh, grad_w_ih, grad_w_hh(pass, d_pre, L.h0, output),
+                              bias_grad(d_pre, has_bias)});
+}
+
+}  // namespace fusedrnn
