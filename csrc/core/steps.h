@@ -74,6 +74,12 @@ struct RNNBackwardStep {
   bool relu;
 };
 
+// X(Args) for each per-step argument struct, for the explicit instantiations of templates over
+// them.
+#define FUSEDRNN_FOR_EACH_STEP(X) \
+  X(LSTMForwardStep) X(LSTMBackwardStep) X(GRUForwardStep) X(GRUBackwardStep) X(RNNForwardStep) \
+  X(RNNBackwardStep)
+
 namespace cpu {
 void step(Dtype dtype, const LSTMForwardStep& args);
 void step(Dtype dtype, const LSTMBackwardStep& args);

@@ -88,12 +88,10 @@ int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, in
     default: return begin;
   }
 }
-template int64_t vector_units(Dtype, const LSTMForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const LSTMBackwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const GRUForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const GRUBackwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const RNNForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const RNNBackwardStep&, int64_t, int64_t, int64_t);
+#define FUSEDRNN_INSTANTIATE(Args) \
+  template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t);
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
+#undef FUSEDRNN_INSTANTIATE
 
 // The fused recurrence's kernels exist only for ISAs with vectors: callers check
 // has_fused_steps() first.

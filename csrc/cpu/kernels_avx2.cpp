@@ -9,12 +9,10 @@
 #include "vectorized_steps.h"
 
 namespace fusedrnn::cpu::avx2 {
-template int64_t vector_units(Dtype, const LSTMForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const LSTMBackwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const GRUForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const GRUBackwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const RNNForwardStep&, int64_t, int64_t, int64_t);
-template int64_t vector_units(Dtype, const RNNBackwardStep&, int64_t, int64_t, int64_t);
+#define FUSEDRNN_INSTANTIATE(Args) \
+  template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t);
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
+#undef FUSEDRNN_INSTANTIATE
 }  // namespace fusedrnn::cpu::avx2
 
 #endif

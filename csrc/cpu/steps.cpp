@@ -43,23 +43,19 @@ void dispatch(Dtype dtype, const Args& args) {
 
 }  // namespace
 
-void step(Dtype dtype, const LSTMForwardStep& args) { dispatch(dtype, args); }
-void step(Dtype dtype, const LSTMBackwardStep& args) { dispatch(dtype, args); }
-void step(Dtype dtype, const GRUForwardStep& args) { dispatch(dtype, args); }
-void step(Dtype dtype, const GRUBackwardStep& args) { dispatch(dtype, args); }
-void step(Dtype dtype, const RNNForwardStep& args) { dispatch(dtype, args); }
-void step(Dtype dtype, const RNNBackwardStep& args) { dispatch(dtype, args); }
+#define FUSEDRNN_DEFINE_STEP(Args) \
+  void step(Dtype dtype, const Args& args) { dispatch(dtype, args); }
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_STEP)
+#undef FUSEDRNN_DEFINE_STEP
 
 template <typename Args>
 void step_units(Dtype dtype, const Args& args, int64_t begin, int64_t end) {
   for (int64_t b = 0; b < args.batch; ++b) row_units(dtype, args, b, begin, end);
 }
-template void step_units(Dtype, const LSTMForwardStep&, int64_t, int64_t);
-template void step_units(Dtype, const LSTMBackwardStep&, int64_t, int64_t);
-template void step_units(Dtype, const GRUForwardStep&, int64_t, int64_t);
-template void step_units(Dtype, const GRUBackwardStep&, int64_t, int64_t);
-template void step_units(Dtype, const RNNForwardStep&, int64_t, int64_t);
-template void step_units(Dtype, const RNNBackwardStep&, int64_t, int64_t);
+#define FUSEDRNN_INSTANTIATE(Args) \
+  template void step_units(Dtype, const Args&, int64_t, int64_t);
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
+#undef FUSEDRNN_INSTANTIATE
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -243,18 +243,11 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
   if (threads > 1) contention.report(barrier.rounds(), barrier.sleeps());
   if (error) std::rethrow_exception(error);
 }
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
-                         const PlanStep<LSTMForwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
-                         const PlanStep<LSTMBackwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
-                         const PlanStep<GRUForwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
-                         const PlanStep<GRUBackwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
-                         const PlanStep<RNNForwardStep>&, const StepDone&);
-template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool,
-                         const PlanStep<RNNBackwardStep>&, const StepDone&);
+#define FUSEDRNN_INSTANTIATE(Args)                                                        \
+  template void fused_loop(Dtype, const Panels&, int64_t, int64_t, bool, const PlanStep<Args>&, \
+                           const StepDone&);
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
+#undef FUSEDRNN_INSTANTIATE
 
 void fused_product(Dtype dtype, const Product& product) {
   const Panels& panels = *product.panels;

@@ -30,12 +30,10 @@ void step_on_device(const Tensor& like, const Args& args) {
 
 }  // namespace
 
-void run_step(const Tensor& like, const LSTMForwardStep& args) { step_on_device(like, args); }
-void run_step(const Tensor& like, const LSTMBackwardStep& args) { step_on_device(like, args); }
-void run_step(const Tensor& like, const GRUForwardStep& args) { step_on_device(like, args); }
-void run_step(const Tensor& like, const GRUBackwardStep& args) { step_on_device(like, args); }
-void run_step(const Tensor& like, const RNNForwardStep& args) { step_on_device(like, args); }
-void run_step(const Tensor& like, const RNNBackwardStep& args) { step_on_device(like, args); }
+#define FUSEDRNN_DEFINE_RUN_STEP(Args) \
+  void run_step(const Tensor& like, const Args& args) { step_on_device(like, args); }
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_RUN_STEP)
+#undef FUSEDRNN_DEFINE_RUN_STEP
 
 Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64_t gates,
                        bool transposed, bool accumulate)

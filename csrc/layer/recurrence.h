@@ -19,12 +19,9 @@ class StepGemm;
 #endif
 
 // Runs one per-step kernel on the device of `like`, on PyTorch's current stream.
-void run_step(const Tensor& like, const LSTMForwardStep& args);
-void run_step(const Tensor& like, const LSTMBackwardStep& args);
-void run_step(const Tensor& like, const GRUForwardStep& args);
-void run_step(const Tensor& like, const GRUBackwardStep& args);
-void run_step(const Tensor& like, const RNNForwardStep& args);
-void run_step(const Tensor& like, const RNNBackwardStep& args);
+#define FUSEDRNN_DECLARE_RUN_STEP(Args) void run_step(const Tensor& like, const Args& args);
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DECLARE_RUN_STEP)
+#undef FUSEDRNN_DECLARE_RUN_STEP
 
 // One step of a layer's loop: the rows the product reads (null: no product this step), how many,
 // where the product goes, and the pointwise step that follows.
