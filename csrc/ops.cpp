@@ -89,8 +89,8 @@ at::ScalarType dtype_named(const std::string& name) {
 
 // For fusedrnn.backends: the backend a call of this shape would run on (None where a forced one
 // refuses it), and every backend's refusal (None: it accepts).
-std::pair<std::optional<std::string>, std::vector<std::pair<std::string, std::optional<std::string>>>>
-backend_report(const std::string& device, const std::string& dtype, int64_t steps,
+using Refusals = std::vector<std::pair<std::string, std::optional<std::string>>>;
+std::pair<std::optional<std::string>, Refusals> backend_report(const std::string& device, const std::string& dtype, int64_t steps,
                bool projection) {
   const fusedrnn::CallShape call{c10::Device(device).type(), dtype_named(dtype), steps,
                                  projection};

@@ -27,6 +27,7 @@ if _C.torch_version != torch.__version__:
     )
 
 WITH_CUDA: bool = _C.with_cuda
+CUDA_ARCHS: str = _C.cuda_archs  # the TORCH_CUDA_ARCH_LIST it was built for, comma-separated
 TORCH_VERSION: str = _C.torch_version
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from . import GRU, LSTM, RNN, WITH_CUDA, __version__
+from . import GRU, LSTM, RNN, WITH_CUDA, __version__, info
 
 FLOP_NOTE = (
     "GEMM FLOPs only, 2 per multiply-add. Forward, per layer and direction: "
@@ -535,6 +535,7 @@ def main(argv=None) -> int:
     timer = Timer(device)
     report = {**environment(device), "budget_s": budget_s, "flop_count": FLOP_NOTE,
               "peak_matmul_n": PEAK_MATMUL_N[device.type]}
+    print("\n".join(info.lines()[:5]) + "\n", flush=True)  # what runs here, above the table
     print(f"fusedrnn.bench: {len(cases)} cases on {report['device_name']} ({device.type}), "
           f"torch {report['torch']}, about {budget_s:g} s each", file=sys.stderr, flush=True)
     report["peak_flop_per_s"] = {dtype: measure_peak_flops(device, DTYPES[dtype], timer)

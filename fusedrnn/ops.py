@@ -141,7 +141,7 @@ def _rnn_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
         d == 1, batch_sizes)]
 
 
-# ---- the same layers in plain PyTorch ops (csrc/kernels/gates.h), for the double backward ----
+# ---- the same layers in plain PyTorch ops (csrc/core/gates.h), for the double backward ------
 def _steps(x, reverse):
     return reversed(x.unbind(0)) if reverse else x.unbind(0)
 
@@ -301,9 +301,10 @@ class RNNFunction(torch.autograd.Function):
 
 
 # Both directions of a bidirectional layer: one op forward and one op backward, so that the CPU
-# runs the directions side by side (csrc/layer.cpp, both_directions). forward(ctx, input,
-# batch_sizes, [options,] *directions): the forward direction's per-direction inputs, then the
-# reverse's, k each; returns the forward direction's results, then the reverse's.
+# runs the directions side by side (csrc/layer/bidirectional.cpp, both_directions).
+# forward(ctx, input, batch_sizes, [options,] *directions): the forward direction's
+# per-direction inputs, then the reverse's, k each; returns the forward direction's results,
+# then the reverse's.
 def _lists(directions, k):
     """[forward's k inputs..., reverse's k...] -> k lists [forward's, reverse's]."""
     return [[directions[i], directions[k + i]] for i in range(k)]

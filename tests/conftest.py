@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
+from fusedrnn import ops
 
 
 def _cuda_skip_reason():
@@ -74,6 +75,7 @@ def run_and_grad(model, x, hx, probe_seed=1234, lengths=None, enforce_sorted=Tru
     enforce_sorted), and the output is padded back. Returns {name: tensor}: output, h_n (c_n),
     grad_input, grad_h0 (grad_c0) and grad_<parameter name> for every parameter.
     """
+    skip_if_refused(model, x)
     x = x.detach().requires_grad_()
     states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
     states = tuple(s.detach().requires_grad_() for s in states)
@@ -160,3 +162,61 @@ def assert_matches(cell, fused, ref, x, hx, dtype):
     exact = run_and_grad(ref64, x.double(), as_double)
     worse = {k: (rel_err(ours[k], exact[k]), rel_err(theirs[k], exact[k])) for k in off}
     assert all(e_ours <= 2 * e_torch + 1e-6 for e_ours, e_torch in worse.values()), worse
+
+
+# Gate blocks of each cell.
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def layer_args(cell, T, B, I, H, device, dtype=torch.float64, bias=True, seed=0):
+    """Random arguments of one layer function, scaled so the gates are not saturated."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(device, dtype)
+
+    G = GATES[cell]
+    args = [rand(T, B, I), rand(B, H)]
+    if cell == "lstm":
+        args.append(rand(B, H))
+    args += [rand(G * H, I, scale=0.5), rand(G * H, H, scale=0.5)]
+    args += [rand(G * H, scale=0.3), rand(G * H, scale=0.3)] if bias else [None, None]
+    return args
+
+
+def apply_layer(cell, args, reverse, batch_sizes=None):
+    if cell == "lstm":
+        return ops.LSTMFunction.apply(*args, reverse, batch_sizes)
+    if cell == "gru":
+        return ops.GRUFunction.apply(*args, reverse, batch_sizes)
+    return ops.RNNFunction.apply(*args, cell == "rnn_relu", reverse, batch_sizes)
+
+
+# ---- the switches a test can run under -------------------------------------------------------
+CPU_ISAS = ["scalar"] + [isa for isa in fusedrnn.backends.cpu_isa()[:1] if isa != "scalar"]
+
+
+@pytest.fixture(params=CPU_ISAS)
+def isa(request):
+    """Runs the test with the CPU kernels of each instruction set this machine runs
+    (csrc/cpu/isa.h); tests/cpu/ uses it throughout."""
+    with fusedrnn.backends.force_cpu_isa(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=fusedrnn.backends.NAMES)
+def backend(request):
+    """Runs the test with every call forced onto each backend (csrc/layer/backend.h); run_and_grad
+    skips, with the backend's reason, a call that backend refuses."""
+    with fusedrnn.backends.force(request.param):
+        yield request.param
+
+
+def skip_if_refused(model, x):
+    """Skips the test, saying why, when the forced backend refuses model(x)."""
+    forced = fusedrnn.backends.forced()
+    model = getattr(model, "cell", model)  # CellAsLayer
+    if forced and isinstance(model, (fusedrnn.modules._FusedRNNBase, fusedrnn.cells._FusedCell)):
+        why = fusedrnn.backends.explain(model, x).refusals[forced]
+        if why is not None:
+            pytest.skip(f"{forced} refuses this call: {why}")

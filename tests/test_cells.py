@@ -54,7 +54,7 @@ def cell_inputs(cell, batch_shape, input_size, hidden_size, device, dtype, seed=
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"B{c[0]}-I{c[1]}-H{c[2]}-{c[3]}")
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_matches_torch_nn(cell, config, dtype, device):
+def test_matches_torch_nn(cell, config, dtype, device, backend):
     B, I, H, options = config
     ref, fused = make_cell_pair(cell, I, H, device, dtype, **options)
     x, hx = cell_inputs(cell, (B,), I, H, device, dtype)

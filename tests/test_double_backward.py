@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import CELLS, DEVICES, assert_close_by_name, make_pair, random_state
+from conftest import (CELLS, DEVICES, apply_layer as _apply, assert_close_by_name,
+                      layer_args as _layer_args, make_pair, random_state)
 from test_cells import CELL_CLASSES, CellAsLayer, cell_inputs, make_cell_pair
-from test_ops import _apply, _layer_args
 
 ALL_CELLS = list(CELLS)
 

@@ -41,7 +41,7 @@ def _inputs(cell, model, T, B, I, device, dtype, batch_first=False, with_state=T
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_matches_torch_nn(cell, config, dtype, device):
+def test_matches_torch_nn(cell, config, dtype, device, backend):
     T, B, I, H, options = config
     ref, fused = make_pair(cell, I, H, device, dtype, **options)
     x, hx = _inputs(cell, ref, T, B, I, device, dtype, options.get("batch_first", False))
@@ -59,7 +59,7 @@ def test_default_state_is_zeros(cell, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_long_sequence(cell, dtype, device):
+def test_long_sequence(cell, dtype, device, backend):
     ref, fused = make_pair(cell, 5, 8, device, dtype, bidirectional=True)
     x, hx = _inputs(cell, ref, 1000, 2, 5, device, dtype)
     assert_matches(cell, fused, ref, x, hx, dtype)
@@ -134,7 +134,7 @@ def test_nan_and_inf_propagate_like_torch_nn(cell, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["f16", "bf16"])
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_half_precision_rule(cell, dtype, device):
+def test_half_precision_rule(cell, dtype, device, backend):
     """float16/bfloat16: error against float64 at most a small multiple of torch.nn's own."""
     # relu's derivative jumps at zero: keep few units near it, so the medians are meaningful.
     T, B, I, H = (6, 2, 8, 8) if cell == "rnn_relu" else (20, 4, 16, 32)
@@ -253,7 +253,7 @@ PROJECTED = [
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("config", PROJECTED, ids=_config_id)
-def test_projected_lstm_matches_torch_nn(config, dtype, device):
+def test_projected_lstm_matches_torch_nn(config, dtype, device, backend):
     T, B, I, H, options = config
     ref, fused = make_pair("lstm", I, H, device, dtype, **options)
     gen = torch.Generator().manual_seed(9)

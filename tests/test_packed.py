@@ -29,7 +29,7 @@ OPTIONS = [
                                                                   o.items()) or "plain")
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"{b[0]}-sorted={b[1]}")
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_packed_matches_torch_nn(cell, batch, options, dtype, device):
+def test_packed_matches_torch_nn(cell, batch, options, dtype, device, backend):
     lengths, enforce_sorted = batch
     ref, fused = make_pair(cell, 3, 5, device, dtype, **options)
     gen = torch.Generator().manual_seed(len(lengths))

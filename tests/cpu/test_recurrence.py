@@ -1,8 +1,9 @@
-"""The fused CPU recurrence (csrc/kernels/recurrent_cpu.*) against torch.nn, on the shapes that
-reach its corners: the hidden units split across threads, a last panel that is partly padding
-(H not a multiple of the SIMD width), batch rows left over after the row tiles, one row alone,
-packed batches whose rows change from step to step, and one thread doing every panel;
-float16/bfloat16, which run through it as float32; and GEMMs on oneDNN and on at::mm."""
+"""The fused CPU recurrence (csrc/cpu/recurrence.h) against torch.nn, on the shapes that reach
+its corners: the hidden units split across threads, a last panel that is partly padding (H not
+a multiple of the SIMD width), batch rows left over after the row tiles, one row alone, packed
+batches whose rows change from step to step, and one thread doing every panel; float16/bfloat16,
+which run through it as float32; and GEMMs on oneDNN and on at::mm. Under every CPU ISA this
+machine runs: where an ISA has no vector kernels, the step backend takes these calls."""
 import copy
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from conftest import (CELLS, TOLERANCE, assert_close_by_name, assert_matches, make_pair,
                       random_state, run_and_grad, run_packed_and_grad)
+
+pytestmark = pytest.mark.usefixtures("isa")
 
 # (T, B, I, H, options)
 SHAPES = [
@@ -117,11 +120,13 @@ def test_temporaries_from_the_kept_buffer(cell):
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
-def test_large_gemms_leave_at_mm_for_onednn():
+def test_large_gemms_leave_at_mm_for_onednn(isa):
     """No silent fallback: with oneDNN on, a float32 input projection of 8M multiply-adds and
     more does not reach at::mm (whose addmm_ it would be: it accumulates onto the bias)."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
+    if isa == "scalar":
+        pytest.skip("without vector kernels the step backend's per-step products use addmm_")
     _, fused = make_pair("lstm", 200, 180, "cpu", torch.float32)
     x = torch.randn(12, 24, 200)  # 288 x 200 x 720: 41M multiply-adds
 

@@ -1,7 +1,11 @@
-"""The CPU per-step kernels' own arithmetic (csrc/kernels/pointwise_cpu_vec.cpp)."""
+"""The CPU per-step kernels' own arithmetic (csrc/cpu/vectorized_steps.h, cpu/steps.cpp), under
+every CPU ISA this machine runs."""
+import pytest
 import torch
 
 import fusedrnn  # noqa: F401  (registers the ops)
+
+pytestmark = pytest.mark.usefixtures("isa")
 
 
 def _rnn_tanh(x):

@@ -46,7 +46,7 @@ def test_pinned_to_one_cpu_with_two_threads():
     match torch.nn."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
     out = subprocess.run([sys.executable, "-c", _PINNED], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=Path(__file__).parents[1])
+                         text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["threads"] == 2

@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CELLS, DEVICES, make_pair, random_state, run_and_grad
+from conftest import CELLS, DEVICES, layer_args, make_pair, random_state, run_and_grad
 from test_cells import CELL_CLASSES, CellAsLayer, cell_inputs, make_cell_pair
-from test_ops import _layer_args
 
 LIB = torch.ops.fusedrnn
 
@@ -85,7 +84,7 @@ def test_cell_parameters_and_states_as_column_slices(cell, device):
 def _forward_and_backward_args(cell, device):
     """(forward op, its args, backward op, its args, indices of the backward's saved tensors)
     for one layer, float64, training."""
-    args = _layer_args(cell, 4, 3, 5, 6, device)
+    args = layer_args(cell, 4, 3, 5, 6, device)
     gen = torch.Generator().manual_seed(8)
 
     def grad_like(t):

@@ -4,34 +4,7 @@ import torch
 
 import fusedrnn
 from fusedrnn import ops
-from conftest import DEVICES
-
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-
-
-def _layer_args(cell, T, B, I, H, device, dtype=torch.float64, bias=True, seed=0):
-    """Random arguments of one layer function, scaled so the gates are not saturated."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0):
-        return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(device, dtype)
-
-    G = GATES[cell]
-    args = [rand(T, B, I), rand(B, H)]
-    if cell == "lstm":
-        args.append(rand(B, H))
-    args += [rand(G * H, I, scale=0.5), rand(G * H, H, scale=0.5)]
-    args += [rand(G * H, scale=0.3), rand(G * H, scale=0.3)] if bias else [None, None]
-    return args
-
-
-def _apply(cell, args, reverse, batch_sizes=None):
-    if cell == "lstm":
-        return ops.LSTMFunction.apply(*args, reverse, batch_sizes)
-    if cell == "gru":
-        return ops.GRUFunction.apply(*args, reverse, batch_sizes)
-    return ops.RNNFunction.apply(*args, cell == "rnn_relu", reverse, batch_sizes)
-
+from conftest import DEVICES, GATES, layer_args as _layer_args, apply_layer as _apply
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bias", [True, False])

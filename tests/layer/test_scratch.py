@@ -13,7 +13,7 @@ import fusedrnn
 from conftest import make_pair, random_state, run_and_grad
 
 MB = 1 << 20
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SCRIPT = ROOT / "benchmarks" / "threads_memory.py"
 
 
@@ -70,9 +70,9 @@ def test_lowering_the_limit_frees_what_is_kept_beyond_it(limit):
 def test_eight_threads_keep_no_more_than_the_limit():
     """One long request on each of 8 threads that then stay alive and idle, as in a server's
     pool (benchmarks/threads_memory.py): fusedrnn's pool keeps at most its limit (64 MB here),
-    not a block per thread (8 x 52 MB before), and empty_cache frees it. The threads themselves keep memory too (glibc's
-    per-thread arenas: ~300 MB here), for torch.nn alike, so the bar is torch.nn's growth in
-    the same run."""
+    not a block per thread (8 x 52 MB before), and empty_cache frees it. The threads themselves
+    keep memory too (glibc's per-thread arenas: ~300 MB here), for torch.nn alike, so the bar is
+    torch.nn's growth in the same run."""
     def grown(kind):  # LSTM(512, 512), T=100, B=64: the gates' temporary is 52 MB
         env = dict(os.environ, FUSEDRNN_SCRATCH_LIMIT_MB="64", OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.getenv("PYTHONPATH")])))

@@ -1,0 +1,134 @@
+"""Which backend runs a layer's loop over time, why, and how to choose one.
+
+Backends (csrc/layer/backend.h), in order of preference:
+
+- ``cpu-fused``: the fused CPU recurrence: each thread multiplies the state by its own slice of
+  the recurrent weights and applies the gate math to the units it just computed, one team of
+  threads for the whole loop. CPU, float32/float64 (float16/bfloat16 run as float32), T > 1,
+  no LSTM projection, a CPU ISA with vector kernels (AVX2 and FMA).
+- ``step``: any device, dtype and shape: each step a GEMM (cuBLASLt on CUDA, the CPU BLAS), then
+  one pointwise kernel.
+
+Each call takes the first backend that accepts it. ``FUSEDRNN_BACKEND=<name>`` in the
+environment (read at import) or ``with fusedrnn.backends.force(name):`` makes every call run on
+that backend, process-wide; a call it cannot run raises with its reason instead of running
+elsewhere. ``explain(module, input)`` tells which backend a call would take and why each other
+one refuses it. The CPU's instruction set is a second switch: ``FUSEDRNN_CPU_ISA=scalar`` (or
+``force_cpu_isa``) runs the CPU kernels without vectors.
+"""
+import contextlib
+import os
+from typing import Dict, NamedTuple, Optional
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from ._extension import _C
+
+NAMES = tuple(_C.backend_names())
+
+
+class Explanation(NamedTuple):
+    """Which backend a call runs on, and every backend's refusal (None where it accepts)."""
+    backend: Optional[str]  # None: the forced backend refuses this call
+    refusals: Dict[str, Optional[str]]
+    forced: Optional[str]
+
+    def __str__(self):
+        lines = [f"runs on: {self.backend}" if self.backend else
+                 f"raises: the forced backend '{self.forced}' refuses this call"]
+        for name, why in self.refusals.items():
+            lines.append(f"  {name}: {'accepts' if why is None else 'refuses: ' + why}")
+        if self.forced:
+            lines.append(f"  (forced: {self.forced})")
+        return "\n".join(lines)
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def explain_call(device, dtype, steps, projection=False):
+    """The Explanation for one layer call: its device, dtype (as the kernels see it), number of
+    time steps and whether it is an LSTM with a projection."""
+    backend, refusals = _C.backend_report(str(torch.device(device)), _dtype_name(dtype),
+                                          int(steps), bool(projection))
+    return Explanation(backend, dict(refusals), forced())
+
+
+def explain(module, input):
+    """The Explanation for `module` (a fusedrnn LSTM, GRU, RNN or cell) called on `input`: every
+    layer and direction of a module takes the same backend."""
+    from . import cells, modules, ops
+    if isinstance(module, cells._FusedCell):
+        kind, steps, projection = module._torch_name, 1, False
+        data = input
+    elif isinstance(module, modules._FusedRNNBase):
+        kind = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(module.mode, module.mode)
+        projection = getattr(module, "proj_size", 0) > 0
+        if isinstance(input, PackedSequence):
+            data, steps = input.data, len(input.batch_sizes)
+        else:
+            data = input
+            batched_time_dim = 1 if module.batch_first else 0
+            steps = input.size(batched_time_dim if input.dim() == 3 else 0)
+    else:
+        raise TypeError(f"explain takes a fusedrnn module or cell, not {type(module).__name__}; "
+                        "fusedrnn.convert(model) swaps torch.nn's for fusedrnn's")
+    dtype = data.dtype
+    policy = ops.autocast_policy(kind, data.device.type)
+    if policy is not None and dtype != torch.float64:
+        dtype = policy.dtype
+    return explain_call(data.device, dtype, steps, projection)
+
+
+def forced():
+    """The backend every call is forced onto, or None."""
+    return _C.forced_backend() or None
+
+
+def _check_name(name):
+    if name is not None and name not in NAMES:
+        raise ValueError(f"unknown fusedrnn backend {name!r}; choose from {', '.join(NAMES)}")
+
+
+@contextlib.contextmanager
+def force(name):
+    """Runs every call inside on backend `name` (None: the usual choice), process-wide; a call it
+    refuses raises with the reason."""
+    _check_name(name)
+    previous = forced()
+    _C.force_backend(name or "")
+    try:
+        yield
+    finally:
+        _C.force_backend(previous or "")
+
+
+def cpu_isa():
+    """(detected, in use): the CPU instruction set fusedrnn's vector kernels use on this machine,
+    and the one they use now (lower where FUSEDRNN_CPU_ISA or force_cpu_isa says)."""
+    return _C.cpu_isa_detected(), _C.cpu_isa_active()
+
+
+@contextlib.contextmanager
+def force_cpu_isa(name):
+    """Runs the CPU kernels inside with ISA `name` ("scalar", "avx2"; None: the detected one),
+    process-wide. Raises for an ISA this CPU lacks."""
+    previous = _C.cpu_isa_active()
+    _C.set_cpu_isa(name or "")
+    try:
+        yield
+    finally:
+        _C.set_cpu_isa(previous if previous != _C.cpu_isa_detected() else "")
+
+
+def _force_from_environment():
+    name = os.environ.get("FUSEDRNN_BACKEND") or None
+    if name is not None and name not in NAMES:
+        raise ValueError(f"FUSEDRNN_BACKEND={name}: unknown backend; choose from "
+                         f"{', '.join(NAMES)}")
+    _C.force_backend(name or "")
+
+
+_force_from_environment()
