@@ -59,7 +59,7 @@ def explain_call(device, dtype, steps, projection=False):
 def explain(module, input):
     """The Explanation for `module` (a fusedrnn LSTM, GRU, RNN or cell) called on `input`: every
     layer and direction of a module takes the same backend."""
-    from . import cells, modules, ops
+    from . import autocast, cells, modules
     if isinstance(module, cells._FusedCell):
         kind, steps, projection = module._torch_name, 1, False
         data = input
@@ -76,7 +76,7 @@ def explain(module, input):
         raise TypeError(f"explain takes a fusedrnn module or cell, not {type(module).__name__}; "
                         "fusedrnn.convert(model) swaps torch.nn's for fusedrnn's")
     dtype = data.dtype
-    policy = ops.autocast_policy(kind, data.device.type)
+    policy = autocast.autocast_policy(kind, data.device.type)
     if policy is not None and dtype != torch.float64:
         dtype = policy.dtype
     return explain_call(data.device, dtype, steps, projection)

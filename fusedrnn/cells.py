@@ -7,7 +7,7 @@ constructor, parameter names, shapes, gate order, initialisation and state_dict.
 import torch
 from torch import nn
 
-from . import ops
+from . import autocast, ops
 
 
 class _FusedCell(nn.RNNCellBase):
@@ -48,7 +48,7 @@ class _FusedCell(nn.RNNCellBase):
         self._check_sizes(input, states, is_batched)
 
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        policy = ops.autocast_policy(self._torch_name, input.device.type)
+        policy = autocast.autocast_policy(self._torch_name, input.device.type)
         if policy is None:
             self._check_dtypes_and_devices(input, states, weights[0])
             new_states = self._step(input, states, weights)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops
+from . import autocast, ops
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -58,7 +58,7 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _apply_autocast(self, kind, input, states):
         """The weights, with input and states cast as torch.nn's `kind` casts them under
-        autocast (ops.autocast_policy). -> input, states, weights, the dtype the results must
+        autocast (autocast.autocast_policy). -> input, states, weights, the dtype the results must
         come back in (None: as computed), and the context to run the layers in."""
         self._update_flat_weights()
         weights = self._flat_weights
@@ -67,7 +67,7 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RuntimeError(
                     f"Input and parameter tensors are not at the same device, found input tensor "
                     f"at {input.device} and parameter tensor at {weight.device}")
-        policy = ops.autocast_policy(kind, input.device.type)
+        policy = autocast.autocast_policy(kind, input.device.type)
         if policy is None:
             return input, states, weights, None, contextlib.nullcontext()
         input, states, weights, result_dtype = policy.cast(input, states, weights)

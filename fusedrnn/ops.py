@@ -1,8 +1,8 @@
 """The dispatcher ops of fusedrnn._C as differentiable layer functions.
 
-Each op runs one layer in one direction over a whole sequence (csrc/layer.h). Here they get
-fake kernels (shapes only, for torch.compile and FakeTensor) and one torch.autograd.Function
-per cell type whose forward and backward call nothing but those ops, except under
+Each op runs one layer in one direction over a whole sequence (csrc/layer/layer.h). Here they
+get one torch.autograd.Function per cell type (their fake kernels, for torch.compile and
+FakeTensor, are in fake.py) whose forward and backward call nothing but those ops, except under
 create_graph=True, where the backward recomputes the layer in plain PyTorch ops so that its
 result can be differentiated again (double backward).
 
@@ -10,135 +10,13 @@ Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh
 output [T, B, H]. With batch_sizes (a PackedSequence's), input is the packed data [rows, I] and
 output is packed the same way, [rows, H].
 """
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
 from . import _extension  # noqa: F401  (loading _C registers torch.ops.fusedrnn)
+from . import fake  # noqa: F401  (the ops' fake kernels)
 
 _ops = torch.ops.fusedrnn
-
-
-# ---- fake kernels: the shapes each op returns ----------------------------------------------
-# They also serve the Meta dispatch key, which the dispatcher picks when any argument is on
-# `meta`: so each checks, as the real kernels do, that every tensor is on the input's device.
-def _check_devices(op, input, **tensors):
-    for name, value in tensors.items():
-        for tensor in value if isinstance(value, (list, tuple)) else (value,):
-            if tensor is not None and tensor.device != input.device:
-                raise RuntimeError(f"fusedrnn.{op}: {name} is on {tensor.device} but input is on "
-                                   f"{input.device}")
-
-
-def _sequence(input, width):
-    """A per-step buffer laid out like the input ([T, B, width] or packed [rows, width])."""
-    return input.new_empty(*input.shape[:-1], width)
-
-
-def _saved(input, width, training):
-    """A per-step buffer the forward keeps for the backward, or empty."""
-    return _sequence(input, width) if training else input.new_empty(0)
-
-
-@torch.library.register_fake("fusedrnn::lstm_forward")
-def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training,
-                       batch_sizes=None, w_hr=None):
-    _check_devices("lstm_forward", input, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                   b_hh=b_hh, w_hr=w_hr)
-    H, P = c0.shape[1], h0.shape[1]
-    return (_sequence(input, P), torch.empty_like(h0), torch.empty_like(c0),
-            _saved(input, 4 * H, training), _saved(input, H, training),
-            _saved(input, H, training and w_hr is not None))
-
-
-@torch.library.register_fake("fusedrnn::lstm_backward")
-def _lstm_backward_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates,
-                        cells, has_bias, reverse, batch_sizes=None, w_hr=None, unprojected=None):
-    _check_devices("lstm_backward", input, grad_output=grad_output, grad_hn=grad_hn,
-                   grad_cn=grad_cn, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, output=output,
-                   gates=gates, cells=cells, w_hr=w_hr, unprojected=unprojected)
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
-            torch.empty_like(w_ih), torch.empty_like(w_hh),
-            w_hh.new_empty(w_hh.shape[0] if has_bias else 0),
-            torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty(0))
-
-
-@torch.library.register_fake("fusedrnn::gru_forward")
-def _gru_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training, batch_sizes=None):
-    _check_devices("gru_forward", input, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    H = w_hh.shape[1]
-    return _sequence(input, H), torch.empty_like(h0), _saved(input, 4 * H, training)
-
-
-@torch.library.register_fake("fusedrnn::gru_backward")
-def _gru_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                       reverse, batch_sizes=None):
-    _check_devices("gru_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
-                   w_ih=w_ih, w_hh=w_hh, output=output, saved=saved)
-    bias_size = w_hh.shape[0] if has_bias else 0
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_hh.new_empty(bias_size), w_hh.new_empty(bias_size))
-
-
-@torch.library.register_fake("fusedrnn::rnn_forward")
-def _rnn_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes=None):
-    _check_devices("rnn_forward", input, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    return _sequence(input, w_hh.shape[1]), torch.empty_like(h0)
-
-
-@torch.library.register_fake("fusedrnn::rnn_backward")
-def _rnn_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
-                       reverse, batch_sizes=None):
-    _check_devices("rnn_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
-                   w_ih=w_ih, w_hh=w_hh, output=output)
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
-
-
-# Both directions of a bidirectional layer (csrc/layer.h): lists of two per direction in, the
-# one-direction results of both, flat, out.
-@torch.library.register_fake("fusedrnn::lstm_forward_pair")
-def _lstm_forward_pair_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes, w_hr):
-    return [t for d in range(2) for t in _lstm_forward_fake(
-        input, h0[d], c0[d], w_ih[d], w_hh[d], b_ih[d], b_hh[d], d == 1, training, batch_sizes,
-        w_hr[d])]
-
-
-@torch.library.register_fake("fusedrnn::lstm_backward_pair")
-def _lstm_backward_pair_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output,
-                             gates, cells, has_bias, batch_sizes, w_hr, unprojected):
-    return [t for d in range(2) for t in _lstm_backward_fake(
-        grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d], w_hh[d], output[d],
-        gates[d], cells[d], has_bias, d == 1, batch_sizes, w_hr[d], unprojected[d])]
-
-
-@torch.library.register_fake("fusedrnn::gru_forward_pair")
-def _gru_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes):
-    return [t for d in range(2) for t in _gru_forward_fake(
-        input, h0[d], w_ih[d], w_hh[d], b_ih[d], b_hh[d], d == 1, training, batch_sizes)]
-
-
-@torch.library.register_fake("fusedrnn::gru_backward_pair")
-def _gru_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                            batch_sizes):
-    return [t for d in range(2) for t in _gru_backward_fake(
-        grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], saved[d], has_bias,
-        d == 1, batch_sizes)]
-
-
-@torch.library.register_fake("fusedrnn::rnn_forward_pair")
-def _rnn_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes):
-    return [t for d in range(2) for t in _rnn_forward_fake(
-        input, h0[d], w_ih[d], w_hh[d], b_ih[d], b_hh[d], relu, d == 1, batch_sizes)]
-
-
-@torch.library.register_fake("fusedrnn::rnn_backward_pair")
-def _rnn_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
-                            batch_sizes):
-    return [t for d in range(2) for t in _rnn_backward_fake(
-        grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], has_bias, relu,
-        d == 1, batch_sizes)]
 
 
 # ---- the same layers in plain PyTorch ops (csrc/core/gates.h), for the double backward ------
@@ -497,50 +375,3 @@ def rnn_layer_pair(input, directions, relu=False, batch_sizes=None):
     else:
         results = _ops.rnn_forward_pair(input, *_lists(flat, 5), relu, batch_sizes)
     return tuple(results[:2]), tuple(results[2:])
-
-
-# ---- autocast ------------------------------------------------------------------------------
-class AutocastPolicy(NamedTuple):
-    """How torch.nn runs one RNN call under torch.autocast (see autocast_policy)."""
-    dtype: torch.dtype       # what floating point inputs, states and weights are cast to
-    keeps_state_dtype: bool  # results come back in the promotion of dtype and the state's dtype
-
-    def cast(self, input, states, weights):
-        """-> input, states and weights cast as torch.nn casts them, and the dtype the results
-        must come back in (None: as computed). Like autocast, leaves float64 alone."""
-        result_dtype = None
-        if self.keeps_state_dtype:
-            result_dtype = torch.promote_types(self._cast(input).dtype, states[-1].dtype)
-        return (self._cast(input), tuple(map(self._cast, states)),
-                [self._cast(w) for w in weights], result_dtype)
-
-    def _cast(self, tensor):
-        if tensor is None or not tensor.is_floating_point() or tensor.dtype == torch.float64:
-            return tensor
-        return tensor.to(self.dtype)
-
-
-def autocast_policy(kind, device_type):
-    """What torch.nn's `kind` ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell" or "RNNCell") does
-    under autocast on device_type, or None where autocast is off.
-
-    torch.nn is not uniform here, and fusedrnn matches its result dtypes:
-    - CUDA: the modules run through cuDNN, whose autocast wrapper casts to float16 whatever the
-      autocast dtype (aten/src/ATen/cudnn/AutocastRNN.cpp); without cuDNN, and for the cells,
-      everything is cast to the autocast dtype.
-    - CPU: the LSTM runs as oneDNN's LSTM layer, which autocast casts as a whole, and the Elman
-      RNN's state is its activated matrix products, so both compute and return the autocast
-      dtype. The GRU, GRUCell and LSTMCell (and the LSTM without oneDNN) cast only their matrix
-      products; their state update promotes the results back to the state's dtype (hx, or cx).
-    """
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
-        return None
-    dtype = torch.get_autocast_dtype(device_type)
-    is_module = not kind.endswith("Cell")
-    if device_type == "cuda":
-        if is_module and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
-            return AutocastPolicy(torch.float16, False)
-        return AutocastPolicy(dtype, False)
-    if kind == "LSTM" and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available():
-        return AutocastPolicy(dtype, False)
-    return AutocastPolicy(dtype, kind in ("LSTM", "GRU", "LSTMCell", "GRUCell"))
