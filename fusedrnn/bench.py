@@ -30,128 +30,20 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from . import GRU, LSTM, RNN, WITH_CUDA, __version__, info
-
-FLOP_NOTE = (
-    "GEMM FLOPs only, 2 per multiply-add. Forward, per layer and direction: "
-    "2*T*B*G*H*(I_l+H), G = 4 (LSTM), 3 (GRU), 1 (RNN), I_l = I for the first layer and D*H "
-    "after it. A training step counts 3x the forward (input-gradient and weight-gradient "
-    "GEMMs for every forward GEMM). Pointwise work is not counted.")
-
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-MODES = ("inference", "training")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-BASELINES = {"torch": "torch.nn", "torch_no_cudnn": "torch.nn without cuDNN"}
-
-SEED = 0
-MIN_REPS = 5
-MAX_REPS = 1000
-WARMUP_ROUNDS = {"cpu": 1, "cuda": 3}  # CUDA: cuDNN plans, cuBLAS workspaces, the allocator
-PEAK_MATMUL_N = {"cpu": 1024, "cuda": 4096}
-PEAK_MATMUL_REPS = 10
-DEFAULT_BUDGET_S = {"cpu": 8.0, "cuda": 3.0}
-QUICK_BUDGET_S = 0.3
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One timed comparison: a cell, a shape, a dtype and a mode."""
-    cell: str
-    T: int
-    B: int
-    I: int  # noqa: E741  (the letters of the shape notation, see the module docstring)
-    H: int
-    layers: int = 1
-    bidirectional: bool = False
-    dtype: str = "float32"
-    mode: str = "inference"
-    packed: bool = False  # a PackedSequence of B sequences of lengths 1 to T (see lengths())
-
-    def label(self) -> str:
-        stack = f"L{self.layers}" + (" bidir" if self.bidirectional else "")
-        steps = f"T<={self.T} packed" if self.packed else f"T={self.T}"
-        return (f"{self.cell} {stack} {steps} B={self.B} I={self.I} H={self.H} "
-                f"{self.dtype} {self.mode}")
-
-    def lengths(self) -> list:
-        """Sequence lengths: T for a padded batch; for a packed one, mixed lengths from 1 to T
-        in no particular order (the same draw every time), the longest always T."""
-        if not self.packed:
-            return [self.T] * self.B
-        drawn = torch.randint(1, self.T + 1, (self.B,), generator=torch.Generator().manual_seed(7))
-        drawn[0] = self.T
-        return drawn.tolist()
-
-
-def _cases(cells, *, dtypes="float32", modes="inference,training", **shape):
-    """Every combination of the comma-separated cells, dtypes and modes for one shape."""
-    return [Case(cell, dtype=dtype, mode=mode, **shape) for cell in cells.split(",")
-            for dtype in dtypes.split(",") for mode in modes.split(",")]
-
-
-# PyTorch's benchmarks/fastrnns default shape.
-_FASTRNNS = _cases("lstm", T=100, B=64, I=512, H=512)
-# The FlashRNN paper's H100 comparison shape.
-_FLASHRNN = _cases("lstm,gru", dtypes="float16,bfloat16", T=1024, B=16, I=768, H=768)
-GRIDS = {
-    "quick": [
-        *_cases("lstm", T=8, B=2, I=16, H=16),
-        *_cases("gru,rnn_relu", modes="training", T=8, B=2, I=16, H=16, layers=2,
-                bidirectional=True),
-    ],
-    "fastrnns": _FASTRNNS,
-    "flashrnn": _FLASHRNN,
-    # About 1.5 minutes on an H100 at the default budget (fused: ~2 launches per step).
-    "gpu": [
-        *_FASTRNNS,
-        *_FLASHRNN,
-        *_cases("lstm,gru", modes="inference", T=1000, B=1, I=512, H=512),  # batch 1
-        *_cases("lstm,gru", T=100, B=256, I=512, H=512),  # large batch
-        *_cases("lstm", T=2000, B=32, I=256, H=256),  # long sequence
-        *_cases("lstm,gru", T=100, B=64, I=512, H=512, layers=2, bidirectional=True),
-        *_cases("rnn_tanh,rnn_relu", T=100, B=64, I=512, H=512),
-        *_cases("lstm,gru", T=100, B=64, I=512, H=512, packed=True),  # mixed lengths
-    ],
-    # Sized for 2 CPU cores in under 3 minutes.
-    "cpu": [
-        *_cases("lstm,gru", modes="training", T=100, B=64, I=512, H=512),
-        *_cases("lstm,gru", T=100, B=1, I=64, H=64),
-        *_cases("rnn_tanh", T=100, B=16, I=128, H=128),
-        *_cases("lstm", T=50, B=16, I=128, H=128, layers=2, bidirectional=True),
-        *_cases("lstm", modes="inference", T=100, B=1, I=256, H=256),
-        *_cases("gru", modes="inference", T=100, B=8, I=256, H=256),
-        *_cases("lstm", T=50, B=16, I=128, H=128, packed=True),  # mixed lengths
-    ],
-}
-
-
-def forward_flops(case: Case) -> int:
-    """GEMM FLOPs of one forward pass (see FLOP_NOTE)."""
-    directions, tokens = 2 if case.bidirectional else 1, sum(case.lengths())
-    total, width = 0, case.I
-    for _ in range(case.layers):
-        total += directions * 2 * tokens * GATES[case.cell] * case.H * (width + case.H)
-        width = directions * case.H
-    return total
-
-
-def case_flops(case: Case) -> int:
-    """GEMM FLOPs of one timed step: a forward, or 3x that for a training step."""
-    return forward_flops(case) * (3 if case.mode == "training" else 1)
-
+from . import GRU, LSTM, RNN, WITH_CUDA, info
+from .bench_cases import (CELLS, DEFAULT_BUDGET_S, DTYPES, FLOP_NOTE, GRIDS, MAX_REPS,  # noqa: F401
+                          MIN_REPS, MODES, PEAK_MATMUL_N, PEAK_MATMUL_REPS, QUICK_BUDGET_S, SEED,
+                          WARMUP_ROUNDS, Case, case_flops)
+from .bench_report import environment, format_ms, markdown_table, save_plot
 
 def build_modules(case: Case, device):
     """-> (torch.nn module, fusedrnn module) with the same weights (torch.nn's init, SEED)."""
@@ -306,128 +198,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and WITH_CUDA else "cpu")
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def environment(device) -> dict:
-    """Where the numbers come from: device, versions, threads, date (UTC)."""
-    cuda = device.type == "cuda"
-    return {
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "fusedrnn": __version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "tf32": cuda and torch.backends.cudnn.allow_tf32,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def set_tf32(enabled: bool):
     """TF32 for float32 GEMMs in both cuBLAS (fusedrnn's GEMMs) and cuDNN (torch.nn's RNNs)."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
-
-
-def _ms(value: float) -> str:
-    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
-
-
-def markdown_table(report: dict) -> str:
-    """The report as markdown: where it was measured, how to read it, one row per case."""
-    cuda = report["device"] == "cuda"
-    unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
-    versions = f"torch {report['torch']}"
-    if cuda:
-        versions += f", CUDA {report['cuda']}, cuDNN {report['cudnn']}"
-    peaks = ", ".join(f"{dtype} {flop_per_s / scale:.1f} {unit}"
-                      for dtype, flop_per_s in report["peak_flop_per_s"].items())
-    lines = [
-        f"### fusedrnn {report['fusedrnn']} vs torch.nn on {report['device_name']} "
-        f"({report['device']}, {report['threads']} threads)",
-        "",
-        f"- {versions}; {report['date']}; about {report['budget_s']:g} s per case"
-        + (f"; TF32 {'on' if report['tf32'] else 'off'}" if cuda else "") + ".",
-        "- Medians over `reps` interleaved repetitions. speedup = baseline ms / fused ms "
-        "(> 1: fused is faster).",
-        f"- FLOP count: {FLOP_NOTE}",
-        f"- Peak: median of {report['peak_matmul_n']}^3 matmuls: {peaks}.",
-        "- Packed cases: a PackedSequence of B sequences of mixed lengths (1 to T, unsorted); "
-        "their FLOPs count the real tokens. Not covered: FlashRNN (no adapter).",
-        "",
-    ]
-    columns = ["cell", "L", "bidir", "T", "B", "I", "H", "dtype", "mode", "torch ms",
-               "fused ms", "speedup"]
-    if cuda:
-        columns += ["no-cuDNN ms", "speedup vs no-cuDNN"]
-    columns += [f"fused {unit}", "% of peak", "reps"]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    failures = []
-    for result in report["results"]:
-        steps = f"<={result['T']} packed" if result.get("packed") else result["T"]
-        row = [result["cell"], result["layers"], "yes" if result["bidirectional"] else "no",
-               steps, result["B"], result["I"], result["H"], result["dtype"],
-               result["mode"]]
-        if "error" in result:
-            failures.append(f"- {Case(**_case_fields(result)).label()}: {result['error']}")
-            row += ["failed"] * (len(columns) - len(row))
-        else:
-            median, speedup = result["median_ms"], result["speedup"]
-            row += [_ms(median["torch"]), _ms(median["fused"]), f"{speedup['torch']:.2f}x"]
-            if cuda:
-                row += [_ms(median["torch_no_cudnn"]), f"{speedup['torch_no_cudnn']:.2f}x"]
-            row += [f"{result['fused_flop_per_s'] / scale:.2f}",
-                    f"{result['fused_pct_of_peak']:.1f}", result["reps"]]
-        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
-    if failures:
-        lines += ["", "Failed cases:", *failures]
-    return "\n".join(lines)
-
-
-def _case_fields(result: dict) -> dict:
-    return {field.name: result[field.name] for field in dataclasses.fields(Case)}
-
-
-def save_plot(report: dict, path: Path) -> bool:
-    """A bar chart of the speedups, if matplotlib is installed. -> whether it was written."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FormatStrFormatter
-    except ImportError:
-        return False
-    results = [result for result in report["results"] if "error" not in result]
-    if not results:
-        return False
-    baselines = list(results[0]["speedup"])
-    bar = 0.8 / len(baselines)
-    figure, axes = plt.subplots(figsize=(10, 1.5 + 0.3 * len(results) * len(baselines)))
-    for index, baseline in enumerate(baselines):
-        axes.barh([row + index * bar for row in range(len(results))],
-                  [result["speedup"][baseline] for result in results], height=bar,
-                  label=f"vs {BASELINES[baseline]}")
-    axes.set_yticks([row + bar * (len(baselines) - 1) / 2 for row in range(len(results))],
-                    [Case(**_case_fields(result)).label() for result in results], fontsize=7)
-    axes.invert_yaxis()
-    axes.set_xscale("log")
-    axes.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
-    axes.axvline(1.0, color="black", linewidth=0.8)
-    axes.set_xlabel("speedup of fusedrnn (baseline ms / fused ms; > 1 is faster)")
-    axes.set_title(f"fusedrnn on {report['device_name']}, torch {report['torch']}")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
 
 
 def _comma_list(choices):
@@ -516,7 +290,7 @@ def _progress(index, total, case, result, seconds):
         line += f"FAILED: {result['error']}"
     else:
         median = result["median_ms"]
-        line += (f"torch {_ms(median['torch'])} ms, fused {_ms(median['fused'])} ms, "
+        line += (f"torch {format_ms(median['torch'])} ms, fused {format_ms(median['fused'])} ms, "
                  f"{result['speedup']['torch']:.2f}x ({result['reps']} reps, {seconds:.1f} s)")
     print(line, file=sys.stderr, flush=True)
 

@@ -1,0 +1,130 @@
+"""What fusedrnn.bench reports: the environment of a run, the markdown table and the plot."""
+import contextlib
+import dataclasses
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .bench_cases import BASELINES, FLOP_NOTE, Case
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device) -> dict:
+    """Where the numbers come from: device, versions, threads, date (UTC)."""
+    cuda = device.type == "cuda"
+    return {
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "fusedrnn": __version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "tf32": cuda and torch.backends.cudnn.allow_tf32,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def format_ms(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
+
+
+def markdown_table(report: dict) -> str:
+    """The report as markdown: where it was measured, how to read it, one row per case."""
+    cuda = report["device"] == "cuda"
+    unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
+    versions = f"torch {report['torch']}"
+    if cuda:
+        versions += f", CUDA {report['cuda']}, cuDNN {report['cudnn']}"
+    peaks = ", ".join(f"{dtype} {flop_per_s / scale:.1f} {unit}"
+                      for dtype, flop_per_s in report["peak_flop_per_s"].items())
+    lines = [
+        f"### fusedrnn {report['fusedrnn']} vs torch.nn on {report['device_name']} "
+        f"({report['device']}, {report['threads']} threads)",
+        "",
+        f"- {versions}; {report['date']}; about {report['budget_s']:g} s per case"
+        + (f"; TF32 {'on' if report['tf32'] else 'off'}" if cuda else "") + ".",
+        "- Medians over `reps` interleaved repetitions. speedup = baseline ms / fused ms "
+        "(> 1: fused is faster).",
+        f"- FLOP count: {FLOP_NOTE}",
+        f"- Peak: median of {report['peak_matmul_n']}^3 matmuls: {peaks}.",
+        "- Packed cases: a PackedSequence of B sequences of mixed lengths (1 to T, unsorted); "
+        "their FLOPs count the real tokens. Not covered: FlashRNN (no adapter).",
+        "",
+    ]
+    columns = ["cell", "L", "bidir", "T", "B", "I", "H", "dtype", "mode", "torch ms",
+               "fused ms", "speedup"]
+    if cuda:
+        columns += ["no-cuDNN ms", "speedup vs no-cuDNN"]
+    columns += [f"fused {unit}", "% of peak", "reps"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    failures = []
+    for result in report["results"]:
+        steps = f"<={result['T']} packed" if result.get("packed") else result["T"]
+        row = [result["cell"], result["layers"], "yes" if result["bidirectional"] else "no",
+               steps, result["B"], result["I"], result["H"], result["dtype"],
+               result["mode"]]
+        if "error" in result:
+            failures.append(f"- {Case(**_case_fields(result)).label()}: {result['error']}")
+            row += ["failed"] * (len(columns) - len(row))
+        else:
+            median, speedup = result["median_ms"], result["speedup"]
+            row += [format_ms(median["torch"]), format_ms(median["fused"]),
+                    f"{speedup['torch']:.2f}x"]
+            if cuda:
+                row += [format_ms(median["torch_no_cudnn"]), f"{speedup['torch_no_cudnn']:.2f}x"]
+            row += [f"{result['fused_flop_per_s'] / scale:.2f}",
+                    f"{result['fused_pct_of_peak']:.1f}", result["reps"]]
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    if failures:
+        lines += ["", "Failed cases:", *failures]
+    return "\n".join(lines)
+
+
+def _case_fields(result: dict) -> dict:
+    return {field.name: result[field.name] for field in dataclasses.fields(Case)}
+
+
+def save_plot(report: dict, path: Path) -> bool:
+    """A bar chart of the speedups, if matplotlib is installed. -> whether it was written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FormatStrFormatter
+    except ImportError:
+        return False
+    results = [result for result in report["results"] if "error" not in result]
+    if not results:
+        return False
+    baselines = list(results[0]["speedup"])
+    bar = 0.8 / len(baselines)
+    figure, axes = plt.subplots(figsize=(10, 1.5 + 0.3 * len(results) * len(baselines)))
+    for index, baseline in enumerate(baselines):
+        axes.barh([row + index * bar for row in range(len(results))],
+                  [result["speedup"][baseline] for result in results], height=bar,
+                  label=f"vs {BASELINES[baseline]}")
+    axes.set_yticks([row + bar * (len(baselines) - 1) / 2 for row in range(len(results))],
+                    [Case(**_case_fields(result)).label() for result in results], fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xlabel("speedup of fusedrnn (baseline ms / fused ms; > 1 is faster)")
+    axes.set_title(f"fusedrnn on {report['device_name']}, torch {report['torch']}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
