@@ -21,9 +21,9 @@ def convert(module, copy=False):
 
     The replacements hold the same Parameter objects, so device, dtype, requires_grad and any
     optimizer that already holds them carry over, and keep the training mode. copy=True converts
-    a deep copy and leaves `module` as it was. Only those exact classes are replaced (not
-    subclasses, whose forward may differ). Modules whose parameters are not torch.nn's own
-    (weight norm) stay, with a warning naming them.
+    a deep copy and leaves `module` as it was. Only those exact classes are replaced: a subclass
+    (whose methods may call torch.nn's forward) stays, with a warning naming it and the class to
+    derive it from instead; so do modules whose parameters are not torch.nn's own (weight norm).
     Hooks registered on a replaced module are not carried over."""
     return _replace_tree(copying.deepcopy(module) if copy else module, _TO_FUSED)
 
@@ -43,6 +43,8 @@ def _replace_tree(root, table):
         new = module
         if type(module) in table:
             new = _counterpart(module, table[type(module)], path or "the root module")
+        elif isinstance(module, tuple(table)):
+            _warn_subclass(module, path or "the root module", table)
         else:
             for name, child in list(module._modules.items()):
                 if child is not None:
@@ -53,6 +55,15 @@ def _replace_tree(root, table):
         return new
 
     return visit(root, "")
+
+
+def _warn_subclass(module, path, table):
+    base = next(cls for cls in type(module).__mro__ if cls in table)
+    library, other = ("torch.nn", "fusedrnn") if base in _TO_FUSED else ("fusedrnn", "torch.nn")
+    warnings.warn(
+        f"fusedrnn: left {path} ({type(module).__module__}.{type(module).__qualname__}) as it is: "
+        f"it subclasses {library}.{base.__name__}, whose forward its methods may call; derive it "
+        f"from {other}.{table[base].__name__} instead to run it on {other}")
 
 
 def _counterpart(module, target_cls, path):

@@ -142,6 +142,29 @@ class LSTM(_FusedRNNBase):
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
 
+    # torch.nn.LSTM's public helpers for its (h, c) state, which subclasses and user code call.
+    def get_expected_cell_size(self, input, batch_sizes):
+        """(layers * directions, batch, hidden_size): the shape of c."""
+        if batch_sizes is not None:
+            batch = int(batch_sizes[0])
+        else:
+            batch = input.size(0) if self.batch_first else input.size(1)
+        return self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size
+
+    def check_forward_args(self, input, hidden, batch_sizes):
+        """Raises as torch.nn.LSTM does for an input or (h, c) of the wrong shape."""
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes),
+                               "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes),
+                               "Expected hidden[1] size {}, got {}")
+
+    def permute_hidden(self, hx, permutation):
+        """(h, c) with their batch rows in `permutation`'s order (None: as they are)."""
+        if permutation is None:
+            return hx
+        return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
+
     def forward(self, input, hx=None):
         input, packing, is_batched = self._prepare_input(input)
         if hx is None:

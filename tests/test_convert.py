@@ -152,6 +152,43 @@ def test_shared_module_stays_shared_and_subclasses_stay():
 
     shared = nn.LSTMCell(3, 3)
     model = nn.ModuleList([shared, nn.Sequential(shared), MyGRU(3, 3)])
-    fusedrnn.convert(model)
+    with pytest.warns(UserWarning, match="left 2 .* it subclasses torch.nn.GRU"):
+        fusedrnn.convert(model)
     assert type(model[0]) is fusedrnn.LSTMCell and model[1][0] is model[0]
     assert type(model[2]) is MyGRU
+
+
+class _ScaledLSTM(nn.LSTM):
+    """A subclass as forecasting libraries write them: Python around the base forward."""
+
+    def forward(self, x, hx=None):
+        out, state = super().forward(x, hx)
+        return 2 * out, state
+
+
+class _FusedScaledLSTM(fusedrnn.LSTM):
+    def forward(self, x, hx=None):
+        out, state = super().forward(x, hx)
+        return 2 * out, state
+
+
+def test_subclasses_are_left_with_a_warning_naming_them():
+    model = nn.Sequential(_ScaledLSTM(4, 5), nn.GRU(5, 3))
+    with pytest.warns(UserWarning, match=r"left 0 \(test_convert._ScaledLSTM\) as it is: it "
+                                         r"subclasses torch.nn.LSTM.*derive it from "
+                                         r"fusedrnn.LSTM"):
+        converted = fusedrnn.convert(model)
+    assert type(converted[0]) is _ScaledLSTM and type(converted[1]) is fusedrnn.GRU
+    with pytest.warns(UserWarning, match=r"subclasses fusedrnn.LSTM.*derive it from torch.nn.LSTM"):
+        fusedrnn.revert(nn.Sequential(_FusedScaledLSTM(4, 5)))
+
+
+def test_a_subclass_derived_from_fusedrnn_matches_its_torch_nn_twin():
+    """The route the warning names: the same subclass on fusedrnn.LSTM."""
+    torch.manual_seed(0)
+    theirs, ours = _ScaledLSTM(4, 5).double(), _FusedScaledLSTM(4, 5).double()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    (a, (h_a, c_a)), (b, (h_b, c_b)) = theirs(x), ours(x)
+    for mine, reference in ((b, a), (h_b, h_a), (c_b, c_a)):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)

@@ -277,3 +277,29 @@ def test_backward_in_eval_mode(cell, device):
     with torch.backends.cudnn.flags(enabled=False):  # torch.nn's reference: its native path
         expected = run_and_grad(ref, x, hx)
     assert_close_by_name(run_and_grad(fused, x, hx), expected, 1e-10)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_lstm_public_state_helpers_match_torch_nn(batch_first, packed):
+    """nn.LSTM's check_forward_args, permute_hidden and get_expected_cell_size, which subclasses
+    and user code call: the same results and the same errors, with a projection."""
+    from test_errors import _both_raise
+
+    ref, fused = make_pair("lstm", 4, 6, proj_size=3, num_layers=2, batch_first=batch_first)
+    batch_sizes = torch.tensor([5, 5, 3, 1]) if packed else None
+    x = torch.randn(14, 4) if packed else torch.randn(5, 7, 4)  # packed: the data
+    B = 5 if packed else (5 if batch_first else 7)
+    h, c = torch.randn(2, B, 3), torch.randn(2, B, 6)
+    for model in (ref, fused):
+        assert model.get_expected_cell_size(x, batch_sizes) == ref.get_expected_cell_size(
+            x, batch_sizes)
+        model.check_forward_args(x, (h, c), batch_sizes)
+    for bad in ((h, c[:, :1]), (c, c)):
+        _both_raise(ref.check_forward_args, fused.check_forward_args, x, bad, batch_sizes,
+                    match=r"Expected hidden\[[01]\] size")
+    permutation = torch.randperm(B)
+    for ours, theirs in zip(fused.permute_hidden((h, c), permutation),
+                            ref.permute_hidden((h, c), permutation)):
+        assert torch.equal(ours, theirs)
+    assert fused.permute_hidden((h, c), None) == (h, c)
