@@ -11,10 +11,11 @@ output [T, B, H]. With batch_sizes (a PackedSequence's), input is the packed dat
 output is packed the same way, [rows, H].
 """
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
 from . import _extension  # noqa: F401  (loading _C registers torch.ops.fusedrnn)
-from . import fake  # noqa: F401  (the ops' fake kernels)
+from . import batching, fake  # noqa: F401  (the ops' vmap rules and fake kernels)
 
 _ops = torch.ops.fusedrnn
 
@@ -62,26 +63,59 @@ def _rnn_reference(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
 
 
 def _differentiable_backward(ctx, reference, inputs, options, grad_outputs, needed=None):
-    """The gradients of `inputs` through `reference(*inputs, *options)`, built as a graph so that
-    they can be differentiated again. Taken only under create_graph=True: it is much slower than
-    the fused backward and keeps every step's activations. `needed`: which inputs need a
-    gradient (default: the Function's first len(inputs) inputs)."""
+    """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
+    tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
+    backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Much slower
+    than the fused backward, and keeps every step's activations. torch.func.vjp, unlike
+    torch.autograd.grad, sees the tensors a torch.func transform tracks. `needed`: which inputs
+    need a gradient (default: the Function's first len(inputs) inputs)."""
     needed = needed or ctx.needs_input_grad[:len(inputs)]
-    wanted = [t for t, need in zip(inputs, needed) if need]
-    outputs = reference(*inputs, *options)
-    used = [(out, grad) for out, grad in zip(outputs, grad_outputs) if grad is not None]
-    if not wanted or not used:
+    wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
+    if not wanted or all(g is None for g in grad_outputs):
         return (None,) * len(inputs)
-    grads = iter(torch.autograd.grad([out for out, _ in used], wanted, [g for _, g in used],
-                                     create_graph=True, allow_unused=True))
-    return tuple(next(grads) if need else None for need in needed)
+
+    def layer(*tensors):
+        full = list(inputs)
+        for i, tensor in zip(wanted, tensors):
+            full[i] = tensor
+        return reference(*full, *options)
+
+    outputs, pullback = torch.func.vjp(layer, *(inputs[i] for i in wanted))
+    grads = iter(pullback(tuple(torch.zeros_like(out) if g is None else g
+                                for out, g in zip(outputs, grad_outputs))))
+    return tuple(next(grads) if i in wanted else None for i in range(len(inputs)))
 
 
 def _check_not_packed_for_double_backward(ctx):
     if ctx.batch_sizes is not None:
         raise NotImplementedError(
-            "fusedrnn: double backward (create_graph=True) through PackedSequence input is not "
-            "supported; pad the batch for gradient penalties")
+            "fusedrnn: double backward (create_graph=True), torch.func transforms and forward-mode "
+            "AD through PackedSequence input are not supported; pad the batch for gradient "
+            "penalties")
+
+
+def _reference_jvp(ctx, reference, primals, tangents, options):
+    """Forward-mode derivatives of the outputs of `reference(*primals, *options)`: forward AD
+    (torch.autograd.forward_ad, torch.func.jvp) runs through the plain-PyTorch layer, as the
+    fused kernels have no forward-mode form (three passes of it: a forward and two reverse).
+    tangents: one per primal, None where it has none."""
+    _check_not_packed_for_double_backward(ctx)
+    wanted = [i for i, (p, t) in enumerate(zip(primals, tangents))
+              if p is not None and t is not None]
+
+    def layer(*tensors):
+        full = list(primals)
+        for i, tensor in zip(wanted, tensors):
+            full[i] = tensor
+        return reference(*full, *options)
+
+    if not wanted:
+        return tuple(None for _ in reference(*primals, *options))
+    # J t as the reverse derivative of the (linear) map u -> J^T u: forward AD cannot nest here.
+    outputs, pullback = torch.func.vjp(layer, *(primals[i] for i in wanted))
+    _, pullback_of_pullback = torch.func.vjp(
+        pullback, tuple(torch.zeros_like(out) for out in outputs))
+    return pullback_of_pullback(tuple(tangents[i] for i in wanted))[0]
 
 
 # ---- autograd ------------------------------------------------------------------------------
@@ -92,18 +126,24 @@ def _check_not_packed_for_double_backward(ctx):
 # keeps a copy of its own: the caller may edit the output in place before the backward
 # (ReLU(inplace=True), zeroing padded steps), as torch.nn allows.
 class LSTMFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes, w_hr=None):
-        output, hn, cn, gates, cells, unprojected = _ops.lstm_forward(
-            input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True, batch_sizes, w_hr)
-        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output.clone(), gates,
-                              cells, unprojected)
-        ctx.reverse, ctx.batch_sizes = reverse, batch_sizes
-        ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
-        return output, hn, cn
+    """-> output, h_n, c_n, then what the backward keeps (see _keep)."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad_output, grad_hn, grad_cn):
+    def forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes, w_hr=None):
+        output, hn, cn, gates, cells, unprojected = _ops.lstm_forward(
+            input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, True, batch_sizes, w_hr)
+        return output, hn, cn, output.clone(), gates, cells, unprojected
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes, *w_hr = inputs
+        w_hr = w_hr[0] if w_hr else None
+        _keep(ctx, (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), outputs[3:], batch_sizes)
+        ctx.reverse = reverse
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hn, grad_cn, *_):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
             ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -126,17 +166,23 @@ class LSTMFunction(torch.autograd.Function):
 
 
 class GRUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes):
-        output, hn, saved = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, True,
-                                             batch_sizes)
-        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output.clone(), saved)
-        ctx.reverse, ctx.batch_sizes = reverse, batch_sizes
-        ctx.set_materialize_grads(False)
-        return output, hn
+    """-> output, h_n, then what the backward keeps (see _keep)."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad_output, grad_hn):
+    def forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes):
+        output, hn, saved = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, True,
+                                             batch_sizes)
+        return output, hn, output.clone(), saved
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes = inputs
+        _keep(ctx, (input, h0, w_ih, w_hh, b_ih, b_hh), outputs[2:], batch_sizes)
+        ctx.reverse = reverse
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
         if torch.is_grad_enabled():
             _check_not_packed_for_double_backward(ctx)
@@ -153,17 +199,23 @@ class GRUFunction(torch.autograd.Function):
 
 
 class RNNFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes):
-        output, hn = _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
-                                      batch_sizes)
-        ctx.save_for_backward(input, h0, w_ih, w_hh, b_ih, b_hh, output.clone())
-        ctx.relu, ctx.reverse, ctx.batch_sizes = relu, reverse, batch_sizes
-        ctx.set_materialize_grads(False)
-        return output, hn
+    """-> output, h_n, then what the backward keeps (see _keep)."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad_output, grad_hn):
+    def forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes):
+        output, hn = _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
+                                      batch_sizes)
+        return output, hn, output.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes = inputs
+        _keep(ctx, (input, h0, w_ih, w_hh, b_ih, b_hh), outputs[2:], batch_sizes)
+        ctx.relu, ctx.reverse = relu, reverse
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
         if torch.is_grad_enabled():
             _check_not_packed_for_double_backward(ctx)
@@ -188,10 +240,15 @@ def _lists(directions, k):
     return [[directions[i], directions[k + i]] for i in range(k)]
 
 
-def _save_pair(ctx, batch_sizes, input, directions, kept):
-    ctx.save_for_backward(input, *directions, *kept)
+def _keep(ctx, inputs, kept, batch_sizes):
+    """Saves the Function's tensor inputs and the outputs it returns for its backward alone
+    (`kept`: its copy of the layer's output, which the caller may then edit in place, and the
+    activations), which are not differentiable."""
+    ctx.mark_non_differentiable(*kept)
+    ctx.save_for_backward(*inputs, *kept)
+    ctx.save_for_forward(*inputs)  # for jvp
     ctx.batch_sizes = batch_sizes
-    ctx.set_materialize_grads(False)
+    ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
 
 
 def _pair_double_backward(ctx, reference, input, directions, options, grads, k, leading):
@@ -207,6 +264,30 @@ def _pair_double_backward(ctx, reference, input, directions, options, grads, k, 
             *per[1][1:])
 
 
+def _pair_jvp(ctx, reference, tangents, options, k, leading):
+    """Both directions' forward-mode derivatives (as _reference_jvp). tangents: the Function's,
+    `leading` before the directions' k each. -> the tangents of both directions' outputs."""
+    primals = ctx.saved_tensors[:1 + 2 * k]
+    input, directions = primals[0], primals[1:]
+    return tuple(t for d in range(2) for t in _reference_jvp(
+        ctx, reference, (input, *directions[d * k:(d + 1) * k]),
+        (tangents[0], *tangents[leading + d * k:leading + (d + 1) * k]), (*options, d == 1)))
+
+
+def _legacy_batched(grads):
+    """Whether the backward runs under autograd's own vmap (autograd.grad(is_grads_batched=True),
+    jacobian(vectorize=True)), whose for-loop fallback cannot batch ops that return lists: the
+    pair ops then run as their two one-direction ops."""
+    if torch.compiler.is_compiling():  # Dynamo cannot trace the check; it does not batch
+        return False
+    return any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads)
+
+
+def _per_direction(call):
+    """call(d) -> direction d's one-direction results; -> both, flat, as the pair ops return."""
+    return [*call(0), *call(1)]
+
+
 def _sum_defined(a, b):
     return b if a is None else a if b is None else a + b
 
@@ -214,14 +295,20 @@ def _sum_defined(a, b):
 class LSTMPairFunction(torch.autograd.Function):
     """directions: h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr of each."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input, batch_sizes, *directions):
+    def forward(input, batch_sizes, *directions):
         h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _lists(directions, 7)
         results = _ops.lstm_forward_pair(input, h0, c0, w_ih, w_hh, b_ih, b_hh, True,
                                          batch_sizes, w_hr)
         kept = [t for d in (0, 6) for t in (results[d].clone(), *results[d + 3:d + 6])]
-        _save_pair(ctx, batch_sizes, input, directions, kept)
-        return (*results[:3], *results[6:9])
+        return (*results[:3], *results[6:9], *kept)
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, batch_sizes, *directions = inputs
+        _keep(ctx, (input, *directions), outputs[6:], batch_sizes)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -229,13 +316,21 @@ class LSTMPairFunction(torch.autograd.Function):
         directions, kept = saved[:14], saved[14:]
         if torch.is_grad_enabled():
             return _pair_double_backward(ctx, _lstm_reference, input, directions, (),
-                                         (grads[:3], grads[3:]), 7, 2)
+                                         (grads[:3], grads[3:6]), 7, 2)
         h0, c0, w_ih, w_hh, b_ih, _, w_hr = _lists(directions, 7)
         output, gates, cells, unprojected = _lists(kept, 4)
         has_bias = b_ih[0] is not None
-        results = _ops.lstm_backward_pair(
-            [grads[0], grads[3]], [grads[1], grads[4]], [grads[2], grads[5]], input, h0, c0,
-            w_ih, w_hh, output, gates, cells, has_bias, ctx.batch_sizes, w_hr, unprojected)
+        grad_output, grad_hn, grad_cn = [grads[0], grads[3]], [grads[1], grads[4]], \
+            [grads[2], grads[5]]
+        if _legacy_batched(grads):
+            results = _per_direction(lambda d: _ops.lstm_backward(
+                grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d], w_hh[d],
+                output[d], gates[d], cells[d], has_bias, d == 1, ctx.batch_sizes, w_hr[d],
+                unprojected[d]))
+        else:
+            results = _ops.lstm_backward_pair(
+                grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
+                has_bias, ctx.batch_sizes, w_hr, unprojected)
 
         def direction(d):  # grads of h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
             grad_bias = results[7 * d + 5] if has_bias else None
@@ -248,13 +343,19 @@ class LSTMPairFunction(torch.autograd.Function):
 class GRUPairFunction(torch.autograd.Function):
     """directions: h0, w_ih, w_hh, b_ih, b_hh of each."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input, batch_sizes, *directions):
+    def forward(input, batch_sizes, *directions):
         h0, w_ih, w_hh, b_ih, b_hh = _lists(directions, 5)
         results = _ops.gru_forward_pair(input, h0, w_ih, w_hh, b_ih, b_hh, True, batch_sizes)
-        _save_pair(ctx, batch_sizes, input, directions,
-                   [results[0].clone(), results[2], results[3].clone(), results[5]])
-        return (*results[:2], *results[3:5])
+        return (*results[:2], *results[3:5],
+                results[0].clone(), results[2], results[3].clone(), results[5])
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, batch_sizes, *directions = inputs
+        _keep(ctx, (input, *directions), outputs[4:], batch_sizes)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -262,12 +363,18 @@ class GRUPairFunction(torch.autograd.Function):
         directions = saved[:10]
         if torch.is_grad_enabled():
             return _pair_double_backward(ctx, _gru_reference, input, directions, (),
-                                         (grads[:2], grads[2:]), 5, 2)
+                                         (grads[:2], grads[2:4]), 5, 2)
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         output, kept = [saved[10], saved[12]], [saved[11], saved[13]]
         has_bias = b_ih[0] is not None
-        results = _ops.gru_backward_pair([grads[0], grads[2]], [grads[1], grads[3]], input, h0,
-                                         w_ih, w_hh, output, kept, has_bias, ctx.batch_sizes)
+        grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
+        if _legacy_batched(grads):
+            results = _per_direction(lambda d: _ops.gru_backward(
+                grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], kept[d],
+                has_bias, d == 1, ctx.batch_sizes))
+        else:
+            results = _ops.gru_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
+                                             kept, has_bias, ctx.batch_sizes)
 
         def direction(d):  # grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
             grad_b = results[6 * d + 4:6 * d + 6] if has_bias else (None, None)
@@ -279,13 +386,19 @@ class GRUPairFunction(torch.autograd.Function):
 class RNNPairFunction(torch.autograd.Function):
     """directions: h0, w_ih, w_hh, b_ih, b_hh of each."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input, batch_sizes, relu, *directions):
+    def forward(input, batch_sizes, relu, *directions):
         h0, w_ih, w_hh, b_ih, b_hh = _lists(directions, 5)
         results = _ops.rnn_forward_pair(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
-        _save_pair(ctx, batch_sizes, input, directions, [results[0].clone(), results[2].clone()])
+        return (*results, results[0].clone(), results[2].clone())
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, batch_sizes, relu, *directions = inputs
+        _keep(ctx, (input, *directions), outputs[4:], batch_sizes)
         ctx.relu = relu
-        return tuple(results)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -293,12 +406,17 @@ class RNNPairFunction(torch.autograd.Function):
         directions = saved[:10]
         if torch.is_grad_enabled():
             return _pair_double_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
-                                         (grads[:2], grads[2:]), 5, 3)
+                                         (grads[:2], grads[2:4]), 5, 3)
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         has_bias = b_ih[0] is not None
-        results = _ops.rnn_backward_pair([grads[0], grads[2]], [grads[1], grads[3]], input, h0,
-                                         w_ih, w_hh, saved[10:12], has_bias, ctx.relu,
-                                         ctx.batch_sizes)
+        grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
+        if _legacy_batched(grads):
+            results = _per_direction(lambda d: _ops.rnn_backward(
+                grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], has_bias,
+                ctx.relu, d == 1, ctx.batch_sizes))
+        else:
+            results = _ops.rnn_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
+                                             has_bias, ctx.relu, ctx.batch_sizes)
 
         def direction(d):  # grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
             grad_bias = results[5 * d + 4] if has_bias else None
@@ -307,8 +425,62 @@ class RNNPairFunction(torch.autograd.Function):
         return (results[0] + results[5], None, None, *direction(0), *direction(1))
 
 
+# ---- forward-mode AD ------------------------------------------------------------------------
+# Each Function's jvp, through the plain-PyTorch layer (_reference_jvp). Dynamo refuses to trace
+# a Function that defines one, so only the eager calls take the subclasses that have it.
+def _lstm_jvp(ctx, *tangents):
+    primals = ctx.saved_tensors[:8]
+    input_tangents = (*tangents[:7], tangents[9] if len(tangents) > 9 else None)
+    return (*_reference_jvp(ctx, _lstm_reference, primals, input_tangents, (ctx.reverse,)),
+            None, None, None, None)
+
+
+def _gru_jvp(ctx, *tangents):
+    return (*_reference_jvp(ctx, _gru_reference, ctx.saved_tensors[:6], tangents[:6],
+                            (ctx.reverse,)), None, None)
+
+
+def _rnn_jvp(ctx, *tangents):
+    return (*_reference_jvp(ctx, _rnn_reference, ctx.saved_tensors[:6], tangents[:6],
+                            (ctx.relu, ctx.reverse)), None)
+
+
+def _lstm_pair_jvp(ctx, *tangents):
+    return (*_pair_jvp(ctx, _lstm_reference, tangents, (), 7, 2), *(None,) * 8)
+
+
+def _gru_pair_jvp(ctx, *tangents):
+    return (*_pair_jvp(ctx, _gru_reference, tangents, (), 5, 2), *(None,) * 4)
+
+
+def _rnn_pair_jvp(ctx, *tangents):
+    return (*_pair_jvp(ctx, _rnn_reference, tangents, (ctx.relu,), 5, 3), None, None)
+
+
+def _with_jvp(function, jvp):
+    return type(function.__name__, (function,),
+                {"jvp": staticmethod(jvp), "__doc__": function.__doc__})
+
+
+_EAGER = {function: _with_jvp(function, jvp) for function, jvp in (
+    (LSTMFunction, _lstm_jvp), (GRUFunction, _gru_jvp), (RNNFunction, _rnn_jvp),
+    (LSTMPairFunction, _lstm_pair_jvp), (GRUPairFunction, _gru_pair_jvp),
+    (RNNPairFunction, _rnn_pair_jvp))}
+
+
+def _apply(function, *args):
+    """function.apply, with forward-mode AD where Dynamo is not tracing."""
+    return (function if torch.compiler.is_compiling() else _EAGER[function]).apply(*args)
+
+
 # ---- one layer, one direction --------------------------------------------------------------
 def _needs_grad(*tensors):
+    """Whether a call must go through its autograd.Function: a tensor requires grad, or a
+    forward-mode AD level or a torch.func transform is active (their tensors need not)."""
+    if not torch.compiler.is_compiling() and (
+            forward_ad._current_level >= 0
+            or torch._C._functorch.maybe_current_level() is not None):
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -317,8 +489,8 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
     """-> output [T, B, P], h_n [B, P], c_n [B, H], where P is w_hr's projection size (H without
     one). Saves nothing when no gradient is needed."""
     if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-        return LSTMFunction.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes,
-                                  w_hr)
+        return _apply(LSTMFunction, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes,
+                      w_hr)[:3]
     output, hn, cn, _, _, _ = _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
                                                 False, batch_sizes, w_hr)
     return output, hn, cn
@@ -327,7 +499,7 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
 def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_sizes=None):
     """-> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
-        return GRUFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes)
+        return _apply(GRUFunction, input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes)[:2]
     output, hn, _ = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False,
                                      batch_sizes)
     return output, hn
@@ -337,7 +509,8 @@ def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=F
               batch_sizes=None):
     """Elman RNN, tanh (or relu). -> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
-        return RNNFunction.apply(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
+        return _apply(RNNFunction, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
+                      batch_sizes)[:2]
     return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
 
 
@@ -348,7 +521,7 @@ def lstm_layer_pair(input, directions, batch_sizes=None):
     """directions: (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) each. -> (output, h_n, c_n) each."""
     flat = (*directions[0], *directions[1])
     if _needs_grad(input, *flat):
-        results = LSTMPairFunction.apply(input, batch_sizes, *flat)
+        results = _apply(LSTMPairFunction, input, batch_sizes, *flat)[:6]
     else:
         *per_direction, w_hr = _lists(flat, 7)
         results = _ops.lstm_forward_pair(input, *per_direction, False, batch_sizes, w_hr)
@@ -360,7 +533,7 @@ def gru_layer_pair(input, directions, batch_sizes=None):
     """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
     flat = (*directions[0], *directions[1])
     if _needs_grad(input, *flat):
-        results = GRUPairFunction.apply(input, batch_sizes, *flat)
+        results = _apply(GRUPairFunction, input, batch_sizes, *flat)[:4]
     else:
         results = _ops.gru_forward_pair(input, *_lists(flat, 5), False, batch_sizes)
         results = (*results[:2], *results[3:5])
@@ -371,7 +544,7 @@ def rnn_layer_pair(input, directions, relu=False, batch_sizes=None):
     """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
     flat = (*directions[0], *directions[1])
     if _needs_grad(input, *flat):
-        results = RNNPairFunction.apply(input, batch_sizes, relu, *flat)
+        results = _apply(RNNPairFunction, input, batch_sizes, relu, *flat)[:4]
     else:
         results = _ops.rnn_forward_pair(input, *_lists(flat, 5), relu, batch_sizes)
     return tuple(results[:2]), tuple(results[2:])

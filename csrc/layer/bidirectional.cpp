@@ -1,6 +1,7 @@
 // Both directions of a bidirectional layer in one op (layer.h: the *_pair ops), side by side on
 // the CPU where torch runs two threads.
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <tuple>
 #include <vector>
@@ -19,7 +20,11 @@ namespace {
 template <typename Run>
 void both_directions(const Tensor& like, const Run& run) {
   if (like.is_cpu() && at::get_num_threads() == 2 && !at::in_parallel_region()) {
+    // The caller's thread-local state (grad and forward-AD modes, inference mode, dispatch
+    // keys) holds on the other thread too: OpenMP's threads do not inherit it.
+    const at::ThreadLocalState state;
     at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard guard(state);
       for (int64_t d = begin; d < end; ++d) run(d);
     });
     return;

@@ -1,0 +1,142 @@
+"""fusedrnn under torch.func (grad, vjp, jacrev, jvp, vmap, functional_call, per-sample
+gradients), batched gradients and forward-mode AD, against torch.nn."""
+import pytest
+import torch
+import torch.autograd.forward_ad as forward_ad
+from torch.func import functional_call
+
+from conftest import CELLS, apply_layer, layer_args, make_pair, rel_err
+from test_cells import CELL_CLASSES, make_cell_pair
+
+CASES = [(cell, bidirectional) for cell in CELLS for bidirectional in (False, True)]
+IDS = [f"{cell}-{'bi' if bi else 'uni'}" for cell, bi in CASES]
+
+
+def _pair(cell, bidirectional, requires_grad=True):
+    ref, fused = make_pair(cell, 3, 5, "cpu", torch.float64, bidirectional=bidirectional)
+    for model in (ref, fused):
+        model.requires_grad_(requires_grad)
+    return ref, fused
+
+
+def _x(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _assert_close(ours, theirs, tol=1e-10):
+    ours, theirs = torch.utils._pytree.tree_leaves(ours), torch.utils._pytree.tree_leaves(theirs)
+    assert len(ours) == len(theirs)
+    errors = [rel_err(a, b) for a, b in zip(ours, theirs)]
+    assert max(errors) <= tol, errors
+
+
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_grad_vjp_jacrev_jvp_of_functional_call(cell, bidirectional):
+    ref, fused = _pair(cell, bidirectional)
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    x, tangent = _x(4, 2, 3), _x(4, 2, 3, seed=2)
+    cotangent = _x(4, 2, 10 if bidirectional else 5, seed=1)
+
+    def output(model):
+        return lambda p, x: functional_call(model, p, (x,))[0]
+
+    def loss(model):
+        return lambda p, x: output(model)(p, x).pow(2).sum()
+
+    _assert_close(torch.func.grad(loss(fused), argnums=(0, 1))(params, x),
+                  torch.func.grad(loss(ref), argnums=(0, 1))(params, x))
+    (_, ours), (_, theirs) = (torch.func.vjp(output(m), params, x) for m in (fused, ref))
+    _assert_close(ours(cotangent), theirs(cotangent))
+    _assert_close(torch.func.jacrev(output(fused), argnums=1)(params, x),
+                  torch.func.jacrev(output(ref), argnums=1)(params, x))
+    _assert_close(torch.func.jvp(lambda x: output(fused)(params, x), (x,), (tangent,)),
+                  torch.func.jvp(lambda x: output(ref)(params, x), (x,), (tangent,)))
+
+    def grad_of_grad(model):  # nested transforms
+        return torch.func.grad(lambda x: torch.func.grad(loss(model), argnums=1)(params, x).sum())
+
+    _assert_close(grad_of_grad(fused)(x), grad_of_grad(ref)(x))
+
+
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_per_sample_gradients_and_vmap(cell, bidirectional):
+    """vmap(grad(...)) over samples (Opacus-style), and vmap of the forward: as a loop over the
+    samples (torch.nn's own LSTM does not run under vmap)."""
+    ref, fused = _pair(cell, bidirectional)
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    samples = _x(6, 4, 1, 3)
+
+    def loss(model):
+        return lambda p, x: functional_call(model, p, (x,))[0].pow(2).sum()
+
+    ours = torch.func.vmap(torch.func.grad(loss(fused)), in_dims=(None, 0))(params, samples)
+    theirs = {k: torch.stack([torch.func.grad(loss(ref))(params, x)[k] for x in samples])
+              for k in params}
+    _assert_close(ours, theirs)
+    _assert_close(torch.func.vmap(lambda x: fused(x)[0])(samples),
+                  torch.stack([ref(x)[0] for x in samples]))
+
+
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_batched_gradients(cell, bidirectional):
+    """autograd.grad(is_grads_batched=True) and jacobian(vectorize=True): autograd's own vmap."""
+    ref, fused = _pair(cell, bidirectional)
+    x = _x(4, 2, 3).requires_grad_()
+    outputs = [model(x)[0] for model in (fused, ref)]
+    v = _x(3, *outputs[0].shape, seed=3)
+    ours, theirs = (torch.autograd.grad(out, x, v, is_grads_batched=True) for out in outputs)
+    _assert_close(ours, theirs)
+    _assert_close(torch.autograd.functional.jacobian(lambda x: fused(x)[0], x, vectorize=True),
+                  torch.autograd.functional.jacobian(lambda x: ref(x)[0], x, vectorize=True))
+
+
+@pytest.mark.parametrize("requires_grad", [True, False], ids=["params-grad", "params-frozen"])
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_forward_mode_ad(cell, bidirectional, requires_grad):
+    """Dual tensors (torch.autograd.forward_ad), also where nothing requires grad."""
+    ref, fused = _pair(cell, bidirectional, requires_grad)
+    x, tangent = _x(4, 2, 3), _x(4, 2, 3, seed=4)
+    results = []
+    for model in (fused, ref):
+        with forward_ad.dual_level():
+            out, h = model(forward_ad.make_dual(x, tangent))
+            h = h[0] if isinstance(h, tuple) else h
+            results.append([forward_ad.unpack_dual(t).tangent for t in (out, h)])
+    _assert_close(*results)
+
+
+@pytest.mark.parametrize("cell", list(CELL_CLASSES))
+def test_cells(cell):
+    ref, fused = make_cell_pair(cell, 3, 5, "cpu", torch.float64)
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    x, tangent = _x(2, 3), _x(2, 3, seed=5)
+
+    def first(model):
+        def run(p, x):
+            out = functional_call(model, p, (x,))
+            return out[0] if isinstance(out, tuple) else out
+        return run
+
+    _assert_close(torch.func.jacrev(first(fused), argnums=(0, 1))(params, x),
+                  torch.func.jacrev(first(ref), argnums=(0, 1))(params, x))
+    _assert_close(torch.func.jvp(lambda x: first(fused)(params, x), (x,), (tangent,)),
+                  torch.func.jvp(lambda x: first(ref)(params, x), (x,), (tangent,)))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_gradcheck_with_batched_grad_and_forward_ad(cell):
+    """gradcheck as PyTorch's own module tests run it: batched gradients and forward AD on."""
+    args = [a.requires_grad_() if a is not None else a
+            for a in layer_args(cell, 3, 2, 3, 4, "cpu")]
+    assert torch.autograd.gradcheck(lambda *a: apply_layer(cell, a, False), args,
+                                    check_batched_grad=True, check_forward_ad=True)
+
+
+def test_forward_ad_through_packed_input_says_it_is_not_supported():
+    from torch.nn.utils.rnn import pack_sequence
+    _, fused = _pair("gru", False)
+    packed = pack_sequence([_x(4, 3), _x(2, 3, seed=1)])
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(packed.data, torch.ones_like(packed.data))
+        with pytest.raises(NotImplementedError, match="forward-mode AD through PackedSequence"):
+            fused(torch.nn.utils.rnn.PackedSequence(dual, packed.batch_sizes))
