@@ -48,10 +48,28 @@ class _FusedRNNBase(nn.RNNBase):
         return input.contiguous(), None, is_batched
 
     def _state_size(self, x, packing, width=None):
-        """(layers * directions, B, width), width H by default."""
-        batch = int(packing[0][0]) if packing else x.size(1)
+        """(layers * directions, B, width), width H by default. For packed input B is
+        batch_sizes[0], the length of sorted_indices where there is one: a size that
+        torch.compile knows without reading batch_sizes."""
+        if packing:
+            batch = packing[1].numel() if packing[1] is not None else int(packing[0][0])
+        else:
+            batch = x.size(1)
         return (self.num_layers * (2 if self.bidirectional else 1), batch,
                 width or self.hidden_size)
+
+    def _check_state_size(self, state, x, packing, message, width=None):
+        """torch.nn's check_hidden_size; under torch.compile with packed input, where the batch
+        may be a value read from batch_sizes that Dynamo cannot guard on, checked as the graph
+        runs."""
+        expected = self._state_size(x, packing, width)
+        if packing and torch.compiler.is_compiling():
+            torch._check(state.dim() == 3, lambda: "fusedrnn: a hidden state must be 3-D")
+            for size, want in zip(state.shape, expected):
+                torch._check(size == want, lambda: "fusedrnn: a hidden state's size does not "
+                                                   "match the packed batch and the module")
+            return
+        self.check_hidden_size(state, expected, message)
 
     def _zero_state(self, x, packing, width=None):
         return torch.zeros(self._state_size(x, packing, width), dtype=x.dtype, device=x.device)
@@ -185,10 +203,9 @@ class LSTM(_FusedRNNBase):
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         batch_sizes = packing[0] if packing else None
         self.check_input(input, batch_sizes)
-        self.check_hidden_size(hx[0], self._state_size(input, packing, self.proj_size),
-                               "Expected hidden[0] size {}, got {}")
-        self.check_hidden_size(hx[1], self._state_size(input, packing),
-                               "Expected hidden[1] size {}, got {}")
+        self._check_state_size(hx[0], input, packing, "Expected hidden[0] size {}, got {}",
+                               self.proj_size)
+        self._check_state_size(hx[1], input, packing, "Expected hidden[1] size {}, got {}")
         input, hx, weights, result_dtype, context = self._apply_autocast("LSTM", input, hx)
         self._check_state("hx", hx[0], input)
         self._check_state("cx", hx[1], input)
@@ -242,7 +259,7 @@ class _SingleStateRNN(_FusedRNNBase):
             hx = hx.unsqueeze(1)
         batch_sizes = packing[0] if packing else None
         self.check_input(input, batch_sizes)
-        self.check_hidden_size(hx, self._state_size(input, packing))
+        self._check_state_size(hx, input, packing, "Expected hidden size {}, got {}")
         kind = "GRU" if self.mode == "GRU" else "RNN"
         input, (hx,), weights, result_dtype, context = self._apply_autocast(kind, input, (hx,))
         self._check_state("hx", hx, input)

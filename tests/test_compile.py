@@ -58,3 +58,22 @@ def test_compiled_backward_is_the_fused_op(cell, options):
     pair = "_pair" if options.get("bidirectional") else ""
     assert f"fusedrnn::{cell}_backward{pair}" in ops.names
     assert not {name.split(".")[0] for name in ops.names} & {"aten::sigmoid", "aten::tanh"}
+
+
+@pytest.mark.parametrize("given_state", [False, True], ids=["hx-none", "hx-given"])
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_compiled_packed_input(cell, enforce_sorted, given_state):
+    """PackedSequence input under fullgraph=True: the batch is batch_sizes[0], a value Dynamo
+    cannot guard on, so the state's size is checked as the graph runs."""
+    lengths = [7, 4, 2] if enforce_sorted else [4, 7, 2]
+    _, fused = make_pair(cell, 5, 6, "cpu", num_layers=2, bidirectional=True)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(7, 3, 5, generator=gen)
+    hx = random_state(cell, fused, 3, "cpu", torch.float32, gen) if given_state else None
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
+    ours = run_and_grad(compiled, x, hx, lengths=lengths, enforce_sorted=enforce_sorted)
+    assert_close_by_name({name.replace("_orig_mod.", ""): value for name, value in ours.items()},
+                         run_and_grad(fused, x, hx, lengths=lengths,
+                                      enforce_sorted=enforce_sorted), 1e-5)
