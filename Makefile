@@ -1,4 +1,5 @@
-# make test: set up .venv (CUDA 13.0 build of torch 2.14.1 + test tools), build, run the tests.
+# make test: set up .venv (CUDA 13.0 build of torch 2.14.1 + test tools, ONNX and ONNX Runtime for
+# the export tests), build, run the tests.
 # make bench: the same set-up, then the fused-vs-torch.nn benchmark.
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ MAX_JOBS ?= 2
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC) setuptools wheel ninja pybind11 pytest pytest-benchmark \
-		scikit-learn
+		scikit-learn onnx onnxruntime onnxscript
 	touch $@
 
 build: $(VENV)/.installed

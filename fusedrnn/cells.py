@@ -33,6 +33,8 @@ class _FusedCell(nn.RNNCellBase):
         return None if hx is None else (hx,)
 
     def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():  # the ONNX graph torch.nn's cell exports
+            return getattr(nn, self._torch_name).forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{self._torch_name}: Expected input to be 1D or 2D, got "
                              f"{input.dim()}D instead")

@@ -184,6 +184,8 @@ class LSTM(_FusedRNNBase):
         return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
 
     def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():  # ONNX's own LSTM operator, as torch.nn exports it
+            return nn.LSTM.forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         if hx is None:
             hx = (self._zero_state(input, packing, self.proj_size),
@@ -244,6 +246,8 @@ class _SingleStateRNN(_FusedRNNBase):
         raise NotImplementedError
 
     def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():  # ONNX's own GRU or RNN operator, as torch.nn's
+            return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         if hx is None:
             hx = self._zero_state(input, packing)
