@@ -7,11 +7,13 @@ constructor, parameter names, shapes, gate order, initialisation and state_dict.
 import torch
 from torch import nn
 
-from . import autocast, ops
+from . import autocast, modules, ops
 
 
 class _FusedCell(nn.RNNCellBase):
     """torch.nn's cell checks and reshaping around one step of a layer op."""
+
+    __prepare_scriptable__ = modules._FusedRNNBase.__prepare_scriptable__
 
     _torch_name: str  # torch.nn's class name: error messages and the autocast policy
     _chunks: int      # gates per hidden unit
@@ -33,7 +35,7 @@ class _FusedCell(nn.RNNCellBase):
         return None if hx is None else (hx,)
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():  # the ONNX graph torch.nn's cell exports
+        if modules._exporting():
             return getattr(nn, self._torch_name).forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{self._torch_name}: Expected input to be 1D or 2D, got "

@@ -14,9 +14,23 @@ from torch.nn.utils.rnn import PackedSequence
 from . import autocast, ops
 
 
+def _exporting():
+    """Whether the call is being exported (torch.onnx.export) or traced (torch.jit.trace): then
+    the modules and cells run torch.nn's forward on their own parameters, so that the graph holds
+    the operators ONNX, TorchScript and their runtimes know (ONNX's LSTM, aten::lstm), exactly as
+    torch.nn's export and trace give them, not fusedrnn's ops."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 class _FusedRNNBase(nn.RNNBase):
     def flatten_parameters(self) -> None:
         """No-op: cuDNN's flat weight buffer is of no use to fusedrnn's kernels."""
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts torch.nn's module instead, on the same parameters: TorchScript
+        (C++, mobile) runs torch.nn's implementation, which it can compile."""
+        from .convert import revert
+        return revert(self)
 
     def _check_state(self, name, state, input):
         if state.dtype != input.dtype:
@@ -184,7 +198,7 @@ class LSTM(_FusedRNNBase):
         return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():  # ONNX's own LSTM operator, as torch.nn exports it
+        if _exporting():
             return nn.LSTM.forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         if hx is None:
@@ -246,7 +260,7 @@ class _SingleStateRNN(_FusedRNNBase):
         raise NotImplementedError
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():  # ONNX's own GRU or RNN operator, as torch.nn's
+        if _exporting():
             return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         if hx is None:
