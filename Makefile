@@ -1,13 +1,14 @@
 # make test: set up .venv (CUDA 13.0 build of torch 2.14.1 + test tools, ONNX and ONNX Runtime for
 # the export tests), build, run the tests.
-# make bench: the same set-up, then the fused-vs-torch.nn benchmark.
+# make bench: the same set-up, then the fused-vs-torch.nn benchmark (make bench-concurrency: under
+# concurrent callers and oversubscription).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
 MAX_JOBS ?= 2
 
-.PHONY: test bench build clean
+.PHONY: test bench bench-concurrency build clean
 
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ test: build
 
 bench: build
 	$(PY) -m fusedrnn.bench
+
+# fusedrnn against torch.nn with 1, 2 and 4 concurrent callers, pinned to one CPU, two processes.
+bench-concurrency: build
+	PYTHONPATH=. $(PY) benchmarks/concurrency.py
 
 clean:
 	rm -rf build fusedrnn/_C*.so
