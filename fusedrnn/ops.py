@@ -62,10 +62,11 @@ def _rnn_reference(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
     return _stack(outputs, reverse), h
 
 
-# The same layers through torch.nn's own C++ recurrence (_VF, what nn.LSTM calls), one layer and
-# one direction: the double backward's plain-autograd path, where a Python loop over the steps
-# cost it more than torch.nn's (gradgradcheck 1.2-1.4x torch.nn's time). The reverse direction
-# runs on the input reversed in time. torch.func's transforms keep the Python references above.
+# The same layers through torch.nn's own C++ recurrence (_VF, what nn.LSTM calls; cuDNN off, as it
+# has no double backward), one layer and one direction: the double backward's plain-autograd
+# path, cheaper than the Python loop above (gradgradcheck of small layers: 1.2-1.4x torch.nn's
+# time with the loop, 1.2-1.3x with this). The reverse direction runs on the input reversed in
+# time. torch.func's transforms keep the Python references, which they can see into.
 def _weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
 
@@ -119,7 +120,8 @@ def _differentiable_backward(ctx, reference, inputs, options, grad_outputs, need
 
     tensors = [t for t in (*inputs, *grad_outputs) if t is not None]
     if not any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):  # plain autograd
-        outputs = _TORCH_NN[reference](*inputs, *options)
+        with torch.backends.cudnn.flags(enabled=False):
+            outputs = _TORCH_NN[reference](*inputs, *options)
         used = [(out, g) for out, g in zip(outputs, grad_outputs) if g is not None]
         grads = iter(torch.autograd.grad([out for out, _ in used], [inputs[i] for i in wanted],
                                          [g for _, g in used], create_graph=True,
