@@ -5,11 +5,13 @@
 namespace fusedrnn {
 namespace {
 
-void check_like(const char* op, const char* name, const Tensor& t, const Tensor& input) {
-  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but input has dtype ", input.scalar_type());
+// t on the input's device and of the caller's input dtype.
+void check_like(const char* op, const char* name, const Tensor& t, c10::Device device,
+                at::ScalarType dtype) {
+  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but input is on ",
+              device);
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " has dtype ", t.scalar_type(),
+              " but input has dtype ", dtype);
 }
 
 void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef expected) {
@@ -18,9 +20,9 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
 }
 
 void check_argument(const char* op, const char* name, const Tensor& t, at::IntArrayRef shape,
-                    const Tensor& input) {
+                    c10::Device device, at::ScalarType dtype) {
   check_shape(op, name, t, shape);
-  check_like(op, name, t, input);
+  check_like(op, name, t, device, dtype);
 }
 
 bool runs_widened(const Tensor& input) {
@@ -60,18 +62,19 @@ LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
   P = w_hr_ ? w_hr_->size(0) : H;
   TORCH_CHECK(w_hh_.size(1) == P, op, ": w_hh must be [", gates, w_hh_shape, ", got shape ",
               w_hh_.sizes());
-  if (w_hr_) check_argument(op, "w_hr", *w_hr_, {P, H}, input_);
+  const c10::Device device = input_.device();
+  if (w_hr_) check_argument(op, "w_hr", *w_hr_, {P, H}, device, caller_dtype_);
   check_shape(op, "w_ih", w_ih_, {gates * H, I});
   check_shape(op, "h0", h0_, {B, P});
-  check_like(op, "w_ih", w_ih_, input_);
-  check_like(op, "w_hh", w_hh_, input_);
-  check_like(op, "h0", h0_, input_);
+  check_like(op, "w_ih", w_ih_, device, caller_dtype_);
+  check_like(op, "w_hh", w_hh_, device, caller_dtype_);
+  check_like(op, "h0", h0_, device, caller_dtype_);
   TORCH_CHECK(b_ih_.has_value() == b_hh_.has_value(), op, ": pass both b_ih and b_hh, or neither");
   if (b_ih_) {
     check_shape(op, "b_ih", *b_ih_, {gates * H});
     check_shape(op, "b_hh", *b_hh_, {gates * H});
-    check_like(op, "b_ih", *b_ih_, input_);
-    check_like(op, "b_hh", *b_hh_, input_);
+    check_like(op, "b_ih", *b_ih_, device, caller_dtype_);
+    check_like(op, "b_hh", *b_hh_, device, caller_dtype_);
   }
   input = prepared(input_), h0 = prepared(h0_), w_ih = prepared(w_ih_), w_hh = prepared(w_hh_);
   if (w_hr_) w_hr = prepared(*w_hr_);
@@ -85,11 +88,7 @@ Tensor LayerCall::prepared(const Tensor& t) const {
 }
 
 Tensor LayerCall::argument(const char* name, const Tensor& t, at::IntArrayRef shape) const {
-  check_shape(op, name, t, shape);
-  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == caller_dtype_, op, ": ", name, " has dtype ", t.scalar_type(),
-              " but input has dtype ", caller_dtype_);
+  check_argument(op, name, t, shape, input.device(), caller_dtype_);
   return prepared(t);
 }
 
