@@ -50,18 +50,12 @@ class Pool {
   // freeing the oldest kept blocks; otherwise frees it.
   void release(at::Tensor block) {
     if (block.storage().use_count() != 1) return;
-    std::deque<at::Tensor> freed;  // freed outside the lock
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (block.numel() > limit_) return;
-      while (held_ + block.numel() > limit_) {
-        held_ -= blocks_.front().numel();
-        freed.push_back(std::move(blocks_.front()));
-        blocks_.pop_front();
-      }
-      held_ += block.numel();
-      blocks_.push_back(std::move(block));
-    }
+    std::deque<at::Tensor> freed;  // freed after the lock is released
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (block.numel() > limit_) return;
+    evict_to(limit_ - block.numel(), freed);
+    held_ += block.numel();
+    blocks_.push_back(std::move(block));
   }
 
   int64_t held() {
@@ -73,23 +67,28 @@ class Pool {
     return limit_;
   }
   void set_limit(int64_t bytes) {
-    std::deque<at::Tensor> freed;  // freed after the lock is released
+    std::deque<at::Tensor> freed;
     std::lock_guard<std::mutex> lock(mutex_);
     limit_ = bytes;
-    while (held_ > limit_) {
+    evict_to(limit_, freed);
+  }
+  void clear() {
+    std::deque<at::Tensor> freed;
+    std::lock_guard<std::mutex> lock(mutex_);
+    evict_to(0, freed);
+  }
+
+ private:
+  // Moves the oldest kept blocks into `freed` until at most `bytes` are kept (the caller holds
+  // the lock, and frees them once it is released).
+  void evict_to(int64_t bytes, std::deque<at::Tensor>& freed) {
+    while (held_ > bytes) {
       held_ -= blocks_.front().numel();
       freed.push_back(std::move(blocks_.front()));
       blocks_.pop_front();
     }
   }
-  void clear() {
-    std::deque<at::Tensor> freed;
-    std::lock_guard<std::mutex> lock(mutex_);
-    freed.swap(blocks_);
-    held_ = 0;
-  }
 
- private:
   std::mutex mutex_;
   std::deque<at::Tensor> blocks_;  // bytes, oldest first
   int64_t held_ = 0;
