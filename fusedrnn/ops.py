@@ -100,6 +100,17 @@ _TORCH_NN = {_lstm_reference: _lstm_torch_nn, _gru_reference: _gru_torch_nn,
              _rnn_reference: _rnn_torch_nn}
 
 
+def _of_some(reference, inputs, options, wanted):
+    """reference(*inputs, *options) as a function of inputs[i] for i in `wanted` alone, the
+    others held fixed: what torch.func differentiates."""
+    def layer(*tensors):
+        full = list(inputs)
+        for i, tensor in zip(wanted, tensors):
+            full[i] = tensor
+        return reference(*full, *options)
+    return layer
+
+
 def _differentiable_backward(ctx, reference, inputs, options, grad_outputs, needed=None):
     """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
     tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
@@ -111,13 +122,6 @@ def _differentiable_backward(ctx, reference, inputs, options, grad_outputs, need
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
     if not wanted or all(g is None for g in grad_outputs):
         return (None,) * len(inputs)
-
-    def layer(*tensors):
-        full = list(inputs)
-        for i, tensor in zip(wanted, tensors):
-            full[i] = tensor
-        return reference(*full, *options)
-
     tensors = [t for t in (*inputs, *grad_outputs) if t is not None]
     if not any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):  # plain autograd
         with torch.backends.cudnn.flags(enabled=False):
@@ -127,13 +131,14 @@ def _differentiable_backward(ctx, reference, inputs, options, grad_outputs, need
                                          [g for _, g in used], create_graph=True,
                                          allow_unused=True))
     else:
-        outputs, pullback = torch.func.vjp(layer, *(inputs[i] for i in wanted))
+        outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
+                                           *(inputs[i] for i in wanted))
         grads = iter(pullback(tuple(torch.zeros_like(out) if g is None else g
                                     for out, g in zip(outputs, grad_outputs))))
     return tuple(next(grads) if i in wanted else None for i in range(len(inputs)))
 
 
-def _check_not_packed_for_double_backward(ctx):
+def _check_not_packed(ctx):
     if ctx.batch_sizes is not None:
         raise NotImplementedError(
             "fusedrnn: double backward (create_graph=True), torch.func transforms and forward-mode "
@@ -146,20 +151,14 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
     (torch.autograd.forward_ad, torch.func.jvp) runs through the plain-PyTorch layer, as the
     fused kernels have no forward-mode form (three passes of it: a forward and two reverse).
     tangents: one per primal, None where it has none."""
-    _check_not_packed_for_double_backward(ctx)
+    _check_not_packed(ctx)
     wanted = [i for i, (p, t) in enumerate(zip(primals, tangents))
               if p is not None and t is not None]
-
-    def layer(*tensors):
-        full = list(primals)
-        for i, tensor in zip(wanted, tensors):
-            full[i] = tensor
-        return reference(*full, *options)
-
     if not wanted:
         return tuple(None for _ in reference(*primals, *options))
     # J t as the reverse derivative of the (linear) map u -> J^T u: forward AD cannot nest here.
-    outputs, pullback = torch.func.vjp(layer, *(primals[i] for i in wanted))
+    outputs, pullback = torch.func.vjp(_of_some(reference, primals, options, wanted),
+                                       *(primals[i] for i in wanted))
     _, pullback_of_pullback = torch.func.vjp(
         pullback, tuple(torch.zeros_like(out) for out in outputs))
     return pullback_of_pullback(tuple(tangents[i] for i in wanted))[0]
@@ -167,8 +166,9 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
 
 # ---- autograd ------------------------------------------------------------------------------
 # Each backward runs the fused backward op, with grad mode off as the engine leaves it for a
-# first-order backward. Grad mode on means create_graph=True: then the gradients must carry a
-# graph, which the fused op cannot give, so the layer is recomputed in plain PyTorch ops.
+# first-order backward. Grad mode on means create_graph=True or a torch.func transform: then the
+# gradients must carry a graph, which the fused op cannot give, so the layer is recomputed
+# (_differentiable_backward).
 # The backward reads the layer's output (each step's h_{t-1}, and the RNN's activation), so it
 # keeps a copy of its own: the caller may edit the output in place before the backward
 # (ReLU(inplace=True), zeroing padded steps), as torch.nn allows.
@@ -194,7 +194,7 @@ class LSTMFunction(torch.autograd.Function):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
             ctx.saved_tensors
         if torch.is_grad_enabled():
-            _check_not_packed_for_double_backward(ctx)
+            _check_not_packed(ctx)
             needed = ctx.needs_input_grad
             grads = _differentiable_backward(
                 ctx, _lstm_reference, (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
@@ -232,7 +232,7 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
         if torch.is_grad_enabled():
-            _check_not_packed_for_double_backward(ctx)
+            _check_not_packed(ctx)
             return _differentiable_backward(
                 ctx, _gru_reference, (input, h0, w_ih, w_hh, b_ih, b_hh), (ctx.reverse,),
                 (grad_output, grad_hn)) + (None, None)
@@ -265,7 +265,7 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
         if torch.is_grad_enabled():
-            _check_not_packed_for_double_backward(ctx)
+            _check_not_packed(ctx)
             return _differentiable_backward(
                 ctx, _rnn_reference, (input, h0, w_ih, w_hh, b_ih, b_hh),
                 (ctx.relu, ctx.reverse), (grad_output, grad_hn)) + (None, None, None)
@@ -279,9 +279,9 @@ class RNNFunction(torch.autograd.Function):
 
 # Both directions of a bidirectional layer: one op forward and one op backward, so that the CPU
 # runs the directions side by side (csrc/layer/bidirectional.cpp, both_directions).
-# forward(ctx, input, batch_sizes, [options,] *directions): the forward direction's
-# per-direction inputs, then the reverse's, k each; returns the forward direction's results,
-# then the reverse's.
+# forward(input, batch_sizes, [options,] *directions): the forward direction's per-direction
+# inputs, then the reverse's, k each; returns the forward direction's results, then the
+# reverse's, then what the backward keeps (see _keep).
 def _lists(directions, k):
     """[forward's k inputs..., reverse's k...] -> k lists [forward's, reverse's]."""
     return [[directions[i], directions[k + i]] for i in range(k)]
@@ -302,7 +302,7 @@ def _pair_double_backward(ctx, reference, input, directions, options, grads, k, 
     """Both directions' gradients through `reference`, as _differentiable_backward; input's two
     gradients summed. `leading`: the Function's inputs before the directions. -> the gradients
     of all the Function's inputs."""
-    _check_not_packed_for_double_backward(ctx)
+    _check_not_packed(ctx)
     needed = ctx.needs_input_grad
     per = [_differentiable_backward(
         ctx, reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
