@@ -7,6 +7,7 @@
 #include "cpu/isa.h"
 #include "layer/backend.h"
 #include "layer/layer.h"
+#include "layer/persistent.h"
 #include "layer/scratch.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
@@ -90,13 +91,17 @@ at::ScalarType dtype_named(const std::string& name) {
 // For fusedrnn.backends: the backend a call of this shape would run on (None where a forced one
 // refuses it), and every backend's refusal (None: it accepts).
 using Refusals = std::vector<std::pair<std::string, std::optional<std::string>>>;
-std::pair<std::optional<std::string>, Refusals> backend_report(const std::string& device, const std::string& dtype, int64_t steps,
-               bool projection) {
-  const fusedrnn::CallShape call{c10::Device(device).type(), dtype_named(dtype), steps,
-                                 projection};
-  std::vector<std::pair<std::string, std::optional<std::string>>> reasons;
+// gates, hidden, batch: 0 where not known.
+std::pair<std::optional<std::string>, Refusals> backend_report(
+    const std::string& device, const std::string& dtype, int64_t steps, bool projection,
+    int64_t gates, int64_t hidden, int64_t batch, bool uniform) {
+  const fusedrnn::CallShape call{c10::Device(device), dtype_named(dtype), steps, projection,
+                                 gates, hidden, batch, uniform};
+  const auto forced = fusedrnn::forced_backend();
+  Refusals reasons;
   for (const fusedrnn::Backend backend : fusedrnn::all_backends())
-    reasons.emplace_back(fusedrnn::name_of(backend), fusedrnn::refusal(backend, call));
+    reasons.emplace_back(fusedrnn::name_of(backend),
+                         fusedrnn::refusal(backend, call, forced == backend));
   std::optional<std::string> chosen;
   try {
     chosen = fusedrnn::name_of(fusedrnn::choose_backend(call).backend);
@@ -140,6 +145,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forced_backend", [] {
     const auto backend = fusedrnn::forced_backend();
     return backend ? std::string(fusedrnn::name_of(*backend)) : std::string();
+  });
+  // The persistent backend's plan for a product on a device of the given limits, and its CPU
+  // model (layer/persistent.h), for tests.
+  m.def("persistent_plan", [](int64_t units, int64_t gates, int64_t K, int64_t batch,
+                              int element_bytes, int sms, int64_t shared_per_block,
+                              int64_t shared_per_sm, int64_t reserved_per_block,
+                              bool cooperative) {
+    const fusedrnn::persistent::Plan plan = fusedrnn::persistent::plan(
+        {units, gates, K, batch, element_bytes},
+        {sms, shared_per_block, shared_per_sm, reserved_per_block, cooperative});
+    return py::dict(py::arg("refusal") = plan.refusal, py::arg("blocks") = plan.blocks,
+                    py::arg("units_per_block") = plan.units_per_block,
+                    py::arg("rows") = plan.rows, py::arg("k_padded") = plan.k_padded,
+                    py::arg("batch_chunk") = plan.batch_chunk,
+                    py::arg("shared_bytes") = plan.shared_bytes);
+  });
+  m.def("set_persistent_model", [](std::optional<std::vector<int64_t>> limits) {
+    if (!limits) return fusedrnn::set_persistent_model(std::nullopt);
+    TORCH_CHECK(limits->size() == 4, "limits: sms, shared_per_block, shared_per_sm, reserved");
+    const auto& l = *limits;
+    fusedrnn::set_persistent_model(fusedrnn::persistent::DeviceLimits{int(l[0]), l[1], l[2], l[3],
+                                                                      true});
   });
   m.def("cpu_isa_detected", [] { return fusedrnn::cpu::name_of(fusedrnn::cpu::detected_isa()); });
   m.def("cpu_isa_active", [] { return fusedrnn::cpu::name_of(fusedrnn::cpu::active_isa()); });

@@ -6,6 +6,10 @@ Backends (csrc/layer/backend.h), in order of preference:
   the recurrent weights and applies the gate math to the units it just computed, one team of
   threads for the whole loop. CPU, float32/float64 (float16/bfloat16 run as float32), T > 1,
   no LSTM projection, a CPU ISA with vector kernels (AVX2 and FMA).
+- ``cuda-persistent``: CUDA: one cooperative launch runs every step of a layer's loop, each
+  block holding its slice of the recurrent weights in shared memory, a grid-wide barrier
+  between steps. Uniform batches (no packed sequences of different lengths), T > 1, no LSTM
+  projection, weights that fit on chip. **Off unless forced**: it has not yet run on a GPU.
 - ``step``: any device, dtype and shape: each step a GEMM (cuBLASLt on CUDA, the CPU BLAS), then
   one pointwise kernel.
 
@@ -48,11 +52,20 @@ def _dtype_name(dtype):
     return str(dtype).replace("torch.", "")
 
 
-def explain_call(device, dtype, steps, projection=False):
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def explain_call(device, dtype, steps, projection=False, cell=None, hidden=None, batch=None,
+                 uniform=True):
     """The Explanation for one layer call: its device, dtype (as the kernels see it), number of
-    time steps and whether it is an LSTM with a projection."""
+    time steps and whether it is an LSTM with a projection; with `cell` ("LSTM", "GRU", "RNN"),
+    `hidden` and `batch`, also whether the persistent backend's plan fits, and with `uniform`
+    False, a packed batch of different lengths."""
+    gates = _GATES[cell.removesuffix("Cell")] if cell is not None else 0
     backend, refusals = _C.backend_report(str(torch.device(device)), _dtype_name(dtype),
-                                          int(steps), bool(projection))
+                                          int(steps), bool(projection), gates,
+                                          int(hidden or 0) if cell else 0,
+                                          int(batch or 0) if cell else 0, bool(uniform))
     return Explanation(backend, dict(refusals), forced())
 
 
@@ -60,18 +73,23 @@ def explain(module, input):
     """The Explanation for `module` (a fusedrnn LSTM, GRU, RNN or cell) called on `input`: every
     layer and direction of a module takes the same backend."""
     from . import autocast, cells, modules
+    uniform = True
     if isinstance(module, cells._FusedCell):
         kind, steps, projection = module._torch_name, 1, False
         data = input
+        batch = input.size(0) if input.dim() == 2 else 1
     elif isinstance(module, modules._FusedRNNBase):
         kind = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(module.mode, module.mode)
         projection = getattr(module, "proj_size", 0) > 0
         if isinstance(input, PackedSequence):
             data, steps = input.data, len(input.batch_sizes)
+            batch = int(input.batch_sizes[0])
+            uniform = bool((input.batch_sizes == batch).all())
         else:
             data = input
             batched_time_dim = 1 if module.batch_first else 0
             steps = input.size(batched_time_dim if input.dim() == 3 else 0)
+            batch = input.size(1 - batched_time_dim) if input.dim() == 3 else 1
     else:
         raise TypeError(f"explain takes a fusedrnn module or cell, not {type(module).__name__}; "
                         "fusedrnn.convert(model) swaps torch.nn's for fusedrnn's")
@@ -79,7 +97,8 @@ def explain(module, input):
     policy = autocast.autocast_policy(kind, data.device.type)
     if policy is not None and dtype != torch.float64:
         dtype = policy.dtype
-    return explain_call(data.device, dtype, steps, projection)
+    return explain_call(data.device, dtype, steps, projection, kind, module.hidden_size, batch,
+                        uniform)
 
 
 def forced():
@@ -103,6 +122,22 @@ def force(name):
         yield
     finally:
         _C.force_backend(previous or "")
+
+
+# The limits of an H200 (what cudaDeviceProp reports for sm_90): the default plan of the model.
+H200_LIMITS = (132, 232448, 233472, 1024)
+
+
+@contextlib.contextmanager
+def persistent_model(limits=H200_LIMITS):
+    """For tests: inside, CPU calls forced onto cuda-persistent run its CPU model
+    (csrc/cpu/persistent_model.h): the kernel's decomposition, planned for a device of `limits`
+    (SMs, shared memory per block, per SM, reserved per block), process-wide."""
+    _C.set_persistent_model(list(limits))
+    try:
+        yield
+    finally:
+        _C.set_persistent_model(None)
 
 
 def cpu_isa():

@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "../cpu/isa.h"
+#include "persistent.h"
 
 namespace fusedrnn {
 namespace {
@@ -16,6 +17,7 @@ std::atomic<int> forced{kNone};
 
 const char* name_of(Backend backend) {
   switch (backend) {
+    case Backend::kCudaPersistent: return "cuda-persistent";
     case Backend::kCpuFused: return "cpu-fused";
     case Backend::kStep: return "step";
   }
@@ -28,14 +30,38 @@ std::optional<Backend> backend_named(const std::string& name) {
   return std::nullopt;
 }
 
-std::vector<Backend> all_backends() { return {Backend::kCpuFused, Backend::kStep}; }
+std::vector<Backend> all_backends() {
+  return {Backend::kCudaPersistent, Backend::kCpuFused, Backend::kStep};
+}
 
-std::optional<std::string> refusal(Backend backend, const CallShape& call) {
+std::optional<std::string> refusal(Backend backend, const CallShape& call, bool forced) {
   switch (backend) {
+    case Backend::kCudaPersistent: {
+      if (call.steps == 1)
+        return std::string("a single step (T=1, a cell): one launch per step already");
+      if (call.projection)
+        return std::string("LSTM with proj_size: the projection's GEMM comes between one step's "
+                           "product and the next");
+      if (!call.uniform)
+        return std::string("packed sequences of different lengths (the batch shrinks between "
+                           "steps)");
+      if (call.hidden > 0) {
+        if (auto why = persistent_refusal(call.device, call.dtype, call.gates, call.hidden,
+                                          call.batch))
+          return why;
+      } else if (!call.device.is_cuda() && !(call.device.is_cpu() && persistent_model())) {
+        return std::string("runs on CUDA only; this call is on ") +
+               c10::DeviceTypeName(call.device.type(), /*lower_case=*/true);
+      }
+      if (!forced)
+        return std::string("off unless forced until a GPU run verifies it "
+                           "(FUSEDRNN_BACKEND=cuda-persistent)");
+      return std::nullopt;
+    }
     case Backend::kCpuFused: {
-      if (call.device != c10::DeviceType::CPU)
+      if (!call.device.is_cpu())
         return std::string("runs on the CPU only; this call is on ") +
-               c10::DeviceTypeName(call.device, /*lower_case=*/true);
+               c10::DeviceTypeName(call.device.type(), /*lower_case=*/true);
       if (call.dtype != at::kFloat && call.dtype != at::kDouble && call.dtype != at::kHalf &&
           call.dtype != at::kBFloat16)
         return std::string("no kernels for ") + c10::toString(call.dtype);
@@ -59,7 +85,7 @@ std::optional<std::string> refusal(Backend backend, const CallShape& call) {
 BackendChoice choose_backend(const CallShape& call) {
   BackendChoice choice{Backend::kStep, {}};
   if (const std::optional<Backend> force = forced_backend()) {
-    const std::optional<std::string> why = refusal(*force, call);
+    const std::optional<std::string> why = refusal(*force, call, /*forced=*/true);
     TORCH_CHECK(!why, "fusedrnn: the backend '", name_of(*force),
                 "' is forced (FUSEDRNN_BACKEND or fusedrnn.backends.force) but cannot run this "
                 "call: ", *why);

@@ -2,6 +2,9 @@
 //
 //   cpu-fused  the fused CPU recurrence (cpu/recurrence.h): each thread's product with the
 //              recurrent weights and its pointwise step in one pass, one team for the loop
+//   cuda-persistent  CUDA: one cooperative launch runs the whole loop, each block holding its
+//              slice of the recurrent weights on chip (core/persistent.h). Off unless forced,
+//              until a GPU run has verified it.
 //   step       any device: each step a GEMM (cuBLASLt on CUDA, the CPU BLAS) then a pointwise
 //              kernel (cpu/steps.cpp, cuda/steps.cu)
 //
@@ -11,7 +14,7 @@
 // its reason, never runs elsewhere.
 #pragma once
 
-#include <c10/core/DeviceType.h>
+#include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
 #include <optional>
@@ -21,7 +24,7 @@
 
 namespace fusedrnn {
 
-enum class Backend { kCpuFused, kStep };  // in order of preference
+enum class Backend { kCudaPersistent, kCpuFused, kStep };  // in order of preference
 
 const char* name_of(Backend backend);
 std::optional<Backend> backend_named(const std::string& name);
@@ -29,14 +32,17 @@ std::vector<Backend> all_backends();
 
 // What the choice depends on.
 struct CallShape {
-  c10::DeviceType device;
+  c10::Device device;
   at::ScalarType dtype;
   int64_t steps;     // T
   bool projection;   // an LSTM with proj_size
+  int64_t gates = 0, hidden = 0, batch = 0;  // 0: not known (fusedrnn.backends.explain_call)
+  bool uniform = true;  // every step has every batch row (padded, or packed of equal lengths)
 };
 
-// Why `backend` cannot run the call, or nothing if it can.
-std::optional<std::string> refusal(Backend backend, const CallShape& call);
+// Why `backend` cannot run the call, or nothing if it can. Unless `forced`, a backend that is
+// off by default (cuda-persistent, until verified on a GPU) refuses with that reason.
+std::optional<std::string> refusal(Backend backend, const CallShape& call, bool forced = false);
 
 struct BackendChoice {
   Backend backend;

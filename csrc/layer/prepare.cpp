@@ -79,7 +79,8 @@ LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
   input = prepared(input_), h0 = prepared(h0_), w_ih = prepared(w_ih_), w_hh = prepared(w_hh_);
   if (w_hr_) w_hr = prepared(*w_hr_);
   if (b_ih_) b_ih = prepared(*b_ih_), b_hh = prepared(*b_hh_);
-  backend = choose_backend({input.device().type(), input.scalar_type(), steps.T, w_hr_.has_value()})
+  backend = choose_backend({input.device(), input.scalar_type(), steps.T, w_hr_.has_value(), gates,
+                            H, B, steps.uniform})
                 .backend;
 }
 

@@ -37,7 +37,7 @@ FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_RUN_STEP)
 
 Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64_t gates,
                        bool transposed, bool accumulate)
-    : w_(w), transposed_(transposed), accumulate_(accumulate) {
+    : w_(w), backend_(backend), gates_(gates), transposed_(transposed), accumulate_(accumulate) {
   if (backend == Backend::kCpuFused) {
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
     panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
@@ -46,7 +46,7 @@ Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64
     return;
   }
 #ifdef FUSEDRNN_WITH_CUDA
-  if (w.is_cuda() && pass.steps.T > 1)
+  if (w.is_cuda() && pass.steps.T > 1 && backend != Backend::kCudaPersistent)
     step_gemm_ = std::make_unique<cuda::StepGemm>(w, transposed, accumulate);
 #endif
 }

@@ -6,8 +6,10 @@
 
 #include <memory>
 
+#include "../core/persistent.h"
 #include "../cpu/recurrence.h"
 #include "backend.h"
+#include "persistent.h"
 #include "prepare.h"
 #include "sequence.h"
 
@@ -23,22 +25,14 @@ class StepGemm;
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DECLARE_RUN_STEP)
 #undef FUSEDRNN_DECLARE_RUN_STEP
 
-// One step of a layer's loop: the rows the product reads (null: no product this step), how many,
-// where the product goes, and the pointwise step that follows.
-template <typename Args> struct Step {
-  const void* in;
-  int64_t rows;
-  void* out;
-  Args args;
-};
-
 // The loop: out[rows, N] (+)= in[rows, K] W, then the step's pointwise kernel, each step. W is
 // w^T for the forward (w = w_hh [G*H, K]) and w itself for the gradient reaching h (w = w_hh
 // [G*H, H], K = G*H). On cpu-fused, each thread runs both on its own units over a packed copy
 // of w, one team of threads for the whole loop (cpu/recurrence.h); on step, a GEMM then the step
 // kernel (on CUDA a cuda::StepGemm, whose algorithm is chosen once for the loop; a single step,
 // a cell, takes the plain GEMM, as what a loop prepares once would cost more than the one
-// product it serves: LSTMCell, B=1, H=1024, CPU: 3.4 ms a step packed, torch.nn's 2.1).
+// product it serves: LSTMCell, B=1, H=1024, CPU: 3.4 ms a step packed, torch.nn's 2.1); on
+// cuda-persistent, one launch runs both for every step (layer/persistent.h).
 class Recurrence {
  public:
   // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
@@ -53,6 +47,16 @@ class Recurrence {
   void loop(const Pass& pass, const Plan& plan, const Done& done) const {
     const int64_t steps = pass.steps.T, rows = pass.steps.B;
     using Args = decltype(plan(int64_t{}).args);
+    if (backend_ == Backend::kCudaPersistent) {
+      // One launch for every step: the plans first (on uniform batches they touch no data, and
+      // each done(s) acts on the last step alone), then the loop, then what follows each step.
+      std::vector<Step<Args>> table;
+      table.reserve(size_t(steps));
+      for (int64_t s = 0; s < steps; ++s) table.push_back(plan(s));
+      run_persistent(w_, transposed_, accumulate_, gates_, rows, table);
+      for (int64_t s = 0; s < steps; ++s) done(s);
+      return;
+    }
     if (!packed_.defined()) {
       for (int64_t s = 0; s < steps; ++s) {
         const Step<Args> step = plan(s);
@@ -99,6 +103,8 @@ class Recurrence {
   }
 
   Tensor w_, packed_;  // packed_: defined on the fused path only
+  Backend backend_;
+  int64_t gates_;
   bool transposed_, accumulate_;
   cpu::Panels panels_{};
 #ifdef FUSEDRNN_WITH_CUDA

@@ -66,7 +66,7 @@ def test_a_forced_backend_never_falls_back():
     assert fusedrnn.backends.forced() is None
     cell(torch.randn(2, 4))
     with pytest.raises(ValueError, match="unknown fusedrnn backend 'fast'; choose from "
-                                         "cpu-fused, step"):
+                                         "cuda-persistent, cpu-fused, step"):
         with fusedrnn.backends.force("fast"):
             pass
 
@@ -118,5 +118,5 @@ def test_info_reports_the_build_and_the_machine():
     text = out.stdout
     for expected in (f"fusedrnn {fusedrnn.__version__}", f"torch {torch.__version__}", "CUDA:",
                      "GPUs:", f"fusedrnn's ISA: {fusedrnn.backends.cpu_isa()[1]}", "threads:",
-                     "backends: cpu-fused, step", "a cell (T = 1): step", "scratch pool"):
+                     "backends: cuda-persistent, cpu-fused, step", "a cell (T = 1): step", "scratch pool"):
         assert expected in text, (expected, text)
