@@ -70,6 +70,8 @@ def run(case, timer, budget_s):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", type=float, default=3.0, help="seconds a case")
+    parser.add_argument("--cases", type=int, nargs="+", metavar="INDEX",
+                        help="only these cases (indices into CASES)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/persistent.json"))
     args = parser.parse_args(argv)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -77,7 +79,7 @@ def main(argv=None):
     results = []
     print("| case | cuDNN ms | step ms | persistent ms | persistent us/step | vs cuDNN | vs step |")
     print("|---|---|---|---|---|---|---|")
-    for case in CASES:
+    for case in [CASES[i] for i in args.cases] if args.cases else CASES:
         result = run(case, timer, args.budget)
         results.append(result)
         m = result["median_ms"]

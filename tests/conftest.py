@@ -75,7 +75,9 @@ def run_and_grad(model, x, hx, probe_seed=1234, lengths=None, enforce_sorted=Tru
     enforce_sorted), and the output is padded back. Returns {name: tensor}: output, h_n (c_n),
     grad_input, grad_h0 (grad_c0) and grad_<parameter name> for every parameter.
     """
-    skip_if_refused(model, x)
+    skip_if_refused(model, x if lengths is None else
+                    pack_padded_sequence(x, torch.tensor(lengths), model.batch_first,
+                                         enforce_sorted))
     x = x.detach().requires_grad_()
     states = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
     states = tuple(s.detach().requires_grad_() for s in states)
