@@ -92,30 +92,6 @@ template <typename A> __device__ A own_sum(const A (&sum)[kRowTile][kBatchTile],
   return mine;
 }
 
-// Loads in flight per thread while staging the state: one at a time, the staging of a step was
-// a chain of L2 round trips (LSTM T=1024 B=16 H=768: 48 a thread, most of the 11 us a step
-// measured on an H200).
-constexpr int kStagedLoads = 16;
-
-// Rows [0, rows) of `in` ([rows, K]) into the block's state buffer ([chunk][k_padded]), zeros
-// past the rows and past K.
-template <typename A, typename T>
-__device__ void stage_state(const T* in, int rows, int K, int k_padded, int chunk, A* state) {
-  const int total = chunk * k_padded;
-  for (int base = threadIdx.x; base < total; base += kThreads * kStagedLoads) {
-    A values[kStagedLoads];
-#pragma unroll
-    for (int u = 0; u < kStagedLoads; ++u) {
-      const int i = base + u * kThreads, b = i / k_padded, k = i - b * k_padded;
-      values[u] = i < total && b < rows && k < K ? load_coherent<A>(in + int64_t(b) * K + k)
-                                                 : A(0);
-    }
-#pragma unroll
-    for (int u = 0; u < kStagedLoads; ++u)
-      if (base + u * kThreads < total) state[base + u * kThreads] = values[u];
-  }
-}
-
 template <typename T, typename Args>
 __global__ void __launch_bounds__(kThreads, 1) loop_kernel(const LoopArgs<Args> a) {
   using A = typename AccumulateType<T>::type;
@@ -145,7 +121,11 @@ __global__ void __launch_bounds__(kThreads, 1) loop_kernel(const LoopArgs<Args> 
       for (int b0 = 0; b0 < step.rows; b0 += a.batch_chunk) {
         const int chunk_rows = int(min(int64_t(a.batch_chunk), step.rows - b0));
         __syncthreads();  // the last chunk's tiles are done with `state`
-        stage_state(in + int64_t(b0) * K, chunk_rows, K, k_padded, a.batch_chunk, state);
+        for (int b = warp; b < a.batch_chunk; b += kWarps)
+          for (int k = lane; k < k_padded; k += 32)
+            state[b * k_padded + k] = b < chunk_rows && k < K
+                                          ? load_coherent<A>(in + int64_t(b0 + b) * K + k)
+                                          : A(0);
         __syncthreads();
         for (int tile = warp; tile < row_tiles * batch_tiles; tile += kWarps) {
           const int r0 = tile % row_tiles * kRowTile, bt = tile / row_tiles * kBatchTile;
