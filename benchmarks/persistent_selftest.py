@@ -45,7 +45,17 @@ def check(cell, dtype, shape, index):
     if dtype in TOLERANCE:
         theirs = run_and_grad(ref, x.to(DEVICE, dtype), to(hx, dtype))
         errors = {k: rel_err(ours[k], theirs[k]) for k in theirs}
-        ok = max(errors.values()) <= TOLERANCE[dtype]
+        off = [k for k, e in errors.items() if not e <= TOLERANCE[dtype]]
+        if off and dtype == torch.float32:
+            # conftest.assert_matches' rule: an ill-conditioned sum (H=1, a bias gradient) may
+            # differ more between two summation orders; then ours must be as close as
+            # torch.nn's to float64.
+            exact, _ = make_pair(cell, I, H, DEVICE, torch.float64, seed=index,
+                                 bidirectional=True)
+            exact = run_and_grad(exact, x.to(DEVICE), to(hx, torch.float64))
+            off = [k for k in off if not rel_err(ours[k], exact[k])
+                   <= 2 * rel_err(theirs[k], exact[k]) + 1e-6]
+        ok = not off
         worst = max(errors, key=errors.get)
         detail = f"max {errors[worst]:.1e} ({worst})"
     else:
