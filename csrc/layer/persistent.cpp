@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #ifdef FUSEDRNN_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "../cuda/persistent.h"
@@ -52,7 +53,10 @@ persistent::Plan persistent_plan(c10::Device device, const persistent::ProductSh
     return persistent::plan(shape, *limits);
   }
 #ifdef FUSEDRNN_WITH_CUDA
-  if (device.is_cuda()) return persistent::plan(shape, cuda::device_limits(device.index()));
+  if (device.is_cuda()) {  // "cuda" without an index (fusedrnn.backends.explain_call): the current
+    const int index = device.has_index() ? device.index() : c10::cuda::current_device();
+    return persistent::plan(shape, cuda::device_limits(index));
+  }
 #endif
   persistent::Plan refused;
   refused.refusal = device.is_cuda() ? "fusedrnn was built without CUDA"
