@@ -39,6 +39,11 @@ def check(cell, dtype, shape, index):
     hx = random_state(cell, ref, B, "cpu", torch.float64, gen)
     to = lambda t, d: tuple(s.to(DEVICE, d) for s in t) if isinstance(t, tuple) \
         else t.to(DEVICE, d)  # noqa: E731
+
+    def float64_results():  # torch.nn's, in float64, the reference of both rules below
+        exact, _ = make_pair(cell, I, H, DEVICE, torch.float64, seed=index, bidirectional=True)
+        return run_and_grad(exact, x.to(DEVICE), to(hx, torch.float64))
+
     ours = results(fused, x.to(DEVICE, dtype), to(hx, dtype), "cuda-persistent")
     again = results(fused, x.to(DEVICE, dtype), to(hx, dtype), "cuda-persistent")
     repeatable = all(torch.equal(ours[k], again[k]) for k in ours)
@@ -50,17 +55,14 @@ def check(cell, dtype, shape, index):
             # conftest.assert_matches' rule: an ill-conditioned sum (H=1, a bias gradient) may
             # differ more between two summation orders; then ours must be as close as
             # torch.nn's to float64.
-            exact, _ = make_pair(cell, I, H, DEVICE, torch.float64, seed=index,
-                                 bidirectional=True)
-            exact = run_and_grad(exact, x.to(DEVICE), to(hx, torch.float64))
+            exact = float64_results()
             off = [k for k in off if not rel_err(ours[k], exact[k])
                    <= 2 * rel_err(theirs[k], exact[k]) + 1e-6]
         ok = not off
         worst = max(errors, key=errors.get)
         detail = f"max {errors[worst]:.1e} ({worst})"
     else:
-        exact, _ = make_pair(cell, I, H, DEVICE, torch.float64, seed=index, bidirectional=True)
-        exact = run_and_grad(exact, x.to(DEVICE), to(hx, torch.float64))
+        exact = float64_results()
         step = results(fused, x.to(DEVICE, dtype), to(hx, dtype), "step")
         ratios = {k: (rel_err(ours[k], exact[k]), rel_err(step[k], exact[k])) for k in exact}
         bad = {k: r for k, r in ratios.items() if not r[0] <= 3 * r[1] + 1e-3}

@@ -37,6 +37,11 @@ std::vector<Backend> all_backends() {
 std::optional<std::string> refusal(Backend backend, const CallShape& call, bool forced) {
   switch (backend) {
     case Backend::kCudaPersistent: {
+      // The cheap refusals first, and the plan only for a call it may run: every call, on any
+      // device, asks this backend first.
+      if (!call.device.is_cuda() && !(call.device.is_cpu() && persistent_model()))
+        return std::string("runs on CUDA only; this call is on ") +
+               c10::DeviceTypeName(call.device.type(), /*lower_case=*/true);
       if (call.steps == 1)
         return std::string("a single step (T=1, a cell): one launch per step already");
       if (call.projection)
@@ -45,17 +50,11 @@ std::optional<std::string> refusal(Backend backend, const CallShape& call, bool 
       if (!call.uniform)
         return std::string("packed sequences of different lengths (the batch shrinks between "
                            "steps)");
-      if (call.hidden > 0) {
-        if (auto why = persistent_refusal(call.device, call.dtype, call.gates, call.hidden,
-                                          call.batch))
-          return why;
-      } else if (!call.device.is_cuda() && !(call.device.is_cpu() && persistent_model())) {
-        return std::string("runs on CUDA only; this call is on ") +
-               c10::DeviceTypeName(call.device.type(), /*lower_case=*/true);
-      }
       if (!forced)
         return std::string("off unless forced until a GPU run verifies it "
                            "(FUSEDRNN_BACKEND=cuda-persistent)");
+      if (call.hidden > 0)
+        return persistent_refusal(call.device, call.dtype, call.gates, call.hidden, call.batch);
       return std::nullopt;
     }
     case Backend::kCpuFused: {
