@@ -177,6 +177,67 @@ def test_state_dict_loads_strictly_both_ways(cell):
         assert torch.equal(fresh_ref.state_dict()[name], value)
 
 
+def _new_parameter(module, name, value):
+    setattr(module, name, nn.Parameter(value))
+
+
+def _load_assigned(module, name, value):
+    module.load_state_dict({**module.state_dict(), name: value}, assign=True)
+
+
+def _edit_data(module, name, value):
+    getattr(module, name).data.copy_(value)
+
+
+def _optimizer_step(module, name, value):
+    weight = getattr(module, name)
+    weight.grad = weight.detach() - value  # one SGD step of rate 1 lands on value
+    torch.optim.SGD([weight], lr=1.0).step()
+    weight.grad = None
+
+
+def _weight_norm(module, name, value):
+    nn.utils.parametrizations.weight_norm(module, name)
+    with torch.no_grad():  # weight = g * v / |v| with g = |v| row by row: value itself
+        module.parametrizations[name].original0.copy_(value.norm(dim=1, keepdim=True))
+        module.parametrizations[name].original1.copy_(value)
+
+
+@pytest.mark.parametrize("change", [_new_parameter, _load_assigned, _edit_data, _optimizer_step,
+                                    _weight_norm], ids=lambda f: f.__name__.lstrip("_"))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_changed_weights_are_used(cell, change):
+    """A module that ran once sees its weights changed in every way user code changes them: a
+    new Parameter, load_state_dict(assign=True), an in-place edit of .data, an optimizer step, a
+    parametrization (weight_norm). Its next call uses the new weights, as torch.nn's does (the
+    modules keep the list of weights between calls, updated by identity: modules.py,
+    _update_flat_weights)."""
+    ref, fused = make_pair(cell, 5, 6, num_layers=2)
+    x, hx = _inputs(cell, ref, 4, 3, 5, "cpu", torch.float32)
+    before = fused(x, hx)[0]
+    gen = torch.Generator().manual_seed(3)
+    for name in ("weight_hh_l0", "weight_ih_l1"):
+        value = torch.randn(getattr(ref, name).shape, generator=gen)
+        for module in (ref, fused):
+            change(module, name, value.clone())
+    ours, theirs = run_and_grad(fused, x, hx), run_and_grad(ref, x, hx)
+    assert rel_err(ours["output"], before) > 0.01
+    assert_close_by_name(ours, theirs, TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_functional_call_uses_the_given_weights(cell):
+    ref, fused = make_pair(cell, 5, 6)
+    x, hx = _inputs(cell, ref, 4, 3, 5, "cpu", torch.float32)
+    fused(x, hx)
+    gen = torch.Generator().manual_seed(5)
+    given = {name: torch.randn(p.shape, generator=gen) for name, p in ref.named_parameters()}
+    ours = torch.func.functional_call(fused, given, (x, hx))
+    theirs = torch.func.functional_call(ref, given, (x, hx))
+    torch.testing.assert_close(ours[0], theirs[0])
+    torch.testing.assert_close(fused(x, hx)[0], ref(x, hx)[0])  # and back to its own
+
+
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_dtype_and_device_conversions(cell):
     _, fused = make_pair(cell, 3, 4)

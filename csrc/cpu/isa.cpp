@@ -17,6 +17,7 @@ namespace fusedrnn::cpu {
   Panels panels_for(Isa id, Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);       \
   void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed); \
   void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);       \
+  void small_product(Dtype dtype, const SmallProduct& product);                               \
   }
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FUSEDRNN_HAS_AVX2 1
@@ -122,6 +123,16 @@ void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t 
 #endif
     default: TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ",
                          name_of(product.panels->isa), " ISA");
+  }
+}
+
+void small_product(Dtype dtype, const SmallProduct& product) {
+  switch (active_isa()) {
+#ifdef FUSEDRNN_HAS_AVX2
+    case Isa::kAvx2: return avx2::small_product(dtype, product);
+#endif
+    default: TORCH_CHECK(false, "fusedrnn: no small product for the ", name_of(active_isa()),
+                         " ISA");
   }
 }
 

@@ -30,6 +30,7 @@ bool has_fused_steps();
 
 struct Panels;
 struct Product;
+struct SmallProduct;
 
 // The vector kernels of the ISA in use (the product's: the ISA its panels were packed for).
 // vector_units runs hidden units [begin, end) of row b of a step in whole vectors (float32 and
@@ -39,5 +40,6 @@ int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, in
 Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
 void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed);
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);
+void small_product(Dtype dtype, const SmallProduct& product);
 
 }  // namespace fusedrnn::cpu

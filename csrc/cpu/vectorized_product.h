@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 
 #include "recurrence.h"
 
@@ -134,6 +135,107 @@ template <typename T>
 void panels_of(const Product& product, int64_t begin, int64_t end) {
   if (product.panels->vectors() == 3) return panels_as<T, 3>(product, begin, end);
   return panels_as<T, 4>(product, begin, end);
+}
+
+// Rows [0, M) of out (+)= in w^T, w [N, K]: dot products along k, NB output columns at a time so
+// that each loaded input vector feeds several accumulators.
+template <typename T, int M>
+void small_rows_transposed(const SmallProduct& p, const T* in, const T* w, T* out) {
+  using Vec = Vectorized<T>;
+  constexpr int L = Vec::size(), NB = M <= 2 ? 4 : 2;
+  const int64_t K = p.K, whole = K - K % L;
+  const auto columns = [&](int64_t n, auto nb) {
+    constexpr int C = decltype(nb)::value;
+    Vec acc[M][C];
+    for (int r = 0; r < M; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = Vec(T(0));
+    const auto add = [&](int64_t k, int64_t count) {
+      Vec x[M], y;
+      for (int r = 0; r < M; ++r) x[r] = count == L ? Vec::loadu(in + r * K + k)
+                                                    : Vec::loadu(in + r * K + k, count);
+      for (int c = 0; c < C; ++c) {
+        y = count == L ? Vec::loadu(w + (n + c) * K + k) : Vec::loadu(w + (n + c) * K + k, count);
+        for (int r = 0; r < M; ++r) acc[r][c] = at::vec::fmadd(x[r], y, acc[r][c]);
+      }
+    };
+    for (int64_t k = 0; k < whole; k += L) add(k, L);
+    if (whole < K) add(whole, K - whole);
+    for (int r = 0; r < M; ++r)
+      for (int c = 0; c < C; ++c) {
+        T lanes[L];
+        acc[r][c].store(lanes);
+        T sum = 0;
+        for (int l = 0; l < L; ++l) sum += lanes[l];
+        T& o = out[r * p.N + n + c];
+        o = p.accumulate ? o + sum : sum;
+      }
+  };
+  int64_t n = 0;
+  for (; n + NB <= p.N; n += NB) columns(n, std::integral_constant<int, NB>{});
+  for (; n < p.N; ++n) columns(n, std::integral_constant<int, 1>{});
+}
+
+// Rows [0, M) of out (+)= in w, w [K, N]: two vectors of output columns at a time, each k's row
+// of w scaled by every row's input element.
+template <typename T, int M>
+void small_rows_plain(const SmallProduct& p, const T* in, const T* w, T* out) {
+  using Vec = Vectorized<T>;
+  constexpr int L = Vec::size(), NV = 2;
+  for (int64_t n = 0; n < p.N; n += NV * L) {
+    int64_t count[NV];
+    for (int v = 0; v < NV; ++v) count[v] = std::clamp<int64_t>(p.N - n - v * L, 0, L);
+    Vec acc[M][NV];
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec(T(0));
+    for (int64_t k = 0; k < p.K; ++k) {
+      Vec y[NV];
+      for (int v = 0; v < NV; ++v)
+        y[v] = count[v] == L ? Vec::loadu(w + k * p.N + n + v * L)
+                             : Vec::loadu(w + k * p.N + n + v * L, count[v]);
+      for (int r = 0; r < M; ++r) {
+        const Vec x(in[r * p.K + k]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, y[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) {
+        T* o = out + r * p.N + n + v * L;
+        if (count[v] == L) {
+          (p.accumulate ? acc[r][v] + Vec::loadu(o) : acc[r][v]).store(o);
+        } else if (count[v] > 0) {
+          (p.accumulate ? acc[r][v] + Vec::loadu(o, count[v]) : acc[r][v]).store(o, count[v]);
+        }
+      }
+  }
+}
+
+template <typename T>
+void small_product_as(const SmallProduct& p) {
+  const T* in = static_cast<const T*>(p.in);
+  const T* w = static_cast<const T*>(p.w);
+  T* out = static_cast<T*>(p.out);
+  for (int64_t r = 0; r < p.M;) {
+    const int64_t rows = std::min<int64_t>(p.M - r, 4);
+    const T* in_rows = in + r * p.K;
+    T* out_rows = out + r * p.N;
+    const auto run = [&](auto m) {
+      constexpr int M = decltype(m)::value;
+      if (p.transposed) small_rows_transposed<T, M>(p, in_rows, w, out_rows);
+      else small_rows_plain<T, M>(p, in_rows, w, out_rows);
+    };
+    switch (rows) {
+      case 4: run(std::integral_constant<int, 4>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      default: run(std::integral_constant<int, 1>{}); break;
+    }
+    r += rows;
+  }
+}
+
+void small_product(Dtype dtype, const SmallProduct& product) {
+  if (dtype == Dtype::kFloat64) return small_product_as<double>(product);
+  small_product_as<float>(product);
 }
 
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end) {

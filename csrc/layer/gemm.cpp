@@ -1,5 +1,8 @@
 #include "gemm.h"
 
+#include "../cpu/recurrence.h"
+#include "prepare.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
 #ifdef FUSEDRNN_WITH_CUDA
@@ -102,6 +105,13 @@ void gemm(const Tensor& like, const Gemm& g) {
 #ifdef FUSEDRNN_WITH_CUDA
     return gemm_cuda(like.scalar_type(), g);
 #endif
+  }
+  const at::ScalarType dtype = like.scalar_type();
+  if (g.M <= cpu::kSmallProductRows && !g.a_transposed &&
+      (dtype == at::kFloat || dtype == at::kDouble) && cpu::has_fused_steps()) {
+    return cpu::small_product(dtype_of(like), cpu::SmallProduct{g.M, g.N, g.K, g.a, g.b,
+                                                                g.b_transposed, g.c,
+                                                                g.accumulate});
   }
   // The CPU BLAS is reachable only through ATen ops (and, for oneDNN, its exported matmul).
   const Tensor a = matrix(g.a, g.M, g.K, g.a_transposed, like.options());

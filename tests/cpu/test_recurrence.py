@@ -50,6 +50,25 @@ def test_matches_torch_nn(cell, shape, dtype, threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_single_steps_of_few_rows(cell, batch, dtype, isa):
+    """T=1 with up to 4 rows: every product (the input's, the recurrent one, and in the backward
+    the gradients reaching the input and h0) runs on the small-product kernels straight from the
+    unpacked weights (cpu/recurrence.h, SmallProduct), rows in blocks of 4 and 3, 2 or 1 left;
+    sizes that fill no whole vector (I=9, H=37) and a 5th row that takes the BLAS again."""
+    ref, fused = make_pair(cell, 9, 37, "cpu", dtype)
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(1, batch, 9, generator=gen, dtype=dtype)
+    hx = random_state(cell, ref, batch, "cpu", dtype, gen)
+    assert_matches(cell, fused, ref, x, hx, dtype)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        fused(x, hx)
+    blas = {e.key for e in profile.key_averages()} & {"aten::addmm_", "aten::mm"}
+    assert bool(blas) == (batch > 4 or isa == "scalar"), blas
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_packed_matches_torch_nn(cell, dtype, threads):
     ref, fused = make_pair(cell, 6, 70, "cpu", dtype, bidirectional=True)
