@@ -14,12 +14,31 @@ from torch.nn.utils.rnn import PackedSequence
 from . import autocast, ops
 
 
+def _onnx_export_check():
+    """torch.onnx.is_in_onnx_export, whose two imports per call cost about 1 us: the flags it
+    reads, imported once. A torch that keeps them elsewhere gets the public function."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return torch.onnx.is_in_onnx_export
+    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
+
+
+_in_onnx_export = None
+
+
 def _exporting():
     """Whether the call is being exported (torch.onnx.export) or traced (torch.jit.trace): then
     the modules and cells run torch.nn's forward on their own parameters, so that the graph holds
     the operators ONNX, TorchScript and their runtimes know (ONNX's LSTM, aten::lstm), exactly as
     torch.nn's export and trace give them, not fusedrnn's ops."""
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    if torch.compiler.is_compiling():  # the public checks, which Dynamo knows
+        return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    global _in_onnx_export
+    if _in_onnx_export is None:
+        _in_onnx_export = _onnx_export_check()
+    return torch.jit.is_tracing() or _in_onnx_export()
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -88,14 +107,25 @@ class _FusedRNNBase(nn.RNNBase):
     def _zero_state(self, x, packing, width=None):
         return torch.zeros(self._state_size(x, packing, width), dtype=x.dtype, device=x.device)
 
+    def _update_flat_weights(self) -> None:
+        """torch.nn's refresh of _flat_weights after a parameter was replaced (functional_call,
+        load_state_dict(assign=True), a new Parameter): the identity check read straight from the
+        parameter dict, where torch.nn's getattr per weight costs about 5 us a call, more than a
+        small layer's step. Weights that are not plain parameters (parametrizations, attributes)
+        take torch.nn's own check."""
+        parameters = self._parameters
+        for name, weight in zip(self._flat_weights_names, self._flat_weights):
+            if parameters.get(name) is not weight:
+                return super()._update_flat_weights()
+
     def _apply_autocast(self, kind, input, states):
         """The weights, with input and states cast as torch.nn's `kind` casts them under
         autocast (autocast.autocast_policy). -> input, states, weights, the dtype the results must
         come back in (None: as computed), and the context to run the layers in."""
         self._update_flat_weights()
-        weights = self._flat_weights
+        weights, device = self._flat_weights, input.device
         for weight in weights:
-            if weight.device != input.device:
+            if weight.device != device:
                 raise RuntimeError(
                     f"Input and parameter tensors are not at the same device, found input tensor "
                     f"at {input.device} and parameter tensor at {weight.device}")
@@ -120,6 +150,10 @@ class _FusedRNNBase(nn.RNNBase):
         -> (output, new_states) of each, for the two directions of a CPU layer in one call (the
         CPU runs them side by side). -> output [T, B, D*H] or [rows, D*H], tuple of [L*D, B, H].
         """
+        if self.num_layers == 1 and not self.bidirectional:  # the common case: no loops, and
+            # the final states as views, not a stack's copy (15 us with its backward)
+            output, new_states = layer_fn(input, tuple(s[0] for s in states), weights, False)
+            return output, tuple(state.unsqueeze(0) for state in new_states)
         directions = 2 if self.bidirectional else 1
         per_direction = len(weights) // (self.num_layers * directions)
         finals = [[] for _ in states]
@@ -142,10 +176,7 @@ class _FusedRNNBase(nn.RNNBase):
             x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, p=self.dropout, training=True)
-        # One layer and direction: a view instead of a copy (a training step's stack and its
-        # backward cost about 15 microseconds, 2-3% of a small layer's step).
-        return x, tuple(torch.stack(final) if len(final) > 1 else final[0].unsqueeze(0)
-                        for final in finals)
+        return x, tuple(torch.stack(final) for final in finals)
 
     def _finish_output(self, output, packing, is_batched):
         if packing:
