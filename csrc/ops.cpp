@@ -170,6 +170,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("cpu_isa_detected", [] { return fusedrnn::cpu::name_of(fusedrnn::cpu::detected_isa()); });
   m.def("cpu_isa_active", [] { return fusedrnn::cpu::name_of(fusedrnn::cpu::active_isa()); });
+  m.def("cpu_isas_runnable", [] {  // least to most capable, up to the detected one
+    std::vector<std::string> names;
+    for (int isa = 0; isa <= int(fusedrnn::cpu::detected_isa()); ++isa)
+      names.push_back(fusedrnn::cpu::name_of(fusedrnn::cpu::Isa(isa)));
+    return names;
+  });
   m.def("set_cpu_isa", &set_cpu_isa);
   // The pool of CPU temporaries kept between calls (scratch.h).
   m.def("scratch_held_bytes", &fusedrnn::scratch::held_bytes);

@@ -5,7 +5,7 @@ Backends (csrc/layer/backend.h), in order of preference:
 - ``cpu-fused``: the fused CPU recurrence: each thread multiplies the state by its own slice of
   the recurrent weights and applies the gate math to the units it just computed, one team of
   threads for the whole loop. CPU, float32/float64 (float16/bfloat16 run as float32), T > 1,
-  no LSTM projection, a CPU ISA with vector kernels (AVX2 and FMA).
+  no LSTM projection, a CPU ISA with vector kernels (AVX2 and FMA, or AVX-512).
 - ``cuda-persistent``: CUDA: one cooperative launch runs every step of a layer's loop, each
   block holding its slice of the recurrent weights in shared memory, a grid-wide barrier
   between steps. Uniform batches (no packed sequences of different lengths), T > 1, no LSTM
@@ -17,8 +17,9 @@ Each call takes the first backend that accepts it. ``FUSEDRNN_BACKEND=<name>`` i
 environment (read at import) or ``with fusedrnn.backends.force(name):`` makes every call run on
 that backend, process-wide; a call it cannot run raises with its reason instead of running
 elsewhere. ``explain(module, input)`` tells which backend a call would take and why each other
-one refuses it. The CPU's instruction set is a second switch: ``FUSEDRNN_CPU_ISA=scalar`` (or
-``force_cpu_isa``) runs the CPU kernels without vectors.
+one refuses it. The CPU's instruction set is a second switch, chosen at run time from what the
+CPU has (``cpu_isa()``): ``FUSEDRNN_CPU_ISA=avx2`` (or ``force_cpu_isa``) runs the AVX2 kernels
+on an AVX-512 CPU, ``scalar`` the CPU kernels without vectors.
 """
 import contextlib
 import os
@@ -146,9 +147,15 @@ def cpu_isa():
     return _C.cpu_isa_detected(), _C.cpu_isa_active()
 
 
+def cpu_isas():
+    """The CPU instruction sets fusedrnn's kernels can run on this machine, least capable first
+    ("scalar", "avx2", "avx512"): what force_cpu_isa and FUSEDRNN_CPU_ISA accept here."""
+    return tuple(_C.cpu_isas_runnable())
+
+
 @contextlib.contextmanager
 def force_cpu_isa(name):
-    """Runs the CPU kernels inside with ISA `name` ("scalar", "avx2"; None: the detected one),
+    """Runs the CPU kernels inside with ISA `name` (one of cpu_isas(); None: the detected one),
     process-wide. Raises for an ISA this CPU lacks."""
     previous = _C.cpu_isa_active()
     _C.set_cpu_isa(name or "")

@@ -197,7 +197,7 @@ def apply_layer(cell, args, reverse, batch_sizes=None):
 
 
 # ---- the switches a test can run under -------------------------------------------------------
-CPU_ISAS = ["scalar"] + [isa for isa in fusedrnn.backends.cpu_isa()[:1] if isa != "scalar"]
+CPU_ISAS = list(fusedrnn.backends.cpu_isas())
 
 
 @pytest.fixture(params=CPU_ISAS)

@@ -20,8 +20,28 @@ namespace fusedrnn::cpu {
   void small_product(Dtype dtype, const SmallProduct& product);                               \
   }
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FUSEDRNN_HAS_AVX2 1
+#define FUSEDRNN_HAS_X86_KERNELS 1
 FUSEDRNN_DECLARE_KERNELS(avx2)
+FUSEDRNN_DECLARE_KERNELS(avx512)
+#endif
+
+// Runs the statement `call` with `kernels` naming the namespace of the ISA's kernels, and
+// `otherwise` for an ISA without vector kernels.
+#ifdef FUSEDRNN_HAS_X86_KERNELS
+#define FUSEDRNN_ON_ISA(isa, call, otherwise)  \
+  switch (isa) {                               \
+    case Isa::kAvx2: {                         \
+      namespace kernels = avx2;                \
+      call;                                    \
+    }                                          \
+    case Isa::kAvx512: {                       \
+      namespace kernels = avx512;              \
+      call;                                    \
+    }                                          \
+    default: otherwise;                        \
+  }
+#else
+#define FUSEDRNN_ON_ISA(isa, call, otherwise) otherwise;
 #endif
 
 namespace {
@@ -33,7 +53,7 @@ Isa from_environment() {
   const char* name = std::getenv("FUSEDRNN_CPU_ISA");
   if (name == nullptr || *name == '\0') return detected_isa();
   const std::optional<Isa> isa = isa_named(name);
-  TORCH_CHECK(isa, "FUSEDRNN_CPU_ISA=", name, ": expected scalar or avx2");
+  TORCH_CHECK(isa, "FUSEDRNN_CPU_ISA=", name, ": expected scalar, avx2 or avx512");
   TORCH_CHECK(*isa <= detected_isa(), "FUSEDRNN_CPU_ISA=", name, ": this CPU runs at most ",
               name_of(detected_isa()));
   return *isa;
@@ -45,22 +65,31 @@ const char* name_of(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
   }
   return "?";
 }
 
 std::optional<Isa> isa_named(const std::string& name) {
-  for (const Isa isa : {Isa::kScalar, Isa::kAvx2})
+  for (const Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
     if (name == name_of(isa)) return isa;
   return std::nullopt;
 }
 
 Isa detected_isa() {
-#ifdef FUSEDRNN_HAS_AVX2
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2) return Isa::kAvx2;
-#endif
+#ifdef FUSEDRNN_HAS_X86_KERNELS
+  // AVX-512 as ATen's AVX512 vector types use it: F, BW, VL and DQ.
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::kScalar;
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return avx512 ? Isa::kAvx512 : Isa::kAvx2;
+  }();
+  return isa;
+#else
   return Isa::kScalar;
+#endif
 }
 
 Isa active_isa() {
@@ -82,12 +111,8 @@ bool has_fused_steps() { return active_isa() != Isa::kScalar; }
 
 template <typename Args>
 int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
-  switch (active_isa()) {
-#ifdef FUSEDRNN_HAS_AVX2
-    case Isa::kAvx2: return avx2::vector_units(dtype, args, b, begin, end);
-#endif
-    default: return begin;
-  }
+  FUSEDRNN_ON_ISA(active_isa(), return kernels::vector_units(dtype, args, b, begin, end),
+                  return begin)
 }
 #define FUSEDRNN_INSTANTIATE(Args) \
   template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t);
@@ -96,44 +121,30 @@ FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
 
 // The fused recurrence's kernels exist only for ISAs with vectors: callers check
 // has_fused_steps() first.
+[[noreturn]] void no_kernels(Isa isa) {
+  TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ", name_of(isa), " ISA");
+}
+
 Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
   const Isa isa = active_isa();
-  switch (isa) {
-#ifdef FUSEDRNN_HAS_AVX2
-    case Isa::kAvx2: return avx2::panels_for(isa, dtype, gates, hidden, depth);
-#endif
-    default: TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ", name_of(isa), " ISA");
-  }
+  FUSEDRNN_ON_ISA(isa, return kernels::panels_for(isa, dtype, gates, hidden, depth),
+                  no_kernels(isa))
 }
 
 void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed) {
-  switch (panels.isa) {
-#ifdef FUSEDRNN_HAS_AVX2
-    case Isa::kAvx2: return avx2::pack(dtype, panels, w, transposed, packed);
-#endif
-    default: TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ", name_of(panels.isa),
-                         " ISA");
-  }
+  FUSEDRNN_ON_ISA(panels.isa, return kernels::pack(dtype, panels, w, transposed, packed),
+                  no_kernels(panels.isa))
 }
 
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end) {
-  switch (product.panels->isa) {
-#ifdef FUSEDRNN_HAS_AVX2
-    case Isa::kAvx2: return avx2::product_panels(dtype, product, begin, end);
-#endif
-    default: TORCH_CHECK(false, "fusedrnn: no fused recurrence for the ",
-                         name_of(product.panels->isa), " ISA");
-  }
+  FUSEDRNN_ON_ISA(product.panels->isa,
+                  return kernels::product_panels(dtype, product, begin, end),
+                  no_kernels(product.panels->isa))
 }
 
 void small_product(Dtype dtype, const SmallProduct& product) {
-  switch (active_isa()) {
-#ifdef FUSEDRNN_HAS_AVX2
-    case Isa::kAvx2: return avx2::small_product(dtype, product);
-#endif
-    default: TORCH_CHECK(false, "fusedrnn: no small product for the ", name_of(active_isa()),
-                         " ISA");
-  }
+  FUSEDRNN_ON_ISA(active_isa(), return kernels::small_product(dtype, product),
+                  no_kernels(active_isa()))
 }
 
 }  // namespace fusedrnn::cpu

@@ -13,7 +13,7 @@
 
 namespace fusedrnn::cpu {
 
-enum class Isa { kScalar, kAvx2 };  // from least to most capable
+enum class Isa { kScalar, kAvx2, kAvx512 };  // from least to most capable
 
 const char* name_of(Isa isa);
 std::optional<Isa> isa_named(const std::string& name);

@@ -1,7 +1,7 @@
 // The product of the fused CPU recurrence (recurrence.h): packing, and the register-blocked
 // kernel that multiplies a few rows of the input by one panel of the weights. Written once,
 // compiled once per ISA: included only by cpu/kernels_<isa>.cpp, after that ISA's target header,
-// with FUSEDRNN_ISA naming its namespace.
+// with FUSEDRNN_ISA naming its namespace and FUSEDRNN_VECTOR_REGISTERS its register count.
 #pragma once
 
 #include <algorithm>
@@ -105,10 +105,22 @@ void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
   }
 }
 
-// Every row of the product for panels [begin, end): MR rows at a time, the rest one by one.
+// The `left` rows after the last whole tile (fewer than R + 1), as one tile.
+template <typename T, int NV, int R>
+void rows_left(int64_t left, const T* in, int64_t K, const T* panel, T* out, int64_t stride,
+               const Columns* cols, bool accumulate) {
+  if constexpr (R > 0) {
+    if (left == R) return tile<T, R, NV>(in, K, panel, out, stride, cols, accumulate);
+    rows_left<T, NV, R - 1>(left, in, K, panel, out, stride, cols, accumulate);
+  }
+}
+
+// Every row of the product for panels [begin, end): MR rows at a time, the rest in one tile.
 template <typename T, int NV>
 void panels_as(const Product& product, int64_t begin, int64_t end) {
-  constexpr int MR = 12 / NV;  // 12 accumulators, of the 16 vector registers
+  // Accumulators in three quarters of the vector registers (12 of AVX2's 16, 24 of AVX-512's
+  // 32), the rest for the weights and the broadcast inputs.
+  constexpr int MR = FUSEDRNN_VECTOR_REGISTERS * 3 / 4 / NV;
   const Panels& panels = *product.panels;
   const int64_t K = panels.depth, stride = panels.gates * panels.hidden;
   const T* in = static_cast<const T*>(product.in);
@@ -121,13 +133,8 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
     for (; r + MR <= product.rows; r += MR)
       tile<T, MR, NV>(in + r * K, K, panel, out + r * stride, stride, cols, product.accumulate);
     // The rows left, in one tile: one row at a time runs at half the speed.
-    const T* in_left = in + r * K;
-    T* out_left = out + r * stride;
-    switch (product.rows - r) {
-      case 3: tile<T, 3, NV>(in_left, K, panel, out_left, stride, cols, product.accumulate); break;
-      case 2: tile<T, 2, NV>(in_left, K, panel, out_left, stride, cols, product.accumulate); break;
-      case 1: tile<T, 1, NV>(in_left, K, panel, out_left, stride, cols, product.accumulate); break;
-    }
+    rows_left<T, NV, MR - 1>(product.rows - r, in + r * K, K, panel, out + r * stride, stride,
+                             cols, product.accumulate);
   }
 }
 

@@ -14,32 +14,48 @@ inline namespace CPU_CAPABILITY {
 template <typename S> Vectorized<S> exp_(const Vectorized<S>& x) { return x.exp(); }
 template <typename S> Vectorized<S> tanh_(const Vectorized<S>& x) { return x.tanh(); }
 #if defined(CPU_CAPABILITY_AVX2)
-// Float lanes take an exp inlined here: Sleef's is an out-of-line call, and the gate functions'
-// exps were 40% of an LSTM step's time at B=16, H=128. Cody-Waite reduction to
-// r = x - n ln2 in [-ln2/2, ln2/2], Cephes' expf polynomial for exp(r), and 2^n applied as two
-// factors so that every n from subnormal results to overflow is exact; within one ulp
-// (tests/cpu/test_steps.py). Clamping x first keeps n in range; NaN passes the clamp.
-inline Vectorized<float> exp_(const Vectorized<float>& x) {
-  const __m256 clamped = _mm256_min_ps(_mm256_set1_ps(88.73f),  // past log(FLT_MAX): +inf
-                                       _mm256_max_ps(_mm256_set1_ps(-104.f), x));  // past 0
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), clamped);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.f));
-  // 2^n = 2^half * 2^(n - half): n spans [-150, 128], each factor [-75, 64], both normal.
+// exp_'s two ISA-specific parts. x clamped to [-104, 88.73], past which exp is 0 and +inf; NaN
+// passes (min and max return their second operand when one is NaN).
+inline Vectorized<float> clamp_exp_argument(const Vectorized<float>& x) {
+  return _mm256_min_ps(_mm256_set1_ps(88.73f), _mm256_max_ps(_mm256_set1_ps(-104.f), x));
+}
+// p * 2^n for whole n in [-150, 128], as 2^half * 2^(n - half): each factor in [-75, 64] is
+// normal, so subnormal and overflowing results round once, exactly.
+inline Vectorized<float> times_two_to(const Vectorized<float>& p, const Vectorized<float>& n) {
   const __m256i whole = _mm256_cvtps_epi32(n), half = _mm256_srai_epi32(whole, 1);
   const __m256i bias = _mm256_set1_epi32(127);
   const __m256 scale_a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
   const __m256 scale_b = _mm256_castsi256_ps(
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(whole, half), bias), 23));
   return _mm256_mul_ps(_mm256_mul_ps(p, scale_a), scale_b);
+}
+#elif defined(CPU_CAPABILITY_AVX512)
+inline Vectorized<float> clamp_exp_argument(const Vectorized<float>& x) {
+  return _mm512_min_ps(_mm512_set1_ps(88.73f), _mm512_max_ps(_mm512_set1_ps(-104.f), x));
+}
+// scalef scales by any whole n, subnormal results and overflow included, in one rounding.
+inline Vectorized<float> times_two_to(const Vectorized<float>& p, const Vectorized<float>& n) {
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// Float lanes take an exp inlined here: Sleef's is an out-of-line call, and the gate functions'
+// exps were 40% of an LSTM step's time at B=16, H=128. Cody-Waite reduction to
+// r = x - n ln2 in [-ln2/2, ln2/2], Cephes' expf polynomial for exp(r), then 2^n; within one ulp
+// (tests/cpu/test_steps.py). Clamping x first keeps n in range.
+inline Vectorized<float> exp_(const Vectorized<float>& x) {
+  using V = Vectorized<float>;
+  const V clamped = clamp_exp_argument(x);
+  const V n = (clamped * V(1.44269504088896341f)).round();  // to nearest
+  const V minus_n = -n;  // fmadd, not fnmadd: older ATen's fnmadd rounds twice
+  V r = fmadd(minus_n, V(0.693359375f), clamped);
+  r = fmadd(minus_n, V(-2.12194440e-4f), r);
+  V p = fmadd(V(1.9875691500e-4f), r, V(1.3981999507e-3f));
+  p = fmadd(p, r, V(8.3334519073e-3f));
+  p = fmadd(p, r, V(4.1665795894e-2f));
+  p = fmadd(p, r, V(1.6666665459e-1f));
+  p = fmadd(p, r, V(5.0000001201e-1f));
+  return times_two_to(fmadd(p * r, r, r) + V(1), n);
 }
 // Float lanes take a tanh built on one exp: Sleef's tanh costs about six of its exps, and an LSTM
 // unit needs two tanh per step. Below |x| = 0.625 an odd polynomial (Cephes' tanhf
@@ -58,7 +74,7 @@ inline Vectorized<float> tanh_(const Vectorized<float>& x) {
   const V near = fmadd(p * z, x, x);
   return V::blendv(V::blendv(far, -far, x < V(0)), near, a < V(0.625f));
 }
-#endif  // CPU_CAPABILITY_AVX2
+#endif
 template <typename S> Vectorized<S> relu(const Vectorized<S>& x) {
   return clamp_min(x, Vectorized<S>(0));  // NaN stays NaN, as in torch.relu
 }
@@ -107,6 +123,10 @@ int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, in
     default: return begin;
   }
 }
+#define FUSEDRNN_INSTANTIATE(Args) \
+  template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t);
+FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
+#undef FUSEDRNN_INSTANTIATE
 
 }  // namespace cpu::FUSEDRNN_ISA
 }  // namespace fusedrnn

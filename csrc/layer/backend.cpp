@@ -72,7 +72,7 @@ std::optional<std::string> refusal(Backend backend, const CallShape& call, bool 
                            "product and the next");
       if (!cpu::has_fused_steps())
         return std::string("the CPU ISA in use is ") + cpu::name_of(cpu::active_isa()) +
-               ": the fused recurrence needs AVX2 and FMA";
+               ": the fused recurrence needs AVX2 and FMA, or AVX-512";
       return std::nullopt;
     }
     case Backend::kStep:

@@ -2,6 +2,7 @@
 backend never falls back, forward and backward pair across backends, and the environment
 switches work."""
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -107,8 +108,11 @@ def test_environment_switches():
     assert out.stdout.split() == ["step", "scalar", "step", "True"]
     out = _run(code, FUSEDRNN_BACKEND="fast")
     assert out.returncode != 0 and "FUSEDRNN_BACKEND=fast: unknown backend" in out.stderr
+    for isa in fusedrnn.backends.cpu_isas():  # each ISA this CPU runs, by name
+        out = _run(code, FUSEDRNN_CPU_ISA=isa)
+        assert out.returncode == 0 and out.stdout.split()[1] == isa, out.stderr
     out = _run(code, FUSEDRNN_CPU_ISA="sse9")
-    assert out.returncode != 0 and "FUSEDRNN_CPU_ISA=sse9: expected scalar or avx2" in out.stderr
+    assert out.returncode != 0 and "FUSEDRNN_CPU_ISA=sse9: expected scalar, avx2 or avx512" in out.stderr
 
 
 def test_info_reports_the_build_and_the_machine():
@@ -120,3 +124,19 @@ def test_info_reports_the_build_and_the_machine():
                      "GPUs:", f"fusedrnn's ISA: {fusedrnn.backends.cpu_isa()[1]}", "threads:",
                      "backends: cuda-persistent, cpu-fused, step", "a cell (T = 1): step", "scratch pool"):
         assert expected in text, (expected, text)
+
+
+def test_detected_isa_is_the_best_this_cpu_has():
+    """The ISA picked at run time follows the CPU's flags (/proc/cpuinfo): AVX-512 where it has
+    F, BW, VL and DQ, else AVX2 where it has AVX2 and FMA, else scalar."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the vector kernels are built for x86-64")
+    expected = ("avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags)
+                else "avx2" if {"avx2", "fma"} <= set(flags) else "scalar")
+    assert fusedrnn.backends.cpu_isa()[0] == expected
+    assert fusedrnn.backends.cpu_isas()[-1] == expected
