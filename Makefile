@@ -1,7 +1,7 @@
 # make test: set up .venv (CUDA 13.0 build of torch 2.14.1 + test tools, ONNX and ONNX Runtime for
 # the export tests), build, run the tests.
-# make bench: the same set-up, then the fused-vs-torch.nn benchmark (make bench-concurrency: under
-# concurrent callers and oversubscription).
+# make bench: the same set-up and matplotlib, then the fused-vs-torch.nn benchmark (ONNX Runtime as a
+# third column on the CPU; make bench-concurrency: under concurrent callers and oversubscription).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,7 +22,12 @@ build: $(VENV)/.installed
 test: build
 	$(PY) -m pytest tests
 
-bench: build
+# matplotlib draws bench's speedup plot; only the benchmark needs it.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet matplotlib
+	touch $@
+
+bench: build $(VENV)/.bench-installed
 	$(PY) -m fusedrnn.bench
 
 # fusedrnn against torch.nn with 1, 2 and 4 concurrent callers, pinned to one CPU, two processes.

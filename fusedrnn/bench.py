@@ -13,9 +13,11 @@ Timing: warm-up rounds first (WARMUP_ROUNDS); then on CUDA, CUDA events around e
 followed by a synchronize, on CPU time.perf_counter. Rounds repeat until the case has taken
 about --budget seconds, and at least MIN_REPS times.
 
-Baselines: torch.nn as it runs by default (cuDNN on CUDA, oneDNN for the LSTM on CPU), and on
+Baselines: torch.nn as it runs by default (cuDNN on CUDA, oneDNN for the LSTM on CPU); on
 CUDA also torch.nn with cuDNN disabled, whose native path launches a few kernels per time step
-as fusedrnn does today. float32 means IEEE float32 on both sides: TF32 is off for cuBLAS and
+as fusedrnn does today; on the CPU, for float32 inference on padded batches, also ONNX Runtime
+running the torch.nn module as torch.onnx.export exports it (OnnxRuntimeStep: same threads,
+spinning off, outputs checked against torch.nn's), where onnxruntime and onnx are installed. float32 means IEEE float32 on both sides: TF32 is off for cuBLAS and
 cuDNN (cuDNN would use it for torch's RNNs by default) unless --tf32 turns it on for both.
 torch.nn keeps bfloat16 weights out of cuDNN's flat buffer (flatten_parameters skips that
 dtype), so its bfloat16 cuDNN calls copy the weights every time, with a warning; that is what
@@ -33,6 +35,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -115,6 +118,70 @@ class Step:
             (output.float().sum() + h_n.float().sum()).backward()
 
 
+class OnnxRuntimeStep:
+    """The torch.nn module exported to ONNX (torch.onnx.export's TorchScript exporter, which writes
+    ONNX's own LSTM/GRU/RNN operators; torch.export's exporter unrolls them), run by ONNX Runtime's CPU provider: as many intra-op threads as torch uses,
+    one inter-op thread, sequential execution, spinning off (a spinning pool would steal the
+    cores from the other side of the interleaved timing). Inputs are converted to numpy once,
+    untimed, as a server holding numpy arrays would feed them. Raises if ONNX Runtime's outputs
+    differ from torch.nn's (relative error above 1e-4)."""
+
+    def __init__(self, reference, inputs):
+        import io
+
+        import onnxruntime
+
+        x, hx = inputs
+        states = hx if isinstance(hx, tuple) else (hx,)
+        names = ["x", "h0", "c0"][:1 + len(states)]
+        exported = io.BytesIO()
+        with warnings.catch_warnings():  # the legacy exporter's deprecation and tracer notes
+            warnings.simplefilter("ignore")
+            torch.onnx.export(reference, (x, hx), exported, input_names=names, dynamo=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(exported.getvalue(), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.feeds = {name: tensor.detach().numpy() for name, tensor in zip(names, (x, *states))}
+        self.check(reference, inputs)
+
+    def check(self, reference, inputs):
+        """Raises unless the session's output is torch.nn's to a relative error of 1e-4."""
+        with torch.no_grad():
+            output = reference(*inputs)[0]
+        theirs = torch.from_numpy(self()).to(output.dtype)
+        error = float((theirs - output).norm() / output.norm())
+        if not error <= 1e-4:
+            raise RuntimeError(f"ONNX Runtime's output differs from torch.nn's by {error:.1e}")
+
+    def reset(self):
+        """Nothing to drop: inference only."""
+
+    def __call__(self):
+        return self.session.run(None, self.feeds)[0]
+
+
+def onnxruntime_version():
+    """ONNX Runtime's version, or None where it (or the onnx package the export needs) is
+    missing."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+def runs_on_onnxruntime(case: Case, device) -> bool:
+    """ONNX Runtime's column: CPU float32 inference on padded batches (a PackedSequence does not
+    export as one ONNX LSTM)."""
+    return (device.type == "cpu" and case.mode == "inference" and case.dtype == "float32"
+            and not case.packed)
+
+
 class Timer:
     """Milliseconds of one call: CUDA events and a synchronize on CUDA, perf_counter on CPU."""
 
@@ -170,13 +237,20 @@ def measure_peak_flops(device, dtype, timer) -> float:
     return 2 * n ** 3 / (ms * 1e-3)
 
 
-def run_case(case: Case, device, timer, budget_s, peak_flop_per_s) -> dict:
-    """Builds, times and summarises one case. -> a JSON-ready result."""
+def run_case(case: Case, device, timer, budget_s, peak_flop_per_s, onnxruntime=False) -> dict:
+    """Builds, times and summarises one case; with `onnxruntime`, ONNX Runtime too where
+    runs_on_onnxruntime. -> a JSON-ready result."""
     reference, fused = build_modules(case, device)
     inputs = make_inputs(case, device)
     steps = {"torch": Step(reference, inputs, case.mode), "fused": Step(fused, inputs, case.mode)}
     if device.type == "cuda":
         steps["torch_no_cudnn"] = Step(reference, inputs, case.mode, cudnn=False)
+    notes = {}
+    if onnxruntime and runs_on_onnxruntime(case, device):
+        try:
+            steps["onnxruntime"] = OnnxRuntimeStep(reference, inputs)
+        except Exception as error:  # reported beside the row; torch.nn and fused still run
+            notes["onnxruntime_error"] = f"{type(error).__name__}: {error}"
     samples = measure(steps, timer, budget_s, WARMUP_ROUNDS[device.type])
     median = {name: statistics.median(ms) for name, ms in samples.items()}
     flop = case_flops(case)
@@ -190,6 +264,7 @@ def run_case(case: Case, device, timer, budget_s, peak_flop_per_s) -> dict:
         "speedup": {name: median[name] / median["fused"] for name in median if name != "fused"},
         "fused_flop_per_s": fused_flop_per_s,
         "fused_pct_of_peak": 100 * fused_flop_per_s / peak_flop_per_s,
+        **notes,
     }
 
 
@@ -258,6 +333,9 @@ def _parse_args(argv):
                         f"{DEFAULT_BUDGET_S['cpu']:g} on CPU")
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 for float32 in cuBLAS and cuDNN (CUDA only; default off)")
+    parser.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
+                        help="CPU: leave out the ONNX Runtime column (default: on where "
+                        "onnxruntime and onnx are installed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"),
                         help="folder for bench.json and speedups.png (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -291,7 +369,11 @@ def _progress(index, total, case, result, seconds):
     else:
         median = result["median_ms"]
         line += (f"torch {format_ms(median['torch'])} ms, fused {format_ms(median['fused'])} ms, "
-                 f"{result['speedup']['torch']:.2f}x ({result['reps']} reps, {seconds:.1f} s)")
+                 f"{result['speedup']['torch']:.2f}x")
+        if "onnxruntime" in median:
+            line += (f"; ONNX Runtime {format_ms(median['onnxruntime'])} ms, "
+                     f"{result['speedup']['onnxruntime']:.2f}x")
+        line += f" ({result['reps']} reps, {seconds:.1f} s)"
     print(line, file=sys.stderr, flush=True)
 
 
@@ -307,8 +389,10 @@ def main(argv=None) -> int:
                                else DEFAULT_BUDGET_S[device.type])
     set_tf32(args.tf32)
     timer = Timer(device)
+    onnxruntime = args.onnxruntime and device.type == "cpu" and onnxruntime_version() is not None
     report = {**environment(device), "budget_s": budget_s, "flop_count": FLOP_NOTE,
-              "peak_matmul_n": PEAK_MATMUL_N[device.type]}
+              "peak_matmul_n": PEAK_MATMUL_N[device.type],
+              "onnxruntime": onnxruntime_version() if onnxruntime else None}
     print("\n".join(info.lines()[:5]) + "\n", flush=True)  # what runs here, above the table
     print(f"fusedrnn.bench: {len(cases)} cases on {report['device_name']} ({device.type}), "
           f"torch {report['torch']}, about {budget_s:g} s each", file=sys.stderr, flush=True)
@@ -318,7 +402,8 @@ def main(argv=None) -> int:
     for index, case in enumerate(cases, 1):
         started = time.perf_counter()
         try:
-            result = run_case(case, device, timer, budget_s, report["peak_flop_per_s"][case.dtype])
+            result = run_case(case, device, timer, budget_s, report["peak_flop_per_s"][case.dtype],
+                              onnxruntime)
         except Exception as error:  # one unsupported case must not cost the rest of the grid
             result = {**dataclasses.asdict(case), "error": f"{type(error).__name__}: {error}"}
         results.append(result)

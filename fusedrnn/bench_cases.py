@@ -13,7 +13,8 @@ CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 MODES = ("inference", "training")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-BASELINES = {"torch": "torch.nn", "torch_no_cudnn": "torch.nn without cuDNN"}
+BASELINES = {"torch": "torch.nn", "torch_no_cudnn": "torch.nn without cuDNN",
+             "onnxruntime": "ONNX Runtime"}
 
 SEED = 0
 MIN_REPS = 5
@@ -84,15 +85,23 @@ GRIDS = {
         *_cases("rnn_tanh,rnn_relu", T=100, B=64, I=512, H=512),
         *_cases("lstm,gru", T=100, B=64, I=512, H=512, packed=True),  # mixed lengths
     ],
-    # Sized for 2 CPU cores in under 3 minutes.
+    # Sized for 2 CPU cores in about 6 minutes at the default budget.
     "cpu": [
-        *_cases("lstm,gru", modes="training", T=100, B=64, I=512, H=512),
+        *_FASTRNNS,
+        *_cases("gru", modes="training", T=100, B=64, I=512, H=512),
         *_cases("lstm,gru", T=100, B=1, I=64, H=64),
         *_cases("rnn_tanh", T=100, B=16, I=128, H=128),
         *_cases("lstm", T=50, B=16, I=128, H=128, layers=2, bidirectional=True),
         *_cases("lstm", modes="inference", T=100, B=1, I=256, H=256),
         *_cases("gru", modes="inference", T=100, B=8, I=256, H=256),
         *_cases("lstm", T=50, B=16, I=128, H=128, packed=True),  # mixed lengths
+        # Forecasting and tagging libraries' batched LSTMs and GRUs (darts, neuralforecast, flair
+        # defaults): small hidden sizes, moderate batches.
+        *_cases("lstm,gru", T=48, B=32, I=128, H=128),
+        *_cases("lstm", T=100, B=16, I=64, H=64),
+        *_cases("lstm", T=100, B=64, I=32, H=32),
+        # One step per call, as a streaming or autoregressive server makes them.
+        *_cases("lstm,gru", modes="inference", T=1, B=1, I=64, H=64),
     ],
 }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, backends
 from .bench_cases import BASELINES, FLOP_NOTE, Case
 
 def _cpu_name() -> str:
@@ -29,6 +29,9 @@ def environment(device) -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "fusedrnn": __version__,
+        # The CPU's instruction sets as each side uses them: fusedrnn's kernels, torch's ATen.
+        "cpu_isa": backends.cpu_isa()[1],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "tf32": cuda and torch.backends.cudnn.allow_tf32,
@@ -49,12 +52,16 @@ def markdown_table(report: dict) -> str:
         versions += f", CUDA {report['cuda']}, cuDNN {report['cudnn']}"
     peaks = ", ".join(f"{dtype} {flop_per_s / scale:.1f} {unit}"
                       for dtype, flop_per_s in report["peak_flop_per_s"].items())
+    if report.get("onnxruntime"):
+        versions += f", ONNX Runtime {report['onnxruntime']}"
     lines = [
         f"### fusedrnn {report['fusedrnn']} vs torch.nn on {report['device_name']} "
         f"({report['device']}, {report['threads']} threads)",
         "",
         f"- {versions}; {report['date']}; about {report['budget_s']:g} s per case"
         + (f"; TF32 {'on' if report['tf32'] else 'off'}" if cuda else "") + ".",
+        f"- CPU instruction set: fusedrnn's kernels {report.get('cpu_isa', '?')}, torch's "
+        f"{report.get('torch_cpu_capability', '?')}.",
         "- Medians over `reps` interleaved repetitions. speedup = baseline ms / fused ms "
         "(> 1: fused is faster).",
         f"- FLOP count: {FLOP_NOTE}",
@@ -67,6 +74,9 @@ def markdown_table(report: dict) -> str:
                "fused ms", "speedup"]
     if cuda:
         columns += ["no-cuDNN ms", "speedup vs no-cuDNN"]
+    onnxruntime = any("onnxruntime" in result.get("median_ms", {}) for result in report["results"])
+    if onnxruntime:
+        columns += ["ONNX Runtime ms", "speedup vs ONNX Runtime"]
     columns += [f"fused {unit}", "% of peak", "reps"]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     failures = []
@@ -84,11 +94,17 @@ def markdown_table(report: dict) -> str:
                     f"{speedup['torch']:.2f}x"]
             if cuda:
                 row += [format_ms(median["torch_no_cudnn"]), f"{speedup['torch_no_cudnn']:.2f}x"]
+            if onnxruntime:
+                row += ([format_ms(median["onnxruntime"]), f"{speedup['onnxruntime']:.2f}x"]
+                        if "onnxruntime" in median else ["-", "-"])
+            if "onnxruntime_error" in result:
+                failures.append(f"- {Case(**_case_fields(result)).label()}: no ONNX Runtime "
+                                f"time: {result['onnxruntime_error']}")
             row += [f"{result['fused_flop_per_s'] / scale:.2f}",
                     f"{result['fused_pct_of_peak']:.1f}", result["reps"]]
         lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
     if failures:
-        lines += ["", "Failed cases:", *failures]
+        lines += ["", "Failed cases and missing baselines:", *failures]
     return "\n".join(lines)
 
 
@@ -108,12 +124,13 @@ def save_plot(report: dict, path: Path) -> bool:
     results = [result for result in report["results"] if "error" not in result]
     if not results:
         return False
-    baselines = list(results[0]["speedup"])
+    baselines = list(dict.fromkeys(name for result in results for name in result["speedup"]))
     bar = 0.8 / len(baselines)
     figure, axes = plt.subplots(figsize=(10, 1.5 + 0.3 * len(results) * len(baselines)))
     for index, baseline in enumerate(baselines):
-        axes.barh([row + index * bar for row in range(len(results))],
-                  [result["speedup"][baseline] for result in results], height=bar,
+        rows = [row for row, result in enumerate(results) if baseline in result["speedup"]]
+        axes.barh([row + index * bar for row in rows],
+                  [results[row]["speedup"][baseline] for row in rows], height=bar,
                   label=f"vs {BASELINES[baseline]}")
     axes.set_yticks([row + bar * (len(baselines) - 1) / 2 for row in range(len(results))],
                     [Case(**_case_fields(result)).label() for result in results], fontsize=7)

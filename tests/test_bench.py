@@ -1,0 +1,36 @@
+"""fusedrnn.bench end to end on a tiny shape: the report's columns, ONNX Runtime's included."""
+import json
+
+import pytest
+import torch
+
+from fusedrnn import bench
+
+
+def test_bench_reports_every_baseline(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    code = bench.main(["--device", "cpu", "--shapes", "T=3,B=2,I=5,H=4", "--cells", "lstm,gru",
+                       "--budget", "0.05", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["cpu_isa"] and report["onnxruntime"]
+    for result in report["results"]:
+        expected = {"torch", "onnxruntime"} if result["mode"] == "inference" else {"torch"}
+        assert set(result["speedup"]) == expected, result
+        assert all(ms > 0 for ms in result["median_ms"].values())
+    table = capsys.readouterr().out
+    assert "speedup vs ONNX Runtime" in table and "CPU instruction set" in table
+
+
+def test_onnxruntime_step_matches_torch_nn_or_raises():
+    pytest.importorskip("onnxruntime")
+    case = bench.Case("lstm", T=4, B=3, I=5, H=6)
+    reference, _ = bench.build_modules(case, torch.device("cpu"))
+    inputs = bench.make_inputs(case, torch.device("cpu"))
+    step = bench.OnnxRuntimeStep(reference, inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(step()), reference(*inputs)[0])
+    with torch.no_grad():  # the module changes; the exported model no longer matches it
+        reference.weight_hh_l0.add_(1)
+    with pytest.raises(RuntimeError, match="differs from torch.nn"):
+        step.check(reference, inputs)
