@@ -199,3 +199,22 @@ def test_lstm_cell_needs_two_states():
 def test_rnn_cell_unknown_nonlinearity_raises_in_forward_like_torch_nn():
     ref, fused = nn.RNNCell(4, 5, nonlinearity="gelu"), fusedrnn.RNNCell(4, 5, nonlinearity="gelu")
     _both_raise(ref, fused, torch.randn(3, 4), match="Unknown nonlinearity: gelu")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_weights_that_are_not_plain_parameters(cell, bias):
+    """A parametrized weight (weight_norm) and torch.func.functional_call's weights reach the
+    step, with and without biases (cells.py reads plain parameters from the parameter dict)."""
+    ref, fused = make_cell_pair(cell, 5, 6, bias=bias)
+    x, hx = cell_inputs(cell, (3,), 5, 6, "cpu", torch.float32)
+    gen = torch.Generator().manual_seed(2)
+    given = {name: torch.randn(p.shape, generator=gen) for name, p in ref.named_parameters()}
+    torch.testing.assert_close(torch.func.functional_call(fused, given, (x, hx)),
+                               torch.func.functional_call(ref, given, (x, hx)))
+    for module in (ref, fused):
+        nn.utils.parametrizations.weight_norm(module, "weight_hh")
+        with torch.no_grad():
+            module.parametrizations.weight_hh.original0.mul_(3)  # weight_hh = 3 x the old one
+    ours, theirs = (run_and_grad(CellAsLayer(m), x, hx) for m in (fused, ref))
+    assert_close_by_name(ours, theirs, TOLERANCE[torch.float32])

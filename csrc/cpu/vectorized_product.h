@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <type_traits>
 
+#include <ATen/cpu/vec/functional_base.h>
+
 #include "recurrence.h"
 
 namespace fusedrnn::cpu::FUSEDRNN_ISA {
@@ -167,12 +169,12 @@ void small_rows_transposed(const SmallProduct& p, const T* in, const T* w, T* ou
     };
     for (int64_t k = 0; k < whole; k += L) add(k, L);
     if (whole < K) add(whole, K - whole);
+    // Each sum across lanes by shuffles (float; double stores and adds): one scalar add chain
+    // per column cost 16 add latencies, most of a single step's time.
     for (int r = 0; r < M; ++r)
       for (int c = 0; c < C; ++c) {
-        T lanes[L];
-        acc[r][c].store(lanes);
-        T sum = 0;
-        for (int l = 0; l < L; ++l) sum += lanes[l];
+        const T sum = at::vec::vec_reduce_all<T>(
+            [](const Vec& a, const Vec& b) { return a + b; }, acc[r][c]);
         T& o = out[r * p.N + n + c];
         o = p.accumulate ? o + sum : sum;
       }

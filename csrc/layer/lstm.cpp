@@ -59,10 +59,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     pass.keep_final(step, c, cn);
   };
   recurrence.loop(pass, plan, done);
-  if (!training) {
+  if (!training) {  // inference returns none of them
     gates = at::empty({0}, L.options());
     cells = at::empty({0}, L.options());
-    unprojected = at::empty({0}, L.options());
+    if (w_hr.defined()) unprojected = at::empty({0}, L.options());
   }
   return L.results(std::tuple{output, hn, cn, gates, cells, unprojected});
 }
