@@ -56,7 +56,7 @@ FUSEDRNN_HD void element(const LSTMBackwardStep& s, int64_t b, int64_t j) {
   const int64_t H = s.hidden, k = b * H + j;
   const T* g = static_cast<const T*>(s.gates) + b * 4 * H;
   A dh = load<A>(static_cast<const T*>(s.dh) + k);
-  if (s.dy) dh += load<A>(static_cast<const T*>(s.dy) + k);
+  if (s.dy) dh = dh + load<A>(static_cast<const T*>(s.dy) + k);
   T* dc = static_cast<T*>(s.dc);
   const auto r = gates::lstm_backward<A>(
       load<A>(g + j), load<A>(g + H + j), load<A>(g + 2 * H + j), load<A>(g + 3 * H + j),
@@ -78,9 +78,9 @@ FUSEDRNN_HD void element(const GRUForwardStep& s, int64_t b, int64_t j) {
   const T* bias = static_cast<const T*>(s.b_hh);
   A hr = load<A>(hg + j), hz = load<A>(hg + H + j), hn = load<A>(hg + 2 * H + j);
   if (bias) {
-    hr += load<A>(bias + j);
-    hz += load<A>(bias + H + j);
-    hn += load<A>(bias + 2 * H + j);
+    hr = hr + load<A>(bias + j);
+    hz = hz + load<A>(bias + H + j);
+    hn = hn + load<A>(bias + 2 * H + j);
   }
   const auto r = gates::gru_forward<A>(load<A>(xg + j), load<A>(xg + H + j),
                                        load<A>(xg + 2 * H + j), hr, hz, hn,
@@ -101,7 +101,7 @@ FUSEDRNN_HD void element(const GRUBackwardStep& s, int64_t b, int64_t j) {
   const T* saved = static_cast<const T*>(s.saved) + b * 4 * H;
   T* dh = static_cast<T*>(s.dh);
   A dh_total = load<A>(dh + k);
-  if (s.dy) dh_total += load<A>(static_cast<const T*>(s.dy) + k);
+  if (s.dy) dh_total = dh_total + load<A>(static_cast<const T*>(s.dy) + k);
   const auto r = gates::gru_backward<A>(
       load<A>(saved + j), load<A>(saved + H + j), load<A>(saved + 2 * H + j),
       load<A>(saved + 3 * H + j), load<A>(static_cast<const T*>(s.h_prev) + k), dh_total);
@@ -126,7 +126,7 @@ template <typename T, typename A>
 FUSEDRNN_HD void element(const RNNBackwardStep& s, int64_t b, int64_t j) {
   const int64_t k = b * s.hidden + j;
   A dh = load<A>(static_cast<const T*>(s.dh) + k);
-  if (s.dy) dh += load<A>(static_cast<const T*>(s.dy) + k);
+  if (s.dy) dh = dh + load<A>(static_cast<const T*>(s.dy) + k);
   const A h = load<A>(static_cast<const T*>(s.h) + k);
   store(static_cast<T*>(s.dpre) + k, gates::rnn_backward<A>(h, dh, s.relu));
 }

@@ -82,6 +82,26 @@ template <typename S>
 Vectorized<S> relu_backward(const Vectorized<S>& y, const Vectorized<S>& dy) {
   return Vectorized<S>::blendv(dy, Vectorized<S>(0), y <= Vectorized<S>(0));
 }
+// The same primitives for VectorizedN, N vectors as one arithmetic type, each vector through the
+// functions above: element() on it runs N independent chains of gate math side by side.
+template <typename S, int N> VectorizedN<S, N> operator-(const VectorizedN<S, N>& x) {
+  return x.neg();
+}
+template <typename S, int N> VectorizedN<S, N> exp_(const VectorizedN<S, N>& x) {
+  return x.unary_op([](const Vectorized<S>& v) { return exp_(v); });
+}
+template <typename S, int N> VectorizedN<S, N> tanh_(const VectorizedN<S, N>& x) {
+  return x.unary_op([](const Vectorized<S>& v) { return tanh_(v); });
+}
+template <typename S, int N> VectorizedN<S, N> relu(const VectorizedN<S, N>& x) {
+  return x.unary_op([](const Vectorized<S>& v) { return relu(v); });
+}
+template <typename S, int N>
+VectorizedN<S, N> relu_backward(const VectorizedN<S, N>& y, const VectorizedN<S, N>& dy) {
+  return y.binary_op(dy, [](const Vectorized<S>& a, const Vectorized<S>& b) {
+    return relu_backward(a, b);
+  });
+}
 }  // namespace CPU_CAPABILITY
 }  // namespace at::vec
 
@@ -101,14 +121,32 @@ template <> inline void store<float, Vectorized<float>>(float* p, Vectorized<flo
 template <> inline void store<double, Vectorized<double>>(double* p, Vectorized<double> x) {
   x.store(p);
 }
+// Two vectors at a time (units_lanes).
+template <typename S> using VectorPair = at::vec::VectorizedN<S, 2>;
+template <> inline VectorPair<float> load<VectorPair<float>, float>(const float* p) {
+  return VectorPair<float>::loadu(p);
+}
+template <> inline VectorPair<double> load<VectorPair<double>, double>(const double* p) {
+  return VectorPair<double>::loadu(p);
+}
+template <> inline void store<float, VectorPair<float>>(float* p, VectorPair<float> x) {
+  x.store(p);
+}
+template <> inline void store<double, VectorPair<double>>(double* p, VectorPair<double> x) {
+  x.store(p);
+}
 
 }  // namespace FUSEDRNN_ISA
 
 namespace cpu::FUSEDRNN_ISA {
 
+// Two vectors of units at a time, then one: the gate math of one vector is a long dependent
+// chain (an LSTM unit takes five exps), and two independent chains keep the core busier.
 template <typename T, typename Args>
 int64_t units_lanes(const Args& args, int64_t b, int64_t j, int64_t end) {
   using Vec = Vectorized<T>;
+  using Pair = VectorPair<T>;
+  for (; j + Pair::size() <= end; j += Pair::size()) element<T, Pair>(args, b, j);
   for (; j + Vec::size() <= end; j += Vec::size()) element<T, Vec>(args, b, j);
   return j;
 }
