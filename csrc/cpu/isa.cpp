@@ -13,7 +13,8 @@ namespace fusedrnn::cpu {
 #define FUSEDRNN_DECLARE_KERNELS(isa)                                                         \
   namespace isa {                                                                             \
   template <typename Args>                                                                    \
-  int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end); \
+  int64_t vector_units(Dtype dtype, const Args& args, int64_t first_row, int64_t last_row,    \
+                       int64_t begin, int64_t end);                                           \
   Panels panels_for(Isa id, Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);       \
   void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed); \
   void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);       \
@@ -110,12 +111,14 @@ void set_isa(std::optional<Isa> isa) {
 bool has_fused_steps() { return active_isa() != Isa::kScalar; }
 
 template <typename Args>
-int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
-  FUSEDRNN_ON_ISA(active_isa(), return kernels::vector_units(dtype, args, b, begin, end),
+int64_t vector_units(Dtype dtype, const Args& args, int64_t first_row, int64_t last_row,
+                     int64_t begin, int64_t end) {
+  FUSEDRNN_ON_ISA(active_isa(),
+                  return kernels::vector_units(dtype, args, first_row, last_row, begin, end),
                   return begin)
 }
 #define FUSEDRNN_INSTANTIATE(Args) \
-  template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t);
+  template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t, int64_t);
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
 #undef FUSEDRNN_INSTANTIATE
 

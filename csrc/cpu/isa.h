@@ -33,10 +33,12 @@ struct Product;
 struct SmallProduct;
 
 // The vector kernels of the ISA in use (the product's: the ISA its panels were packed for).
-// vector_units runs hidden units [begin, end) of row b of a step in whole vectors (float32 and
-// float64) and returns the first unit it left to the scalar loop.
+// vector_units runs hidden units [begin, end) of rows [first_row, last_row) of a step in whole
+// vectors (float32 and float64) and returns the first unit it left to the scalar loop, the same
+// in every row.
 template <typename Args>
-int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end);
+int64_t vector_units(Dtype dtype, const Args& args, int64_t first_row, int64_t last_row,
+                     int64_t begin, int64_t end);
 Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
 void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed);
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);

@@ -151,18 +151,28 @@ int64_t units_lanes(const Args& args, int64_t b, int64_t j, int64_t end) {
   return j;
 }
 
-// Runs hidden units [begin, end) of row b of a step in whole vectors, for float32 and float64;
-// returns the first unit it left to the scalar loop.
+template <typename T, typename Args>
+int64_t rows_lanes(const Args& args, int64_t first_row, int64_t last_row, int64_t begin,
+                   int64_t end) {
+  int64_t left = begin;
+  for (int64_t b = first_row; b < last_row; ++b) left = units_lanes<T>(args, b, begin, end);
+  return left;
+}
+
+// Runs hidden units [begin, end) of rows [first_row, last_row) of a step in whole vectors, for
+// float32 and float64; returns the first unit it left to the scalar loop. Rows in here rather
+// than a call per row: the ISA's dispatch per row was 4% of an LSTM step at B=64 H=32.
 template <typename Args>
-int64_t vector_units(Dtype dtype, const Args& args, int64_t b, int64_t begin, int64_t end) {
+int64_t vector_units(Dtype dtype, const Args& args, int64_t first_row, int64_t last_row,
+                     int64_t begin, int64_t end) {
   switch (dtype) {
-    case Dtype::kFloat32: return units_lanes<float>(args, b, begin, end);
-    case Dtype::kFloat64: return units_lanes<double>(args, b, begin, end);
+    case Dtype::kFloat32: return rows_lanes<float>(args, first_row, last_row, begin, end);
+    case Dtype::kFloat64: return rows_lanes<double>(args, first_row, last_row, begin, end);
     default: return begin;
   }
 }
 #define FUSEDRNN_INSTANTIATE(Args) \
-  template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t);
+  template int64_t vector_units(Dtype, const Args&, int64_t, int64_t, int64_t, int64_t);
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
 #undef FUSEDRNN_INSTANTIATE
 
