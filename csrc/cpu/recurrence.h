@@ -35,7 +35,7 @@ struct Panels {
 // forward's w_hh), else W = w for w [K, G*H] (w_hh itself, for the gradient reaching h). The
 // fused recurrence takes float32 and float64 (layer/ widens half types).
 
-// The product of one fused step: out (+)= in W, or nothing when `in` is null.
+// The product of one fused step: out (+)= bias + in W, or nothing when `in` is null.
 struct Product {
   const Panels* panels;
   const void* packed;  // panels->size() elements
@@ -43,6 +43,7 @@ struct Product {
   void* out;           // [rows, G*H]
   int64_t rows;
   bool accumulate;
+  const void* bias = nullptr;  // [G*H], added to every row (a layer's biases), or null
 };
 
 // Fills the s-th step of a loop: its product (whose `in` may be null) and its pointwise step.

@@ -67,12 +67,13 @@ void pack_as(const Panels& panels, const T* w, bool transposed, T* packed) {
   }
 }
 
-// out[r, columns of v] (+)= sum over k of in[r, k] panel[k, v] for MR rows and the NV vectors of
-// one panel, in MR * NV accumulators. With fewer than eight, consecutive k alternate between two
-// sets of accumulators, so that the FMAs' latency hides behind independent work.
+// out[r, columns of v] (+)= bias[columns of v] + sum over k of in[r, k] panel[k, v] for MR rows
+// and the NV vectors of one panel, in MR * NV accumulators (bias: none when null). With fewer than
+// eight, consecutive k alternate between two sets of accumulators, so that the FMAs' latency
+// hides behind independent work.
 template <typename T, int MR, int NV>
 void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
-          const Columns* cols, bool accumulate) {
+          const Columns* cols, bool accumulate, const T* bias) {
   using Vec = Vectorized<T>;
   constexpr int L = Vec::size(), S = MR * NV < 8 ? 2 : 1;
   // The rows of out this tile adds to (a step's input projection, written for the whole sequence
@@ -83,10 +84,14 @@ void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
       for (int v = 0; v < NV; ++v)
         __builtin_prefetch(out + r * out_stride + cols[v].first, 1);
   }
+  Vec start[NV];
+  for (int v = 0; v < NV; ++v)
+    start[v] = bias && cols[v].lanes > 0 ? Vec::loadu(bias + cols[v].first, cols[v].lanes)
+                                         : Vec(T(0));
   Vec acc[S][MR][NV];
   for (int s = 0; s < S; ++s)
     for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < NV; ++v) acc[s][r][v] = Vec(T(0));
+      for (int v = 0; v < NV; ++v) acc[s][r][v] = s == 0 ? start[v] : Vec(T(0));
   const auto accumulate_k = [&](int s, int64_t k) {
     Vec w[NV];
     for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(panel + k * NV * L + v * L);
@@ -118,10 +123,10 @@ void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
 // The `left` rows after the last whole tile (fewer than R + 1), as one tile.
 template <typename T, int NV, int R>
 void rows_left(int64_t left, const T* in, int64_t K, const T* panel, T* out, int64_t stride,
-               const Columns* cols, bool accumulate) {
+               const Columns* cols, bool accumulate, const T* bias) {
   if constexpr (R > 0) {
-    if (left == R) return tile<T, R, NV>(in, K, panel, out, stride, cols, accumulate);
-    rows_left<T, NV, R - 1>(left, in, K, panel, out, stride, cols, accumulate);
+    if (left == R) return tile<T, R, NV>(in, K, panel, out, stride, cols, accumulate, bias);
+    rows_left<T, NV, R - 1>(left, in, K, panel, out, stride, cols, accumulate, bias);
   }
 }
 
@@ -134,6 +139,7 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
   const Panels& panels = *product.panels;
   const int64_t K = panels.depth, stride = panels.gates * panels.hidden;
   const T* in = static_cast<const T*>(product.in);
+  const T* bias = static_cast<const T*>(product.bias);
   T* out = static_cast<T*>(product.out);
   for (int64_t p = begin; p < end; ++p) {
     Columns cols[NV];
@@ -141,10 +147,11 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
     const T* panel = static_cast<const T*>(product.packed) + p * K * NV * panels.lanes;
     int64_t r = 0;
     for (; r + MR <= product.rows; r += MR)
-      tile<T, MR, NV>(in + r * K, K, panel, out + r * stride, stride, cols, product.accumulate);
+      tile<T, MR, NV>(in + r * K, K, panel, out + r * stride, stride, cols, product.accumulate,
+                      bias);
     // The rows left, in one tile: one row at a time runs at half the speed.
     rows_left<T, NV, MR - 1>(product.rows - r, in + r * K, K, panel, out + r * stride, stride,
-                             cols, product.accumulate);
+                             cols, product.accumulate, bias);
   }
 }
 

@@ -24,10 +24,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor &input = L.input, &h0 = L.h0, &w_hr = L.w_hr;
   const Pass pass = L.pass();
 
+  const Recurrence recurrence(pass, L.backend, L.w_hh, 4, true, true, L.b_ih, L.b_hh);
+  const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Like input, 4H wide; in training the activated gates, kept for the backward.
   Scratch scratch(input);
   Tensor gates = project_input(
-      input, L.w_ih, L.b_ih, L.b_hh,
+      input, L.w_ih, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh,
       training ? sequence_like(input, 4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
   Tensor output = sequence_like(input, P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
@@ -39,7 +41,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                                        : at::empty({B, H}, L.options());
   Tensor hn = at::empty({B, P}, L.options()), cn = at::empty({B, H}, L.options());
   Tensor h_join, c_join;
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 4, true, true);
   void *h = nullptr, *c = nullptr, *cell_out = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);

@@ -36,13 +36,20 @@ FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_RUN_STEP)
 #undef FUSEDRNN_DEFINE_RUN_STEP
 
 Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64_t gates,
-                       bool transposed, bool accumulate)
+                       bool transposed, bool accumulate, const OptionalTensor& bias,
+                       const OptionalTensor& bias_2)
     : w_(w), backend_(backend), gates_(gates), transposed_(transposed), accumulate_(accumulate) {
   if (backend == Backend::kCpuFused) {
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
     panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
     packed_ = at::empty({panels_.size()}, w.options());
     cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
+    // The biases start each step's accumulators: no pass over the input projection to add them
+    // (4% of an LSTM at T=100 B=64 H=32).
+    if (bias && bias_2) {  // the ops take both or neither
+      bias_ = *bias + *bias_2;
+      bias_ptr_ = bias_.data_ptr();
+    }
     return;
   }
 #ifdef FUSEDRNN_WITH_CUDA

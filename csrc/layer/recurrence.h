@@ -36,9 +36,14 @@ FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DECLARE_RUN_STEP)
 class Recurrence {
  public:
   // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
+  // bias, bias_2: the layer's biases (LSTM and RNN forward), which the fused CPU loop adds in its
+  // product (adds_biases()); elsewhere the caller adds them to the input projection.
   Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64_t gates, bool transposed,
-             bool accumulate);
+             bool accumulate, const OptionalTensor& bias = std::nullopt,
+             const OptionalTensor& bias_2 = std::nullopt);
   ~Recurrence();
+
+  bool adds_biases() const { return bias_.defined(); }
 
   // Runs the steps of `pass`: plan(s) -> Step<Args>, the s-th; done(s) once its results are in
   // place. Each may move rows between the loop's buffers, except over padded batches, whose
@@ -99,10 +104,13 @@ class Recurrence {
 
  private:
   cpu::Product fused(const void* in, int64_t rows, void* out) const {
-    return cpu::Product{&panels_, packed_.data_ptr(), in, out, rows, accumulate_};
+    return cpu::Product{&panels_, packed_.data_ptr(), in,          out,
+                        rows,     accumulate_,         bias_ptr_};
   }
 
   Tensor w_, packed_;  // packed_: defined on the fused path only
+  Tensor bias_;        // the biases added in the fused product: defined there only
+  const void* bias_ptr_ = nullptr;
   Backend backend_;
   int64_t gates_;
   bool transposed_, accumulate_;

@@ -19,10 +19,12 @@ std::tuple<Tensor, Tensor> rnn_forward(
   const int64_t B = L.B, H = L.H;
   const Pass pass = L.pass();
 
+  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, true, true, L.b_ih, L.b_hh);
+  const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
-  Tensor output = project_input(L.input, L.w_ih, L.b_ih, L.b_hh, sequence_like(L.input, H));
+  Tensor output = project_input(L.input, L.w_ih, in_loop ? std::nullopt : L.b_ih,
+                                in_loop ? std::nullopt : L.b_hh, sequence_like(L.input, H));
   Tensor hn = at::empty({B, H}, L.options()), h_join;
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, true, true);
   void* h = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step);

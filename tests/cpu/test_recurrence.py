@@ -141,7 +141,7 @@ def test_temporaries_from_the_kept_buffer(cell):
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_large_gemms_leave_at_mm_for_onednn(isa):
     """No silent fallback: with oneDNN on, a float32 input projection of 8M multiply-adds and
-    more does not reach at::mm (whose addmm_ it would be: it accumulates onto the bias)."""
+    more does not reach ATen's mm (a plain mm here: the fused loop adds the biases itself)."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     if isa == "scalar":
@@ -156,4 +156,29 @@ def test_large_gemms_leave_at_mm_for_onednn(isa):
                 fused(x)
         return {e.key for e in profile.key_averages()} & {"aten::addmm_", "aten::mm"}
     assert gemm_ops(True) == set()
-    assert "aten::addmm_" in gemm_ops(False)
+    assert gemm_ops(False) == {"aten::mm"}
+
+
+@pytest.mark.parametrize("biases", [True, False], ids=["biases", "no-biases"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn_tanh"])
+def test_biases_added_in_the_loop(cell, biases):
+    """The fused loop adds the LSTM's and RNN's biases in its product (recurrence.h,
+    adds_biases), against the plain PyTorch layer of ops.py, in float64. H = 37: the last panel
+    partly padding."""
+    from fusedrnn import ops
+    gen = torch.Generator().manual_seed(4)
+    T, B, I, H = 5, 7, 6, 37
+    G = 4 if cell == "lstm" else 1
+    x, h0, c0 = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+                 for shape in ((T, B, I), (B, H), (B, H)))
+    w_ih, w_hh = (torch.randn(G * H, n, generator=gen, dtype=torch.float64) for n in (I, H))
+    b_ih, b_hh = ((torch.randn(G * H, generator=gen, dtype=torch.float64) for _ in range(2))
+                  if biases else (None, None))
+    if cell == "lstm":
+        ours = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        theirs = ops._lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)
+    else:
+        ours = ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh)
+        theirs = ops._rnn_reference(x, h0, w_ih, w_hh, b_ih, b_hh, False, False)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
