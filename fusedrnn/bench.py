@@ -389,10 +389,10 @@ def main(argv=None) -> int:
                                else DEFAULT_BUDGET_S[device.type])
     set_tf32(args.tf32)
     timer = Timer(device)
-    onnxruntime = args.onnxruntime and device.type == "cpu" and onnxruntime_version() is not None
+    ort_version = onnxruntime_version() if args.onnxruntime and device.type == "cpu" else None
+    onnxruntime = ort_version is not None
     report = {**environment(device), "budget_s": budget_s, "flop_count": FLOP_NOTE,
-              "peak_matmul_n": PEAK_MATMUL_N[device.type],
-              "onnxruntime": onnxruntime_version() if onnxruntime else None}
+              "peak_matmul_n": PEAK_MATMUL_N[device.type], "onnxruntime": ort_version}
     print("\n".join(info.lines()[:5]) + "\n", flush=True)  # what runs here, above the table
     print(f"fusedrnn.bench: {len(cases)} cases on {report['device_name']} ({device.type}), "
           f"torch {report['torch']}, about {budget_s:g} s each", file=sys.stderr, flush=True)

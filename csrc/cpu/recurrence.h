@@ -65,10 +65,11 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
 // The product alone.
 void fused_product(Dtype dtype, const Product& product);
 
-// small_product's: out[M, N] (+)= in[M, K] W, W = w^T for w [N, K] when `transposed`, else w [K, N]: straight from
-// the unpacked weights on the calling thread, for products too small to repay packing or a
-// BLAS call (a single step of a few rows: MKL's sgemv took 1.5 us for 256x64 on an AMD CPU,
-// where this takes 0.2). Float32 and float64, on an ISA with vector kernels (has_fused_steps).
+// small_product's: out[M, N] (+)= in[M, K] W, W = w^T for w [N, K] when `transposed`, else
+// w [K, N]: straight from the unpacked weights on the calling thread, for products too small to
+// repay packing or a BLAS call (a single step of a few rows: MKL's sgemv took 1.5 us for 256x64
+// on an AMD CPU, where this takes 0.2). Float32 and float64, on an ISA with vector kernels
+// (has_fused_steps).
 struct SmallProduct {
   int64_t M, N, K;
   const void* in;  // [M, K]

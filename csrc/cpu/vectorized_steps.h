@@ -109,32 +109,17 @@ namespace fusedrnn {
 inline namespace FUSEDRNN_ISA {
 
 using at::vec::Vectorized;
-template <> inline Vectorized<float> load<Vectorized<float>, float>(const float* p) {
-  return Vectorized<float>::loadu(p);
-}
-template <> inline Vectorized<double> load<Vectorized<double>, double>(const double* p) {
-  return Vectorized<double>::loadu(p);
-}
-template <> inline void store<float, Vectorized<float>>(float* p, Vectorized<float> x) {
-  x.store(p);
-}
-template <> inline void store<double, Vectorized<double>>(double* p, Vectorized<double> x) {
-  x.store(p);
-}
-// Two vectors at a time (units_lanes).
-template <typename S> using VectorPair = at::vec::VectorizedN<S, 2>;
-template <> inline VectorPair<float> load<VectorPair<float>, float>(const float* p) {
-  return VectorPair<float>::loadu(p);
-}
-template <> inline VectorPair<double> load<VectorPair<double>, double>(const double* p) {
-  return VectorPair<double>::loadu(p);
-}
-template <> inline void store<float, VectorPair<float>>(float* p, VectorPair<float> x) {
-  x.store(p);
-}
-template <> inline void store<double, VectorPair<double>>(double* p, VectorPair<double> x) {
-  x.store(p);
-}
+template <typename S> using VectorPair = at::vec::VectorizedN<S, 2>;  // units_lanes
+
+// elements.h's load and store for vector type V of scalar S: whole vectors, unaligned.
+#define FUSEDRNN_VECTOR_LOAD_STORE(V, S)                                        \
+  template <> inline V load<V, S>(const S* p) { return V::loadu(p); }           \
+  template <> inline void store<S, V>(S * p, V x) { x.store(p); }
+FUSEDRNN_VECTOR_LOAD_STORE(Vectorized<float>, float)
+FUSEDRNN_VECTOR_LOAD_STORE(Vectorized<double>, double)
+FUSEDRNN_VECTOR_LOAD_STORE(VectorPair<float>, float)
+FUSEDRNN_VECTOR_LOAD_STORE(VectorPair<double>, double)
+#undef FUSEDRNN_VECTOR_LOAD_STORE
 
 }  // namespace FUSEDRNN_ISA
 

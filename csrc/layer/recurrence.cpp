@@ -46,10 +46,7 @@ Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64
     cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
     // The biases start each step's accumulators: no pass over the input projection to add them
     // (4% of an LSTM at T=100 B=64 H=32).
-    if (bias && bias_2) {  // the ops take both or neither
-      bias_ = *bias + *bias_2;
-      bias_ptr_ = bias_.data_ptr();
-    }
+    if (bias && bias_2) bias_ = *bias + *bias_2;  // the ops take both or neither
     return;
   }
 #ifdef FUSEDRNN_WITH_CUDA

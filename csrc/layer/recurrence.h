@@ -104,13 +104,12 @@ class Recurrence {
 
  private:
   cpu::Product fused(const void* in, int64_t rows, void* out) const {
-    return cpu::Product{&panels_, packed_.data_ptr(), in,          out,
-                        rows,     accumulate_,         bias_ptr_};
+    const void* bias = bias_.defined() ? bias_.data_ptr() : nullptr;
+    return cpu::Product{&panels_, packed_.data_ptr(), in, out, rows, accumulate_, bias};
   }
 
   Tensor w_, packed_;  // packed_: defined on the fused path only
   Tensor bias_;        // the biases added in the fused product: defined there only
-  const void* bias_ptr_ = nullptr;
   Backend backend_;
   int64_t gates_;
   bool transposed_, accumulate_;
