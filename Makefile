@@ -1,14 +1,15 @@
 # make test: set up .venv (CUDA 13.0 build of torch 2.14.1 + test tools, ONNX and ONNX Runtime for
 # the export tests), build, run the tests.
 # make bench: the same set-up and matplotlib, then the fused-vs-torch.nn benchmark (ONNX Runtime as a
-# third column on the CPU; make bench-concurrency: under concurrent callers and oversubscription).
+# third column on the CPU; make bench-concurrency: under concurrent callers and oversubscription;
+# make bench-double-backward: gradgradcheck and a gradient-penalty step).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
 MAX_JOBS ?= 2
 
-.PHONY: test bench bench-concurrency build clean
+.PHONY: test bench bench-concurrency bench-double-backward build clean
 
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ bench: build $(VENV)/.bench-installed
 # fusedrnn against torch.nn with 1, 2 and 4 concurrent callers, pinned to one CPU, two processes.
 bench-concurrency: build
 	PYTHONPATH=. $(PY) benchmarks/concurrency.py
+
+# fusedrnn against torch.nn: gradgradcheck of small modules, a gradient-penalty training step.
+bench-double-backward: build
+	PYTHONPATH=. $(PY) benchmarks/double_backward.py
 
 clean:
 	rm -rf build fusedrnn/_C*.so

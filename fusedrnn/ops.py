@@ -2,9 +2,9 @@
 
 Each op runs one layer in one direction over a whole sequence (csrc/layer/layer.h). Here they
 get one torch.autograd.Function per cell type (their fake kernels, for torch.compile and
-FakeTensor, are in fake.py) whose forward and backward call nothing but those ops, except under
-create_graph=True, where the backward recomputes the layer in plain PyTorch ops so that its
-result can be differentiated again (double backward).
+FakeTensor, are in fake.py) whose forward and backward call nothing but those ops. Only a double
+backward (differentiating gradients taken with create_graph=True) and torch.func's transforms
+recompute the layer in plain PyTorch ops, which autograd can differentiate again.
 
 Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H] or None;
 output [T, B, H]. With batch_sizes (a PackedSequence's), input is the packed data [rows, I] and
@@ -66,9 +66,9 @@ def _rnn_reference(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
 
 # The same layers through torch.nn's own C++ recurrence (_VF, what nn.LSTM calls; cuDNN off, as it
 # has no double backward), one layer and one direction: the double backward's plain-autograd
-# path, cheaper than the Python loop above (gradgradcheck of small layers: 1.2-1.4x torch.nn's
-# time with the loop, 1.2-1.3x with this). The reverse direction runs on the input reversed in
-# time. torch.func's transforms keep the Python references, which they can see into.
+# path, cheaper than the Python loop above on small layers, where the cost is per op. The reverse
+# direction runs on the input reversed in time. torch.func's transforms keep the Python
+# references, which they can see into.
 def _weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
 
@@ -113,31 +113,115 @@ def _of_some(reference, inputs, options, wanted):
     return layer
 
 
-def _differentiable_backward(ctx, reference, inputs, options, grad_outputs, needed=None):
+def _differentiable_backward(reference, inputs, options, grad_outputs, needed, fused):
     """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
     tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
-    backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Much slower
-    than the fused backward, and keeps every step's activations. torch.func.vjp, unlike
-    torch.autograd.grad, sees the tensors a torch.func transform tracks. `needed`: which inputs
-    need a gradient (default: the Function's first len(inputs) inputs)."""
-    needed = needed or ctx.needs_input_grad[:len(inputs)]
+    backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Under plain
+    autograd they are the fused backward's (`fused()`: the gradients of all inputs), and only
+    differentiating them recomputes the layer (_FusedGradients). Inside torch.func's transforms
+    they come from torch.func.vjp of the reference, which, unlike torch.autograd.grad, sees the
+    tensors a transform tracks. `needed`: which inputs need a gradient."""
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
     if not wanted or all(g is None for g in grad_outputs):
         return (None,) * len(inputs)
     tensors = [t for t in (*inputs, *grad_outputs) if t is not None]
     if not any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):  # plain autograd
-        with torch.backends.cudnn.flags(enabled=False):
-            outputs = _TORCH_NN[reference](*inputs, *options)
-        used = [(out, g) for out, g in zip(outputs, grad_outputs) if g is not None]
-        grads = iter(torch.autograd.grad([out for out, _ in used], [inputs[i] for i in wanted],
-                                         [g for _, g in used], create_graph=True,
-                                         allow_unused=True))
+        return _FusedGradients.apply(_Recomputation(reference, options, fused, wanted),
+                                     *inputs, *grad_outputs)
     else:
         outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
                                            *(inputs[i] for i in wanted))
         grads = iter(pullback(tuple(torch.zeros_like(out) if g is None else g
                                     for out, g in zip(outputs, grad_outputs))))
     return tuple(next(grads) if i in wanted else None for i in range(len(inputs)))
+
+
+class _Recomputation:
+    """What _FusedGradients needs of a layer: `fused()`, the fused backward's gradients of all
+    its inputs; `reference` and `options`, the layer in plain PyTorch ops (recomputed through
+    torch.nn's own recurrence, _TORCH_NN); `wanted`, the inputs whose gradients are returned."""
+
+    def __init__(self, reference, options, fused, wanted):
+        self.reference, self.options, self.fused, self.wanted = reference, options, fused, wanted
+
+    def gradients_with_graph(self, inputs, grad_outputs, which):
+        """{i: the gradient of inputs[i], differentiable} for i in which, through the layer
+        recomputed with autograd recording (cuDNN off: it has no double backward)."""
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+            outputs = _TORCH_NN[self.reference](*inputs, *self.options)
+            used = [(out, g) for out, g in zip(outputs, grad_outputs) if g is not None]
+            grads = torch.autograd.grad([out for out, _ in used], [inputs[i] for i in which],
+                                        [g for _, g in used], create_graph=True,
+                                        allow_unused=True)
+        return dict(zip(which, grads))
+
+
+class _FusedGradients(torch.autograd.Function):
+    """A layer's first-order gradients as a differentiable function of its inputs and of the
+    gradients of its outputs: apply(recomputation, *inputs, *grad_outputs) -> one gradient per
+    input (None where not wanted). Forward: the fused backward, so create_graph=True costs no
+    more than a plain backward until its gradients are differentiated, and gradgradcheck's
+    numerical half, which never differentiates them, runs at fused speed. Backward (the double
+    backward): the layer recomputed through torch.nn's recurrence, the gradients that are
+    differentiated taken with create_graph=True once and kept, then differentiated. A caller
+    that differentiates the same gradients many times (gradgradcheck, a Hessian by rows) pays
+    for the recomputation once."""
+
+    @staticmethod
+    def forward(ctx, recomputation, *tensors):
+        ctx.recomputation, ctx.inner = recomputation, {}
+        ctx.save_for_backward(*tensors)
+        ctx.set_materialize_grads(False)
+        grads, returned = [], set()
+        for i, grad in enumerate(recomputation.fused()):
+            if i not in recomputation.wanted:
+                grad = None
+            elif id(grad) in returned:  # one tensor for b_ih and b_hh: each output its own
+                grad = grad.clone()
+            returned.add(id(grad))
+            grads.append(grad)
+        return tuple(grads)
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        differentiated = {i for i, gg in enumerate(grad_grads) if gg is not None}
+        if not differentiated:
+            return (None,) * len(ctx.needs_input_grad)
+        # Kept for the next call only when this one records no graph: a recorded result
+        # (create_graph=True, a third derivative) hangs on the recomputation's graph, and the
+        # backward through it may free that graph before a next call would reuse it.
+        recording = torch.is_grad_enabled()
+        if recording or not differentiated <= ctx.inner.keys():
+            aliases, inner = _FusedGradients._recompute(
+                ctx, len(grad_grads), differentiated | (set() if recording else ctx.inner.keys()))
+            if not recording:
+                ctx.aliases, ctx.inner = aliases, inner
+        else:
+            aliases, inner = ctx.aliases, ctx.inner
+        used = [(inner[i], grad_grads[i]) for i in differentiated
+                if inner[i] is not None and inner[i].requires_grad]
+        targets = [k for k in range(len(aliases)) if ctx.needs_input_grad[1 + k]]
+        result = [None] * len(aliases)
+        if used and targets:
+            grads = torch.autograd.grad([g for g, _ in used], [aliases[k] for k in targets],
+                                        [gg for _, gg in used], retain_graph=True,
+                                        create_graph=recording, allow_unused=True)
+            for k, grad in zip(targets, grads):
+                result[k] = grad
+        return (None, *result)
+
+    @staticmethod
+    def _recompute(ctx, count, which):
+        """-> aliases of the saved tensors, {i: the gradient of input i with a graph}.
+        The backward returns partial derivatives: the grad_outputs may depend on the inputs
+        (through the layer's own output, say), and autograd.grad through the tensors
+        themselves would follow those paths too. Aliases cut them, and keep a recorded result
+        connected to the tensors."""
+        with torch.enable_grad():
+            aliases = [t.view_as(t) if t is not None and t.requires_grad else t
+                       for t in ctx.saved_tensors]
+        return aliases, ctx.recomputation.gradients_with_graph(aliases[:count], aliases[count:],
+                                                               sorted(which))
 
 
 def _check_not_packed(ctx):
@@ -167,10 +251,31 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
 
 
 # ---- autograd ------------------------------------------------------------------------------
+# The backward ops' results as the gradients of a one-direction layer's inputs, in the order of
+# the Functions' arguments (one tensor serves both biases).
+def _lstm_grads(results, has_bias, has_projection):
+    """-> the gradients of input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr."""
+    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = results
+    grad_bias = grad_bias if has_bias else None
+    return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias,
+            grad_w_hr if has_projection else None)
+
+
+def _gru_grads(results, has_bias):
+    """-> the gradients of input, h0, w_ih, w_hh, b_ih, b_hh."""
+    return (*results[:4], *(results[4:6] if has_bias else (None, None)))
+
+
+def _rnn_grads(results, has_bias):
+    """-> the gradients of input, h0, w_ih, w_hh, b_ih, b_hh."""
+    grad_bias = results[4] if has_bias else None
+    return (*results[:4], grad_bias, grad_bias)
+
+
 # Each backward runs the fused backward op, with grad mode off as the engine leaves it for a
 # first-order backward. Grad mode on means create_graph=True or a torch.func transform: then the
-# gradients must carry a graph, which the fused op cannot give, so the layer is recomputed
-# (_differentiable_backward).
+# gradients must be differentiable, and _differentiable_backward makes them so (the fused op's
+# gradients, recomputed in plain ops only when differentiated; or torch.func's vjp).
 # The backward reads the layer's output (each step's h_{t-1}, and the RNN's activation), so it
 # keeps a copy of its own: the caller may edit the output in place before the backward
 # (ReLU(inplace=True), zeroing padded steps), as torch.nn allows.
@@ -195,23 +300,24 @@ class LSTMFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, grad_cn, *_):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
             ctx.saved_tensors
+        inputs = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+
+        def fused():
+            has_bias = b_ih is not None
+            return _lstm_grads(_ops.lstm_backward(
+                grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
+                has_bias, ctx.reverse, ctx.batch_sizes, w_hr, unprojected), has_bias,
+                w_hr is not None)
+
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
             needed = ctx.needs_input_grad
             grads = _differentiable_backward(
-                ctx, _lstm_reference, (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
-                (ctx.reverse,), (grad_output, grad_hn, grad_cn),
-                needed[:7] + (len(needed) > 9 and needed[9],))
-            return grads[:7] + (None, None, grads[7])
-        has_bias = b_ih is not None
-        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = \
-            _ops.lstm_backward(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output,
-                               gates, cells, has_bias, ctx.reverse, ctx.batch_sizes, w_hr,
-                               unprojected)
-        grad_bias = grad_bias if has_bias else None
-        grad_w_hr = grad_w_hr if w_hr is not None else None
-        return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None,
-                None, grad_w_hr)
+                _lstm_reference, inputs, (ctx.reverse,), (grad_output, grad_hn, grad_cn),
+                needed[:7] + (len(needed) > 9 and needed[9],), fused)
+        else:
+            grads = fused()
+        return (*grads[:7], None, None, grads[7])
 
 
 class GRUFunction(torch.autograd.Function):
@@ -233,18 +339,22 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
+        inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
+
+        def fused():
+            has_bias = b_ih is not None
+            return _gru_grads(_ops.gru_backward(grad_output, grad_hn, input, h0, w_ih, w_hh,
+                                                output, saved, has_bias, ctx.reverse,
+                                                ctx.batch_sizes), has_bias)
+
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
-            return _differentiable_backward(
-                ctx, _gru_reference, (input, h0, w_ih, w_hh, b_ih, b_hh), (ctx.reverse,),
-                (grad_output, grad_hn)) + (None, None)
-        has_bias = b_ih is not None
-        grads = _ops.gru_backward(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved,
-                                  has_bias, ctx.reverse, ctx.batch_sizes)
-        grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
-        if not has_bias:
-            grad_b_ih = grad_b_hh = None
-        return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None, None
+            grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
+                                             (grad_output, grad_hn), ctx.needs_input_grad[:6],
+                                             fused)
+        else:
+            grads = fused()
+        return (*grads, None, None)
 
 
 class RNNFunction(torch.autograd.Function):
@@ -266,17 +376,22 @@ class RNNFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
+        inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
+
+        def fused():
+            has_bias = b_ih is not None
+            return _rnn_grads(_ops.rnn_backward(grad_output, grad_hn, input, h0, w_ih, w_hh,
+                                                output, has_bias, ctx.relu, ctx.reverse,
+                                                ctx.batch_sizes), has_bias)
+
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
-            return _differentiable_backward(
-                ctx, _rnn_reference, (input, h0, w_ih, w_hh, b_ih, b_hh),
-                (ctx.relu, ctx.reverse), (grad_output, grad_hn)) + (None, None, None)
-        has_bias = b_ih is not None
-        grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias = _ops.rnn_backward(
-            grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, ctx.relu,
-            ctx.reverse, ctx.batch_sizes)
-        grad_bias = grad_bias if has_bias else None
-        return grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_bias, grad_bias, None, None, None
+            grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),
+                                             (grad_output, grad_hn), ctx.needs_input_grad[:6],
+                                             fused)
+        else:
+            grads = fused()
+        return (*grads, None, None, None)
 
 
 # Both directions of a bidirectional layer: one op forward and one op backward, so that the CPU
@@ -300,15 +415,19 @@ def _keep(ctx, inputs, kept, batch_sizes):
     ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
 
 
-def _pair_double_backward(ctx, reference, input, directions, options, grads, k, leading):
-    """Both directions' gradients through `reference`, as _differentiable_backward; input's two
-    gradients summed. `leading`: the Function's inputs before the directions. -> the gradients
-    of all the Function's inputs."""
-    _check_not_packed(ctx)
-    needed = ctx.needs_input_grad
-    per = [_differentiable_backward(
-        ctx, reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
-        (needed[0], *needed[leading + d * k:leading + (d + 1) * k])) for d in range(2)]
+def _pair_backward(ctx, reference, input, directions, options, grads, k, leading, fused):
+    """The gradients of all the Function's inputs: input's two summed. Each direction's come
+    from fused(d) (the gradients of input and that direction's k tensors), and under grad mode
+    through _differentiable_backward. `leading`: the Function's inputs before the directions."""
+    if torch.is_grad_enabled():
+        _check_not_packed(ctx)
+        needed = ctx.needs_input_grad
+        per = [_differentiable_backward(
+            reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
+            (needed[0], *needed[leading + d * k:leading + (d + 1) * k]),
+            lambda d=d: fused(d)) for d in range(2)]
+    else:
+        per = [fused(0), fused(1)]
     return (_sum_defined(per[0][0], per[1][0]), *(None,) * (leading - 1), *per[0][1:],
             *per[1][1:])
 
@@ -330,11 +449,6 @@ def _legacy_batched(grads):
     if torch.compiler.is_compiling():  # Dynamo cannot trace the check; it does not batch
         return False
     return any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads)
-
-
-def _per_direction(call):
-    """call(d) -> direction d's one-direction results; -> both, flat, as the pair ops return."""
-    return [*call(0), *call(1)]
 
 
 def _sum_defined(a, b):
@@ -363,30 +477,28 @@ class LSTMPairFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         input, *saved = ctx.saved_tensors
         directions, kept = saved[:14], saved[14:]
-        if torch.is_grad_enabled():
-            return _pair_double_backward(ctx, _lstm_reference, input, directions, (),
-                                         (grads[:3], grads[3:6]), 7, 2)
         h0, c0, w_ih, w_hh, b_ih, _, w_hr = _lists(directions, 7)
         output, gates, cells, unprojected = _lists(kept, 4)
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, grad_cn = [grads[0], grads[3]], [grads[1], grads[4]], \
             [grads[2], grads[5]]
-        if _legacy_batched(grads):
-            results = _per_direction(lambda d: _ops.lstm_backward(
-                grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d], w_hh[d],
-                output[d], gates[d], cells[d], has_bias, d == 1, ctx.batch_sizes, w_hr[d],
-                unprojected[d]))
+        if torch.is_grad_enabled() or _legacy_batched(grads):
+            def results(d):
+                return _ops.lstm_backward(
+                    grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d],
+                    w_hh[d], output[d], gates[d], cells[d], has_bias, d == 1, ctx.batch_sizes,
+                    w_hr[d], unprojected[d])
         else:
-            results = _ops.lstm_backward_pair(
+            both = _ops.lstm_backward_pair(
                 grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
                 has_bias, ctx.batch_sizes, w_hr, unprojected)
 
-        def direction(d):  # grads of h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
-            grad_bias = results[7 * d + 5] if has_bias else None
-            grad_w_hr = results[7 * d + 6] if w_hr[d] is not None else None
-            return (*results[7 * d + 1:7 * d + 5], grad_bias, grad_bias, grad_w_hr)
+            def results(d):
+                return both[7 * d:7 * d + 7]
 
-        return (results[0] + results[7], None, *direction(0), *direction(1))
+        return _pair_backward(
+            ctx, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
+            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None))
 
 
 class GRUPairFunction(torch.autograd.Function):
@@ -410,26 +522,25 @@ class GRUPairFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         input, *saved = ctx.saved_tensors
         directions = saved[:10]
-        if torch.is_grad_enabled():
-            return _pair_double_backward(ctx, _gru_reference, input, directions, (),
-                                         (grads[:2], grads[2:4]), 5, 2)
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         output, kept = [saved[10], saved[12]], [saved[11], saved[13]]
         has_bias = b_ih[0] is not None
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
-        if _legacy_batched(grads):
-            results = _per_direction(lambda d: _ops.gru_backward(
-                grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], kept[d],
-                has_bias, d == 1, ctx.batch_sizes))
+        if torch.is_grad_enabled() or _legacy_batched(grads):
+            def results(d):
+                return _ops.gru_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
+                                         w_hh[d], output[d], kept[d], has_bias, d == 1,
+                                         ctx.batch_sizes)
         else:
-            results = _ops.gru_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
-                                             kept, has_bias, ctx.batch_sizes)
+            both = _ops.gru_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
+                                          kept, has_bias, ctx.batch_sizes)
 
-        def direction(d):  # grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
-            grad_b = results[6 * d + 4:6 * d + 6] if has_bias else (None, None)
-            return (*results[6 * d + 1:6 * d + 4], *grad_b)
+            def results(d):
+                return both[6 * d:6 * d + 6]
 
-        return (results[0] + results[6], None, *direction(0), *direction(1))
+        return _pair_backward(ctx, _gru_reference, input, directions, (),
+                              (grads[:2], grads[2:4]), 5, 2,
+                              lambda d: _gru_grads(results(d), has_bias))
 
 
 class RNNPairFunction(torch.autograd.Function):
@@ -453,25 +564,24 @@ class RNNPairFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         input, *saved = ctx.saved_tensors
         directions = saved[:10]
-        if torch.is_grad_enabled():
-            return _pair_double_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
-                                         (grads[:2], grads[2:4]), 5, 3)
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
-        if _legacy_batched(grads):
-            results = _per_direction(lambda d: _ops.rnn_backward(
-                grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], has_bias,
-                ctx.relu, d == 1, ctx.batch_sizes))
+        if torch.is_grad_enabled() or _legacy_batched(grads):
+            def results(d):
+                return _ops.rnn_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
+                                         w_hh[d], output[d], has_bias, ctx.relu, d == 1,
+                                         ctx.batch_sizes)
         else:
-            results = _ops.rnn_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
-                                             has_bias, ctx.relu, ctx.batch_sizes)
+            both = _ops.rnn_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
+                                          has_bias, ctx.relu, ctx.batch_sizes)
 
-        def direction(d):  # grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
-            grad_bias = results[5 * d + 4] if has_bias else None
-            return (*results[5 * d + 1:5 * d + 4], grad_bias, grad_bias)
+            def results(d):
+                return both[5 * d:5 * d + 5]
 
-        return (results[0] + results[5], None, None, *direction(0), *direction(1))
+        return _pair_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
+                              (grads[:2], grads[2:4]), 5, 3,
+                              lambda d: _rnn_grads(results(d), has_bias))
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------

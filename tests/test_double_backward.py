@@ -100,3 +100,55 @@ def test_cell_gradient_penalty_matches_torch_nn(cell, device):
     x, hx = cell_inputs(cell, (2,), 3, 4, device, torch.float64)
     assert_close_by_name(_penalty_gradients(CellAsLayer(fused), x, hx),
                          _penalty_gradients(CellAsLayer(ref), x, hx), 1e-10)
+
+
+def _gradients_through_output(model, x, hx, order):
+    """Gradients `order` deep (2: of a penalty, 3: of a penalty's gradient's norm) with respect to
+    the input and every parameter, where each first-order gradient's seed depends on the
+    model's own output (so the double backward must return partial derivatives: the engine adds
+    the paths through the output), and every gradient, not only the input's, is penalized."""
+    x = x.detach().requires_grad_()
+    names, parameters = zip(*model.named_parameters())
+    outputs = model(x, hx)
+    output, state = outputs[0], outputs[1]
+    state = state if isinstance(state, tuple) else (state,)
+    loss = (output.pow(2) * output.detach().cos()).sum() + sum(s.pow(3).sum() for s in state)
+    wrt = (x, *parameters)
+    for _ in range(order - 1):
+        grads = torch.autograd.grad(loss, wrt, create_graph=True)
+        loss = output.sum() + sum((g * g.detach().sin()).pow(2).sum() for g in grads)
+    return dict(zip(("input", *names), torch.autograd.grad(loss, wrt)))
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_higher_order_gradients_through_the_output_match_torch_nn(cell, bidirectional, order):
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64, bidirectional=bidirectional)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 2, 3, generator=gen, dtype=torch.float64)
+    hx = random_state(cell, ref, 2, "cpu", torch.float64, gen)
+    assert_close_by_name(_gradients_through_output(fused, x, hx, order),
+                         _gradients_through_output(ref, x, hx, order), 1e-10)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_gradients_differentiated_again_and_again(cell):
+    """The double backward keeps its recomputation for the next differentiation of the same
+    gradients (retain_graph=True), and extends it to gradients not differentiated before."""
+    ref, fused = make_pair(cell, 3, 5, "cpu", torch.float64)
+    x = torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def differentiate(model):
+        xx = x.detach().requires_grad_()
+        w_hh = model.weight_hh_l0
+        grad_x, grad_w_hh = torch.autograd.grad(model(xx)[0].pow(2).sum(), (xx, w_hh),
+                                                create_graph=True)
+        first = torch.autograd.grad(grad_x.sum(), (xx, w_hh), retain_graph=True)
+        again = torch.autograd.grad(grad_x.sum(), (xx, w_hh), retain_graph=True)
+        both = torch.autograd.grad(grad_x.sum() + grad_w_hh.pow(2).sum(), (xx, w_hh))
+        return {f"{name}_{i}": g for name, grads in (("first", first), ("again", again),
+                                                        ("both", both))
+                for i, g in enumerate(grads)}
+
+    assert_close_by_name(differentiate(fused), differentiate(ref), 1e-10)
