@@ -232,7 +232,8 @@ class LSTM(_FusedRNNBase):
         if _exporting():
             return nn.LSTM.forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
-        if hx is None:
+        given = hx is not None  # states the module makes need no checks
+        if not given:
             hx = (self._zero_state(input, packing, self.proj_size),
                   self._zero_state(input, packing))
         elif isinstance(hx, (tuple, list)) and len(hx) > 2:
@@ -250,12 +251,14 @@ class LSTM(_FusedRNNBase):
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         batch_sizes = packing[0] if packing else None
         self.check_input(input, batch_sizes)
-        self._check_state_size(hx[0], input, packing, "Expected hidden[0] size {}, got {}",
-                               self.proj_size)
-        self._check_state_size(hx[1], input, packing, "Expected hidden[1] size {}, got {}")
+        if given:
+            self._check_state_size(hx[0], input, packing, "Expected hidden[0] size {}, got {}",
+                                   self.proj_size)
+            self._check_state_size(hx[1], input, packing, "Expected hidden[1] size {}, got {}")
         input, hx, weights, result_dtype, context = self._apply_autocast("LSTM", input, hx)
-        self._check_state("hx", hx[0], input)
-        self._check_state("cx", hx[1], input)
+        if given:
+            self._check_state("hx", hx[0], input)
+            self._check_state("cx", hx[1], input)
 
         def arguments(state, weights):  # h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
             w_hr = weights[-1] if self.proj_size > 0 else None
@@ -294,7 +297,8 @@ class _SingleStateRNN(_FusedRNNBase):
         if _exporting():
             return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
-        if hx is None:
+        given = hx is not None  # a state the module makes needs no checks
+        if not given:
             hx = self._zero_state(input, packing)
         elif packing:
             hx = self._reorder(hx, packing, 1)
@@ -308,10 +312,12 @@ class _SingleStateRNN(_FusedRNNBase):
             hx = hx.unsqueeze(1)
         batch_sizes = packing[0] if packing else None
         self.check_input(input, batch_sizes)
-        self._check_state_size(hx, input, packing, "Expected hidden size {}, got {}")
+        if given:
+            self._check_state_size(hx, input, packing, "Expected hidden size {}, got {}")
         kind = "GRU" if self.mode == "GRU" else "RNN"
         input, (hx,), weights, result_dtype, context = self._apply_autocast(kind, input, (hx,))
-        self._check_state("hx", hx, input)
+        if given:
+            self._check_state("hx", hx, input)
 
         def layer(x, state, weights, reverse):
             output, h = self._layer(x, state[0], self._split_weights(weights), reverse,
