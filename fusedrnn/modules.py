@@ -141,6 +141,42 @@ class _FusedRNNBase(nn.RNNBase):
         return input, states, weights, result_dtype, torch.autocast(input.device.type,
                                                                      enabled=False)
 
+    def _inference(self, input, hx):
+        """The leanest path: a call that needs no gradient (under no_grad or inference_mode), on a
+        batched tensor, in one direction, with no autocast, export, compile or transform around
+        it, goes straight to the layer functions, without the general path's packing, autocast
+        and per-layer bookkeeping (about half of a T=1 call's time). -> output, [h_n(, c_n)];
+        None for the general path. The checks here are the layer ops' own: any error defers to
+        the general path, which raises torch.nn's messages."""
+        if (torch.is_grad_enabled() or type(input) is not torch.Tensor or input.dim() != 3
+                or self.bidirectional or torch._C._is_any_autocast_enabled()
+                or (self.dropout > 0 and self.training and self.num_layers > 1)
+                or torch.compiler.is_compiling() or ops.transform_active() or _exporting()):
+            return None
+        x = input.transpose(0, 1) if self.batch_first else input
+        if x.size(0) == 0:
+            return None
+        layers = self.num_layers
+        if hx is None:  # zeros: one tensor for every layer (and for h and c where they match)
+            zeros = self._inference_zero_states(x.size(1), x)
+        else:
+            given = self._inference_states(hx)
+            if given is None or any(s.dim() != 3 or s.size(0) != layers for s in given):
+                return None
+        self._update_flat_weights()
+        per_layer = len(self._flat_weights) // layers
+        finals = []
+        try:
+            for layer in range(layers):
+                weights = self._flat_weights[layer * per_layer:(layer + 1) * per_layer]
+                states = zeros if hx is None else [s[layer] for s in given]
+                x, new_states = self._inference_layer(x, states, weights)
+                finals.append(new_states)
+        except (RuntimeError, ValueError):
+            return None
+        finals = [ss[0].unsqueeze(0) if layers == 1 else torch.stack(ss) for ss in zip(*finals)]
+        return x.transpose(0, 1) if self.batch_first else x, finals
+
     def _run_layers(self, input, states, weights, layer_fn, pair_fn):
         """Runs every layer and direction.
 
@@ -228,7 +264,29 @@ class LSTM(_FusedRNNBase):
             return hx
         return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
 
+    def _inference_zero_states(self, batch, x):
+        h = torch.zeros(batch, self.proj_size or self.hidden_size, dtype=x.dtype, device=x.device)
+        c = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device) \
+            if self.proj_size else h
+        return h, c
+
+    @staticmethod
+    def _inference_states(hx):
+        if isinstance(hx, (tuple, list)) and len(hx) == 2 and all(
+                isinstance(s, torch.Tensor) for s in hx):
+            return tuple(hx)
+        return None
+
+    def _inference_layer(self, x, states, weights):
+        w_hr = weights[-1] if self.proj_size > 0 else None
+        output, h, c = ops.lstm_layer(x, *states, *self._split_weights(weights), w_hr=w_hr)
+        return output, (h, c)
+
     def forward(self, input, hx=None):
+        inferred = self._inference(input, hx)
+        if inferred is not None:
+            output, (h_n, c_n) = inferred
+            return output, (h_n, c_n)
         if _exporting():
             return nn.LSTM.forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
@@ -293,7 +351,22 @@ class _SingleStateRNN(_FusedRNNBase):
     def _layer_pair(self, x, directions, batch_sizes):
         raise NotImplementedError
 
+    def _inference_zero_states(self, batch, x):
+        return (torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device),)
+
+    @staticmethod
+    def _inference_states(hx):
+        return (hx,) if isinstance(hx, torch.Tensor) else None
+
+    def _inference_layer(self, x, states, weights):
+        output, h = self._layer(x, states[0], self._split_weights(weights), False, None)
+        return output, (h,)
+
     def forward(self, input, hx=None):
+        inferred = self._inference(input, hx)
+        if inferred is not None:
+            output, (h_n,) = inferred
+            return output, h_n
         if _exporting():
             return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)

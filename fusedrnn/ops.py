@@ -641,12 +641,15 @@ def _apply(function, *args):
 
 
 # ---- one layer, one direction --------------------------------------------------------------
+def transform_active():
+    """Whether a forward-mode AD level or a torch.func transform is active (eager only)."""
+    return forward_ad._current_level >= 0 or torch._C._functorch.maybe_current_level() is not None
+
+
 def _needs_grad(*tensors):
     """Whether a call must go through its autograd.Function: a tensor requires grad, or a
     forward-mode AD level or a torch.func transform is active (their tensors need not)."""
-    if not torch.compiler.is_compiling() and (
-            forward_ad._current_level >= 0
-            or torch._C._functorch.maybe_current_level() is not None):
+    if not torch.compiler.is_compiling() and transform_active():
         return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 

@@ -8,6 +8,14 @@ from conftest import CELLS, CUDA_SKIP, make_pair
 ALL_CELLS = list(CELLS)
 
 
+@pytest.fixture(autouse=True, params=["grad", "no_grad"])
+def _grad_mode(request):
+    """Every case with grad mode on and off: without it the modules take their inference path
+    first, which must leave bad arguments to the general path's messages."""
+    with torch.set_grad_enabled(request.param == "grad"):
+        yield
+
+
 def _state(cell, layers, batch, hidden, dtype=torch.float32):
     h = torch.randn(layers, batch, hidden, dtype=dtype)
     return (h, torch.randn(layers, batch, hidden, dtype=dtype)) if cell == "lstm" else h

@@ -48,6 +48,37 @@ def test_matches_torch_nn(cell, config, dtype, device, backend):
     assert_matches(cell, fused, ref, x, hx, dtype)
 
 
+def _results(outputs):
+    output, states = outputs
+    states = states if isinstance(states, tuple) else (states,)
+    return dict(zip(("output", "h_n", "c_n"), (output, *states)))
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("config", CONFIGS + [(4, 3, 5, 7, {"proj_size": 3, "num_layers": 2})],
+                         ids=_config_id)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch):
+    """Calls that need no gradient take the modules' inference path (one direction) straight
+    to the layer ops, and give torch.nn's results."""
+    T, B, I, H, options = config
+    if cell != "lstm" and "proj_size" in options:
+        pytest.skip("proj_size is the LSTM's")
+    ref, fused = make_pair(cell, I, H, "cpu", torch.float64, **options)
+    x, hx = _inputs(cell, ref, T, B, I, "cpu", torch.float64, options.get("batch_first", False),
+                    with_state)
+    if hx is not None and "proj_size" in options:  # h is proj_size wide
+        hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
+    if not options.get("bidirectional"):
+        def general_path(*args):
+            raise AssertionError("the inference path deferred to the general path")
+        monkeypatch.setattr(type(fused), "_run_layers", general_path)
+    with mode():
+        expected, actual = _results(ref(x, hx)), _results(fused(x, hx))
+    assert_close_by_name(actual, expected, 1e-10)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_default_state_is_zeros(cell, device):
