@@ -13,6 +13,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, ops
 
+_layer_ops = torch.ops.fusedrnn  # what the inference path calls: no autograd Function around them
+
 
 def _onnx_export_check():
     """torch.onnx.is_in_onnx_export, whose two imports per call cost about 1 us: the flags it
@@ -164,17 +166,22 @@ class _FusedRNNBase(nn.RNNBase):
             if given is None or any(s.dim() != 3 or s.size(0) != layers for s in given):
                 return None
         self._update_flat_weights()
-        per_layer = len(self._flat_weights) // layers
-        finals = []
+        weights = self._flat_weights
         try:
-            for layer in range(layers):
-                weights = self._flat_weights[layer * per_layer:(layer + 1) * per_layer]
-                states = zeros if hx is None else [s[layer] for s in given]
-                x, new_states = self._inference_layer(x, states, weights)
-                finals.append(new_states)
+            if layers == 1:
+                x, finals = self._inference_layer(x, zeros if hx is None else [s[0] for s in given],
+                                                  weights)
+                finals = [s.unsqueeze(0) for s in finals]
+            else:
+                per_layer, finals = len(weights) // layers, []
+                for layer in range(layers):
+                    states = zeros if hx is None else [s[layer] for s in given]
+                    x, new_states = self._inference_layer(
+                        x, states, weights[layer * per_layer:(layer + 1) * per_layer])
+                    finals.append(new_states)
+                finals = [torch.stack(ss) for ss in zip(*finals)]
         except (RuntimeError, ValueError):
             return None
-        finals = [ss[0].unsqueeze(0) if layers == 1 else torch.stack(ss) for ss in zip(*finals)]
         return x.transpose(0, 1) if self.batch_first else x, finals
 
     def _run_layers(self, input, states, weights, layer_fn, pair_fn):
@@ -279,7 +286,8 @@ class LSTM(_FusedRNNBase):
 
     def _inference_layer(self, x, states, weights):
         w_hr = weights[-1] if self.proj_size > 0 else None
-        output, h, c = ops.lstm_layer(x, *states, *self._split_weights(weights), w_hr=w_hr)
+        output, h, c, *_ = _layer_ops.lstm_forward(x, *states, *self._split_weights(weights),
+                                                      False, False, None, w_hr)
         return output, (h, c)
 
     def forward(self, input, hx=None):
@@ -358,10 +366,6 @@ class _SingleStateRNN(_FusedRNNBase):
     def _inference_states(hx):
         return (hx,) if isinstance(hx, torch.Tensor) else None
 
-    def _inference_layer(self, x, states, weights):
-        output, h = self._layer(x, states[0], self._split_weights(weights), False, None)
-        return output, (h,)
-
     def forward(self, input, hx=None):
         inferred = self._inference(input, hx)
         if inferred is not None:
@@ -423,6 +427,11 @@ class GRU(_SingleStateRNN):
     def _layer(self, x, h0, weights, reverse, batch_sizes):
         return ops.gru_layer(x, h0, *weights, reverse=reverse, batch_sizes=batch_sizes)
 
+    def _inference_layer(self, x, states, weights):
+        output, h, _ = _layer_ops.gru_forward(x, *states, *self._split_weights(weights), False,
+                                              False, None)
+        return output, (h,)
+
     def _layer_pair(self, x, directions, batch_sizes):
         return ops.gru_layer_pair(x, directions, batch_sizes)
 
@@ -447,6 +456,11 @@ class RNN(_SingleStateRNN):
     def _layer(self, x, h0, weights, reverse, batch_sizes):
         return ops.rnn_layer(x, h0, *weights, relu=self.nonlinearity == "relu", reverse=reverse,
                              batch_sizes=batch_sizes)
+
+    def _inference_layer(self, x, states, weights):
+        output, h = _layer_ops.rnn_forward(x, *states, *self._split_weights(weights),
+                                           self.nonlinearity == "relu", False, None)
+        return output, (h,)
 
     def _layer_pair(self, x, directions, batch_sizes):
         return ops.rnn_layer_pair(x, directions, self.nonlinearity == "relu", batch_sizes)
