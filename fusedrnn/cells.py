@@ -34,7 +34,34 @@ class _FusedCell(nn.RNNCellBase):
                              "instead")
         return None if hx is None else (hx,)
 
+    def _inference_step(self, input, states, weights):
+        """_step without autograd: the layer op itself."""
+        raise NotImplementedError
+
+    def _inference(self, input, hx):
+        """The leanest path, as the modules' (modules._FusedRNNBase._inference): a batched call
+        that needs no gradient goes straight to the layer op with the op's own checks, and any
+        error defers to the general path for torch.nn's messages. -> the new states, or None."""
+        if hx is None:  # zeros: one tensor for h and c alike
+            states = (torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                  device=input.device),) * self._states
+        else:
+            states = self._inference_states(hx)
+            if states is None or any(s.dim() != 2 for s in states):
+                return None
+        try:
+            return self._inference_step(input, states, self._weights())
+        except (RuntimeError, ValueError):
+            return None
+
+    def _inference_states(self, hx):
+        return (hx,) if isinstance(hx, torch.Tensor) else None
+
     def forward(self, input, hx=None):
+        if modules.inference_applies(input, 2):
+            new_states = self._inference(input, hx)
+            if new_states is not None:
+                return new_states if self._states == 2 else new_states[0]
         if modules._exporting():
             return getattr(nn, self._torch_name).forward(self, input, hx)
         if input.dim() not in (1, 2):
@@ -142,6 +169,17 @@ class LSTMCell(_FusedCell):
         _, h, c = ops.lstm_layer(input.unsqueeze(0), *states, *weights)
         return h, c
 
+    def _inference_step(self, input, states, weights):
+        _, h, c, *_ = modules.layer_ops.lstm_forward(input.unsqueeze(0), *states, *weights,
+                                                     False, False)
+        return h, c
+
+    def _inference_states(self, hx):
+        if isinstance(hx, (tuple, list)) and len(hx) == 2 and all(
+                isinstance(s, torch.Tensor) for s in hx):
+            return tuple(hx)
+        return None
+
 
 class GRUCell(_FusedCell):
     """Drop-in for torch.nn.GRUCell: forward(input, h or None) -> h'."""
@@ -150,6 +188,11 @@ class GRUCell(_FusedCell):
 
     def _step(self, input, states, weights):
         _, h = ops.gru_layer(input.unsqueeze(0), *states, *weights)
+        return (h,)
+
+    def _inference_step(self, input, states, weights):
+        _, h, _ = modules.layer_ops.gru_forward(input.unsqueeze(0), *states, *weights, False,
+                                                False)
         return (h,)
 
 
@@ -170,4 +213,11 @@ class RNNCell(_FusedCell):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         _, h = ops.rnn_layer(input.unsqueeze(0), *states, *weights,
                              relu=self.nonlinearity == "relu")
+        return (h,)
+
+    def _inference_step(self, input, states, weights):
+        if self.nonlinearity not in ("tanh", "relu"):
+            return None  # the general path raises torch.nn's error
+        _, h = modules.layer_ops.rnn_forward(input.unsqueeze(0), *states, *weights,
+                                      self.nonlinearity == "relu", False)
         return (h,)

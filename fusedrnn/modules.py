@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, ops
 
-_layer_ops = torch.ops.fusedrnn  # what the inference path calls: no autograd Function around them
+layer_ops = torch.ops.fusedrnn  # what the inference paths call, with no autograd Function
 
 
 def _onnx_export_check():
@@ -41,6 +41,15 @@ def _exporting():
     if _in_onnx_export is None:
         _in_onnx_export = _onnx_export_check()
     return torch.jit.is_tracing() or _in_onnx_export()
+
+
+def inference_applies(input, dims):
+    """Whether a module's or cell's call may take its inference path: no gradient (no_grad,
+    inference_mode), a plain tensor of `dims` dimensions, and no autocast, compile, transform or
+    export around it."""
+    return not (torch.is_grad_enabled() or type(input) is not torch.Tensor
+                or input.dim() != dims or torch._C._is_any_autocast_enabled()
+                or torch.compiler.is_compiling() or ops.transform_active() or _exporting())
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -150,10 +159,8 @@ class _FusedRNNBase(nn.RNNBase):
         and per-layer bookkeeping (about half of a T=1 call's time). -> output, [h_n(, c_n)];
         None for the general path. The checks here are the layer ops' own: any error defers to
         the general path, which raises torch.nn's messages."""
-        if (torch.is_grad_enabled() or type(input) is not torch.Tensor or input.dim() != 3
-                or self.bidirectional or torch._C._is_any_autocast_enabled()
-                or (self.dropout > 0 and self.training and self.num_layers > 1)
-                or torch.compiler.is_compiling() or ops.transform_active() or _exporting()):
+        if (self.bidirectional or (self.dropout > 0 and self.training and self.num_layers > 1)
+                or not inference_applies(input, 3)):
             return None
         x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
@@ -169,8 +176,8 @@ class _FusedRNNBase(nn.RNNBase):
         weights = self._flat_weights
         try:
             if layers == 1:
-                x, finals = self._inference_layer(x, zeros if hx is None else [s[0] for s in given],
-                                                  weights)
+                states = zeros if hx is None else [s[0] for s in given]
+                x, finals = self._inference_layer(x, states, weights)
                 finals = [s.unsqueeze(0) for s in finals]
             else:
                 per_layer, finals = len(weights) // layers, []
@@ -286,7 +293,7 @@ class LSTM(_FusedRNNBase):
 
     def _inference_layer(self, x, states, weights):
         w_hr = weights[-1] if self.proj_size > 0 else None
-        output, h, c, *_ = _layer_ops.lstm_forward(x, *states, *self._split_weights(weights),
+        output, h, c, *_ = layer_ops.lstm_forward(x, *states, *self._split_weights(weights),
                                                       False, False, None, w_hr)
         return output, (h, c)
 
@@ -428,7 +435,7 @@ class GRU(_SingleStateRNN):
         return ops.gru_layer(x, h0, *weights, reverse=reverse, batch_sizes=batch_sizes)
 
     def _inference_layer(self, x, states, weights):
-        output, h, _ = _layer_ops.gru_forward(x, *states, *self._split_weights(weights), False,
+        output, h, _ = layer_ops.gru_forward(x, *states, *self._split_weights(weights), False,
                                               False, None)
         return output, (h,)
 
@@ -458,7 +465,7 @@ class RNN(_SingleStateRNN):
                              batch_sizes=batch_sizes)
 
     def _inference_layer(self, x, states, weights):
-        output, h = _layer_ops.rnn_forward(x, *states, *self._split_weights(weights),
+        output, h = layer_ops.rnn_forward(x, *states, *self._split_weights(weights),
                                            self.nonlinearity == "relu", False, None)
         return output, (h,)
 

@@ -38,6 +38,14 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+@pytest.fixture(params=["grad", "no_grad"])
+def either_grad_mode(request):
+    """The test with grad mode on, then off: without it the modules and cells take their
+    inference paths, which must leave bad arguments to the general path's messages."""
+    with torch.set_grad_enabled(request.param == "grad"):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _exact_float32_on_cuda():
     """cuDNN uses TF32 for float32 by default; compare against exact float32 instead."""

@@ -75,6 +75,30 @@ def test_unbatched_and_default_state(cell, device):
                              run_and_grad(CellAsLayer(ref), x, None), 1e-10)
 
 
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"B{c[0]}-I{c[1]}-H{c[2]}-{c[3]}")
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch):
+    """Batched calls that need no gradient take the cells' inference path straight to the
+    layer op, and give torch.nn's results."""
+    B, I, H, options = config
+    ref, fused = make_cell_pair(cell, I, H, **options)
+    ref, fused = ref.double(), fused.double()
+    x, hx = cell_inputs(cell, (B,), I, H, "cpu", torch.float64)
+
+    def general_path(*args):
+        raise AssertionError("the inference path deferred to the general path")
+
+    monkeypatch.setattr(type(fused), "_step", general_path)
+    hx = hx if with_state else None
+    with mode():
+        expected, actual = ref(x, hx), fused(x, hx)
+    expected, actual = (expected, actual) if cell == "lstm" else ((expected,), (actual,))
+    names = ("h", "c")
+    assert_close_by_name(dict(zip(names, actual)), dict(zip(names, expected)), 1e-10)
+
+
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_empty_batch(cell):
     ref, fused = make_cell_pair(cell, 3, 4)
@@ -162,6 +186,7 @@ def _states(cell, *shape, dtype=torch.float32):
     return (h, torch.randn(*shape, dtype=dtype)) if cell == "lstm" else h
 
 
+@pytest.mark.usefixtures("either_grad_mode")
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_wrong_input_dimensions(cell):
     ref, fused = make_cell_pair(cell, 4, 5)
@@ -169,6 +194,7 @@ def test_wrong_input_dimensions(cell):
     _both_raise(ref, fused, torch.randn(3, 4), _states(cell, 1, 3, 5), match="to be 1D or 2D")
 
 
+@pytest.mark.usefixtures("either_grad_mode")
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_wrong_sizes(cell):
     ref, fused = make_cell_pair(cell, 4, 5)
@@ -181,6 +207,7 @@ def test_wrong_sizes(cell):
                 match="2-D for batched input and 1-D for unbatched input, got 2-D")
 
 
+@pytest.mark.usefixtures("either_grad_mode")
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_wrong_dtypes(cell):
     ref, fused = make_cell_pair(cell, 4, 5)
@@ -190,12 +217,14 @@ def test_wrong_dtypes(cell):
                 match=r"hidden0 dtype \(torch.float64\) does not match input dtype")
 
 
+@pytest.mark.usefixtures("either_grad_mode")
 def test_lstm_cell_needs_two_states():
     ref, fused = make_cell_pair("lstm", 4, 5)
     _both_raise(ref, fused, torch.randn(3, 4), (torch.randn(3, 5),),
                 match="lstm_cell expects two hidden states")
 
 
+@pytest.mark.usefixtures("either_grad_mode")
 def test_rnn_cell_unknown_nonlinearity_raises_in_forward_like_torch_nn():
     ref, fused = nn.RNNCell(4, 5, nonlinearity="gelu"), fusedrnn.RNNCell(4, 5, nonlinearity="gelu")
     _both_raise(ref, fused, torch.randn(3, 4), match="Unknown nonlinearity: gelu")

@@ -8,12 +8,7 @@ from conftest import CELLS, CUDA_SKIP, make_pair
 ALL_CELLS = list(CELLS)
 
 
-@pytest.fixture(autouse=True, params=["grad", "no_grad"])
-def _grad_mode(request):
-    """Every case with grad mode on and off: without it the modules take their inference path
-    first, which must leave bad arguments to the general path's messages."""
-    with torch.set_grad_enabled(request.param == "grad"):
-        yield
+pytestmark = pytest.mark.usefixtures("either_grad_mode")
 
 
 def _state(cell, layers, batch, hidden, dtype=torch.float32):
