@@ -626,7 +626,7 @@ def _with_jvp(function, jvp):
 # with positional arguments alone, so a bare *args signature binds the same tuple in 4 us.
 _POSITIONAL = inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
 for _function in (LSTMFunction, GRUFunction, RNNFunction, LSTMPairFunction, GRUPairFunction,
-                  RNNPairFunction):
+                  RNNPairFunction, _FusedGradients):
     _function.forward.__signature__ = _POSITIONAL
 
 _EAGER = {function: _with_jvp(function, jvp) for function, jvp in (
