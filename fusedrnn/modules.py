@@ -294,7 +294,7 @@ class LSTM(_FusedRNNBase):
     def _inference_layer(self, x, states, weights):
         w_hr = weights[-1] if self.proj_size > 0 else None
         output, h, c, *_ = layer_ops.lstm_forward(x, *states, *self._split_weights(weights),
-                                                      False, False, None, w_hr)
+                                                  False, False, None, w_hr)
         return output, (h, c)
 
     def forward(self, input, hx=None):
@@ -436,7 +436,7 @@ class GRU(_SingleStateRNN):
 
     def _inference_layer(self, x, states, weights):
         output, h, _ = layer_ops.gru_forward(x, *states, *self._split_weights(weights), False,
-                                              False, None)
+                                             False, None)
         return output, (h,)
 
     def _layer_pair(self, x, directions, batch_sizes):
@@ -466,7 +466,7 @@ class RNN(_SingleStateRNN):
 
     def _inference_layer(self, x, states, weights):
         output, h = layer_ops.rnn_forward(x, *states, *self._split_weights(weights),
-                                           self.nonlinearity == "relu", False, None)
+                                          self.nonlinearity == "relu", False, None)
         return output, (h,)
 
     def _layer_pair(self, x, directions, batch_sizes):
