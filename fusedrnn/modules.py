@@ -154,38 +154,47 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _inference(self, input, hx):
         """The leanest path: a call that needs no gradient (under no_grad or inference_mode), on a
-        batched tensor, in one direction, with no autocast, export, compile or transform around
-        it, goes straight to the layer functions, without the general path's packing, autocast
-        and per-layer bookkeeping (about half of a T=1 call's time). -> output, [h_n(, c_n)];
-        None for the general path. The checks here are the layer ops' own: any error defers to
-        the general path, which raises torch.nn's messages."""
-        if (self.bidirectional or (self.dropout > 0 and self.training and self.num_layers > 1)
-                or not inference_applies(input, 3)):
+        batched tensor (both directions of a layer: on the CPU, where one op runs them), with no
+        autocast, export, compile or transform around it, goes straight to the layer functions,
+        without the general path's packing, autocast and per-layer bookkeeping (about half of a
+        T=1 call's time). -> output, [h_n(, c_n)]; None for the general path. The checks here
+        are the layer ops' own: any error defers to the general path, which raises torch.nn's
+        messages."""
+        if ((self.dropout > 0 and self.training and self.num_layers > 1)
+                or not inference_applies(input, 3)
+                or (self.bidirectional and input.device.type != "cpu")):
             return None
         x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
             return None
-        layers = self.num_layers
-        if hx is None:  # zeros: one tensor for every layer (and for h and c where they match)
+        directions = 2 if self.bidirectional else 1
+        units = self.num_layers * directions  # layers and directions, as hx stacks them
+        if hx is None:  # zeros: one tensor for every unit (and for h and c where they match)
             zeros = self._inference_zero_states(x.size(1), x)
         else:
             given = self._inference_states(hx)
-            if given is None or any(s.dim() != 3 or s.size(0) != layers for s in given):
+            if given is None or any(s.dim() != 3 or s.size(0) != units for s in given):
                 return None
         self._update_flat_weights()
         weights = self._flat_weights
         try:
-            if layers == 1:
+            if units == 1:
                 states = zeros if hx is None else [s[0] for s in given]
                 x, finals = self._inference_layer(x, states, weights)
                 finals = [s.unsqueeze(0) for s in finals]
             else:
-                per_layer, finals = len(weights) // layers, []
-                for layer in range(layers):
-                    states = zeros if hx is None else [s[layer] for s in given]
-                    x, new_states = self._inference_layer(
-                        x, states, weights[layer * per_layer:(layer + 1) * per_layer])
-                    finals.append(new_states)
+                per_unit, finals = len(weights) // units, []
+                for layer in range(self.num_layers):
+                    ins = [(zeros if hx is None else [s[unit] for s in given],
+                            weights[unit * per_unit:(unit + 1) * per_unit])
+                           for unit in range(layer * directions, (layer + 1) * directions)]
+                    if directions == 1:
+                        x, new_states = self._inference_layer(x, *ins[0])
+                        finals.append(new_states)
+                    else:
+                        results = self._inference_pair(x, ins)
+                        x = torch.cat([output for output, _ in results], dim=-1)
+                        finals += [new_states for _, new_states in results]
                 finals = [torch.stack(ss) for ss in zip(*finals)]
         except (RuntimeError, ValueError):
             return None
@@ -297,6 +306,13 @@ class LSTM(_FusedRNNBase):
                                                   False, False, None, w_hr)
         return output, (h, c)
 
+    def _inference_pair(self, x, directions):
+        """directions: (states, weights) of each. -> (output, new states) of each."""
+        both = ops.lstm_layer_pair(x, [
+            (*states, *self._split_weights(weights), weights[-1] if self.proj_size > 0 else None)
+            for states, weights in directions])
+        return [(output, (h, c)) for output, h, c in both]
+
     def forward(self, input, hx=None):
         inferred = self._inference(input, hx)
         if inferred is not None:
@@ -368,6 +384,12 @@ class _SingleStateRNN(_FusedRNNBase):
 
     def _inference_zero_states(self, batch, x):
         return (torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device),)
+
+    def _inference_pair(self, x, directions):
+        """directions: (states, weights) of each. -> (output, new states) of each."""
+        both = self._layer_pair(x, [(states[0], *self._split_weights(weights))
+                                    for states, weights in directions], None)
+        return [(output, (h,)) for output, h in both]
 
     @staticmethod
     def _inference_states(hx):
