@@ -9,6 +9,8 @@ from torch import nn
 
 from . import autocast, modules, ops
 
+_layer_ops = torch.ops.fusedrnn  # what the inference path calls, with no autograd Function
+
 
 class _FusedCell(nn.RNNCellBase):
     """torch.nn's cell checks and reshaping around one step of a layer op."""
@@ -39,9 +41,10 @@ class _FusedCell(nn.RNNCellBase):
         raise NotImplementedError
 
     def _inference(self, input, hx):
-        """The leanest path, as the modules' (modules._FusedRNNBase._inference): a batched call
-        that needs no gradient goes straight to the layer op with the op's own checks, and any
-        error defers to the general path for torch.nn's messages. -> the new states, or None."""
+        """The leanest path, as the modules' (modules._FusedRNNBase._direct), for calls that need
+        no gradient: a batched call goes straight to the layer op with the op's own checks, and
+        any error defers to the general path for torch.nn's messages. -> the new states, or
+        None."""
         if hx is None:  # zeros: one tensor for h and c alike
             states = (torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
                                   device=input.device),) * self._states
@@ -58,7 +61,7 @@ class _FusedCell(nn.RNNCellBase):
         return (hx,) if isinstance(hx, torch.Tensor) else None
 
     def forward(self, input, hx=None):
-        if modules.inference_applies(input, 2):
+        if not torch.is_grad_enabled() and modules.direct_path_applies(input, 2):
             new_states = self._inference(input, hx)
             if new_states is not None:
                 return new_states if self._states == 2 else new_states[0]
@@ -170,8 +173,8 @@ class LSTMCell(_FusedCell):
         return h, c
 
     def _inference_step(self, input, states, weights):
-        _, h, c, *_ = modules.layer_ops.lstm_forward(input.unsqueeze(0), *states, *weights,
-                                                     False, False)
+        _, h, c, *_ = _layer_ops.lstm_forward(input.unsqueeze(0), *states, *weights, False,
+                                              False)
         return h, c
 
     def _inference_states(self, hx):
@@ -191,8 +194,7 @@ class GRUCell(_FusedCell):
         return (h,)
 
     def _inference_step(self, input, states, weights):
-        _, h, _ = modules.layer_ops.gru_forward(input.unsqueeze(0), *states, *weights, False,
-                                                False)
+        _, h, _ = _layer_ops.gru_forward(input.unsqueeze(0), *states, *weights, False, False)
         return (h,)
 
 
@@ -218,6 +220,6 @@ class RNNCell(_FusedCell):
     def _inference_step(self, input, states, weights):
         if self.nonlinearity not in ("tanh", "relu"):
             return None  # the general path raises torch.nn's error
-        _, h = modules.layer_ops.rnn_forward(input.unsqueeze(0), *states, *weights,
+        _, h = _layer_ops.rnn_forward(input.unsqueeze(0), *states, *weights,
                                       self.nonlinearity == "relu", False)
         return (h,)

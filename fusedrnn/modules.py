@@ -13,7 +13,6 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, ops
 
-layer_ops = torch.ops.fusedrnn  # what the inference paths call, with no autograd Function
 
 
 def _onnx_export_check():
@@ -43,13 +42,12 @@ def _exporting():
     return torch.jit.is_tracing() or _in_onnx_export()
 
 
-def inference_applies(input, dims):
-    """Whether a module's or cell's call may take its inference path: no gradient (no_grad,
-    inference_mode), a plain tensor of `dims` dimensions, and no autocast, compile, transform or
-    export around it."""
-    return not (torch.is_grad_enabled() or type(input) is not torch.Tensor
-                or input.dim() != dims or torch._C._is_any_autocast_enabled()
-                or torch.compiler.is_compiling() or ops.transform_active() or _exporting())
+def direct_path_applies(input, dims):
+    """Whether a module's or cell's call may skip the general path: a plain tensor of `dims`
+    dimensions, and no autocast, compile, transform or export around it."""
+    return not (type(input) is not torch.Tensor or input.dim() != dims
+                or torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling()
+                or ops.transform_active() or _exporting())
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -152,16 +150,16 @@ class _FusedRNNBase(nn.RNNBase):
         return input, states, weights, result_dtype, torch.autocast(input.device.type,
                                                                      enabled=False)
 
-    def _inference(self, input, hx):
-        """The leanest path: a call that needs no gradient (under no_grad or inference_mode), on a
-        batched tensor (both directions of a layer: on the CPU, where one op runs them), with no
-        autocast, export, compile or transform around it, goes straight to the layer functions,
-        without the general path's packing, autocast and per-layer bookkeeping (about half of a
-        T=1 call's time). -> output, [h_n(, c_n)]; None for the general path. The checks here
-        are the layer ops' own: any error defers to the general path, which raises torch.nn's
-        messages."""
+    def _direct(self, input, hx):
+        """The leanest path: a call on a batched tensor (both directions of a layer: on the CPU,
+        where one op runs them), with no autocast, export, compile or transform around it, goes
+        straight to the layer functions (which apply the autograd Functions where a gradient
+        may follow), without the general path's packing, autocast and per-layer bookkeeping
+        (about half of a small call's time). -> output, [h_n(, c_n)]; None for the general
+        path. The checks here are the layer ops' own: any error defers to the general path,
+        which raises torch.nn's messages."""
         if ((self.dropout > 0 and self.training and self.num_layers > 1)
-                or not inference_applies(input, 3)
+                or not direct_path_applies(input, 3)
                 or (self.bidirectional and input.device.type != "cpu")):
             return None
         x = input.transpose(0, 1) if self.batch_first else input
@@ -170,9 +168,9 @@ class _FusedRNNBase(nn.RNNBase):
         directions = 2 if self.bidirectional else 1
         units = self.num_layers * directions  # layers and directions, as hx stacks them
         if hx is None:  # zeros: one tensor for every unit (and for h and c where they match)
-            zeros = self._inference_zero_states(x.size(1), x)
+            zeros = self._direct_zero_states(x.size(1), x)
         else:
-            given = self._inference_states(hx)
+            given = self._direct_states(hx)
             if given is None or any(s.dim() != 3 or s.size(0) != units for s in given):
                 return None
         self._update_flat_weights()
@@ -180,7 +178,7 @@ class _FusedRNNBase(nn.RNNBase):
         try:
             if units == 1:
                 states = zeros if hx is None else [s[0] for s in given]
-                x, finals = self._inference_layer(x, states, weights)
+                x, finals = self._direct_layer(x, states, weights)
                 finals = [s.unsqueeze(0) for s in finals]
             else:
                 per_unit, finals = len(weights) // units, []
@@ -189,10 +187,10 @@ class _FusedRNNBase(nn.RNNBase):
                             weights[unit * per_unit:(unit + 1) * per_unit])
                            for unit in range(layer * directions, (layer + 1) * directions)]
                     if directions == 1:
-                        x, new_states = self._inference_layer(x, *ins[0])
+                        x, new_states = self._direct_layer(x, *ins[0])
                         finals.append(new_states)
                     else:
-                        results = self._inference_pair(x, ins)
+                        results = self._direct_pair(x, ins)
                         x = torch.cat([output for output, _ in results], dim=-1)
                         finals += [new_states for _, new_states in results]
                 finals = [torch.stack(ss) for ss in zip(*finals)]
@@ -287,26 +285,25 @@ class LSTM(_FusedRNNBase):
             return hx
         return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
 
-    def _inference_zero_states(self, batch, x):
+    def _direct_zero_states(self, batch, x):
         h = torch.zeros(batch, self.proj_size or self.hidden_size, dtype=x.dtype, device=x.device)
         c = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device) \
             if self.proj_size else h
         return h, c
 
     @staticmethod
-    def _inference_states(hx):
+    def _direct_states(hx):
         if isinstance(hx, (tuple, list)) and len(hx) == 2 and all(
                 isinstance(s, torch.Tensor) for s in hx):
             return tuple(hx)
         return None
 
-    def _inference_layer(self, x, states, weights):
+    def _direct_layer(self, x, states, weights):
         w_hr = weights[-1] if self.proj_size > 0 else None
-        output, h, c, *_ = layer_ops.lstm_forward(x, *states, *self._split_weights(weights),
-                                                  False, False, None, w_hr)
+        output, h, c = ops.lstm_layer(x, *states, *self._split_weights(weights), w_hr=w_hr)
         return output, (h, c)
 
-    def _inference_pair(self, x, directions):
+    def _direct_pair(self, x, directions):
         """directions: (states, weights) of each. -> (output, new states) of each."""
         both = ops.lstm_layer_pair(x, [
             (*states, *self._split_weights(weights), weights[-1] if self.proj_size > 0 else None)
@@ -314,9 +311,9 @@ class LSTM(_FusedRNNBase):
         return [(output, (h, c)) for output, h, c in both]
 
     def forward(self, input, hx=None):
-        inferred = self._inference(input, hx)
-        if inferred is not None:
-            output, (h_n, c_n) = inferred
+        direct = self._direct(input, hx)
+        if direct is not None:
+            output, (h_n, c_n) = direct
             return output, (h_n, c_n)
         if _exporting():
             return nn.LSTM.forward(self, input, hx)
@@ -382,23 +379,23 @@ class _SingleStateRNN(_FusedRNNBase):
     def _layer_pair(self, x, directions, batch_sizes):
         raise NotImplementedError
 
-    def _inference_zero_states(self, batch, x):
+    def _direct_zero_states(self, batch, x):
         return (torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device),)
 
-    def _inference_pair(self, x, directions):
+    def _direct_pair(self, x, directions):
         """directions: (states, weights) of each. -> (output, new states) of each."""
         both = self._layer_pair(x, [(states[0], *self._split_weights(weights))
                                     for states, weights in directions], None)
         return [(output, (h,)) for output, h in both]
 
     @staticmethod
-    def _inference_states(hx):
+    def _direct_states(hx):
         return (hx,) if isinstance(hx, torch.Tensor) else None
 
     def forward(self, input, hx=None):
-        inferred = self._inference(input, hx)
-        if inferred is not None:
-            output, (h_n,) = inferred
+        direct = self._direct(input, hx)
+        if direct is not None:
+            output, (h_n,) = direct
             return output, h_n
         if _exporting():
             return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
@@ -456,9 +453,8 @@ class GRU(_SingleStateRNN):
     def _layer(self, x, h0, weights, reverse, batch_sizes):
         return ops.gru_layer(x, h0, *weights, reverse=reverse, batch_sizes=batch_sizes)
 
-    def _inference_layer(self, x, states, weights):
-        output, h, _ = layer_ops.gru_forward(x, *states, *self._split_weights(weights), False,
-                                             False, None)
+    def _direct_layer(self, x, states, weights):
+        output, h = ops.gru_layer(x, *states, *self._split_weights(weights))
         return output, (h,)
 
     def _layer_pair(self, x, directions, batch_sizes):
@@ -486,9 +482,9 @@ class RNN(_SingleStateRNN):
         return ops.rnn_layer(x, h0, *weights, relu=self.nonlinearity == "relu", reverse=reverse,
                              batch_sizes=batch_sizes)
 
-    def _inference_layer(self, x, states, weights):
-        output, h = layer_ops.rnn_forward(x, *states, *self._split_weights(weights),
-                                          self.nonlinearity == "relu", False, None)
+    def _direct_layer(self, x, states, weights):
+        output, h = ops.rnn_layer(x, *states, *self._split_weights(weights),
+                                  relu=self.nonlinearity == "relu")
         return output, (h,)
 
     def _layer_pair(self, x, directions, batch_sizes):

@@ -60,8 +60,8 @@ def _results(outputs):
                          ids=_config_id)
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch):
-    """Calls that need no gradient take the modules' inference path straight to the layer ops,
-    and give torch.nn's results."""
+    """Calls that need no gradient take the modules' direct path straight to the layer ops, and
+    give torch.nn's results."""
     T, B, I, H, options = config
     if cell != "lstm" and "proj_size" in options:
         pytest.skip("proj_size is the LSTM's")
@@ -71,12 +71,36 @@ def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch)
     if hx is not None and "proj_size" in options:  # h is proj_size wide
         hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
     def general_path(*args):
-        raise AssertionError("the inference path deferred to the general path")
+        raise AssertionError("the direct path deferred to the general path")
 
     monkeypatch.setattr(type(fused), "_run_layers", general_path)
     with mode():
         expected, actual = _results(ref(x, hx)), _results(fused(x, hx))
     assert_close_by_name(actual, expected, 1e-10)
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("config", CONFIGS + [(4, 3, 5, 7, {"proj_size": 3, "num_layers": 2})],
+                         ids=_config_id)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_training_on_the_direct_path_matches_torch_nn(cell, config, with_state, monkeypatch):
+    """With a gradient to take, the modules' direct path applies the autograd Functions: every
+    output and gradient as torch.nn's, without the general path."""
+    T, B, I, H, options = config
+    if cell != "lstm" and "proj_size" in options:
+        pytest.skip("proj_size is the LSTM's")
+    ref, fused = make_pair(cell, I, H, "cpu", torch.float64, **options)
+    x, hx = _inputs(cell, ref, T, B, I, "cpu", torch.float64, options.get("batch_first", False),
+                    with_state)
+    if hx is not None and "proj_size" in options:  # h is proj_size wide
+        hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
+    expected = run_and_grad(ref, x, hx)
+
+    def general_path(*args):
+        raise AssertionError("the direct path deferred to the general path")
+
+    monkeypatch.setattr(type(fused), "_run_layers", general_path)
+    assert_close_by_name(run_and_grad(fused, x, hx), expected, 1e-10)
 
 
 @pytest.mark.parametrize("device", DEVICES)
