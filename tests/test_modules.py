@@ -54,14 +54,12 @@ def _results(outputs):
     return dict(zip(("output", "h_n", "c_n"), (output, *states)))
 
 
-@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
-@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
-@pytest.mark.parametrize("config", CONFIGS + [(4, 3, 5, 7, {"proj_size": 3, "num_layers": 2})],
-                         ids=_config_id)
-@pytest.mark.parametrize("cell", ALL_CELLS)
-def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch):
-    """Calls that need no gradient take the modules' direct path straight to the layer ops, and
-    give torch.nn's results."""
+DIRECT_CONFIGS = CONFIGS + [(4, 3, 5, 7, {"proj_size": 3, "num_layers": 2})]
+
+
+def _direct_path_case(cell, config, with_state, monkeypatch):
+    """A torch.nn and fusedrnn pair (float64, CPU) and their input, with fusedrnn's general path
+    made to fail: the call must take the direct path. -> ref, fused, x, hx."""
     T, B, I, H, options = config
     if cell != "lstm" and "proj_size" in options:
         pytest.skip("proj_size is the LSTM's")
@@ -70,37 +68,35 @@ def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch)
                     with_state)
     if hx is not None and "proj_size" in options:  # h is proj_size wide
         hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
+
     def general_path(*args):
         raise AssertionError("the direct path deferred to the general path")
 
     monkeypatch.setattr(type(fused), "_run_layers", general_path)
+    return ref, fused, x, hx
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("config", DIRECT_CONFIGS, ids=_config_id)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch):
+    """Calls that need no gradient take the modules' direct path straight to the layer ops, and
+    give torch.nn's results."""
+    ref, fused, x, hx = _direct_path_case(cell, config, with_state, monkeypatch)
     with mode():
         expected, actual = _results(ref(x, hx)), _results(fused(x, hx))
     assert_close_by_name(actual, expected, 1e-10)
 
 
 @pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
-@pytest.mark.parametrize("config", CONFIGS + [(4, 3, 5, 7, {"proj_size": 3, "num_layers": 2})],
-                         ids=_config_id)
+@pytest.mark.parametrize("config", DIRECT_CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_training_on_the_direct_path_matches_torch_nn(cell, config, with_state, monkeypatch):
     """With a gradient to take, the modules' direct path applies the autograd Functions: every
     output and gradient as torch.nn's, without the general path."""
-    T, B, I, H, options = config
-    if cell != "lstm" and "proj_size" in options:
-        pytest.skip("proj_size is the LSTM's")
-    ref, fused = make_pair(cell, I, H, "cpu", torch.float64, **options)
-    x, hx = _inputs(cell, ref, T, B, I, "cpu", torch.float64, options.get("batch_first", False),
-                    with_state)
-    if hx is not None and "proj_size" in options:  # h is proj_size wide
-        hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
-    expected = run_and_grad(ref, x, hx)
-
-    def general_path(*args):
-        raise AssertionError("the direct path deferred to the general path")
-
-    monkeypatch.setattr(type(fused), "_run_layers", general_path)
-    assert_close_by_name(run_and_grad(fused, x, hx), expected, 1e-10)
+    ref, fused, x, hx = _direct_path_case(cell, config, with_state, monkeypatch)
+    assert_close_by_name(run_and_grad(fused, x, hx), run_and_grad(ref, x, hx), 1e-10)
 
 
 @pytest.mark.parametrize("device", DEVICES)
