@@ -49,16 +49,13 @@ class _FusedCell(nn.RNNCellBase):
             states = (torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
                                   device=input.device),) * self._states
         else:
-            states = self._inference_states(hx)
+            states = modules.state_tensors(hx, self._states)
             if states is None or any(s.dim() != 2 for s in states):
                 return None
         try:
             return self._inference_step(input, states, self._weights())
         except (RuntimeError, ValueError):
             return None
-
-    def _inference_states(self, hx):
-        return (hx,) if isinstance(hx, torch.Tensor) else None
 
     def forward(self, input, hx=None):
         if not torch.is_grad_enabled() and modules.direct_path_applies(input, 2):
@@ -176,12 +173,6 @@ class LSTMCell(_FusedCell):
         _, h, c, *_ = _layer_ops.lstm_forward(input.unsqueeze(0), *states, *weights, False,
                                               False)
         return h, c
-
-    def _inference_states(self, hx):
-        if isinstance(hx, (tuple, list)) and len(hx) == 2 and all(
-                isinstance(s, torch.Tensor) for s in hx):
-            return tuple(hx)
-        return None
 
 
 class GRUCell(_FusedCell):

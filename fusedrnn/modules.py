@@ -14,7 +14,6 @@ from torch.nn.utils.rnn import PackedSequence
 from . import autocast, ops
 
 
-
 def _onnx_export_check():
     """torch.onnx.is_in_onnx_export, whose two imports per call cost about 1 us: the flags it
     reads, imported once. A torch that keeps them elsewhere gets the public function."""
@@ -40,6 +39,17 @@ def _exporting():
     if _in_onnx_export is None:
         _in_onnx_export = _onnx_export_check()
     return torch.jit.is_tracing() or _in_onnx_export()
+
+
+def state_tensors(hx, count):
+    """hx as a tuple of `count` tensors (one tensor where count is 1), or None if it is not
+    that: the direct paths leave anything else to the general path."""
+    if count == 1:
+        return (hx,) if isinstance(hx, torch.Tensor) else None
+    if isinstance(hx, (tuple, list)) and len(hx) == count and all(
+            isinstance(s, torch.Tensor) for s in hx):
+        return tuple(hx)
+    return None
 
 
 def direct_path_applies(input, dims):
@@ -151,89 +161,79 @@ class _FusedRNNBase(nn.RNNBase):
                                                                      enabled=False)
 
     def _direct(self, input, hx):
-        """The leanest path: a call on a batched tensor (both directions of a layer: on the CPU,
-        where one op runs them), with no autocast, export, compile or transform around it, goes
-        straight to the layer functions (which apply the autograd Functions where a gradient
-        may follow), without the general path's packing, autocast and per-layer bookkeeping
-        (about half of a small call's time). -> output, [h_n(, c_n)]; None for the general
-        path. The checks here are the layer ops' own: any error defers to the general path,
-        which raises torch.nn's messages."""
-        if ((self.dropout > 0 and self.training and self.num_layers > 1)
-                or not direct_path_applies(input, 3)
-                or (self.bidirectional and input.device.type != "cpu")):
+        """The leanest path: a call on a batched tensor, with no autocast, export, compile or
+        transform around it, goes straight to the layer loop, without the general path's
+        packing, autocast and state bookkeeping (about half of a small call's time); the layer
+        functions apply the autograd Functions where a gradient may follow. -> output, the
+        final states; None for the general path. The checks here are the layer ops' own: any
+        error defers to the general path, which raises torch.nn's messages."""
+        if not direct_path_applies(input, 3):
             return None
         x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
             return None
-        directions = 2 if self.bidirectional else 1
-        units = self.num_layers * directions  # layers and directions, as hx stacks them
         if hx is None:  # zeros: one tensor for every unit (and for h and c where they match)
             zeros = self._direct_zero_states(x.size(1), x)
+
+            def unit_states(unit):
+                return zeros
         else:
-            given = self._direct_states(hx)
+            given = state_tensors(hx, self._states)
+            units = self.num_layers * (2 if self.bidirectional else 1)
             if given is None or any(s.dim() != 3 or s.size(0) != units for s in given):
                 return None
+
+            def unit_states(unit):
+                return [s[unit] for s in given]
         self._update_flat_weights()
-        weights = self._flat_weights
         try:
-            if units == 1:
-                states = zeros if hx is None else [s[0] for s in given]
-                x, finals = self._direct_layer(x, states, weights)
-                finals = [s.unsqueeze(0) for s in finals]
-            else:
-                per_unit, finals = len(weights) // units, []
-                for layer in range(self.num_layers):
-                    ins = [(zeros if hx is None else [s[unit] for s in given],
-                            weights[unit * per_unit:(unit + 1) * per_unit])
-                           for unit in range(layer * directions, (layer + 1) * directions)]
-                    if directions == 1:
-                        x, new_states = self._direct_layer(x, *ins[0])
-                        finals.append(new_states)
-                    else:
-                        results = self._direct_pair(x, ins)
-                        x = torch.cat([output for output, _ in results], dim=-1)
-                        finals += [new_states for _, new_states in results]
-                finals = [torch.stack(ss) for ss in zip(*finals)]
+            output, finals = self._run_layers(x, unit_states, self._flat_weights, None)
         except (RuntimeError, ValueError):
             return None
-        return x.transpose(0, 1) if self.batch_first else x, finals
+        return output.transpose(0, 1) if self.batch_first else output, finals
 
-    def _run_layers(self, input, states, weights, layer_fn, pair_fn):
+    def _one_direction(self, x, states, weights, reverse=False, batch_sizes=None):
+        """One layer in one direction: states and weights that unit's. -> output, new states."""
+        raise NotImplementedError
+
+    def _both_directions(self, x, directions, batch_sizes=None):
+        """Both directions of a CPU layer in one op: directions, (states, weights) of each.
+        -> (output, new states) of each."""
+        raise NotImplementedError
+
+    def _run_layers(self, input, unit_states, weights, batch_sizes):
         """Runs every layer and direction.
 
-        input: [T, B, I] or packed [rows, I]; states: tuple of [L*D, B, H] tensors (h, and c for
-        the LSTM); weights: the flat weights; layer_fn(input, states_of_one_direction, weights,
-        reverse) -> (output, new_states); pair_fn(input, (states, weights) of each direction)
-        -> (output, new_states) of each, for the two directions of a CPU layer in one call (the
-        CPU runs them side by side). -> output [T, B, D*H] or [rows, D*H], tuple of [L*D, B, H].
+        input: [T, B, I] or packed [rows, I]; unit_states(unit) -> the states (h, and c for the
+        LSTM) of layer and direction `unit` (numbered as hx stacks them); weights: the flat
+        weights. A CPU layer's two directions run in one call (the CPU runs them side by side).
+        -> output [T, B, D*H] or [rows, D*H], tuple of [L*D, B, H].
         """
         if self.num_layers == 1 and not self.bidirectional:  # the common case: no loops, and
             # the final states as views, not a stack's copy (15 us with its backward)
-            output, new_states = layer_fn(input, tuple(s[0] for s in states), weights, False)
-            return output, tuple(state.unsqueeze(0) for state in new_states)
+            output, new_states = self._one_direction(input, unit_states(0), weights, False,
+                                                     batch_sizes)
+            return output, tuple([state.unsqueeze(0) for state in new_states])
         directions = 2 if self.bidirectional else 1
         per_direction = len(weights) // (self.num_layers * directions)
-        finals = [[] for _ in states]
+        finals = []
         x = input
         for layer in range(self.num_layers):
             ins = []
             for direction in range(directions):
                 index = layer * directions + direction
-                ins.append((tuple(s[index] for s in states),
+                ins.append((unit_states(index),
                             weights[index * per_direction:(index + 1) * per_direction]))
             if directions == 2 and x.device.type == "cpu":
-                results = pair_fn(x, ins)
+                results = self._both_directions(x, ins, batch_sizes)
             else:
-                results = [layer_fn(x, *ins[d], d == 1) for d in range(directions)]
-            outputs = []
-            for output, new_states in results:
-                outputs.append(output)
-                for final, state in zip(finals, new_states):
-                    final.append(state)
-            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+                results = [self._one_direction(x, *ins[d], d == 1, batch_sizes)
+                           for d in range(directions)]
+            x = results[0][0] if directions == 1 else torch.cat([r[0] for r in results], dim=-1)
+            finals += [new_states for _, new_states in results]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, p=self.dropout, training=True)
-        return x, tuple(torch.stack(final) for final in finals)
+        return x, tuple([torch.stack(final) for final in zip(*finals)])
 
     def _finish_output(self, output, packing, is_batched):
         if packing:
@@ -258,6 +258,8 @@ class _FusedRNNBase(nn.RNNBase):
 class LSTM(_FusedRNNBase):
     """Drop-in for torch.nn.LSTM (same arguments, parameters and outputs, PackedSequence input
     and proj_size included)."""
+
+    _states = 2  # h and c
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -291,23 +293,17 @@ class LSTM(_FusedRNNBase):
             if self.proj_size else h
         return h, c
 
-    @staticmethod
-    def _direct_states(hx):
-        if isinstance(hx, (tuple, list)) and len(hx) == 2 and all(
-                isinstance(s, torch.Tensor) for s in hx):
-            return tuple(hx)
-        return None
+    def _arguments(self, states, weights):  # h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+        return (*states, *self._split_weights(weights),
+                weights[-1] if self.proj_size > 0 else None)
 
-    def _direct_layer(self, x, states, weights):
-        w_hr = weights[-1] if self.proj_size > 0 else None
-        output, h, c = ops.lstm_layer(x, *states, *self._split_weights(weights), w_hr=w_hr)
+    def _one_direction(self, x, states, weights, reverse=False, batch_sizes=None):
+        h0, c0, *weights, w_hr = self._arguments(states, weights)
+        output, h, c = ops.lstm_layer(x, h0, c0, *weights, reverse, batch_sizes, w_hr)
         return output, (h, c)
 
-    def _direct_pair(self, x, directions):
-        """directions: (states, weights) of each. -> (output, new states) of each."""
-        both = ops.lstm_layer_pair(x, [
-            (*states, *self._split_weights(weights), weights[-1] if self.proj_size > 0 else None)
-            for states, weights in directions])
+    def _both_directions(self, x, directions, batch_sizes=None):
+        both = ops.lstm_layer_pair(x, [self._arguments(*d) for d in directions], batch_sizes)
         return [(output, (h, c)) for output, h, c in both]
 
     def forward(self, input, hx=None):
@@ -345,23 +341,9 @@ class LSTM(_FusedRNNBase):
         if given:
             self._check_state("hx", hx[0], input)
             self._check_state("cx", hx[1], input)
-
-        def arguments(state, weights):  # h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
-            w_hr = weights[-1] if self.proj_size > 0 else None
-            return (*state, *self._split_weights(weights), w_hr)
-
-        def layer(x, state, weights, reverse):
-            *args, w_hr = arguments(state, weights)
-            output, h, c = ops.lstm_layer(x, *args, reverse=reverse, batch_sizes=batch_sizes,
-                                          w_hr=w_hr)
-            return output, (h, c)
-
-        def pair(x, directions):
-            both = ops.lstm_layer_pair(x, [arguments(*d) for d in directions], batch_sizes)
-            return [(output, (h, c)) for output, h, c in both]
-
         with context:
-            output, (h_n, c_n) = self._run_layers(input, hx, weights, layer, pair)
+            output, (h_n, c_n) = self._run_layers(
+                input, lambda unit: (hx[0][unit], hx[1][unit]), weights, batch_sizes)
         if result_dtype is not None:
             output, h_n, c_n = output.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
         if not is_batched:
@@ -373,8 +355,7 @@ class LSTM(_FusedRNNBase):
 class _SingleStateRNN(_FusedRNNBase):
     """GRU and RNN: one hidden state."""
 
-    def _layer(self, x, h0, weights, reverse, batch_sizes):
-        raise NotImplementedError
+    _states = 1
 
     def _layer_pair(self, x, directions, batch_sizes):
         raise NotImplementedError
@@ -382,15 +363,11 @@ class _SingleStateRNN(_FusedRNNBase):
     def _direct_zero_states(self, batch, x):
         return (torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device),)
 
-    def _direct_pair(self, x, directions):
-        """directions: (states, weights) of each. -> (output, new states) of each."""
-        both = self._layer_pair(x, [(states[0], *self._split_weights(weights))
-                                    for states, weights in directions], None)
+    def _both_directions(self, x, directions, batch_sizes=None):
+        both = self._layer_pair(
+            x, [(states[0], *self._split_weights(weights)) for states, weights in directions],
+            batch_sizes)
         return [(output, (h,)) for output, h in both]
-
-    @staticmethod
-    def _direct_states(hx):
-        return (hx,) if isinstance(hx, torch.Tensor) else None
 
     def forward(self, input, hx=None):
         direct = self._direct(input, hx)
@@ -421,20 +398,9 @@ class _SingleStateRNN(_FusedRNNBase):
         input, (hx,), weights, result_dtype, context = self._apply_autocast(kind, input, (hx,))
         if given:
             self._check_state("hx", hx, input)
-
-        def layer(x, state, weights, reverse):
-            output, h = self._layer(x, state[0], self._split_weights(weights), reverse,
-                                    batch_sizes)
-            return output, (h,)
-
-        def pair(x, directions):
-            both = self._layer_pair(
-                x, [(state[0], *self._split_weights(weights)) for state, weights in directions],
-                batch_sizes)
-            return [(output, (h,)) for output, h in both]
-
         with context:
-            output, (h_n,) = self._run_layers(input, (hx,), weights, layer, pair)
+            output, (h_n,) = self._run_layers(input, lambda unit: (hx[unit],), weights,
+                                              batch_sizes)
         if result_dtype is not None:
             output, h_n = output.to(result_dtype), h_n.to(result_dtype)
         if not is_batched:
@@ -450,11 +416,9 @@ class GRU(_SingleStateRNN):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
-    def _layer(self, x, h0, weights, reverse, batch_sizes):
-        return ops.gru_layer(x, h0, *weights, reverse=reverse, batch_sizes=batch_sizes)
-
-    def _direct_layer(self, x, states, weights):
-        output, h = ops.gru_layer(x, *states, *self._split_weights(weights))
+    def _one_direction(self, x, states, weights, reverse=False, batch_sizes=None):
+        output, h = ops.gru_layer(x, *states, *self._split_weights(weights), reverse,
+                                  batch_sizes)
         return output, (h,)
 
     def _layer_pair(self, x, directions, batch_sizes):
@@ -478,13 +442,9 @@ class RNN(_SingleStateRNN):
         super().__init__("RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU", *args,
                          **kwargs)
 
-    def _layer(self, x, h0, weights, reverse, batch_sizes):
-        return ops.rnn_layer(x, h0, *weights, relu=self.nonlinearity == "relu", reverse=reverse,
-                             batch_sizes=batch_sizes)
-
-    def _direct_layer(self, x, states, weights):
+    def _one_direction(self, x, states, weights, reverse=False, batch_sizes=None):
         output, h = ops.rnn_layer(x, *states, *self._split_weights(weights),
-                                  relu=self.nonlinearity == "relu")
+                                  self.nonlinearity == "relu", reverse, batch_sizes)
         return output, (h,)
 
     def _layer_pair(self, x, directions, batch_sizes):

@@ -72,7 +72,7 @@ def _direct_path_case(cell, config, with_state, monkeypatch):
     def general_path(*args):
         raise AssertionError("the direct path deferred to the general path")
 
-    monkeypatch.setattr(type(fused), "_run_layers", general_path)
+    monkeypatch.setattr(type(fused), "_prepare_input", general_path)
     return ref, fused, x, hx
 
 
