@@ -40,8 +40,9 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 @pytest.fixture(params=["grad", "no_grad"])
 def either_grad_mode(request):
-    """The test with grad mode on, then off: without it the modules and cells take their
-    inference paths, which must leave bad arguments to the general path's messages."""
+    """The test with grad mode on, then off: the modules take their direct path in both, the
+    cells theirs without grad, and each must leave bad arguments to the general path's
+    messages."""
     with torch.set_grad_enabled(request.param == "grad"):
         yield
 
