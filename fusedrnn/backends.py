@@ -4,8 +4,9 @@ Backends (csrc/layer/backend.h), in order of preference:
 
 - ``cpu-fused``: the fused CPU recurrence: each thread multiplies the state by its own slice of
   the recurrent weights and applies the gate math to the units it just computed, one team of
-  threads for the whole loop. CPU, float32/float64 (float16/bfloat16 run as float32), T > 1,
-  no LSTM projection, a CPU ISA with vector kernels (AVX2 and FMA, or AVX-512).
+  threads for the whole loop. CPU, float32/float64 (float16/bfloat16 run as float32; with
+  AVX512-BF16, bfloat16 layers' products run on bfloat16 operands), T > 1, no LSTM projection,
+  a CPU ISA with vector kernels (AVX2 and FMA, or AVX-512).
 - ``cuda-persistent``: CUDA: one cooperative launch runs every step of a layer's loop, each
   block holding its slice of the recurrent weights in shared memory, a grid-wide barrier
   between steps. Uniform batches (no packed sequences of different lengths), T > 1, no LSTM
@@ -19,7 +20,8 @@ that backend, process-wide; a call it cannot run raises with its reason instead 
 elsewhere. ``explain(module, input)`` tells which backend a call would take and why each other
 one refuses it. The CPU's instruction set is a second switch, chosen at run time from what the
 CPU has (``cpu_isa()``): ``FUSEDRNN_CPU_ISA=avx2`` (or ``force_cpu_isa``) runs the AVX2 kernels
-on an AVX-512 CPU, ``scalar`` the CPU kernels without vectors.
+on an AVX-512 CPU, ``scalar`` the CPU kernels without vectors, and ``avx512`` keeps a CPU with
+AVX512-BF16 (ISA ``avx512_bf16``) from running bfloat16 layers' products on bfloat16 operands.
 """
 import contextlib
 import os
@@ -149,7 +151,8 @@ def cpu_isa():
 
 def cpu_isas():
     """The CPU instruction sets fusedrnn's kernels can run on this machine, least capable first
-    ("scalar", "avx2", "avx512"): what force_cpu_isa and FUSEDRNN_CPU_ISA accept here."""
+    ("scalar", "avx2", "avx512", "avx512_bf16"): what force_cpu_isa and FUSEDRNN_CPU_ISA accept
+    here."""
     return tuple(_C.cpu_isas_runnable())
 
 

@@ -24,6 +24,12 @@ namespace fusedrnn::cpu {
 #define FUSEDRNN_HAS_X86_KERNELS 1
 FUSEDRNN_DECLARE_KERNELS(avx2)
 FUSEDRNN_DECLARE_KERNELS(avx512)
+// The products over bfloat16 panels (kernels_avx512_bf16.cpp); avx512_bf16's other kernels are
+// avx512's.
+namespace avx512_bf16 {
+void pack(const Panels& panels, const float* w, bool transposed, void* packed);
+void product_panels(const Product& product, int64_t begin, int64_t end);
+}  // namespace avx512_bf16
 #endif
 
 // Runs the statement `call` with `kernels` naming the namespace of the ISA's kernels, and
@@ -35,7 +41,8 @@ FUSEDRNN_DECLARE_KERNELS(avx512)
       namespace kernels = avx2;                \
       call;                                    \
     }                                          \
-    case Isa::kAvx512: {                       \
+    case Isa::kAvx512:                         \
+    case Isa::kAvx512Bf16: {                   \
       namespace kernels = avx512;              \
       call;                                    \
     }                                          \
@@ -54,7 +61,7 @@ Isa from_environment() {
   const char* name = std::getenv("FUSEDRNN_CPU_ISA");
   if (name == nullptr || *name == '\0') return detected_isa();
   const std::optional<Isa> isa = isa_named(name);
-  TORCH_CHECK(isa, "FUSEDRNN_CPU_ISA=", name, ": expected scalar, avx2 or avx512");
+  TORCH_CHECK(isa, "FUSEDRNN_CPU_ISA=", name, ": expected scalar, avx2, avx512 or avx512_bf16");
   TORCH_CHECK(*isa <= detected_isa(), "FUSEDRNN_CPU_ISA=", name, ": this CPU runs at most ",
               name_of(detected_isa()));
   return *isa;
@@ -67,25 +74,27 @@ const char* name_of(Isa isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAvx512Bf16: return "avx512_bf16";
   }
   return "?";
 }
 
 std::optional<Isa> isa_named(const std::string& name) {
-  for (const Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+  for (const Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
     if (name == name_of(isa)) return isa;
   return std::nullopt;
 }
 
 Isa detected_isa() {
 #ifdef FUSEDRNN_HAS_X86_KERNELS
-  // AVX-512 as ATen's AVX512 vector types use it: F, BW, VL and DQ.
+  // AVX-512 as ATen's AVX512 vector types use it: F, BW, VL and DQ; then AVX512-BF16.
   static const Isa isa = [] {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::kScalar;
     const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return avx512 ? Isa::kAvx512 : Isa::kAvx2;
+    if (!avx512) return Isa::kAvx2;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   }();
   return isa;
 #else
@@ -109,6 +118,8 @@ void set_isa(std::optional<Isa> isa) {
 }
 
 bool has_fused_steps() { return active_isa() != Isa::kScalar; }
+
+bool has_bf16_products() { return active_isa() >= Isa::kAvx512Bf16; }
 
 template <typename Args>
 int64_t vector_units(Dtype dtype, const Args& args, int64_t first_row, int64_t last_row,
@@ -135,11 +146,17 @@ Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
 }
 
 void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed) {
+#ifdef FUSEDRNN_HAS_X86_KERNELS
+  if (panels.bf16) return avx512_bf16::pack(panels, static_cast<const float*>(w), transposed, packed);
+#endif
   FUSEDRNN_ON_ISA(panels.isa, return kernels::pack(dtype, panels, w, transposed, packed),
                   no_kernels(panels.isa))
 }
 
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end) {
+#ifdef FUSEDRNN_HAS_X86_KERNELS
+  if (product.panels->bf16) return avx512_bf16::product_panels(product, begin, end);
+#endif
   FUSEDRNN_ON_ISA(product.panels->isa,
                   return kernels::product_panels(dtype, product, begin, end),
                   no_kernels(product.panels->isa))

@@ -13,7 +13,9 @@
 
 namespace fusedrnn::cpu {
 
-enum class Isa { kScalar, kAvx2, kAvx512 };  // from least to most capable
+// From least to most capable. avx512_bf16 is AVX-512 with AVX512-BF16's dot products, which
+// run the products of bfloat16 layers (kernels_avx512_bf16.cpp); its other kernels are AVX-512's.
+enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Bf16 };
 
 const char* name_of(Isa isa);
 std::optional<Isa> isa_named(const std::string& name);
@@ -27,6 +29,8 @@ void set_isa(std::optional<Isa> isa);  // nothing: back to the detected ISA
 
 // Whether the fused recurrence runs here (an ISA with vector kernels is in use).
 bool has_fused_steps();
+// Whether bfloat16 layers' products run in bfloat16 here (an ISA with bfloat16 dot products).
+bool has_bf16_products();
 
 struct Panels;
 struct Product;
@@ -39,6 +43,9 @@ struct SmallProduct;
 template <typename Args>
 int64_t vector_units(Dtype dtype, const Args& args, int64_t first_row, int64_t last_row,
                      int64_t begin, int64_t end);
+// panels_for's `dtype` is the product's: float32 products of bfloat16 layers pass kBFloat16,
+// which packs bfloat16 panels on an ISA with bfloat16 dot products (Panels::bf16), float32 ones
+// elsewhere.
 Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
 void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed);
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);

@@ -5,6 +5,7 @@
 // no ATen dispatch per step: small and medium layers are bound by exactly those costs.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 
 #include "../core/steps.h"
@@ -24,16 +25,34 @@ struct Panels {
   int64_t lanes;   // L: elements per SIMD vector
   int64_t blocks;  // unit blocks (of L units) per panel
   int64_t count;   // panels
+  // Packed as bfloat16 for a float32 product whose input rows are rounded to bfloat16 (the
+  // products of bfloat16 layers, on AVX512-BF16): each row of a panel then holds k and k + 1
+  // side by side, [depth / 2 rounded up][vectors() * lanes][2], the last pair padded with zero.
+  bool bf16 = false;
 
   int64_t vectors() const { return gates * blocks; }
   int64_t units() const { return blocks * lanes; }  // units per panel
-  int64_t size() const { return count * depth * vectors() * lanes; }  // packed elements
+  int64_t packed_depth() const { return bf16 ? depth + depth % 2 : depth; }
+  int64_t size() const { return count * packed_depth() * vectors() * lanes; }  // packed elements
 };
 
+// Where vector v of panel p writes: its first output column, and how many of its lanes are
+// units (fewer in the last block when L does not divide H).
+struct Columns {
+  int64_t first, lanes;
+};
+
+inline Columns columns(const Panels& panels, int64_t p, int64_t v) {
+  const int64_t gate = v / panels.blocks, block = p * panels.blocks + v % panels.blocks;
+  const int64_t unit = block * panels.lanes;
+  return {gate * panels.hidden + unit, std::clamp<int64_t>(panels.hidden - unit, 0, panels.lanes)};
+}
+
 // The panels for the ISA in use (isa.h: panels_for), and pack(), which packs W into `packed`
-// (panels.size() elements; units past H are zero): W = w^T for w [G*H, K] when `transposed` (the
-// forward's w_hh), else W = w for w [K, G*H] (w_hh itself, for the gradient reaching h). The
-// fused recurrence takes float32 and float64 (layer/ widens half types).
+// (panels.size() elements, of bfloat16 when panels.bf16; units past H are zero): W = w^T for
+// w [G*H, K] when `transposed` (the forward's w_hh), else W = w for w [K, G*H] (w_hh itself, for
+// the gradient reaching h). The fused recurrence takes float32 and float64 (layer/ widens half
+// types), and w in the product's dtype.
 
 // The product of one fused step: out (+)= bias + in W, or nothing when `in` is null.
 struct Product {

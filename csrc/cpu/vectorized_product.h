@@ -21,26 +21,14 @@ int64_t lanes_of(Dtype dtype) {
   return dtype == Dtype::kFloat64 ? kLanes<double> : kLanes<float>;
 }
 
-// Where vector v of panel p writes: its first output column, and how many of its lanes are
-// units (fewer in the last block when L does not divide H).
-struct Columns {
-  int64_t first, lanes;
-};
-
-Columns columns(const Panels& panels, int64_t p, int64_t v) {
-  const int64_t gate = v / panels.blocks, block = p * panels.blocks + v % panels.blocks;
-  const int64_t unit = block * panels.lanes;
-  return {gate * panels.hidden + unit,
-          std::clamp<int64_t>(panels.hidden - unit, 0, panels.lanes)};
-}
-
 Panels panels_for(Isa isa, Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
   const int64_t lanes = lanes_of(dtype);
   // Four vectors a panel where the gates allow (a single-gate output takes four unit blocks),
   // so that each loaded input element feeds several independent FMAs.
   const int64_t blocks = gates >= 3 ? 1 : 4;
   const int64_t units = blocks * lanes;
-  return Panels{isa, gates, hidden, depth, lanes, blocks, (hidden + units - 1) / units};
+  const bool bf16 = dtype == Dtype::kBFloat16 && isa >= Isa::kAvx512Bf16;
+  return Panels{isa, gates, hidden, depth, lanes, blocks, (hidden + units - 1) / units, bf16};
 }
 
 // w: [N, K] when transposed (W = w^T), else [K, N].

@@ -22,14 +22,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 
   Scratch scratch(input);
   // b_hh stays out: the step adds it to h W_hh^T, inside r * (h W_hn^T + b_hn).
-  const Tensor x_gates = project_input(input, L.w_ih, L.b_ih, std::nullopt,
+  const Tensor x_gates = project_input(L, L.b_ih, std::nullopt,
                                        scratch.take(sequence_sizes(input, 3 * H)));
   Tensor h_gates = at::empty({B, 3 * H}, L.options());  // h_{t-1} W_hh^T
   Tensor output = sequence_like(input, H);
   Tensor saved = training ? sequence_like(input, 4 * H) : at::empty({0}, L.options());
   Tensor hn = at::empty({B, H}, L.options()), h_join;
   const void* b_hh = L.b_hh ? L.b_hh->data_ptr() : nullptr;  // read by the step kernel
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 3, true, false);
+  const Recurrence recurrence(L, L.w_hh, 3, true, false);
   void* h = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
@@ -63,7 +63,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor d_h_gates = scratch.take(sequence_sizes(input, 3 * H));
   Tensor h_join;
   // The gradient reaching h_{t-1}: z * dh, left in dh by the step, plus the path through W_hh.
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, false, true);
+  const Recurrence recurrence(L, L.w_hh, 1, false, true);
   const auto plan = [&](int64_t step, const void* dhg_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* h_prev = pass.state_before(
@@ -74,9 +74,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                   at_row(d_h_gates, first), rows, H}};
   };
   recurrence.loop_back(pass, d_h_gates, dh.data_ptr(), plan);
-  auto [grad_input, grad_w_ih] = grads_through_input(d_x_gates, input, L.w_ih);
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_x_gates);
   return L.results(std::tuple{grad_input, dh, grad_w_ih,
-                              grad_w_hh(pass, d_h_gates, L.h0, output),
+                              grad_w_hh(L, d_h_gates, output),
                               bias_grad(d_x_gates, has_bias), bias_grad(d_h_gates, has_bias)});
 }
 

@@ -24,12 +24,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor &input = L.input, &h0 = L.h0, &w_hr = L.w_hr;
   const Pass pass = L.pass();
 
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 4, true, true, L.b_ih, L.b_hh);
+  const Recurrence recurrence(L, L.w_hh, 4, true, true, L.b_ih, L.b_hh);
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Like input, 4H wide; in training the activated gates, kept for the backward.
   Scratch scratch(input);
   Tensor gates = project_input(
-      input, L.w_ih, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh,
+      L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh,
       training ? sequence_like(input, 4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
   Tensor output = sequence_like(input, P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
@@ -101,7 +101,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   }
   Scratch scratch(input);
   Tensor d_gates = scratch.take(sequence_sizes(input, 4 * H)), c_join;
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, false, false);
+  const Recurrence recurrence(L, L.w_hh, 1, false, false);
   const auto plan = [&](int64_t step, const void* dg_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* c_prev = pass.state_before(
@@ -122,7 +122,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                    dc.data_ptr(), at_row(d_gates, first), rows, H}};
   };
   recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan);
-  auto [grad_input, grad_w_ih] = grads_through_input(d_gates, input, L.w_ih);
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_gates);
   Tensor grad_w_hr = at::empty({0}, L.options());
   if (w_hr.defined()) {
     grad_w_hr = at::empty_like(w_hr);
@@ -130,7 +130,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                      grad_w_hr.data_ptr(), false});
   }
   return L.results(std::tuple{grad_input, dh, dc, grad_w_ih,
-                              grad_w_hh(pass, d_gates, L.h0, output),
+                              grad_w_hh(L, d_gates, output),
                               bias_grad(d_gates, has_bias), grad_w_hr});
 }
 

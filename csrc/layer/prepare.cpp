@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "../cpu/isa.h"
+
 namespace fusedrnn {
 namespace {
 
@@ -79,6 +81,9 @@ LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
   input = prepared(input_), h0 = prepared(h0_), w_ih = prepared(w_ih_), w_hh = prepared(w_hh_);
   if (w_hr_) w_hr = prepared(*w_hr_);
   if (b_ih_) b_ih = prepared(*b_ih_), b_hh = prepared(*b_hh_);
+  product_dtype = input_.is_cpu() && caller_dtype_ == at::kBFloat16 && cpu::has_bf16_products()
+                      ? Dtype::kBFloat16
+                      : dtype_of(input);
   backend = choose_backend({input.device(), input.scalar_type(), steps.T, w_hr_.has_value(), gates,
                             H, B, steps.uniform})
                 .backend;

@@ -22,7 +22,8 @@ Dtype dtype_of(const Tensor& t);
 // on the CPU, widened to float32: the fused CPU recurrence has float32 and float64 kernels, and a
 // loop of half-precision GEMMs and scalar gate math ran 5-8x slower than torch.nn's oneDNN path.
 // Widening is exact; results() rounds each result to the caller's dtype once, at the end (what
-// oneDNN's bfloat16 LSTM also computes in: float32 arithmetic on half-precision inputs).
+// oneDNN's bfloat16 LSTM also computes in: float32 arithmetic on half-precision inputs). On a CPU
+// with bfloat16 dot products, a bfloat16 call's large products run on them (product_dtype).
 class LayerCall {
  public:
   LayerCall(const char* op, int64_t gates, const Tensor& input, const OptionalTensor& batch_sizes,
@@ -60,6 +61,11 @@ class LayerCall {
   Tensor input, h0, w_ih, w_hh, w_hr;  // w_hr: undefined without a projection
   OptionalTensor b_ih, b_hh;
   Backend backend;  // runs the loop over time
+  // What the large products take their operands in: bfloat16 for bfloat16 calls on a CPU with
+  // bfloat16 dot products (cpu/isa.h: has_bf16_products), which round the state and the gate
+  // gradients to bfloat16 there (the weights and input are bfloat16 already), as torch.nn's
+  // oneDNN path does; else the dtype computed in.
+  Dtype product_dtype;
 
  private:
   Tensor prepared(const Tensor& t) const;

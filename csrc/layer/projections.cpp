@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "../cpu/isa.h"
+#include "../cpu/recurrence.h"
 #include "gemm.h"
 
 namespace fusedrnn {
@@ -26,6 +28,36 @@ void biases_by_rows(T* out, int64_t rows, int64_t width, const T* bias, const T*
   }
 }
 
+// Whether the call's whole-sequence GEMMs run on bfloat16 operands: a bfloat16 call on a CPU
+// with bfloat16 dot products (the input projection on the fused product's kernels, the others
+// on oneDNN's bfloat16 GEMMs, ATen's for bfloat16 tensors: twice the float32 rate), from 64 rows,
+// below which packing the weights and converting the operands cost more than that saves.
+bool in_bf16(const LayerCall& call) {
+  constexpr int64_t kMinRows = 64;
+  return call.product_dtype == Dtype::kBFloat16 && call.steps.rows >= kMinRows;
+}
+
+// Each row's h_{t-1} (a row of h0 or of output), laid out like the output.
+Tensor states_before(const Pass& pass, const Tensor& h0, const Tensor& output) {
+  const Layout& L = pass.steps;
+  const int64_t H = h0.size(1);
+  const Tensor rows = output.view({-1, H});
+  if (L.uniform) {
+    // Forward, step t pairs with output step t - 1; reverse, with step t + 1; the first step
+    // processed with h0.
+    return pass.reverse ? at::cat({rows.narrow(0, L.B, L.rows - L.B), h0})
+                        : at::cat({h0, rows.narrow(0, 0, L.rows - L.B)});
+  }
+  std::vector<int64_t> source(L.rows);  // row of cat(h0, output)
+  for (int64_t s = 0; s < L.T; ++s) {
+    const int64_t first = pass.first_row(s), had = s ? pass.batch(s - 1) : 0;
+    for (int64_t b = 0; b < pass.batch(s); ++b)
+      source[first + b] = b < had ? L.B + pass.first_row(s - 1) + b : b;
+  }
+  const Tensor index = at::tensor(source, at::kLong).to(h0.device());
+  return at::cat({h0, rows}).index_select(0, index);
+}
+
 bool small_on_cpu(const Tensor& out, const OptionalTensor& bias, const OptionalTensor& bias_2) {
   constexpr int64_t kSmall = int64_t{1} << 16;  // elements; past that ATen's threads pay
   const auto plain = [&](const OptionalTensor& b) { return !b || b->is_contiguous(); };
@@ -36,13 +68,25 @@ bool small_on_cpu(const Tensor& out, const OptionalTensor& bias, const OptionalT
 
 }  // namespace
 
-// The biases go in first and the GEMM adds to them.
-Tensor project_input(const Tensor& input, const Tensor& w_ih, const OptionalTensor& bias,
+// The biases go in first and the GEMM adds to them; or, with bfloat16 products, the packed
+// product starts from them.
+Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
                      const OptionalTensor& bias_2, Tensor out) {
+  const Tensor &input = call.input, &w_ih = call.w_ih;
   const int64_t rows = input.numel() / input.size(-1), G_H = w_ih.size(0);
   // Nothing here is differentiated (the autograd Functions are), but grad mode can still be on
   // (under torch.compile, for one), and ATen's out= calls refuse inputs that require grad then.
   const c10::NoGradGuard no_grad;
+  if (in_bf16(call)) {  // on the fused product's kernels, over W_ih packed for this call
+    const cpu::Panels panels = cpu::panels_for(Dtype::kBFloat16, G_H / call.H, call.H, call.I);
+    const Tensor packed = at::empty({panels.size()}, w_ih.options().dtype(at::kBFloat16));
+    cpu::pack(Dtype::kFloat32, panels, w_ih.data_ptr(), true, packed.data_ptr());
+    const Tensor biases = bias && bias_2 ? *bias + *bias_2 : bias ? *bias : Tensor();
+    cpu::fused_product(Dtype::kFloat32, cpu::Product{&panels, packed.data_ptr(), input.data_ptr(),
+                                                     out.data_ptr(), rows, false,
+                                                     biases.defined() ? biases.data_ptr() : nullptr});
+    return out;
+  }
   if (bias && small_on_cpu(out, bias, bias_2)) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "project_input", [&] {
       biases_by_rows(out.data_ptr<scalar_t>(), rows, G_H, bias->data_ptr<scalar_t>(),
@@ -58,9 +102,15 @@ Tensor project_input(const Tensor& input, const Tensor& w_ih, const OptionalTens
   return out;
 }
 
-Tensor grad_w_hh(const Pass& pass, const Tensor& d_pre, const Tensor& h0, const Tensor& output) {
+Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& output) {
+  const Pass pass = call.pass();
   const Layout& L = pass.steps;
+  const Tensor& h0 = call.h0;
   const int64_t H = h0.size(1), G_H = d_pre.size(-1);
+  if (in_bf16(call)) {
+    const Tensor h_prev = states_before(pass, h0.to(at::kBFloat16), output.to(at::kBFloat16));
+    return at::mm(d_pre.view({-1, G_H}).to(at::kBFloat16).t(), h_prev);
+  }
   Tensor grad = at::empty({G_H, H}, h0.options());
   if (L.uniform) {
     // Two GEMMs: the first step processed pairs with h0, the rest with the output one step
@@ -71,23 +121,21 @@ Tensor grad_w_hh(const Pass& pass, const Tensor& d_pre, const Tensor& h0, const 
                   at_row(output, pass.reverse ? L.B : 0), false, grad.data_ptr(), true});
     return grad;
   }
-  // Packed: gather each row's h_{t-1} (from h0 or output) beside it, then one GEMM.
-  std::vector<int64_t> source(L.rows);  // row of cat(h0, output)
-  for (int64_t s = 0; s < L.T; ++s) {
-    const int64_t first = pass.first_row(s), had = s ? pass.batch(s - 1) : 0;
-    for (int64_t b = 0; b < pass.batch(s); ++b)
-      source[first + b] = b < had ? L.B + pass.first_row(s - 1) + b : b;
-  }
-  const Tensor index = at::tensor(source, at::kLong).to(h0.device());
-  const Tensor h_prev = at::cat({h0, output.view({-1, H})}).index_select(0, index);
+  // Packed: each row's h_{t-1} gathered beside it, then one GEMM.
+  const Tensor h_prev = states_before(pass, h0, output);
   gemm(h0, Gemm{G_H, H, L.rows, d_pre.data_ptr(), true, h_prev.data_ptr(), false, grad.data_ptr(),
                 false});
   return grad;
 }
 
-std::tuple<Tensor, Tensor> grads_through_input(const Tensor& d_x, const Tensor& input,
-                                               const Tensor& w_ih) {
+std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x) {
+  const Tensor &input = call.input, &w_ih = call.w_ih;
   const int64_t rows = input.numel() / input.size(-1), I = input.size(-1), G_H = w_ih.size(0);
+  if (in_bf16(call)) {
+    const Tensor d_x_bf16 = d_x.view({rows, G_H}).to(at::kBFloat16);
+    return {at::mm(d_x_bf16, w_ih.to(at::kBFloat16)).view(input.sizes()),
+            at::mm(d_x_bf16.t(), input.view({rows, I}).to(at::kBFloat16))};
+  }
   Tensor grad_input = at::empty_like(input), grad_w_ih = at::empty_like(w_ih);
   gemm(input, Gemm{rows, I, G_H, d_x.data_ptr(), false, w_ih.data_ptr(), false,
                    grad_input.data_ptr(), false});

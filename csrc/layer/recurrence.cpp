@@ -35,14 +35,15 @@ void step_on_device(const Tensor& like, const Args& args) {
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_RUN_STEP)
 #undef FUSEDRNN_DEFINE_RUN_STEP
 
-Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64_t gates,
-                       bool transposed, bool accumulate, const OptionalTensor& bias,
-                       const OptionalTensor& bias_2)
-    : w_(w), backend_(backend), gates_(gates), transposed_(transposed), accumulate_(accumulate) {
-  if (backend == Backend::kCpuFused) {
+Recurrence::Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
+                       bool accumulate, const OptionalTensor& bias, const OptionalTensor& bias_2)
+    : w_(w), backend_(call.backend), gates_(gates), transposed_(transposed),
+      accumulate_(accumulate) {
+  if (backend_ == Backend::kCpuFused) {
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
-    panels_ = cpu::panels_for(dtype_of(w), gates, N / gates, K);
-    packed_ = at::empty({panels_.size()}, w.options());
+    panels_ = cpu::panels_for(call.product_dtype, gates, N / gates, K);
+    packed_ = at::empty({panels_.size()}, w.options().dtype(panels_.bf16 ? at::kBFloat16
+                                                                           : w.scalar_type()));
     cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
     // The biases start each step's accumulators: no pass over the input projection to add them
     // (4% of an LSTM at T=100 B=64 H=32).
@@ -50,7 +51,7 @@ Recurrence::Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64
     return;
   }
 #ifdef FUSEDRNN_WITH_CUDA
-  if (w.is_cuda() && pass.steps.T > 1 && backend != Backend::kCudaPersistent)
+  if (w.is_cuda() && call.steps.T > 1 && backend_ != Backend::kCudaPersistent)
     step_gemm_ = std::make_unique<cuda::StepGemm>(w, transposed, accumulate);
 #endif
 }

@@ -38,7 +38,8 @@ class Recurrence {
   // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
   // bias, bias_2: the layer's biases (LSTM and RNN forward), which the fused CPU loop adds in its
   // product (adds_biases()); elsewhere the caller adds them to the input projection.
-  Recurrence(const Pass& pass, Backend backend, const Tensor& w, int64_t gates, bool transposed,
+  // The loop of `call`'s pass, on its backend, with products in its product_dtype.
+  Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
              bool accumulate, const OptionalTensor& bias = std::nullopt,
              const OptionalTensor& bias_2 = std::nullopt);
   ~Recurrence();

@@ -19,10 +19,10 @@ std::tuple<Tensor, Tensor> rnn_forward(
   const int64_t B = L.B, H = L.H;
   const Pass pass = L.pass();
 
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, true, true, L.b_ih, L.b_hh);
+  const Recurrence recurrence(L, L.w_hh, 1, true, true, L.b_ih, L.b_hh);
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
-  Tensor output = project_input(L.input, L.w_ih, in_loop ? std::nullopt : L.b_ih,
+  Tensor output = project_input(L, in_loop ? std::nullopt : L.b_ih,
                                 in_loop ? std::nullopt : L.b_hh, sequence_like(L.input, H));
   Tensor hn = at::empty({B, H}, L.options()), h_join;
   void* h = nullptr;  // the latest step's
@@ -51,7 +51,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   Scratch scratch(L.input);
   Tensor d_pre = scratch.take(sequence_sizes(L.input, H));
   // The gradient reaching h_{t-1}.
-  const Recurrence recurrence(pass, L.backend, L.w_hh, 1, false, false);
+  const Recurrence recurrence(L, L.w_hh, 1, false, false);
   const auto plan = [&](int64_t step, const void* dp_after, int64_t rows_after) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     return Step<RNNBackwardStep>{dp_after, rows_after, dh.data_ptr(),
@@ -59,8 +59,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
                                   dh.data_ptr(), at_row(d_pre, first), rows, H, relu}};
   };
   recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan);
-  auto [grad_input, grad_w_ih] = grads_through_input(d_pre, L.input, L.w_ih);
-  return L.results(std::tuple{grad_input, dh, grad_w_ih, grad_w_hh(pass, d_pre, L.h0, output),
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_pre);
+  return L.results(std::tuple{grad_input, dh, grad_w_ih, grad_w_hh(L, d_pre, output),
                               bias_grad(d_pre, has_bias)});
 }
 
