@@ -25,8 +25,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Tensor x_gates = project_input(L, L.b_ih, std::nullopt,
                                        scratch.take(sequence_sizes(input, 3 * H)));
   Tensor h_gates = at::empty({B, 3 * H}, L.options());  // h_{t-1} W_hh^T
-  Tensor output = sequence_like(input, H);
-  Tensor saved = training ? sequence_like(input, 4 * H) : at::empty({0}, L.options());
+  Tensor output = L.result_like(H);
+  Tensor saved = training ? L.result_like(4 * H) : at::empty({0}, L.options());
   Tensor hn = at::empty({B, H}, L.options()), h_join;
   const void* b_hh = L.b_hh ? L.b_hh->data_ptr() : nullptr;  // read by the step kernel
   const Recurrence recurrence(L, L.w_hh, 3, true, false);

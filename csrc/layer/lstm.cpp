@@ -30,14 +30,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Scratch scratch(input);
   Tensor gates = project_input(
       L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh,
-      training ? sequence_like(input, 4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
-  Tensor output = sequence_like(input, P);
+      training ? L.result_like(4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
+  Tensor output = L.result_like(P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
-  Tensor cells = training ? sequence_like(input, H) : at::empty({2 * B, H}, L.options());
+  Tensor cells = training ? L.result_like(H) : at::empty({2 * B, H}, L.options());
   // With a projection the cell's o * tanh(c) lands here, and h = that W_hr^T; training keeps
   // every step's for the gradient of W_hr.
   Tensor unprojected = !w_hr.defined() ? at::empty({0}, L.options())
-                       : training      ? sequence_like(input, H)
+                       : training      ? L.result_like(H)
                                        : at::empty({B, H}, L.options());
   Tensor hn = at::empty({B, P}, L.options()), cn = at::empty({B, H}, L.options());
   Tensor h_join, c_join;
@@ -122,7 +122,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                    dc.data_ptr(), at_row(d_gates, first), rows, H}};
   };
   recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan);
-  auto [grad_input, grad_w_ih] = grads_through_input(L, d_gates);
+  const Tensor d_operand = gemm_operand(L, d_gates);
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand);
   Tensor grad_w_hr = at::empty({0}, L.options());
   if (w_hr.defined()) {
     grad_w_hr = at::empty_like(w_hr);
@@ -130,7 +131,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                      grad_w_hr.data_ptr(), false});
   }
   return L.results(std::tuple{grad_input, dh, dc, grad_w_ih,
-                              grad_w_hh(L, d_gates, output),
+                              grad_w_hh(L, d_operand, output),
                               bias_grad(d_gates, has_bias), grad_w_hr});
 }
 

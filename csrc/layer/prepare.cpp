@@ -54,7 +54,8 @@ LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
       steps(layout_of(op_, input_, batch_sizes)),
       reverse(reverse_),
       caller_dtype_(input_.scalar_type()),
-      guard_(input_.device()) {
+      guard_(input_.device()),
+      temporaries_(input_) {
   B = steps.B, I = input_.size(-1);
   dtype_of(input_);
   const char* w_hh_shape = w_hr_ ? "*H, P]" : "*H, H]";
@@ -90,7 +91,17 @@ LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
 }
 
 Tensor LayerCall::prepared(const Tensor& t) const {
-  return runs_widened(t) ? t.to(at::kFloat).contiguous() : t.contiguous();
+  if (!runs_widened(t)) return t.contiguous();
+  // Into the pool of temporaries: widened arguments never leave the call (results() rounds every
+  // result back), and fresh ones were faulted in page by page on every call.
+  Tensor widened = temporary(t.sizes(), at::kFloat);
+  widened.copy_(t);
+  return widened;
+}
+
+Tensor LayerCall::result_like(int64_t width) const {
+  if (caller_dtype_ == input.scalar_type()) return sequence_like(input, width);
+  return temporary(sequence_sizes(input, width), input.scalar_type());
 }
 
 Tensor LayerCall::argument(const char* name, const Tensor& t, at::IntArrayRef shape) const {

@@ -10,6 +10,7 @@
 
 #include "../core/steps.h"
 #include "backend.h"
+#include "scratch.h"
 #include "sequence.h"
 
 namespace fusedrnn {
@@ -39,6 +40,16 @@ class LayerCall {
   // The same, as a fresh buffer to accumulate into: zeros where undefined.
   Tensor gradient_or_zeros(const char* name, const OptionalTensor& g,
                            at::IntArrayRef shape) const;
+
+  // A result's buffer laid out like the input, `width` wide: a temporary of a widened call,
+  // whose results() returns a rounded copy of it (fresh ones were faulted in page by page on
+  // every call: a fifth of a bfloat16 LSTM's input projection in training); else a new tensor.
+  Tensor result_like(int64_t width) const;
+
+  // A temporary of the call (layer/scratch.h), in `dtype`.
+  Tensor temporary(at::IntArrayRef sizes, at::ScalarType dtype) const {
+    return temporaries_.take(sizes, dtype);
+  }
 
   // The op's results in the caller's dtype.
   template <typename... Results>
@@ -72,6 +83,8 @@ class LayerCall {
 
   at::ScalarType caller_dtype_;
   c10::DeviceGuard guard_;
+  // The call's temporaries: its half-precision arguments widened, and what temporary() gives.
+  mutable Scratch temporaries_;
 };
 
 }  // namespace fusedrnn

@@ -37,6 +37,14 @@ bool in_bf16(const LayerCall& call) {
   return call.product_dtype == Dtype::kBFloat16 && call.steps.rows >= kMinRows;
 }
 
+// t in bfloat16, as a temporary of the call unless it is already.
+Tensor rounded(const LayerCall& call, const Tensor& t) {
+  if (t.scalar_type() == at::kBFloat16) return t;
+  Tensor copy = call.temporary(t.sizes(), at::kBFloat16);
+  copy.copy_(t);
+  return copy;
+}
+
 // Each row's h_{t-1} (a row of h0 or of output), laid out like the output.
 Tensor states_before(const Pass& pass, const Tensor& h0, const Tensor& output) {
   const Layout& L = pass.steps;
@@ -108,8 +116,8 @@ Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& outpu
   const Tensor& h0 = call.h0;
   const int64_t H = h0.size(1), G_H = d_pre.size(-1);
   if (in_bf16(call)) {
-    const Tensor h_prev = states_before(pass, h0.to(at::kBFloat16), output.to(at::kBFloat16));
-    return at::mm(d_pre.view({-1, G_H}).to(at::kBFloat16).t(), h_prev);
+    const Tensor h_prev = states_before(pass, rounded(call, h0), rounded(call, output));
+    return at::mm(rounded(call, d_pre).view({-1, G_H}).t(), h_prev);
   }
   Tensor grad = at::empty({G_H, H}, h0.options());
   if (L.uniform) {
@@ -132,9 +140,9 @@ std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tens
   const Tensor &input = call.input, &w_ih = call.w_ih;
   const int64_t rows = input.numel() / input.size(-1), I = input.size(-1), G_H = w_ih.size(0);
   if (in_bf16(call)) {
-    const Tensor d_x_bf16 = d_x.view({rows, G_H}).to(at::kBFloat16);
-    return {at::mm(d_x_bf16, w_ih.to(at::kBFloat16)).view(input.sizes()),
-            at::mm(d_x_bf16.t(), input.view({rows, I}).to(at::kBFloat16))};
+    const Tensor d_x_bf16 = rounded(call, d_x).view({rows, G_H});
+    return {at::mm(d_x_bf16, rounded(call, w_ih)).view(input.sizes()),
+            at::mm(d_x_bf16.t(), rounded(call, input).view({rows, I}))};
   }
   Tensor grad_input = at::empty_like(input), grad_w_ih = at::empty_like(w_ih);
   gemm(input, Gemm{rows, I, G_H, d_x.data_ptr(), false, w_ih.data_ptr(), false,
@@ -142,6 +150,10 @@ std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tens
   gemm(input, Gemm{G_H, I, rows, d_x.data_ptr(), true, input.data_ptr(), false,
                    grad_w_ih.data_ptr(), false});
   return {grad_input, grad_w_ih};
+}
+
+Tensor gemm_operand(const LayerCall& call, const Tensor& d) {
+  return in_bf16(call) ? rounded(call, d) : d;
 }
 
 Tensor bias_grad(const Tensor& d_pre, bool has_bias) {

@@ -25,8 +25,13 @@ Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& outpu
 // the input, x and W_ih the call's input and w_ih.
 std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x);
 
-// With bfloat16 products (LayerCall::product_dtype), the last three GEMMs run on bfloat16
-// operands and return bfloat16 gradients, as torch.nn's bfloat16 layers do.
+// With bfloat16 products (LayerCall::product_dtype), the two above run on bfloat16 operands and
+// return bfloat16 gradients, as torch.nn's bfloat16 layers do; their d_pre or d_x may come
+// rounded already (gemm_operand), for a gradient both take.
+
+// d as the two above take it: rounded to bfloat16 where they run on bfloat16 operands (a
+// temporary of the call), else d itself.
+Tensor gemm_operand(const LayerCall& call, const Tensor& d);
 
 // The sum of d_pre over all rows: the bias gradient, or empty without bias.
 Tensor bias_grad(const Tensor& d_pre, bool has_bias);

@@ -23,7 +23,7 @@ std::tuple<Tensor, Tensor> rnn_forward(
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
   Tensor output = project_input(L, in_loop ? std::nullopt : L.b_ih,
-                                in_loop ? std::nullopt : L.b_hh, sequence_like(L.input, H));
+                                in_loop ? std::nullopt : L.b_hh, L.result_like(H));
   Tensor hn = at::empty({B, H}, L.options()), h_join;
   void* h = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
@@ -59,8 +59,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
                                   dh.data_ptr(), at_row(d_pre, first), rows, H, relu}};
   };
   recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan);
-  auto [grad_input, grad_w_ih] = grads_through_input(L, d_pre);
-  return L.results(std::tuple{grad_input, dh, grad_w_ih, grad_w_hh(L, d_pre, output),
+  const Tensor d_operand = gemm_operand(L, d_pre);
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand);
+  return L.results(std::tuple{grad_input, dh, grad_w_ih, grad_w_hh(L, d_operand, output),
                               bias_grad(d_pre, has_bias)});
 }
 

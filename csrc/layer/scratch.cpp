@@ -107,10 +107,14 @@ Scratch::~Scratch() {
 }
 
 at::Tensor Scratch::take(at::IntArrayRef sizes) {
-  const int64_t bytes = c10::multiply_integers(sizes) * options_.dtype().itemsize();
-  if (!pooled_ || bytes < kMinPooledBytes) return at::empty(sizes, options_);
+  return take(sizes, options_.dtype().toScalarType());
+}
+
+at::Tensor Scratch::take(at::IntArrayRef sizes, at::ScalarType dtype) {
+  const int64_t bytes = c10::multiply_integers(sizes) * c10::elementSize(dtype);
+  if (!pooled_ || bytes < kMinPooledBytes) return at::empty(sizes, options_.dtype(dtype));
   blocks_.push_back(pool().acquire(bytes));
-  return blocks_.back().narrow(0, 0, bytes).view(options_.dtype().toScalarType()).view(sizes);
+  return blocks_.back().narrow(0, 0, bytes).view(dtype).view(sizes);
 }
 
 namespace scratch {

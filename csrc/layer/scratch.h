@@ -25,8 +25,10 @@ class Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 
-  // An uninitialised buffer of these sizes, in the dtype and on the device of `like`.
+  // An uninitialised buffer of these sizes, in the dtype (or `dtype`) and on the device of
+  // `like`.
   at::Tensor take(at::IntArrayRef sizes);
+  at::Tensor take(at::IntArrayRef sizes, at::ScalarType dtype);
 
  private:
   at::TensorOptions options_;

@@ -67,6 +67,29 @@ def test_lowering_the_limit_frees_what_is_kept_beyond_it(limit):
         fusedrnn.set_scratch_limit(-1)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_half_precision_calls_widen_into_the_pool(cell, limit):
+    """A bfloat16 call widens its arguments, and computes its results, in blocks of the pool
+    (layer/prepare.h: temporary, result_like): the blocks go back to it, and what the call
+    returned are rounded copies, which neither the next call nor a call on other data changes."""
+    def step(seed):
+        _, fused = make_pair(cell, 256, 256, "cpu", torch.bfloat16, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(64, 16, 256, generator=gen).to(torch.bfloat16)  # 1 MB as float32
+        hx = random_state(cell, fused, 16, "cpu", torch.bfloat16, gen)
+        return lambda: run_and_grad(fused, x, hx)
+
+    first, other = step(1), step(2)
+    fusedrnn.empty_cache()
+    expected = first()
+    kept = {k: v.clone() for k, v in expected.items()}
+    assert fusedrnn.scratch_memory()["held"] >= 2 * MB  # the widened input and output, at least
+    other()
+    again = first()
+    assert [k for k in kept if not torch.equal(expected[k], kept[k])] == []
+    assert [k for k in kept if not torch.equal(again[k], kept[k])] == []
+
+
 def test_eight_threads_keep_no_more_than_the_limit():
     """One long request on each of 8 threads that then stay alive and idle, as in a server's
     pool (benchmarks/threads_memory.py): fusedrnn's pool keeps at most its limit (64 MB here),
