@@ -85,10 +85,12 @@ GRIDS = {
         *_cases("rnn_tanh,rnn_relu", T=100, B=64, I=512, H=512),
         *_cases("lstm,gru", T=100, B=64, I=512, H=512, packed=True),  # mixed lengths
     ],
-    # Sized for 2 CPU cores in about 6 minutes at the default budget.
+    # Sized for 2 CPU cores in about 7 minutes at the default budget.
     "cpu": [
         *_FASTRNNS,
         *_cases("gru", modes="training", T=100, B=64, I=512, H=512),
+        # bfloat16, on bfloat16 dot products where the CPU has AVX512-BF16 (ISA avx512_bf16).
+        *_cases("lstm,gru", dtypes="bfloat16", T=100, B=64, I=512, H=512),
         *_cases("lstm,gru", T=100, B=1, I=64, H=64),
         *_cases("rnn_tanh", T=100, B=16, I=128, H=128),
         *_cases("lstm", T=50, B=16, I=128, H=128, layers=2, bidirectional=True),
