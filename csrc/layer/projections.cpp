@@ -28,13 +28,15 @@ void biases_by_rows(T* out, int64_t rows, int64_t width, const T* bias, const T*
   }
 }
 
-// Whether the call's whole-sequence GEMMs run on bfloat16 operands: a bfloat16 call on a CPU
-// with bfloat16 dot products (the input projection on the fused product's kernels, the others
-// on oneDNN's bfloat16 GEMMs, ATen's for bfloat16 tensors: twice the float32 rate), from 64 rows,
-// below which packing the weights and converting the operands cost more than that saves.
+// Whether the call's whole-sequence GEMMs run on bfloat16 operands the CPU way: a bfloat16
+// call on a CPU with bfloat16 dot products (the input projection on the fused product's
+// kernels, the others on oneDNN's bfloat16 GEMMs, ATen's for bfloat16 tensors: twice the
+// float32 rate), from 64 rows, below which packing the weights and converting the operands
+// cost more than that saves. (On CUDA, bfloat16 runs in cuBLAS as it comes.)
 bool in_bf16(const LayerCall& call) {
   constexpr int64_t kMinRows = 64;
-  return call.product_dtype == Dtype::kBFloat16 && call.steps.rows >= kMinRows;
+  return call.input.is_cpu() && call.product_dtype == Dtype::kBFloat16 &&
+         call.steps.rows >= kMinRows;
 }
 
 // t in bfloat16, as a temporary of the call unless it is already.
