@@ -108,7 +108,7 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
   const float* in = static_cast<const float*>(product.in);
   const float* bias = static_cast<const float*>(product.bias);
   float* out = static_cast<float*>(product.out);
-  const int64_t chunk = std::max<int64_t>(MR, kChunkPairs / pairs / MR * MR);
+  const int64_t chunk = std::max<int64_t>(MR, kChunkPairs / std::max<int64_t>(pairs, 1) / MR * MR);
   // Each thread rounds every row it multiplies, the team's other threads the same rows: a copy of
   // them per thread, no barrier, and at most a few percent of the product's work.
   thread_local std::vector<uint32_t> rounded;

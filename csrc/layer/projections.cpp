@@ -83,7 +83,7 @@ bool small_on_cpu(const Tensor& out, const OptionalTensor& bias, const OptionalT
 Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
                      const OptionalTensor& bias_2, Tensor out) {
   const Tensor &input = call.input, &w_ih = call.w_ih;
-  const int64_t rows = input.numel() / input.size(-1), G_H = w_ih.size(0);
+  const int64_t rows = call.steps.rows, G_H = w_ih.size(0);
   // Nothing here is differentiated (the autograd Functions are), but grad mode can still be on
   // (under torch.compile, for one), and ATen's out= calls refuse inputs that require grad then.
   const c10::NoGradGuard no_grad;
@@ -140,7 +140,7 @@ Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& outpu
 
 std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x) {
   const Tensor &input = call.input, &w_ih = call.w_ih;
-  const int64_t rows = input.numel() / input.size(-1), I = input.size(-1), G_H = w_ih.size(0);
+  const int64_t rows = call.steps.rows, I = input.size(-1), G_H = w_ih.size(0);
   if (in_bf16(call)) {
     const Tensor d_x_bf16 = rounded(call, d_x).view({rows, G_H});
     return {at::mm(d_x_bf16, rounded(call, w_ih)).view(input.sizes()),

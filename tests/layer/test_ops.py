@@ -213,3 +213,30 @@ def test_pair_ops_take_lists_of_two():
     expected = r"list of two tensors \[forward, reverse\], got a list of 1"
     with pytest.raises(RuntimeError, match=expected):
         torch.ops.fusedrnn.gru_forward_pair(x, [h0], [w_ih], [w_hh], [b_ih], [b_hh], False, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_input_of_no_features(cell, dtype):
+    """The ops take an input of zero features (the modules refuse input_size=0, as torch.nn's
+    do): its projection is the biases alone, so the layer is the same layer on one feature that
+    is zero everywhere, outputs and every gradient (those of the zero feature aside). 80 rows:
+    the bfloat16 projection and weight gradients run on their packed and bfloat16 paths."""
+    one = _layer_args(cell, 10, 8, 1, 12, "cpu", dtype, seed=4)
+    one[0] = torch.zeros_like(one[0])
+    none = [a[..., :0] if i in (0, 2 if cell != "lstm" else 3) else a for i, a in enumerate(one)]
+    results = []
+    for args in (one, none):
+        args = [a.detach().requires_grad_() if a is not None else None for a in args]
+        outputs = _apply(cell, args, False)
+        weights = torch.linspace(-1, 1, outputs[0].numel()).view_as(outputs[0]).to(dtype)
+        loss = sum((o.float() * (weights if o.shape == weights.shape else 1)).sum()
+                   for o in outputs)
+        grads = torch.autograd.grad(loss, [a for a in args[1:] if a is not None])
+        results.append((outputs, grads))
+    (out_one, grads_one), (out_none, grads_none) = results
+    for a, b in zip(out_one, out_none):
+        assert torch.equal(a, b)
+    w_ih_at = 2 if cell == "lstm" else 1  # its index among args[1:]
+    for i, (a, b) in enumerate(zip(grads_one, grads_none)):
+        assert torch.equal(a, b) if i != w_ih_at else b.shape == (a.shape[0], 0)
