@@ -109,6 +109,7 @@ def test_unsupported_options_say_so():
     ({"h0": torch.randn(3, 5)}, r"h0 must have shape \[2, 5\]"),
     ({"w_ih": torch.randn(20, 3)}, r"w_ih must have shape \[20, 4\]"),
     ({"w_hh": torch.randn(19, 5)}, r"w_hh must be \[4\*H, H\]"),
+    ({"w_hh": torch.randn(0, 0)}, "w_hh must have at least one hidden unit"),
     ({"b_ih": torch.randn(19)}, r"b_ih must have shape \[20\]"),
     ({"b_hh": None}, "pass both b_ih and b_hh"),
     ({"c0": torch.randn(2, 5, dtype=torch.float64)}, "c0 has dtype Double"),

@@ -62,6 +62,7 @@ LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
   TORCH_CHECK(w_hh_.dim() == 2 && w_hh_.size(0) % gates == 0, op, ": w_hh must be [", gates,
               w_hh_shape, ", got shape ", w_hh_.sizes());
   H = w_hh_.size(0) / gates;
+  TORCH_CHECK(H > 0, op, ": w_hh must have at least one hidden unit, got shape ", w_hh_.sizes());
   P = w_hr_ ? w_hr_->size(0) : H;
   TORCH_CHECK(w_hh_.size(1) == P, op, ": w_hh must be [", gates, w_hh_shape, ", got shape ",
               w_hh_.sizes());
