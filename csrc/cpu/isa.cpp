@@ -147,7 +147,8 @@ Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
 
 void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed) {
 #ifdef FUSEDRNN_HAS_X86_KERNELS
-  if (panels.bf16) return avx512_bf16::pack(panels, static_cast<const float*>(w), transposed, packed);
+  if (panels.bf16)
+    return avx512_bf16::pack(panels, static_cast<const float*>(w), transposed, packed);
 #endif
   FUSEDRNN_ON_ISA(panels.isa, return kernels::pack(dtype, panels, w, transposed, packed),
                   no_kernels(panels.isa))

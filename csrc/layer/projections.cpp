@@ -92,9 +92,9 @@ Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
     const Tensor packed = at::empty({panels.size()}, w_ih.options().dtype(at::kBFloat16));
     cpu::pack(Dtype::kFloat32, panels, w_ih.data_ptr(), true, packed.data_ptr());
     const Tensor biases = bias && bias_2 ? *bias + *bias_2 : bias ? *bias : Tensor();
+    const void* start = biases.defined() ? biases.data_ptr() : nullptr;
     cpu::fused_product(Dtype::kFloat32, cpu::Product{&panels, packed.data_ptr(), input.data_ptr(),
-                                                     out.data_ptr(), rows, false,
-                                                     biases.defined() ? biases.data_ptr() : nullptr});
+                                                     out.data_ptr(), rows, false, start});
     return out;
   }
   if (bias && small_on_cpu(out, bias, bias_2)) {
