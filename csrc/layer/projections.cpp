@@ -10,6 +10,7 @@
 #include "../cpu/isa.h"
 #include "../cpu/recurrence.h"
 #include "gemm.h"
+#include "recurrence.h"
 
 namespace fusedrnn {
 
@@ -89,8 +90,7 @@ Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
   const c10::NoGradGuard no_grad;
   if (in_bf16(call)) {  // on the fused product's kernels, over W_ih packed for this call
     const cpu::Panels panels = cpu::panels_for(Dtype::kBFloat16, G_H / call.H, call.H, call.I);
-    const Tensor packed = at::empty({panels.size()}, w_ih.options().dtype(at::kBFloat16));
-    cpu::pack(Dtype::kFloat32, panels, w_ih.data_ptr(), true, packed.data_ptr());
+    const Tensor packed = packed_weights(panels, w_ih, true);
     const Tensor biases = bias && bias_2 ? *bias + *bias_2 : bias ? *bias : Tensor();
     const void* start = biases.defined() ? biases.data_ptr() : nullptr;
     cpu::fused_product(Dtype::kFloat32, cpu::Product{&panels, packed.data_ptr(), input.data_ptr(),

@@ -35,6 +35,13 @@ void step_on_device(const Tensor& like, const Args& args) {
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_RUN_STEP)
 #undef FUSEDRNN_DEFINE_RUN_STEP
 
+Tensor packed_weights(const cpu::Panels& panels, const Tensor& w, bool transposed) {
+  Tensor packed = at::empty({panels.size()},
+                            w.options().dtype(panels.bf16 ? at::kBFloat16 : w.scalar_type()));
+  cpu::pack(dtype_of(w), panels, w.data_ptr(), transposed, packed.data_ptr());
+  return packed;
+}
+
 Recurrence::Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
                        bool accumulate, const OptionalTensor& bias, const OptionalTensor& bias_2)
     : w_(w), backend_(call.backend), gates_(gates), transposed_(transposed),
@@ -42,9 +49,7 @@ Recurrence::Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bo
   if (backend_ == Backend::kCpuFused) {
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
     panels_ = cpu::panels_for(call.product_dtype, gates, N / gates, K);
-    packed_ = at::empty({panels_.size()}, w.options().dtype(panels_.bf16 ? at::kBFloat16
-                                                                           : w.scalar_type()));
-    cpu::pack(dtype_of(w), panels_, w.data_ptr(), transposed, packed_.data_ptr());
+    packed_ = packed_weights(panels_, w, transposed);
     // The biases start each step's accumulators: no pass over the input projection to add them
     // (4% of an LSTM at T=100 B=64 H=32).
     if (bias && bias_2) bias_ = *bias + *bias_2;  // the ops take both or neither

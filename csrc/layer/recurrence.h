@@ -20,6 +20,10 @@ class StepGemm;
 }
 #endif
 
+// w packed into `panels` for the fused CPU product (cpu/recurrence.h: W = w^T for w [N, K] when
+// `transposed`, else W = w [K, N]), as bfloat16 pairs where the panels say so.
+Tensor packed_weights(const cpu::Panels& panels, const Tensor& w, bool transposed);
+
 // Runs one per-step kernel on the device of `like`, on PyTorch's current stream.
 #define FUSEDRNN_DECLARE_RUN_STEP(Args) void run_step(const Tensor& like, const Args& args);
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DECLARE_RUN_STEP)
