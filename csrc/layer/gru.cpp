@@ -24,10 +24,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   // b_hh stays out: the step adds it to h W_hh^T, inside r * (h W_hn^T + b_hn).
   const Tensor x_gates = project_input(L, L.b_ih, std::nullopt,
                                        scratch.take(sequence_sizes(input, 3 * H)));
-  Tensor h_gates = at::empty({B, 3 * H}, L.options());  // h_{t-1} W_hh^T
+  Tensor h_gates = fresh({B, 3 * H}, L.options());  // h_{t-1} W_hh^T
   Tensor output = L.result_like(H);
-  Tensor saved = training ? L.result_like(4 * H) : at::empty({0}, L.options());
-  Tensor hn = at::empty({B, H}, L.options()), h_join;
+  Tensor saved = training ? L.result_like(4 * H) : fresh({0}, L.options());
+  Tensor hn = fresh({B, H}, L.options()), h_join;
   const void* b_hh = L.b_hh ? L.b_hh->data_ptr() : nullptr;  // read by the step kernel
   const Recurrence recurrence(L, L.w_hh, 3, true, false);
   void* h = nullptr;  // the latest step's

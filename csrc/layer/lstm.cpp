@@ -33,13 +33,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       training ? L.result_like(4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
   Tensor output = L.result_like(P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
-  Tensor cells = training ? L.result_like(H) : at::empty({2 * B, H}, L.options());
+  Tensor cells = training ? L.result_like(H) : fresh({2 * B, H}, L.options());
   // With a projection the cell's o * tanh(c) lands here, and h = that W_hr^T; training keeps
   // every step's for the gradient of W_hr.
-  Tensor unprojected = !w_hr.defined() ? at::empty({0}, L.options())
+  Tensor unprojected = !w_hr.defined() ? fresh({0}, L.options())
                        : training      ? L.result_like(H)
-                                       : at::empty({B, H}, L.options());
-  Tensor hn = at::empty({B, P}, L.options()), cn = at::empty({B, H}, L.options());
+                                       : fresh({B, H}, L.options());
+  Tensor hn = fresh({B, P}, L.options()), cn = fresh({B, H}, L.options());
   Tensor h_join, c_join;
   void *h = nullptr, *c = nullptr, *cell_out = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
@@ -61,9 +61,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   };
   recurrence.loop(pass, plan, done);
   if (!training) {  // inference returns none of them
-    gates = at::empty({0}, L.options());
-    cells = at::empty({0}, L.options());
-    if (w_hr.defined()) unprojected = at::empty({0}, L.options());
+    gates = fresh({0}, L.options());
+    cells = fresh({0}, L.options());
+    if (w_hr.defined()) unprojected = fresh({0}, L.options());
   }
   return L.results(std::tuple{output, hn, cn, gates, cells, unprojected});
 }
@@ -97,7 +97,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor d_h, d_cell_out;
   if (w_hr.defined()) {
     d_h = sequence_like(input, P);
-    d_cell_out = at::empty({B, H}, L.options());
+    d_cell_out = fresh({B, H}, L.options());
   }
   Scratch scratch(input);
   Tensor d_gates = scratch.take(sequence_sizes(input, 4 * H)), c_join;
@@ -124,7 +124,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan);
   const Tensor d_operand = gemm_operand(L, d_gates);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand);
-  Tensor grad_w_hr = at::empty({0}, L.options());
+  Tensor grad_w_hr = fresh({0}, L.options());
   if (w_hr.defined()) {
     grad_w_hr = at::empty_like(w_hr);
     gemm(input, Gemm{P, H, L.steps.rows, d_h.data_ptr(), true, unprojected.data_ptr(), false,

@@ -121,7 +121,7 @@ Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& outpu
     const Tensor h_prev = states_before(pass, rounded(call, h0), rounded(call, output));
     return at::mm(rounded(call, d_pre).view({-1, G_H}).t(), h_prev);
   }
-  Tensor grad = at::empty({G_H, H}, h0.options());
+  Tensor grad = fresh({G_H, H}, h0.options());
   if (L.uniform) {
     // Two GEMMs: the first step processed pairs with h0, the rest with the output one step
     // earlier (forward: d_pre[1:] with output[:-1]; reverse: d_pre[:-1] with output[1:]).
@@ -159,7 +159,7 @@ Tensor gemm_operand(const LayerCall& call, const Tensor& d) {
 }
 
 Tensor bias_grad(const Tensor& d_pre, bool has_bias) {
-  return has_bias ? d_pre.view({-1, d_pre.size(-1)}).sum(0) : at::empty({0}, d_pre.options());
+  return has_bias ? d_pre.view({-1, d_pre.size(-1)}).sum(0) : fresh({0}, d_pre.options());
 }
 
 }  // namespace fusedrnn

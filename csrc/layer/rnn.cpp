@@ -24,7 +24,7 @@ std::tuple<Tensor, Tensor> rnn_forward(
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
   Tensor output = project_input(L, in_loop ? std::nullopt : L.b_ih,
                                 in_loop ? std::nullopt : L.b_hh, L.result_like(H));
-  Tensor hn = at::empty({B, H}, L.options()), h_join;
+  Tensor hn = fresh({B, H}, L.options()), h_join;
   void* h = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step);

@@ -6,6 +6,8 @@
 #include <deque>
 #include <mutex>
 
+#include "sequence.h"
+
 namespace fusedrnn {
 namespace {
 
@@ -112,7 +114,7 @@ at::Tensor Scratch::take(at::IntArrayRef sizes) {
 
 at::Tensor Scratch::take(at::IntArrayRef sizes, at::ScalarType dtype) {
   const int64_t bytes = c10::multiply_integers(sizes) * c10::elementSize(dtype);
-  if (!pooled_ || bytes < kMinPooledBytes) return at::empty(sizes, options_.dtype(dtype));
+  if (!pooled_ || bytes < kMinPooledBytes) return fresh(sizes, options_.dtype(dtype));
   blocks_.push_back(pool().acquire(bytes));
   return blocks_.back().narrow(0, 0, bytes).view(dtype).view(sizes);
 }

@@ -1,6 +1,7 @@
 #include "sequence.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 
 #include <cstring>
 
@@ -49,8 +50,13 @@ std::vector<int64_t> sequence_sizes(const Tensor& input, int64_t width) {
   return sizes;
 }
 
+Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (options.device().is_cpu()) return at::detail::empty_cpu(sizes, options);
+  return at::empty(sizes, options);
+}
+
 Tensor sequence_like(const Tensor& input, int64_t width) {
-  return at::empty(sequence_sizes(input, width), input.options());
+  return fresh(sequence_sizes(input, width), input.options());
 }
 
 void* Pass::state_before(int64_t s, const Tensor& initial, void* previous,
