@@ -6,6 +6,7 @@
 
 #include "cpu/isa.h"
 #include "layer/backend.h"
+#include "layer/direct.h"
 #include "layer/layer.h"
 #include "layer/persistent.h"
 #include "layer/scratch.h"
@@ -127,6 +128,9 @@ void set_cpu_isa(const std::string& name) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // The modules' and cells' calls without a gradient, past the dispatcher (layer/direct.h).
+  m.def("direct_module_forward", &fusedrnn::direct_module_forward);
+  m.def("direct_cell_forward", &fusedrnn::direct_cell_forward);
   m.attr("torch_version") = FUSEDRNN_STR(FUSEDRNN_TORCH_VERSION);
 #ifdef FUSEDRNN_CUDA_ARCHS
   m.attr("cuda_archs") = FUSEDRNN_STR(FUSEDRNN_CUDA_ARCHS);

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import autocast, modules, ops
+from ._extension import _C
 
 _layer_ops = torch.ops.fusedrnn  # what the inference path calls, with no autograd Function
 
@@ -18,6 +19,7 @@ class _FusedCell(nn.RNNCellBase):
     __prepare_scriptable__ = modules._FusedRNNBase.__prepare_scriptable__
 
     _torch_name: str  # torch.nn's class name: error messages and the autocast policy
+    _mode: str        # the layer it is a step of, as nn.RNNBase names it: "LSTM", "GRU", ...
     _chunks: int      # gates per hidden unit
     _states: int      # 2 for (h, c), 1 for h
 
@@ -42,23 +44,36 @@ class _FusedCell(nn.RNNCellBase):
 
     def _inference(self, input, hx):
         """The leanest path, as the modules' (modules._FusedRNNBase._direct), for calls that need
-        no gradient: a batched call goes straight to the layer op with the op's own checks, and
-        any error defers to the general path for torch.nn's messages. -> the new states, or
-        None."""
-        if hx is None:  # zeros: one tensor for h and c alike
+        no gradient: a batched CPU call runs in one C++ call past the dispatcher
+        (csrc/layer/direct.h), another without grad mode goes straight to the layer op, with the
+        op's own checks. Any error defers to the general path for torch.nn's messages. -> the
+        new states, or None."""
+        states = () if hx is None else modules.state_tensors(hx, self._states)
+        if states is None:
+            return None
+        weights = self._weights()
+        if not torch._C._is_torch_function_mode_enabled():  # a mode would see the op calls
+            try:
+                done = _C.direct_cell_forward(self._mode, input, states,
+                                              weights if self.bias else weights[:2])
+            except (RuntimeError, ValueError):
+                return None
+            if done is not None:
+                return tuple(done)
+        if torch.is_grad_enabled():
+            return None
+        if not states:  # zeros: one tensor for h and c alike
             states = (torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
                                   device=input.device),) * self._states
-        else:
-            states = modules.state_tensors(hx, self._states)
-            if states is None or any(s.dim() != 2 for s in states):
-                return None
+        elif any(s.dim() != 2 for s in states):
+            return None
         try:
-            return self._inference_step(input, states, self._weights())
+            return self._inference_step(input, states, weights)
         except (RuntimeError, ValueError):
             return None
 
     def forward(self, input, hx=None):
-        if not torch.is_grad_enabled() and modules.direct_path_applies(input, 2):
+        if modules.direct_path_applies(input, 2):
             new_states = self._inference(input, hx)
             if new_states is not None:
                 return new_states if self._states == 2 else new_states[0]
@@ -152,7 +167,7 @@ class _FusedCell(nn.RNNCellBase):
 class LSTMCell(_FusedCell):
     """Drop-in for torch.nn.LSTMCell: forward(input, (h, c) or None) -> (h', c')."""
 
-    _torch_name, _chunks, _states = "LSTMCell", 4, 2
+    _torch_name, _mode, _chunks, _states = "LSTMCell", "LSTM", 4, 2
 
     def _as_states(self, hx):
         if hx is None:
@@ -178,7 +193,7 @@ class LSTMCell(_FusedCell):
 class GRUCell(_FusedCell):
     """Drop-in for torch.nn.GRUCell: forward(input, h or None) -> h'."""
 
-    _torch_name, _chunks, _states = "GRUCell", 3, 1
+    _torch_name, _mode, _chunks, _states = "GRUCell", "GRU", 3, 1
 
     def _step(self, input, states, weights):
         _, h = ops.gru_layer(input.unsqueeze(0), *states, *weights)
@@ -200,6 +215,10 @@ class RNNCell(_FusedCell):
                  dtype=None):
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
         self.nonlinearity = nonlinearity
+
+    @property
+    def _mode(self):  # an unknown nonlinearity makes a mode the direct call refuses
+        return "RNN_" + str(self.nonlinearity).upper()
 
     def _step(self, input, states, weights):
         if self.nonlinearity not in ("tanh", "relu"):

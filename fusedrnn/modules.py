@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, ops
+from ._extension import _C
 
 
 def _onnx_export_check():
@@ -163,12 +164,28 @@ class _FusedRNNBase(nn.RNNBase):
     def _direct(self, input, hx):
         """The leanest path: a call on a batched tensor, with no autocast, export, compile or
         transform around it, goes straight to the layer loop, without the general path's
-        packing, autocast and state bookkeeping (about half of a small call's time); the layer
-        functions apply the autograd Functions where a gradient may follow. -> output, the
-        final states; None for the general path. The checks here are the layer ops' own: any
-        error defers to the general path, which raises torch.nn's messages."""
+        packing, autocast and state bookkeeping (about half of a small call's time). A CPU call
+        that needs no gradient runs every layer in one C++ call past the dispatcher
+        (csrc/layer/direct.h); otherwise the layer functions call the ops, applying the autograd
+        Functions where a gradient may follow. -> output, the final states; None for the general
+        path. The checks here are the layer ops' own: any error defers to the general path,
+        which raises torch.nn's messages."""
         if not direct_path_applies(input, 3):
             return None
+        given = () if hx is None else state_tensors(hx, self._states)
+        if given is None:
+            return None
+        self._update_flat_weights()
+        if not torch._C._is_torch_function_mode_enabled():  # a mode would see the op calls
+            try:
+                done = _C.direct_module_forward(
+                    self.mode, input, given, self._flat_weights, self.num_layers,
+                    self.bidirectional, self.bias, self.proj_size > 0, self.batch_first,
+                    self.dropout if self.training else 0.0)
+            except (RuntimeError, ValueError):
+                return None
+            if done is not None:
+                return done[0], tuple(done[1])
         x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
             return None
@@ -178,14 +195,12 @@ class _FusedRNNBase(nn.RNNBase):
             def unit_states(unit):
                 return zeros
         else:
-            given = state_tensors(hx, self._states)
             units = self.num_layers * (2 if self.bidirectional else 1)
-            if given is None or any(s.dim() != 3 or s.size(0) != units for s in given):
+            if any(s.dim() != 3 or s.size(0) != units for s in given):
                 return None
 
             def unit_states(unit):
                 return [s[unit] for s in given]
-        self._update_flat_weights()
         try:
             output, finals = self._run_layers(x, unit_states, self._flat_weights, None)
         except (RuntimeError, ValueError):

@@ -1,0 +1,237 @@
+// The direct calls without a gradient (direct.h): the layer loop of modules.py's
+// _run_layers, in C++, on the layer functions of layer.h.
+#include "direct.h"
+
+#include <ATen/ATen.h>
+#include <ATen/record_function.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include "layer.h"
+#include "sequence.h"
+
+namespace fusedrnn {
+
+namespace {
+
+enum class Cell { kLstm, kGru, kRnnTanh, kRnnRelu };
+
+Cell cell_named(const std::string& name) {
+  if (name == "LSTM") return Cell::kLstm;
+  if (name == "GRU") return Cell::kGru;
+  if (name == "RNN_TANH") return Cell::kRnnTanh;
+  TORCH_CHECK(name == "RNN_RELU", "fusedrnn: unknown cell '", name, "'");
+  return Cell::kRnnRelu;
+}
+
+// Whether the call may skip the dispatcher (direct.h): nothing watches or transforms ops, no
+// gradient can follow, and every tensor is a plain strided CPU tensor (no subclass with a
+// dispatch key of its own, no lazy negation, no functorch wrapper).
+bool may_skip_dispatcher(const std::vector<Tensor>& tensors) {
+  using c10::DispatchKey;
+  // What eager calls always hold: a dispatch mode, a functorch level or the Python dispatcher
+  // adds to the included keys; autocast removes its key from the excluded ones.
+  static const c10::DispatchKeySet quiet{DispatchKey::BackendSelect,
+                                         DispatchKey::ADInplaceOrView};
+  static const c10::DispatchKeySet plain{DispatchKey::CPU, DispatchKey::AutogradCPU,
+                                         DispatchKey::ADInplaceOrView, DispatchKey::AutocastCPU};
+  const auto thread = c10::impl::tls_local_dispatch_key_set();
+  if ((thread.included_ | quiet) != quiet || !thread.excluded_.has(DispatchKey::AutocastCPU) ||
+      at::hasCallbacks())
+    return false;
+  const bool grad_mode = c10::GradMode::is_enabled();
+  for (const Tensor& t : tensors) {
+    if (!t.is_cpu() || t.layout() != at::kStrided || (t.key_set() | plain) != plain ||
+        (grad_mode && t.requires_grad()))
+      return false;
+  }
+  return true;
+}
+
+// t's memory under other sizes and strides, as a tensor of its own rather than a view that
+// autograd tracks (select's and unsqueeze's view bookkeeping took a seventh of a one-step
+// call): for an argument the call only reads, and that never leaves it.
+Tensor read_only_alias(const Tensor& t, at::IntArrayRef sizes, at::IntArrayRef strides,
+                       int64_t offset) {
+  auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(t.storage()), t.key_set(),
+                                                   t.dtype());
+  impl->set_sizes_and_strides(sizes, strides, offset);
+  return Tensor(std::move(impl));
+}
+
+// state[unit] of a state [L*D, B, W].
+Tensor unit_of(const Tensor& state, int64_t unit) {
+  return read_only_alias(state, state.sizes().slice(1), state.strides().slice(1),
+                         state.storage_offset() + unit * state.stride(0));
+}
+
+// A final state [B, W] of one unit as [1, B, W], as modules.py's _run_layers gives it: the
+// op's fresh result reshaped in place, where unsqueeze would make a tracked view.
+Tensor with_unit_dim(Tensor state) {
+  if (state.use_count() != 1 || !state.is_contiguous()) return state.unsqueeze(0);
+  state.unsafeGetTensorImpl()->set_sizes_contiguous({1, state.size(0), state.size(1)});
+  return state;
+}
+
+// One layer in one direction. states: h0 (and c0); weights: w_ih, w_hh, b_ih, b_hh (undefined
+// without bias), w_hr (undefined without a projection). -> output, new states.
+std::pair<Tensor, std::vector<Tensor>> one_direction(Cell cell, const Tensor& x,
+                                                     const std::vector<Tensor>& states,
+                                                     const std::vector<OptionalTensor>& w,
+                                                     bool reverse) {
+  switch (cell) {
+    case Cell::kLstm: {
+      auto [output, hn, cn, gates, cells, unprojected] = lstm_forward(
+          x, states[0], states[1], *w[0], *w[1], w[2], w[3], reverse, false, std::nullopt, w[4]);
+      return {output, {hn, cn}};
+    }
+    case Cell::kGru: {
+      auto [output, hn, saved] =
+          gru_forward(x, states[0], *w[0], *w[1], w[2], w[3], reverse, false, std::nullopt);
+      return {output, {hn}};
+    }
+    default: {
+      auto [output, hn] = rnn_forward(x, states[0], *w[0], *w[1], w[2], w[3],
+                                      cell == Cell::kRnnRelu, reverse, std::nullopt);
+      return {output, {hn}};
+    }
+  }
+}
+
+// Both directions of a layer in one call (the *_pair ops, side by side on two threads).
+// -> each direction's output and new states.
+std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
+    Cell cell, const Tensor& x, const std::vector<Tensor> (&states)[2],
+    const std::vector<OptionalTensor> (&w)[2]) {
+  const auto list = [&](size_t k) { return std::vector<Tensor>{states[0][k], states[1][k]}; };
+  const auto weight = [&](size_t k) { return std::vector<Tensor>{*w[0][k], *w[1][k]}; };
+  const auto optional = [&](size_t k) { return OptionalTensors({w[0][k], w[1][k]}); };
+  std::vector<Tensor> flat;
+  size_t per_direction;  // results of each direction in the flat list
+  switch (cell) {
+    case Cell::kLstm:
+      flat = lstm_forward_pair(x, list(0), list(1), weight(0), weight(1), optional(2),
+                               optional(3), false, std::nullopt, optional(4));
+      per_direction = 6;
+      break;
+    case Cell::kGru:
+      flat = gru_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3), false,
+                              std::nullopt);
+      per_direction = 3;
+      break;
+    default:
+      flat = rnn_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3),
+                              cell == Cell::kRnnRelu, std::nullopt);
+      per_direction = 2;
+  }
+  const size_t count = cell == Cell::kLstm ? 2 : 1;  // states
+  std::vector<std::pair<Tensor, std::vector<Tensor>>> results(2);
+  for (size_t d = 0; d < 2; ++d) {
+    const auto first = flat.begin() + d * per_direction;
+    results[d] = {first[0], std::vector<Tensor>(first + 1, first + 1 + count)};
+  }
+  return results;
+}
+
+}  // namespace
+
+std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
+    const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
+    const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
+    bool projection, bool batch_first, double dropout) {
+  std::vector<Tensor> all(weights);
+  all.push_back(input);
+  all.insert(all.end(), hx.begin(), hx.end());
+  if (!may_skip_dispatcher(all)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  const size_t count = cell == Cell::kLstm ? 2 : 1;  // states
+  const int64_t directions = bidirectional ? 2 : 1, units = layers * directions;
+  const size_t per_unit = 2 + (bias ? 2 : 0) + (projection ? 1 : 0);
+  TORCH_CHECK(input.dim() == 3, "fusedrnn: the input must be 3-D");
+  TORCH_CHECK(layers >= 1 && weights.size() == per_unit * units,
+              "fusedrnn: expected ", per_unit * units, " weights, got ", weights.size());
+  TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
+  for (const Tensor& state : hx)
+    TORCH_CHECK(state.dim() == 3 && state.size(0) == units,
+                "fusedrnn: a state must be [layers * directions, batch, hidden]");
+  const Tensor x0 = batch_first ? input.transpose(0, 1) : input;
+  TORCH_CHECK(x0.size(0) > 0, "fusedrnn: the sequence must have at least one step");
+
+  // Per unit: its weights in one_direction's order, and its initial states.
+  const auto unit_weights = [&](int64_t unit) {
+    const auto w = weights.begin() + unit * per_unit;
+    std::vector<OptionalTensor> out{w[0], w[1], std::nullopt, std::nullopt, std::nullopt};
+    if (bias) out[2] = w[2], out[3] = w[3];
+    if (projection) out[4] = w[per_unit - 1];
+    return out;
+  };
+  std::vector<Tensor> zeros;  // without hx: one zero tensor for h, and for c where it matches
+  if (hx.empty()) {
+    const int64_t batch = x0.size(1), hidden = weights[1].size(1);
+    zeros.push_back(fresh({batch, hidden}, x0.options()).zero_());
+    if (count == 2) {
+      const int64_t cell_width = weights[1].size(0) / 4;
+      zeros.push_back(cell_width == hidden ? zeros[0]
+                                           : fresh({batch, cell_width}, x0.options()).zero_());
+    }
+  }
+  const auto unit_states = [&](int64_t unit) {
+    if (hx.empty()) return zeros;
+    std::vector<Tensor> states;
+    for (const Tensor& state : hx) states.push_back(unit_of(state, unit));
+    return states;
+  };
+
+  Tensor x = x0;
+  std::vector<std::vector<Tensor>> finals(count);  // per state, every unit's
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    std::vector<std::pair<Tensor, std::vector<Tensor>>> results;
+    if (directions == 2) {
+      const std::vector<Tensor> states[2] = {unit_states(2 * layer), unit_states(2 * layer + 1)};
+      const std::vector<OptionalTensor> w[2] = {unit_weights(2 * layer),
+                                               unit_weights(2 * layer + 1)};
+      results = both_directions(cell, x, states, w);
+      x = at::cat({results[0].first, results[1].first}, -1);
+    } else {
+      results.push_back(one_direction(cell, x, unit_states(layer), unit_weights(layer), false));
+      x = results[0].first;
+    }
+    for (const auto& result : results)
+      for (size_t k = 0; k < count; ++k) finals[k].push_back(result.second[k]);
+    if (dropout > 0 && layer < layers - 1) x = at::dropout(x, dropout, true);
+  }
+  std::vector<Tensor> stacked;
+  for (auto& final : finals)
+    stacked.push_back(units == 1 ? with_unit_dim(std::move(final[0])) : at::stack(final));
+  return std::tuple{batch_first ? x.transpose(0, 1) : x, stacked};
+}
+
+std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_name,
+                                                       const Tensor& input,
+                                                       const std::vector<Tensor>& hx,
+                                                       const std::vector<Tensor>& weights) {
+  std::vector<Tensor> all(weights);
+  all.push_back(input);
+  all.insert(all.end(), hx.begin(), hx.end());
+  if (!may_skip_dispatcher(all)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  const size_t count = cell == Cell::kLstm ? 2 : 1;
+  TORCH_CHECK(input.dim() == 2, "fusedrnn: a cell's batched input must be 2-D");
+  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
+  TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
+  std::vector<Tensor> states(hx);
+  if (states.empty())  // one zero tensor for h and c alike
+    states.assign(count, fresh({input.size(0), weights[1].size(1)}, input.options()).zero_());
+  for (const Tensor& state : states)
+    TORCH_CHECK(state.dim() == 2, "fusedrnn: a cell's batched state must be 2-D");
+  std::vector<OptionalTensor> w{weights[0], weights[1], std::nullopt, std::nullopt,
+                                std::nullopt};
+  if (weights.size() == 4) w[2] = weights[2], w[3] = weights[3];
+  const Tensor step = read_only_alias(  // [1, B, I]
+      input, {1, input.size(0), input.size(1)},
+      {input.size(0) * input.stride(0), input.stride(0), input.stride(1)},
+      input.storage_offset());
+  return one_direction(cell, step, states, w, false).second;
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,43 @@
+// The modules' and cells' calls that need no gradient, from Python straight to the layer
+// functions (layer.h) in one call, without the dispatcher. A small call's cost is its Python
+// and its boxed op calls, not its math: at T=1 B=1 H=64 the LSTM's products take 1.5 us of a
+// 20 us module call (benchmarks/NOTES.md). These run the same functions the ops do, so their
+// results are the ops' bit for bit.
+//
+// Each returns nullopt where the call must go through the dispatcher instead, so that whatever
+// watches or transforms ops sees them: a gradient may follow (grad mode on and a tensor that
+// requires it), a dispatch mode, functorch transform or autocast is active (any key in the
+// thread's included dispatch keys beyond ADInplaceOrView), the profiler or another
+// RecordFunction observer is on, or a tensor is not a plain strided CPU tensor. Bad arguments
+// raise, as the ops do.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace fusedrnn {
+
+// A whole module: every layer and direction. cell: nn.RNNBase's mode, "LSTM", "GRU",
+// "RNN_TANH" or "RNN_RELU".
+// input [T, B, I] (batch_first: [B, T, I]); hx: empty (zeros), or the module's states, h
+// [L*D, B, P] (and c [L*D, B, H] for the LSTM); weights: the module's flat weights, per layer
+// and direction w_ih, w_hh, then b_ih, b_hh where `bias`, then w_hr where `projection`;
+// dropout: the probability between layers (0 unless training).
+// -> output [T, B, D*P] ([B, T, D*P] batch_first), final states as hx.
+std::optional<std::tuple<at::Tensor, std::vector<at::Tensor>>> direct_module_forward(
+    const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& hx,
+    const std::vector<at::Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
+    bool projection, bool batch_first, double dropout);
+
+// One step of a cell. input [B, I]; hx: h [B, H] (and c for the LSTM); weights: w_ih, w_hh,
+// and b_ih, b_hh if it has biases. -> the new states as hx.
+std::optional<std::vector<at::Tensor>> direct_cell_forward(const std::string& cell,
+                                                           const at::Tensor& input,
+                                                           const std::vector<at::Tensor>& hx,
+                                                           const std::vector<at::Tensor>& weights);
+
+}  // namespace fusedrnn

@@ -1,0 +1,287 @@
+"""The direct calls (csrc/layer/direct.h): a module's or cell's CPU call that needs no gradient
+runs every layer in one C++ call past the dispatcher. It must give what the dispatcher's path
+gives, bit for bit, and step aside for whatever watches or transforms ops."""
+import types
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fusedrnn
+from fusedrnn import cells, modules
+from conftest import CELLS, assert_close_by_name, make_pair, random_state
+
+ALL_CELLS = list(CELLS)
+
+# (T, B, I, H, options): every option of the layer loop, odd sizes, T=1, B=1.
+CONFIGS = [
+    (5, 3, 7, 11, {}),
+    (1, 1, 3, 4, {}),
+    (6, 3, 5, 9, {"bias": False}),
+    (3, 4, 8, 6, {"batch_first": True}),
+    (4, 2, 6, 5, {"num_layers": 2, "bidirectional": True}),
+    (7, 1, 1, 1, {"num_layers": 3}),
+    (1, 5, 13, 17, {"bidirectional": True, "bias": False}),
+    (4, 3, 5, 7, {"proj_size": 3, "num_layers": 2, "bidirectional": True}),
+]
+
+CELL_CLASSES = {"lstm": (torch.nn.LSTMCell, fusedrnn.LSTMCell, {}),
+                "gru": (torch.nn.GRUCell, fusedrnn.GRUCell, {}),
+                "rnn_tanh": (torch.nn.RNNCell, fusedrnn.RNNCell, {"nonlinearity": "tanh"}),
+                "rnn_relu": (torch.nn.RNNCell, fusedrnn.RNNCell, {"nonlinearity": "relu"})}
+
+
+def _config_id(config):
+    T, B, I, H, options = config
+    return f"T{T}-B{B}-I{I}-H{H}-" + ("-".join(f"{k}={v}" for k, v in options.items()) or "plain")
+
+
+def _case(cell, config, dtype=torch.float64, seed=7):
+    """A torch.nn and fusedrnn pair and random input and states. -> ref, fused, x, hx."""
+    T, B, I, H, options = config
+    ref, fused = make_pair(cell, I, H, "cpu", dtype, **options)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((B, T, I) if options.get("batch_first") else (T, B, I), generator=gen)
+    hx = random_state(cell, ref, B, "cpu", dtype, gen)
+    if "proj_size" in options:  # h is proj_size wide
+        hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
+    return ref, fused, x.to(dtype), hx
+
+
+def _cell_pair(cell, I, H, bias):
+    return make_pair(cell, I, H, dtype=torch.float64, bias=bias, classes=CELL_CLASSES)
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("the call did not take the direct C++ call")
+
+
+def _without_direct_calls(monkeypatch):
+    """Makes the direct calls decline, so that the calls take the dispatcher's path."""
+    declining = types.SimpleNamespace(direct_module_forward=lambda *args: None,
+                                      direct_cell_forward=lambda *args: None)
+    monkeypatch.setattr(modules, "_C", declining)
+    monkeypatch.setattr(cells, "_C", declining)
+
+
+def _direct_and_dispatched(call, model, slow_paths, monkeypatch):
+    """call() with the methods `slow_paths` of model's class made to fail, so that it must take
+    the direct call; then call() with the direct calls declining. -> both results."""
+    with monkeypatch.context() as patch:
+        for name in slow_paths:
+            patch.setattr(type(model), name, _fail)
+        direct = call()
+    with monkeypatch.context() as patch:
+        _without_direct_calls(patch)
+        dispatched = call()
+    return direct, dispatched
+
+
+def _states_of(out):
+    """A cell's result as a list: (h, c) or h."""
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def _flat(results):
+    output, states = results
+    return [output, *(states if isinstance(states, tuple) else (states,))]
+
+
+def _assert_equal(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        assert torch.equal(a, e)
+
+
+def _no_gradient_modes():
+    """The ways a call needs no gradient: no_grad, inference_mode, and grad mode with nothing
+    that requires one (the module frozen)."""
+    return [("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode),
+            ("frozen", torch.enable_grad)]
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("mode", _no_gradient_modes(), ids=lambda m: m[0])
+@pytest.mark.parametrize("cell,config", [(cell, config) for cell in ALL_CELLS for config in CONFIGS
+                                         if cell == "lstm" or "proj_size" not in config[4]],
+                         ids=lambda p: p if isinstance(p, str) else _config_id(p))
+def test_module_matches_torch_nn_and_the_dispatcher_path(cell, config, mode, with_state,
+                                                        monkeypatch):
+    ref, fused, x, hx = _case(cell, config)
+    hx = hx if with_state else None
+    fused.requires_grad_(False)
+    with mode[1]():
+        expected = _flat(ref(x, hx))
+        direct, dispatched = _direct_and_dispatched(
+            lambda: _flat(fused(x, hx)), fused, ("_run_layers", "_prepare_input"), monkeypatch)
+    names = ("output", "h_n", "c_n")
+    assert_close_by_name(dict(zip(names, direct)), dict(zip(names, expected)), 1e-10)
+    _assert_equal(direct, dispatched)
+    assert not any(t.requires_grad for t in direct)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_in_every_dtype_as_the_dispatcher_path(cell, dtype, monkeypatch):
+    ref, fused, x, hx = _case(cell, (6, 16, 9, 70, {"num_layers": 2}), dtype)  # 96 rows
+    with torch.no_grad():
+        _assert_equal(*_direct_and_dispatched(lambda: _flat(fused(x, hx)), fused,
+                                              ("_run_layers",), monkeypatch))
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_states_of_any_layout(cell, monkeypatch):
+    """Expanded, strided and offset states are read where they lie."""
+    monkeypatch.setattr(fusedrnn.LSTM, "_run_layers", _fail)
+    for klass in (fusedrnn.GRU, fusedrnn.RNN):
+        monkeypatch.setattr(klass, "_run_layers", _fail)
+    ref, fused, x, _ = _case(cell, (4, 3, 5, 6, {"num_layers": 2, "bidirectional": True}))
+    gen = torch.Generator().manual_seed(3)
+    count = 2 if cell == "lstm" else 1
+    layouts = {
+        "expanded": [torch.randn(4, 1, 6, generator=gen, dtype=torch.float64).expand(4, 3, 6)
+                     for _ in range(count)],
+        "strided": [torch.randn(3, 4, 6, generator=gen, dtype=torch.float64).transpose(0, 1)
+                    for _ in range(count)],
+        "offset": [torch.randn(5, 3, 6, generator=gen, dtype=torch.float64)[1:]
+                   for _ in range(count)],
+    }
+    for name, states in layouts.items():
+        hx = tuple(states) if cell == "lstm" else states[0]
+        contiguous = tuple(s.contiguous() for s in states) if cell == "lstm" else \
+            states[0].contiguous()
+        with torch.no_grad():
+            _assert_equal(_flat(fused(x, hx)), _flat(fused(x, contiguous)))
+            assert_close_by_name(dict(enumerate(_flat(fused(x, hx)))),
+                                 dict(enumerate(_flat(ref(x, hx)))), 1e-10)
+
+
+@pytest.mark.parametrize("units", [(1, False), (2, True)], ids=["one-unit", "stacked"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_results_are_tensors_of_their_own(cell, units):
+    """The final states own their memory, as torch.nn's: writing one changes nothing else,
+    and the next call changes none of them."""
+    layers, bidirectional = units
+    _, fused, x, hx = _case(cell, (3, 2, 4, 5, {"num_layers": layers,
+                                                 "bidirectional": bidirectional}))
+    with torch.no_grad():
+        output, *states = _flat(fused(x, hx))
+        kept = [t.clone() for t in (output, *states)]
+        assert all(s.shape == (layers * (1 + bidirectional), 2, 5) and s.is_contiguous()
+                   for s in states)
+        for state in states:
+            state.fill_(float("nan"))
+        assert torch.equal(output, kept[0])
+        fused(x * 2, hx)
+        assert torch.equal(output, kept[0])
+        assert all(torch.isnan(s).all() for s in states)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_dropout_between_layers_as_the_dispatcher_path(cell, monkeypatch):
+    """A training-mode call without grad drops out between layers, drawing what the
+    dispatcher's path draws."""
+    _, fused, x, hx = _case(cell, (5, 4, 6, 8, {"num_layers": 3, "dropout": 0.5}))
+    fused.train()
+    def call():
+        torch.manual_seed(5)
+        return _flat(fused(x, hx))
+
+    with torch.no_grad():
+        direct, dispatched = _direct_and_dispatched(call, fused, ("_run_layers",), monkeypatch)
+        _assert_equal(direct, dispatched)
+        fused.eval()
+        assert not torch.equal(direct[0], fused(x, hx)[0])
+
+
+class _Names:
+    """Records the name of every function a mode sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def _record(self, func, args, kwargs):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _OpNames(_Names, TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return self._record(func, args, kwargs)
+
+
+class _FunctionNames(_Names, TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return self._record(func, args, kwargs)
+
+
+def _seen_ops(run):
+    """-> the fusedrnn ops that a dispatch mode, a function mode and the profiler see in
+    run()."""
+    seen = {}
+    with _OpNames() as mode:
+        run()
+    seen["dispatch mode"] = [n for n in mode.names if "fusedrnn" in n]
+    with _FunctionNames() as mode:
+        run()
+    seen["function mode"] = [n for n in mode.names if "fusedrnn" in n]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    seen["profiler"] = [e.name for e in profile.events() if "fusedrnn" in e.name]
+    return seen
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_watched_calls_go_through_the_dispatcher(cell):
+    """Dispatch modes, function modes and the profiler see the ops, as they did before the
+    direct calls."""
+    _, fused, x, hx = _case(cell, (3, 2, 4, 5, {}))
+    _, fused_cell = _cell_pair(cell, 4, 5, True)
+    with torch.no_grad():
+        for run in (lambda: fused(x, hx), lambda: fused_cell(x[0])):
+            for watcher, names in _seen_ops(run).items():
+                assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("mode", _no_gradient_modes(), ids=lambda m: m[0])
+@pytest.mark.parametrize("shape", [(3, 7, 11, True), (1, 3, 4, True), (5, 13, 17, False)],
+                         ids=lambda s: f"B{s[0]}-I{s[1]}-H{s[2]}" + ("" if s[3] else "-no-bias"))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_matches_torch_nn_and_the_dispatcher_path(cell, shape, mode, with_state,
+                                                      monkeypatch):
+    B, I, H, bias = shape
+    ref, fused = _cell_pair(cell, I, H, bias)
+    fused.requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(B, I, generator=gen, dtype=torch.float64)
+    states = [torch.randn(B, H, generator=gen, dtype=torch.float64) for _ in range(2)]
+    hx = (tuple(states) if cell == "lstm" else states[0]) if with_state else None
+
+    with mode[1]():
+        expected = _states_of(ref(x, hx))
+        direct, dispatched = _direct_and_dispatched(
+            lambda: _states_of(fused(x, hx)), fused, ("_step", "_inference_step"), monkeypatch)
+    assert_close_by_name(dict(enumerate(direct)), dict(enumerate(expected)), 1e-10)
+    _assert_equal(direct, dispatched)
+    assert isinstance(fused(x, hx), tuple) == (cell == "lstm")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_reads_input_and_states_of_any_layout(cell, monkeypatch):
+    ref, fused = _cell_pair(cell, 5, 6, True)
+    monkeypatch.setattr(type(fused), "_step", _fail)
+    monkeypatch.setattr(type(fused), "_inference_step", _fail)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 9, generator=gen, dtype=torch.float64)[:, 2:6].t()  # [4, 5], strided
+    states = [torch.randn(2, 6, 4, generator=gen, dtype=torch.float64)[1].t() for _ in range(2)]
+    hx = tuple(states) if cell == "lstm" else states[0]
+    contiguous = tuple(s.contiguous() for s in states) if cell == "lstm" else \
+        states[0].contiguous()
+    with torch.no_grad():
+        ours, theirs = _states_of(fused(x, hx)), _states_of(ref(x.contiguous(), contiguous))
+        _assert_equal(ours, _states_of(fused(x.contiguous(), contiguous)))
+    assert_close_by_name(dict(enumerate(ours)), dict(enumerate(theirs)), 1e-10)
