@@ -129,8 +129,11 @@ void set_cpu_isa(const std::string& name) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The modules' and cells' calls without a gradient, past the dispatcher (layer/direct.h).
-  m.def("direct_module_forward", &fusedrnn::direct_module_forward);
-  m.def("direct_cell_forward", &fusedrnn::direct_cell_forward);
+  // Without the GIL, as the dispatcher's op calls run: other Python threads go on meanwhile.
+  m.def("direct_module_forward", &fusedrnn::direct_module_forward,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("direct_cell_forward", &fusedrnn::direct_cell_forward,
+        py::call_guard<py::gil_scoped_release>());
   m.attr("torch_version") = FUSEDRNN_STR(FUSEDRNN_TORCH_VERSION);
 #ifdef FUSEDRNN_CUDA_ARCHS
   m.attr("cuda_archs") = FUSEDRNN_STR(FUSEDRNN_CUDA_ARCHS);
