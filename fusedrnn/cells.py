@@ -52,7 +52,8 @@ class _FusedCell(nn.RNNCellBase):
         if states is None:
             return None
         weights = self._weights()
-        if not torch._C._is_torch_function_mode_enabled():  # a mode would see the op calls
+        # A function mode, or a tensor subclass with __torch_function__, would see the op calls.
+        if not torch._C._has_torch_function((*states, *weights)):
             try:
                 done = _C.direct_cell_forward(self._mode, input, states,
                                               weights if self.bias else weights[:2])

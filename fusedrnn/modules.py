@@ -176,7 +176,8 @@ class _FusedRNNBase(nn.RNNBase):
         if given is None:
             return None
         self._update_flat_weights()
-        if not torch._C._is_torch_function_mode_enabled():  # a mode would see the op calls
+        # A function mode, or a tensor subclass with __torch_function__, would see the op calls.
+        if not torch._C._has_torch_function((*given, *self._flat_weights)):
             try:
                 done = _C.direct_module_forward(
                     self.mode, input, given, self._flat_weights, self.num_layers,

@@ -218,6 +218,16 @@ class _FunctionNames(_Names, TorchFunctionMode):
         return self._record(func, args, kwargs)
 
 
+class _Recorded(torch.Tensor):
+    """A tensor subclass that records the functions it takes part in."""
+    names = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.names.append(str(func))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
 def _seen_ops(run):
     """-> the fusedrnn ops that a dispatch mode, a function mode and the profiler see in
     run()."""
@@ -232,6 +242,23 @@ def _seen_ops(run):
         run()
     seen["profiler"] = [e.name for e in profile.events() if "fusedrnn" in e.name]
     return seen
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_weights_with_torch_function_see_the_ops(cell, monkeypatch):
+    """A weight of a tensor subclass with __torch_function__ sees the op calls, as it sees
+    torch.nn's."""
+    _, fused, x, hx = _case(cell, (3, 2, 4, 5, {}))
+    _, fused_cell = _cell_pair(cell, 4, 5, True)
+    monkeypatch.setattr(_Recorded, "names", [])
+    for model, name in ((fused, "weight_hh_l0"), (fused_cell, "weight_hh")):
+        weight = getattr(model, name).detach().as_subclass(_Recorded)
+        setattr(model, name, torch.nn.Parameter(weight, requires_grad=False))
+    with torch.no_grad():
+        for run in (lambda: fused(x, hx), lambda: fused_cell(x[0])):
+            _Recorded.names.clear()
+            run()
+            assert any("fusedrnn" in n for n in _Recorded.names)
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
