@@ -312,3 +312,19 @@ def test_cell_reads_input_and_states_of_any_layout(cell, monkeypatch):
         ours, theirs = _states_of(fused(x, hx)), _states_of(ref(x.contiguous(), contiguous))
         _assert_equal(ours, _states_of(fused(x.contiguous(), contiguous)))
     assert_close_by_name(dict(enumerate(ours)), dict(enumerate(theirs)), 1e-10)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_forced_backends_hold_for_direct_calls(cell, monkeypatch):
+    """A backend forced with fusedrnn.backends.force runs the direct calls too: in float32 the
+    two CPU backends round differently, and each direct call gives its backend's bits."""
+    _, fused, x, hx = _case(cell, (5, 3, 7, 11, {"num_layers": 2, "bidirectional": True}),
+                            torch.float32)
+    results = {}
+    for name in ("cpu-fused", "step"):
+        with fusedrnn.backends.force(name), torch.no_grad():
+            direct, dispatched = _direct_and_dispatched(lambda: _flat(fused(x, hx)), fused,
+                                                        ("_run_layers",), monkeypatch)
+        _assert_equal(direct, dispatched)
+        results[name] = direct
+    assert not all(torch.equal(a, b) for a, b in zip(results["cpu-fused"], results["step"]))
