@@ -44,10 +44,10 @@ class _FusedCell(nn.RNNCellBase):
 
     def _inference(self, input, hx):
         """The leanest path, as the modules' (modules._FusedRNNBase._direct), for calls that need
-        no gradient: a batched CPU call runs in one C++ call past the dispatcher
-        (csrc/layer/direct.h), another without grad mode goes straight to the layer op, with the
-        op's own checks. Any error defers to the general path for torch.nn's messages. -> the
-        new states, or None."""
+        no gradient: a CPU call, batched or not, runs in one C++ call past the dispatcher
+        (csrc/layer/direct.h), another batched one without grad mode goes straight to the layer
+        op, with the op's own checks. Any error defers to the general path for torch.nn's
+        messages. -> the new states, or None."""
         states = () if hx is None else modules.state_tensors(hx, self._states)
         if states is None:
             return None
@@ -61,7 +61,7 @@ class _FusedCell(nn.RNNCellBase):
                 return None
             if done is not None:
                 return tuple(done)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or input.dim() != 2:  # the op takes a batch
             return None
         if not states:  # zeros: one tensor for h and c alike
             states = (torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
@@ -74,7 +74,7 @@ class _FusedCell(nn.RNNCellBase):
             return None
 
     def forward(self, input, hx=None):
-        if modules.direct_path_applies(input, 2):
+        if modules.direct_path_applies(input, (1, 2)):
             new_states = self._inference(input, hx)
             if new_states is not None:
                 return new_states if self._states == 2 else new_states[0]

@@ -55,8 +55,9 @@ def state_tensors(hx, count):
 
 def direct_path_applies(input, dims):
     """Whether a module's or cell's call may skip the general path: a plain tensor of `dims`
-    dimensions, and no autocast, compile, transform or export around it."""
-    return not (type(input) is not torch.Tensor or input.dim() != dims
+    dimensions (a tuple: one of them), and no autocast, compile, transform or export around
+    it."""
+    return not (type(input) is not torch.Tensor or input.dim() not in dims
                 or torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling()
                 or ops.transform_active() or _exporting())
 
@@ -162,15 +163,15 @@ class _FusedRNNBase(nn.RNNBase):
                                                                      enabled=False)
 
     def _direct(self, input, hx):
-        """The leanest path: a call on a batched tensor, with no autocast, export, compile or
+        """The leanest path: a call on a plain tensor, with no autocast, export, compile or
         transform around it, goes straight to the layer loop, without the general path's
         packing, autocast and state bookkeeping (about half of a small call's time). A CPU call
-        that needs no gradient runs every layer in one C++ call past the dispatcher
-        (csrc/layer/direct.h); otherwise the layer functions call the ops, applying the autograd
-        Functions where a gradient may follow. -> output, the final states; None for the general
-        path. The checks here are the layer ops' own: any error defers to the general path,
-        which raises torch.nn's messages."""
-        if not direct_path_applies(input, 3):
+        that needs no gradient, batched or not, runs every layer in one C++ call past the
+        dispatcher (csrc/layer/direct.h); otherwise a batched call's layer functions call the
+        ops, applying the autograd Functions where a gradient may follow. -> output, the final
+        states; None for the general path. The checks here are the layer ops' own: any error
+        defers to the general path, which raises torch.nn's messages."""
+        if not direct_path_applies(input, (2, 3)):
             return None
         given = () if hx is None else state_tensors(hx, self._states)
         if given is None:
@@ -187,6 +188,8 @@ class _FusedRNNBase(nn.RNNBase):
                 return None
             if done is not None:
                 return done[0], tuple(done[1])
+        if input.dim() != 3:  # the layer functions take batches; torch.nn's path makes them
+            return None
         x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
             return None

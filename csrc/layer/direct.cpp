@@ -65,12 +65,20 @@ Tensor unit_of(const Tensor& state, int64_t unit) {
                          state.storage_offset() + unit * state.stride(0));
 }
 
-// A final state [B, W] of one unit as [1, B, W], as modules.py's _run_layers gives it: the
-// op's fresh result reshaped in place, where unsqueeze would make a tracked view.
-Tensor with_unit_dim(Tensor state) {
-  if (state.use_count() != 1 || !state.is_contiguous()) return state.unsqueeze(0);
-  state.unsafeGetTensorImpl()->set_sizes_contiguous({1, state.size(0), state.size(1)});
-  return state;
+// An unbatched tensor [..., F] as a batch of one, [..., 1, F] (torch.nn's unsqueeze).
+Tensor with_batch_of_one(const Tensor& t) {
+  std::vector<int64_t> sizes = t.sizes().vec(), strides = t.strides().vec();
+  sizes.insert(sizes.end() - 1, 1);
+  strides.insert(strides.end() - 1, t.size(-1) * t.stride(-1));
+  return read_only_alias(t, sizes, strides, t.storage_offset());
+}
+
+// A result under other sizes of the same elements, as torch.nn's unsqueeze or squeeze give it:
+// the ops' fresh result reshaped in place, where a view would need autograd's bookkeeping.
+Tensor reshaped(Tensor result, at::IntArrayRef sizes) {
+  if (result.use_count() != 1 || !result.is_contiguous()) return result.reshape(sizes);
+  result.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+  return result;
 }
 
 // One layer in one direction. states: h0 (and c0); weights: w_ih, w_hh, b_ih, b_hh (undefined
@@ -147,14 +155,20 @@ std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
   const size_t count = cell == Cell::kLstm ? 2 : 1;  // states
   const int64_t directions = bidirectional ? 2 : 1, units = layers * directions;
   const size_t per_unit = 2 + (bias ? 2 : 0) + (projection ? 1 : 0);
-  TORCH_CHECK(input.dim() == 3, "fusedrnn: the input must be 3-D");
+  const bool batched = input.dim() == 3;  // else [T, I], unbatched
+  TORCH_CHECK(batched || input.dim() == 2, "fusedrnn: the input must be 2-D or 3-D");
   TORCH_CHECK(layers >= 1 && weights.size() == per_unit * units,
               "fusedrnn: expected ", per_unit * units, " weights, got ", weights.size());
   TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
-  for (const Tensor& state : hx)
-    TORCH_CHECK(state.dim() == 3 && state.size(0) == units,
-                "fusedrnn: a state must be [layers * directions, batch, hidden]");
-  const Tensor x0 = batch_first ? input.transpose(0, 1) : input;
+  std::vector<Tensor> given;  // [L*D, B, W] each
+  for (const Tensor& state : hx) {
+    TORCH_CHECK(state.dim() == input.dim() && state.size(0) == units,
+                "fusedrnn: a state must be [layers * directions, (batch,) hidden]");
+    given.push_back(batched ? state : with_batch_of_one(state));
+  }
+  // [T, B, I]; unbatched input is one sequence whatever batch_first says, as in torch.nn.
+  const Tensor x0 = !batched ? with_batch_of_one(input) : batch_first ? input.transpose(0, 1)
+                                                                      : input;
   TORCH_CHECK(x0.size(0) > 0, "fusedrnn: the sequence must have at least one step");
 
   // Per unit: its weights in one_direction's order, and its initial states.
@@ -178,7 +192,7 @@ std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
   const auto unit_states = [&](int64_t unit) {
     if (hx.empty()) return zeros;
     std::vector<Tensor> states;
-    for (const Tensor& state : hx) states.push_back(unit_of(state, unit));
+    for (const Tensor& state : given) states.push_back(unit_of(state, unit));
     return states;
   };
 
@@ -200,9 +214,21 @@ std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
       for (size_t k = 0; k < count; ++k) finals[k].push_back(result.second[k]);
     if (dropout > 0 && layer < layers - 1) x = at::dropout(x, dropout, true);
   }
-  std::vector<Tensor> stacked;
-  for (auto& final : finals)
-    stacked.push_back(units == 1 ? with_unit_dim(std::move(final[0])) : at::stack(final));
+  std::vector<Tensor> stacked;  // as modules.py's _run_layers gives them
+  for (auto& final : finals) {
+    if (!batched)  // [1, W] each
+      stacked.push_back(units == 1 ? std::move(final[0]) : at::cat(final));
+    else if (units == 1) {
+      const int64_t batch = final[0].size(0), width = final[0].size(1);
+      stacked.push_back(reshaped(std::move(final[0]), {1, batch, width}));
+    }
+    else
+      stacked.push_back(at::stack(final));
+  }
+  if (!batched) {
+    const int64_t steps = x.size(0), width = x.size(-1);
+    return std::tuple{reshaped(std::move(x), {steps, width}), stacked};
+  }
   return std::tuple{batch_first ? x.transpose(0, 1) : x, stacked};
 }
 
@@ -216,22 +242,31 @@ std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_n
   if (!may_skip_dispatcher(all)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
   const size_t count = cell == Cell::kLstm ? 2 : 1;
-  TORCH_CHECK(input.dim() == 2, "fusedrnn: a cell's batched input must be 2-D");
+  const bool batched = input.dim() == 2;  // else [I], unbatched
+  TORCH_CHECK(batched || input.dim() == 1, "fusedrnn: a cell's input must be 1-D or 2-D");
   TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
   TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
-  std::vector<Tensor> states(hx);
+  const Tensor rows = batched ? input : with_batch_of_one(input);  // [B, I]
+  std::vector<Tensor> states;  // [B, H] each
+  for (const Tensor& state : hx) {
+    TORCH_CHECK(state.dim() == input.dim(), "fusedrnn: a cell's state must be as its input");
+    states.push_back(batched ? state : with_batch_of_one(state));
+  }
   if (states.empty())  // one zero tensor for h and c alike
-    states.assign(count, fresh({input.size(0), weights[1].size(1)}, input.options()).zero_());
-  for (const Tensor& state : states)
-    TORCH_CHECK(state.dim() == 2, "fusedrnn: a cell's batched state must be 2-D");
+    states.assign(count, fresh({rows.size(0), weights[1].size(1)}, input.options()).zero_());
   std::vector<OptionalTensor> w{weights[0], weights[1], std::nullopt, std::nullopt,
                                 std::nullopt};
   if (weights.size() == 4) w[2] = weights[2], w[3] = weights[3];
   const Tensor step = read_only_alias(  // [1, B, I]
-      input, {1, input.size(0), input.size(1)},
-      {input.size(0) * input.stride(0), input.stride(0), input.stride(1)},
-      input.storage_offset());
-  return one_direction(cell, step, states, w, false).second;
+      rows, {1, rows.size(0), rows.size(1)},
+      {rows.size(0) * rows.stride(0), rows.stride(0), rows.stride(1)}, rows.storage_offset());
+  std::vector<Tensor> results = one_direction(cell, step, states, w, false).second;
+  if (!batched)
+    for (Tensor& result : results) {
+      const int64_t width = result.size(1);
+      result = reshaped(std::move(result), {width});
+    }
+  return results;
 }
 
 }  // namespace fusedrnn

@@ -23,18 +23,20 @@ namespace fusedrnn {
 
 // A whole module: every layer and direction. cell: nn.RNNBase's mode, "LSTM", "GRU",
 // "RNN_TANH" or "RNN_RELU".
-// input [T, B, I] (batch_first: [B, T, I]); hx: empty (zeros), or the module's states, h
-// [L*D, B, P] (and c [L*D, B, H] for the LSTM); weights: the module's flat weights, per layer
-// and direction w_ih, w_hh, then b_ih, b_hh where `bias`, then w_hr where `projection`;
-// dropout: the probability between layers (0 unless training).
+// input [T, B, I] (batch_first: [B, T, I]), or unbatched [T, I]; hx: empty (zeros), or the
+// module's states, h [L*D, B, P] (and c [L*D, B, H] for the LSTM), [L*D, P] unbatched;
+// weights: the module's flat weights, per layer and direction w_ih, w_hh, then b_ih, b_hh
+// where `bias`, then w_hr where `projection`; dropout: the probability between layers (0
+// unless training).
 // -> output [T, B, D*P] ([B, T, D*P] batch_first), final states as hx.
 std::optional<std::tuple<at::Tensor, std::vector<at::Tensor>>> direct_module_forward(
     const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& hx,
     const std::vector<at::Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
     bool projection, bool batch_first, double dropout);
 
-// One step of a cell. input [B, I]; hx: h [B, H] (and c for the LSTM); weights: w_ih, w_hh,
-// and b_ih, b_hh if it has biases. -> the new states as hx.
+// One step of a cell. input [B, I], or unbatched [I]; hx: empty (zeros), or h [B, H] (and c
+// for the LSTM), [H] unbatched; weights: w_ih, w_hh, and b_ih, b_hh if it has biases. -> the
+// new states as hx.
 std::optional<std::vector<at::Tensor>> direct_cell_forward(const std::string& cell,
                                                            const at::Tensor& input,
                                                            const std::vector<at::Tensor>& hx,

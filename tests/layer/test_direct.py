@@ -328,3 +328,43 @@ def test_forced_backends_hold_for_direct_calls(cell, monkeypatch):
         _assert_equal(direct, dispatched)
         results[name] = direct
     assert not all(torch.equal(a, b) for a, b in zip(results["cpu-fused"], results["step"]))
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("cell,config", [(cell, config) for cell in ALL_CELLS for config in CONFIGS
+                                         if cell == "lstm" or "proj_size" not in config[4]],
+                         ids=lambda p: p if isinstance(p, str) else _config_id(p))
+def test_unbatched_module_calls(cell, config, with_state, monkeypatch):
+    """Unbatched input [T, I] and states [L*D, H] take the direct call too."""
+    ref, fused, x, hx = _case(cell, config)
+    batch_dim = 0 if config[4].get("batch_first") else 1
+    x = x.select(batch_dim, 0)  # [T, I], strided
+    if with_state:
+        hx = tuple(s[:, 0] for s in hx) if cell == "lstm" else hx[:, 0]
+    else:
+        hx = None
+    with torch.no_grad():
+        expected = _flat(ref(x, hx))
+        direct, dispatched = _direct_and_dispatched(
+            lambda: _flat(fused(x, hx)), fused, ("_run_layers", "_prepare_input"), monkeypatch)
+    assert [t.shape for t in direct] == [t.shape for t in expected]
+    assert_close_by_name(dict(enumerate(direct)), dict(enumerate(expected)), 1e-10)
+    _assert_equal(direct, dispatched)
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_unbatched_cell_calls(cell, bias, with_state, monkeypatch):
+    ref, fused = _cell_pair(cell, 5, 7, bias)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)[:, 1]  # [5], strided
+    states = [torch.randn(7, generator=gen, dtype=torch.float64) for _ in range(2)]
+    hx = (tuple(states) if cell == "lstm" else states[0]) if with_state else None
+    with torch.no_grad():
+        expected = _states_of(ref(x, hx))
+        direct, dispatched = _direct_and_dispatched(
+            lambda: _states_of(fused(x, hx)), fused, ("_step", "_inference_step"), monkeypatch)
+    assert [t.shape for t in direct] == [t.shape for t in expected] == [(7,)] * len(expected)
+    assert_close_by_name(dict(enumerate(direct)), dict(enumerate(expected)), 1e-10)
+    _assert_equal(direct, dispatched)
