@@ -17,8 +17,9 @@ Baselines: torch.nn as it runs by default (cuDNN on CUDA, oneDNN for the LSTM on
 CUDA also torch.nn with cuDNN disabled, whose native path launches a few kernels per time step
 as fusedrnn does today; on the CPU, for float32 inference on padded batches, also ONNX Runtime
 running the torch.nn module as torch.onnx.export exports it (OnnxRuntimeStep: same threads,
-spinning off, outputs checked against torch.nn's), where onnxruntime and onnx are installed. float32 means IEEE float32 on both sides: TF32 is off for cuBLAS and
-cuDNN (cuDNN would use it for torch's RNNs by default) unless --tf32 turns it on for both.
+spinning off, outputs checked against torch.nn's), where onnxruntime and onnx are installed.
+float32 means IEEE float32 on both sides: TF32 is off for cuBLAS and cuDNN (cuDNN would use it
+for torch's RNNs by default) unless --tf32 turns it on for both.
 torch.nn keeps bfloat16 weights out of cuDNN's flat buffer (flatten_parameters skips that
 dtype), so its bfloat16 cuDNN calls copy the weights every time, with a warning; that is what
 its users get, and the baseline keeps it.
@@ -120,9 +121,10 @@ class Step:
 
 class OnnxRuntimeStep:
     """The torch.nn module exported to ONNX (torch.onnx.export's TorchScript exporter, which writes
-    ONNX's own LSTM/GRU/RNN operators; torch.export's exporter unrolls them), run by ONNX Runtime's CPU provider: as many intra-op threads as torch uses,
-    one inter-op thread, sequential execution, spinning off (a spinning pool would steal the
-    cores from the other side of the interleaved timing). Inputs are converted to numpy once,
+    ONNX's own LSTM/GRU/RNN operators; torch.export's exporter unrolls them), run by ONNX
+    Runtime's CPU provider: as many intra-op threads as torch uses, one inter-op thread,
+    sequential execution, spinning off (a spinning pool would steal the cores from the other
+    side of the interleaved timing). Inputs are converted to numpy once,
     untimed, as a server holding numpy arrays would feed them. Raises if ONNX Runtime's outputs
     differ from torch.nn's (relative error above 1e-4)."""
 
