@@ -7,6 +7,8 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <algorithm>
+
 #include "layer.h"
 #include "sequence.h"
 
@@ -24,10 +26,13 @@ Cell cell_named(const std::string& name) {
   return Cell::kRnnRelu;
 }
 
+size_t state_count(Cell cell) { return cell == Cell::kLstm ? 2 : 1; }  // h, and c
+
 // Whether the call may skip the dispatcher (direct.h): nothing watches or transforms ops, no
 // gradient can follow, and every tensor is a plain strided CPU tensor (no subclass with a
 // dispatch key of its own, no lazy negation, no functorch wrapper).
-bool may_skip_dispatcher(const std::vector<Tensor>& tensors) {
+bool may_skip_dispatcher(const Tensor& input, const std::vector<Tensor>& hx,
+                         const std::vector<Tensor>& weights) {
   using c10::DispatchKey;
   // What eager calls always hold: a dispatch mode, a functorch level or the Python dispatcher
   // adds to the included keys; autocast removes its key from the excluded ones.
@@ -40,12 +45,12 @@ bool may_skip_dispatcher(const std::vector<Tensor>& tensors) {
       at::hasCallbacks())
     return false;
   const bool grad_mode = c10::GradMode::is_enabled();
-  for (const Tensor& t : tensors) {
-    if (!t.is_cpu() || t.layout() != at::kStrided || (t.key_set() | plain) != plain ||
-        (grad_mode && t.requires_grad()))
-      return false;
-  }
-  return true;
+  const auto plain_tensor = [&](const Tensor& t) {
+    return t.is_cpu() && t.layout() == at::kStrided && (t.key_set() | plain) == plain &&
+           !(grad_mode && t.requires_grad());
+  };
+  return plain_tensor(input) && std::all_of(hx.begin(), hx.end(), plain_tensor) &&
+         std::all_of(weights.begin(), weights.end(), plain_tensor);
 }
 
 // t's memory under other sizes and strides, as a tensor of its own rather than a view that
@@ -79,6 +84,28 @@ Tensor reshaped(Tensor result, at::IntArrayRef sizes) {
   if (result.use_count() != 1 || !result.is_contiguous()) return result.reshape(sizes);
   result.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
   return result;
+}
+
+// One layer's weights in one_direction's order, from `w` (w_ih, w_hh, then b_ih, b_hh where
+// `bias`, then w_hr where `projection`): w_ih, w_hh, b_ih, b_hh, w_hr, absent ones undefined.
+std::vector<OptionalTensor> layer_weights(const Tensor* w, bool bias, bool projection) {
+  std::vector<OptionalTensor> out{w[0], w[1], std::nullopt, std::nullopt, std::nullopt};
+  if (bias) out[2] = w[2], out[3] = w[3];
+  if (projection) out[4] = w[bias ? 4 : 2];
+  return out;
+}
+
+// Zero initial states for `batch` rows, as torch.nn's: h as wide as w_hh's input (P), c as the
+// cell (H); one tensor for both where they match, read only.
+std::vector<Tensor> zero_states(Cell cell, int64_t batch, const Tensor& w_hh,
+                                const at::TensorOptions& options) {
+  const int64_t width = w_hh.size(1);
+  std::vector<Tensor> zeros{fresh({batch, width}, options).zero_()};
+  if (cell == Cell::kLstm) {
+    const int64_t cell_width = w_hh.size(0) / 4;
+    zeros.push_back(cell_width == width ? zeros[0] : fresh({batch, cell_width}, options).zero_());
+  }
+  return zeros;
 }
 
 // One layer in one direction. states: h0 (and c0); weights: w_ih, w_hh, b_ih, b_hh (undefined
@@ -132,7 +159,7 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
                               cell == Cell::kRnnRelu, std::nullopt);
       per_direction = 2;
   }
-  const size_t count = cell == Cell::kLstm ? 2 : 1;  // states
+  const size_t count = state_count(cell);
   std::vector<std::pair<Tensor, std::vector<Tensor>>> results(2);
   for (size_t d = 0; d < 2; ++d) {
     const auto first = flat.begin() + d * per_direction;
@@ -147,12 +174,9 @@ std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
     const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
     const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
     bool projection, bool batch_first, double dropout) {
-  std::vector<Tensor> all(weights);
-  all.push_back(input);
-  all.insert(all.end(), hx.begin(), hx.end());
-  if (!may_skip_dispatcher(all)) return std::nullopt;
+  if (!may_skip_dispatcher(input, hx, weights)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
-  const size_t count = cell == Cell::kLstm ? 2 : 1;  // states
+  const size_t count = state_count(cell);
   const int64_t directions = bidirectional ? 2 : 1, units = layers * directions;
   const size_t per_unit = 2 + (bias ? 2 : 0) + (projection ? 1 : 0);
   const bool batched = input.dim() == 3;  // else [T, I], unbatched
@@ -173,22 +197,10 @@ std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
 
   // Per unit: its weights in one_direction's order, and its initial states.
   const auto unit_weights = [&](int64_t unit) {
-    const auto w = weights.begin() + unit * per_unit;
-    std::vector<OptionalTensor> out{w[0], w[1], std::nullopt, std::nullopt, std::nullopt};
-    if (bias) out[2] = w[2], out[3] = w[3];
-    if (projection) out[4] = w[per_unit - 1];
-    return out;
+    return layer_weights(&weights[unit * per_unit], bias, projection);
   };
-  std::vector<Tensor> zeros;  // without hx: one zero tensor for h, and for c where it matches
-  if (hx.empty()) {
-    const int64_t batch = x0.size(1), hidden = weights[1].size(1);
-    zeros.push_back(fresh({batch, hidden}, x0.options()).zero_());
-    if (count == 2) {
-      const int64_t cell_width = weights[1].size(0) / 4;
-      zeros.push_back(cell_width == hidden ? zeros[0]
-                                           : fresh({batch, cell_width}, x0.options()).zero_());
-    }
-  }
+  const std::vector<Tensor> zeros =  // for every unit, without hx
+      hx.empty() ? zero_states(cell, x0.size(1), weights[1], x0.options()) : std::vector<Tensor>{};
   const auto unit_states = [&](int64_t unit) {
     if (hx.empty()) return zeros;
     std::vector<Tensor> states;
@@ -236,12 +248,9 @@ std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_n
                                                        const Tensor& input,
                                                        const std::vector<Tensor>& hx,
                                                        const std::vector<Tensor>& weights) {
-  std::vector<Tensor> all(weights);
-  all.push_back(input);
-  all.insert(all.end(), hx.begin(), hx.end());
-  if (!may_skip_dispatcher(all)) return std::nullopt;
+  if (!may_skip_dispatcher(input, hx, weights)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
-  const size_t count = cell == Cell::kLstm ? 2 : 1;
+  const size_t count = state_count(cell);
   const bool batched = input.dim() == 2;  // else [I], unbatched
   TORCH_CHECK(batched || input.dim() == 1, "fusedrnn: a cell's input must be 1-D or 2-D");
   TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
@@ -252,11 +261,8 @@ std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_n
     TORCH_CHECK(state.dim() == input.dim(), "fusedrnn: a cell's state must be as its input");
     states.push_back(batched ? state : with_batch_of_one(state));
   }
-  if (states.empty())  // one zero tensor for h and c alike
-    states.assign(count, fresh({rows.size(0), weights[1].size(1)}, input.options()).zero_());
-  std::vector<OptionalTensor> w{weights[0], weights[1], std::nullopt, std::nullopt,
-                                std::nullopt};
-  if (weights.size() == 4) w[2] = weights[2], w[3] = weights[3];
+  if (states.empty()) states = zero_states(cell, rows.size(0), weights[1], input.options());
+  const std::vector<OptionalTensor> w = layer_weights(weights.data(), weights.size() == 4, false);
   const Tensor step = read_only_alias(  // [1, B, I]
       rows, {1, rows.size(0), rows.size(1)},
       {rows.size(0) * rows.stride(0), rows.stride(0), rows.stride(1)}, rows.storage_offset());
