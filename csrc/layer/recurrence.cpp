@@ -36,8 +36,8 @@ FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_RUN_STEP)
 #undef FUSEDRNN_DEFINE_RUN_STEP
 
 Tensor packed_weights(const cpu::Panels& panels, const Tensor& w, bool transposed) {
-  Tensor packed = at::empty({panels.size()},
-                            w.options().dtype(panels.bf16 ? at::kBFloat16 : w.scalar_type()));
+  Tensor packed = fresh({panels.size()},
+                        w.options().dtype(panels.bf16 ? at::kBFloat16 : w.scalar_type()));
   cpu::pack(dtype_of(w), panels, w.data_ptr(), transposed, packed.data_ptr());
   return packed;
 }
