@@ -2,9 +2,10 @@
 
 Each op runs one layer in one direction over a whole sequence (csrc/layer/layer.h). Here they
 get one torch.autograd.Function per cell type (their fake kernels, for torch.compile and
-FakeTensor, are in fake.py) whose forward and backward call nothing but those ops. Only a double
-backward (differentiating gradients taken with create_graph=True) and torch.func's transforms
-recompute the layer in plain PyTorch ops, which autograd can differentiate again.
+FakeTensor, are in fake.py) whose forward and backward call nothing but those ops. A double
+backward (differentiating gradients taken with create_graph=True) runs a pass of its own,
+second_order.py; a third derivative, and torch.func's transforms, recompute the layer in plain
+PyTorch ops, which autograd can differentiate again.
 
 Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H] or None;
 output [T, B, H]. With batch_sizes (a PackedSequence's), input is the packed data [rows, I] and
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from . import _extension  # noqa: F401  (loading _C registers torch.ops.fusedrnn)
 from . import batching, fake  # noqa: F401  (the ops' vmap rules and fake kernels)
+from . import second_order
 
 _ops = torch.ops.fusedrnn
 
@@ -100,6 +102,8 @@ def _rnn_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
 
 _TORCH_NN = {_lstm_reference: _lstm_torch_nn, _gru_reference: _gru_torch_nn,
              _rnn_reference: _rnn_torch_nn}
+_SECOND_ORDER = {_lstm_reference: second_order.lstm, _gru_reference: second_order.gru,
+                 _rnn_reference: second_order.rnn}
 
 
 def _of_some(reference, inputs, options, wanted):
@@ -113,20 +117,20 @@ def _of_some(reference, inputs, options, wanted):
     return layer
 
 
-def _differentiable_backward(reference, inputs, options, grad_outputs, needed, fused):
+def _differentiable_backward(reference, inputs, options, grad_outputs, needed, fused, output):
     """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
     tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
     backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Under plain
     autograd they are the fused backward's (`fused()`: the gradients of all inputs), and only
     differentiating them recomputes the layer (_FusedGradients). Inside torch.func's transforms
     they come from torch.func.vjp of the reference, which, unlike torch.autograd.grad, sees the
-    tensors a transform tracks. `needed`: which inputs need a gradient."""
+    tensors a transform tracks. `needed`: which inputs need a gradient; `output`: the layer's."""
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
     if not wanted or all(g is None for g in grad_outputs):
         return (None,) * len(inputs)
     tensors = [t for t in (*inputs, *grad_outputs) if t is not None]
     if not any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):  # plain autograd
-        return _FusedGradients.apply(_Recomputation(reference, options, fused, wanted),
+        return _FusedGradients.apply(_Recomputation(reference, options, fused, wanted, output),
                                      *inputs, *grad_outputs)
     else:
         outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
@@ -139,10 +143,26 @@ def _differentiable_backward(reference, inputs, options, grad_outputs, needed, f
 class _Recomputation:
     """What _FusedGradients needs of a layer: `fused()`, the fused backward's gradients of all
     its inputs; `reference` and `options`, the layer in plain PyTorch ops (recomputed through
-    torch.nn's own recurrence, _TORCH_NN); `wanted`, the inputs whose gradients are returned."""
+    torch.nn's own recurrence, _TORCH_NN); `wanted`, the inputs whose gradients are returned;
+    `output`, the layer's output (the forward's own copy), for the second-order pass."""
 
-    def __init__(self, reference, options, fused, wanted):
+    def __init__(self, reference, options, fused, wanted, output):
         self.reference, self.options, self.fused, self.wanted = reference, options, fused, wanted
+        self.output = output
+
+    def second_order(self, tensors, grad_grads, needs):
+        """The double backward by second_order's pass (the gradients of all saved tensors), or
+        None where it does not apply: off the CPU (unless second_order.ON_CUDA), and where the
+        incoming gradients are batched (autograd's vmap)."""
+        functorch = torch._C._functorch
+        device = self.output.device.type
+        if device != "cpu" and not (device == "cuda" and second_order.ON_CUDA) or any(
+                functorch.is_functorch_wrapped_tensor(g) or functorch.is_legacy_batchedtensor(g)
+                for g in grad_grads if g is not None):
+            return None
+        count = len(grad_grads)
+        return _SECOND_ORDER[self.reference](tensors[:count], self.options, self.output,
+                                             tensors[count:], grad_grads, needs)
 
     def gradients_with_graph(self, inputs, grad_outputs, which):
         """{i: the gradient of inputs[i], differentiable} for i in which, through the layer
@@ -162,10 +182,10 @@ class _FusedGradients(torch.autograd.Function):
     input (None where not wanted). Forward: the fused backward, so create_graph=True costs no
     more than a plain backward until its gradients are differentiated, and gradgradcheck's
     numerical half, which never differentiates them, runs at fused speed. Backward (the double
-    backward): the layer recomputed through torch.nn's recurrence, the gradients that are
-    differentiated taken with create_graph=True once and kept, then differentiated. A caller
-    that differentiates the same gradients many times (gradgradcheck, a Hessian by rows) pays
-    for the recomputation once."""
+    backward): on the CPU, second_order's pass. Where that does not apply (recording a third
+    derivative, CUDA, batched incoming gradients): the layer recomputed through torch.nn's
+    recurrence, the gradients that are differentiated taken with create_graph=True once and
+    kept (when no graph is recorded), then differentiated."""
 
     @staticmethod
     def forward(ctx, recomputation, *tensors):
@@ -187,10 +207,15 @@ class _FusedGradients(torch.autograd.Function):
         differentiated = {i for i, gg in enumerate(grad_grads) if gg is not None}
         if not differentiated:
             return (None,) * len(ctx.needs_input_grad)
+        recording = torch.is_grad_enabled()
+        if not recording:
+            result = ctx.recomputation.second_order(ctx.saved_tensors, grad_grads,
+                                                    ctx.needs_input_grad[1:])
+            if result is not None:
+                return (None, *result)
         # Kept for the next call only when this one records no graph: a recorded result
         # (create_graph=True, a third derivative) hangs on the recomputation's graph, and the
         # backward through it may free that graph before a next call would reuse it.
-        recording = torch.is_grad_enabled()
         if recording or not differentiated <= ctx.inner.keys():
             aliases, inner = _FusedGradients._recompute(
                 ctx, len(grad_grads), differentiated | (set() if recording else ctx.inner.keys()))
@@ -314,7 +339,7 @@ class LSTMFunction(torch.autograd.Function):
             needed = ctx.needs_input_grad
             grads = _differentiable_backward(
                 _lstm_reference, inputs, (ctx.reverse,), (grad_output, grad_hn, grad_cn),
-                needed[:7] + (len(needed) > 9 and needed[9],), fused)
+                needed[:7] + (len(needed) > 9 and needed[9],), fused, output)
         else:
             grads = fused()
         return (*grads[:7], None, None, grads[7])
@@ -351,7 +376,7 @@ class GRUFunction(torch.autograd.Function):
             _check_not_packed(ctx)
             grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
                                              (grad_output, grad_hn), ctx.needs_input_grad[:6],
-                                             fused)
+                                             fused, output)
         else:
             grads = fused()
         return (*grads, None, None)
@@ -388,7 +413,7 @@ class RNNFunction(torch.autograd.Function):
             _check_not_packed(ctx)
             grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),
                                              (grad_output, grad_hn), ctx.needs_input_grad[:6],
-                                             fused)
+                                             fused, output)
         else:
             grads = fused()
         return (*grads, None, None, None)
@@ -415,17 +440,19 @@ def _keep(ctx, inputs, kept, batch_sizes):
     ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
 
 
-def _pair_backward(ctx, reference, input, directions, options, grads, k, leading, fused):
+def _pair_backward(ctx, reference, input, directions, options, grads, k, leading, fused,
+                   outputs):
     """The gradients of all the Function's inputs: input's two summed. Each direction's come
     from fused(d) (the gradients of input and that direction's k tensors), and under grad mode
-    through _differentiable_backward. `leading`: the Function's inputs before the directions."""
+    through _differentiable_backward. `leading`: the Function's inputs before the directions;
+    `outputs`: each direction's output."""
     if torch.is_grad_enabled():
         _check_not_packed(ctx)
         needed = ctx.needs_input_grad
         per = [_differentiable_backward(
             reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
             (needed[0], *needed[leading + d * k:leading + (d + 1) * k]),
-            lambda d=d: fused(d)) for d in range(2)]
+            lambda d=d: fused(d), outputs[d]) for d in range(2)]
     else:
         per = [fused(0), fused(1)]
     return (_sum_defined(per[0][0], per[1][0]), *(None,) * (leading - 1), *per[0][1:],
@@ -498,7 +525,7 @@ class LSTMPairFunction(torch.autograd.Function):
 
         return _pair_backward(
             ctx, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
-            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None))
+            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None), output)
 
 
 class GRUPairFunction(torch.autograd.Function):
@@ -540,7 +567,7 @@ class GRUPairFunction(torch.autograd.Function):
 
         return _pair_backward(ctx, _gru_reference, input, directions, (),
                               (grads[:2], grads[2:4]), 5, 2,
-                              lambda d: _gru_grads(results(d), has_bias))
+                              lambda d: _gru_grads(results(d), has_bias), output)
 
 
 class RNNPairFunction(torch.autograd.Function):
@@ -581,7 +608,7 @@ class RNNPairFunction(torch.autograd.Function):
 
         return _pair_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
                               (grads[:2], grads[2:4]), 5, 3,
-                              lambda d: _rnn_grads(results(d), has_bias))
+                              lambda d: _rnn_grads(results(d), has_bias), output)
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""Double backward: under create_graph=True the autograd Functions recompute the layer in plain
-PyTorch ops; otherwise their backward is the fused op alone."""
+"""Double backward: under create_graph=True the autograd Functions return the fused op's
+gradients, and differentiating those runs second_order's pass (or, recording a third derivative,
+the layer recomputed in plain PyTorch ops); otherwise their backward is the fused op alone."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import (CELLS, DEVICES, apply_layer as _apply, assert_close_by_name,
-                      layer_args as _layer_args, make_pair, random_state)
+                      assert_half_rule, half_rule_draws, layer_args as _layer_args, make_pair,
+                      random_state, rel_err)
+from fusedrnn import ops
 from test_cells import CELL_CLASSES, CellAsLayer, cell_inputs, make_cell_pair
 
 ALL_CELLS = list(CELLS)
@@ -72,7 +75,7 @@ def _penalty_gradients(model, x, hx):
     x = x.detach().requires_grad_()
     output = model(x, hx)[0]
     probe = torch.randn(output.shape, generator=torch.Generator().manual_seed(5),
-                        dtype=output.dtype).to(output.device)
+                        dtype=torch.float64).to(output.device, output.dtype)
     (grad_x,) = torch.autograd.grad((output * probe).sum(), x, create_graph=True)
     names, parameters = zip(*model.named_parameters())
     grads = torch.autograd.grad(grad_x.pow(2).sum(), (x, *parameters))
@@ -152,3 +155,59 @@ def test_gradients_differentiated_again_and_again(cell):
                 for i, g in enumerate(grads)}
 
     assert_close_by_name(differentiate(fused), differentiate(ref), 1e-10)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the layer was recomputed in plain ops")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_double_backward_is_the_second_order_pass(cell, monkeypatch):
+    """On the CPU a double backward that records no graph runs second_order's pass: the layer
+    is not recomputed through torch.nn's recurrence, and the results stay torch.nn's."""
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64, num_layers=2, bidirectional=True)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64)
+    hx = random_state(cell, ref, 2, "cpu", torch.float64, gen)
+    expected = _penalty_gradients(ref, x, hx)
+    for reference in list(ops._TORCH_NN):
+        monkeypatch.setitem(ops._TORCH_NN, reference, _refuse)
+    assert_close_by_name(_penalty_gradients(fused, x, hx), expected, 1e-10)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_double_backward_with_batched_incoming_gradients(cell):
+    """Hessian-vector products in a batch (autograd.grad(is_grads_batched=True) over the
+    first-order gradients) take the recomputation, and equal them one by one."""
+    _, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(fused(x)[0].pow(2).sum(), x, create_graph=True)
+    probes = torch.randn(3, *x.shape, generator=gen, dtype=torch.float64)
+    (batched,) = torch.autograd.grad(grad_x, x, probes, retain_graph=True, is_grads_batched=True)
+    one_by_one = torch.stack([torch.autograd.grad(grad_x, x, p, retain_graph=True)[0]
+                              for p in probes])
+    assert rel_err(batched, one_by_one) <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_gradient_penalty_in_half_precision(cell, dtype):
+    """A bfloat16/float16 gradient penalty (the second-order pass in the layer's dtype): its
+    error against float64 within the half rule of torch.nn's own."""
+    runs = []
+    for draw in range(half_rule_draws(cell)):
+        ref, fused = make_pair(cell, 6, 8, "cpu", torch.float64, seed=draw)
+        gen = torch.Generator().manual_seed(20 + draw)
+        x = torch.randn(7, 3, 6, generator=gen, dtype=torch.float64)
+        hx = random_state(cell, ref, 3, "cpu", torch.float64, gen)
+
+        def in_dtype(state):
+            return None if state is None else tuple(s.to(dtype) for s in state) \
+                if isinstance(state, tuple) else state.to(dtype)
+
+        exact = _penalty_gradients(ref, x, hx)
+        theirs = _penalty_gradients(ref.to(dtype), x.to(dtype), in_dtype(hx))
+        ours = _penalty_gradients(fused.to(dtype), x.to(dtype), in_dtype(hx))
+        runs.append((ours, theirs, exact))
+    assert_half_rule(runs)

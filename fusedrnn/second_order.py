@@ -1,0 +1,366 @@
+"""The double backward of one layer in one direction, as a pass of its own.
+
+A layer's first-order backward maps the gradients of its outputs, u, to the gradients of its
+inputs P (x, h0, [c0], the weights): g(P, u) = J(P)^T u. Differentiating g once more with
+incoming gradients v (one per input gradient) asks for the gradients of s = <v, g(P, u)>:
+- with respect to u: J(P) v, the forward-mode derivative of the layer along v;
+- with respect to P: the derivative of g(P, u) along v, with u held fixed.
+So one pass computes both: the layer's tangents along v, forward in time (a linear recurrence
+through W_hh), then the first-order backward together with its own tangent, backward in time.
+Everything parallel in time (the input projections, the gate derivatives, the weight
+gradients) is computed for all steps at once outside the two loops; each step of a loop is one
+matrix product and a few elementwise ops. The alternative, autograd over the layer recomputed
+in plain ops (ops._FusedGradients), records and replays a graph of dozens of nodes a step.
+
+Notation follows csrc/core/gates.h: x [T, B, I], h [T, B, P] (P = H without a projection),
+gates in torch.nn's order. `dot_w` (an incoming gradient) and `c_dot` are tangents along v of
+an input and of a forward quantity; `dc_tan` is the tangent of a first-order backward quantity.
+Steps run in the layer's own order: a reverse layer's sequences are flipped on the way in and
+out.
+"""
+import os
+
+import torch
+
+# CUDA tensors take the recomputation (ops._FusedGradients) unless FUSEDRNN_SECOND_ORDER_CUDA=1
+# at import: this pass is plain PyTorch ops, but it has not yet run on a GPU.
+ON_CUDA = os.environ.get("FUSEDRNN_SECOND_ORDER_CUDA") == "1"
+
+
+def _flat(x):
+    return x.reshape(-1, x.shape[-1])
+
+
+def _linear(like, shape, products, biases):
+    """sum of a @ w^T over `products` (a [..., K], w [N, K]) plus `biases`, as a new tensor of
+    `shape` [..., N] and `like`'s dtype; terms with a None are left out, and all of them gone
+    gives zeros."""
+    total = None
+    for a, w in products:
+        if a is not None and w is not None:
+            total = _flat(a) @ w.t() if total is None else total.addmm_(_flat(a), w.t())
+    total = None if total is None else total.view(shape)
+    for b in biases:
+        if b is not None:
+            total = b.expand(shape).clone() if total is None else total.add_(b)
+    return like.new_zeros(shape) if total is None else total
+
+
+def _previous(first, sequence):
+    """[first, sequence[0], ..., sequence[T-2]]: the state each step starts from (a None first
+    is zeros)."""
+    first = torch.zeros_like(sequence[0]) if first is None else first
+    return torch.cat([first[None], sequence[:-1]])
+
+
+def _in_order(x, reverse):
+    return None if x is None else x.flip(0) if reverse else x
+
+
+def _sequences(reverse, x, output, u_y, dot_x):
+    """x, the output, its gradient u_y (zeros if absent) and x's tangent, in step order."""
+    y = _in_order(output, reverse)
+    u_y = torch.zeros_like(y) if u_y is None else _in_order(u_y, reverse)
+    return _in_order(x, reverse), y, u_y, _in_order(dot_x, reverse)
+
+
+def _weight_grad(a, b, c, d):
+    """a^T b + c^T d, each summed over steps and batch rows; the second term only where d is
+    not None (a weight gradient's tangent: d(grad)^T input + grad^T d(input))."""
+    total = _flat(a).t() @ _flat(b)
+    return total if d is None else total.addmm_(_flat(c).t(), _flat(d))
+
+
+def _input_grad(grads, w, grads_other, w_dot):
+    """grads @ w + grads_other @ w_dot (the second term where w_dot is not None)."""
+    total = _flat(grads) @ w
+    if w_dot is not None:
+        total.addmm_(_flat(grads_other), w_dot)
+    return total.view(*grads.shape[:-1], w.shape[1])
+
+
+def _backward_product(d, w, w_dot):
+    """d = [d, d'] [2, B, K] -> [d w, d' w + d w_dot] [2, B, N]: a backward step's product
+    through w [K, N] and its tangent, both in one matrix product."""
+    product = torch.matmul(d, w)
+    if w_dot is not None:
+        product[1].addmm_(d[0], w_dot)
+    return product
+
+
+def _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, x_gates, h_prev, h_prev_dot,
+                  h_gates, h_dot):
+    """{name: gradient} of what every cell's pass returns alike: x, w_ih, w_hh, b_ih, b_hh from
+    the pre-activations' gradients and their tangents (x_gates: (d, d') of the input
+    projection's, h_gates: of the recurrent product's; the same pair but in the GRU), and u_y,
+    u_hn: the output's tangent and h_n's. `need`: {name: bool}."""
+    (d_x, d_x_tan), (d_h, d_h_tan) = x_gates, h_gates
+    grads = {}
+    if need["x"]:
+        grads["x"] = _in_order(_input_grad(d_x_tan, w_ih, d_x, dot_w_ih), reverse)
+    if need["w_ih"]:
+        grads["w_ih"] = _weight_grad(d_x_tan, x, d_x, dot_x)
+    if need["w_hh"]:
+        grads["w_hh"] = _weight_grad(d_h_tan, h_prev, d_h, h_prev_dot)
+    if need["b_ih"]:
+        grads["b_ih"] = d_x_tan.sum((0, 1))
+    if need["b_hh"]:
+        grads["b_hh"] = grads["b_ih"].clone() if x_gates is h_gates and need["b_ih"] \
+            else d_h_tan.sum((0, 1))
+    if need["u_y"]:
+        grads["u_y"] = _in_order(h_dot, reverse)
+    if need["u_hn"]:
+        grads["u_hn"] = h_dot[-1]
+    return grads
+
+
+def lstm(inputs, options, output, grad_outputs, grad_grads, needs):
+    """-> the gradients of (*inputs, *grad_outputs) (None where not in `needs`).
+    inputs: x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr; options: (reverse,); output: the layer's
+    output; grad_outputs: of output, h_n, c_n; grad_grads: one per input, None for zero."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+    (reverse,) = options
+    u_y, u_hn, u_cn = grad_outputs
+    dot_x, dot_h0, dot_c0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh, dot_w_hr = grad_grads
+    x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    T, B = x.shape[:2]
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    gates = slice(2 * H, 3 * H)
+
+    # The forward's activations, from its output for all steps at once (c alone step by step).
+    h_prev = _previous(h0, y)
+    pre = _linear(x, (T, B, 4 * H), [(x, w_ih), (h_prev, w_hh)], [b_ih, b_hh])
+    act = pre.sigmoid()
+    torch.tanh(pre[..., gates], out=act[..., gates])
+    i, f, g, o = act.split(H, -1)
+    c = i * g
+    for t, (c_t, f_t) in enumerate(zip(c, f)):
+        c_t.addcmul_(f_t, c0 if t == 0 else c[t - 1])
+    c_prev = _previous(c0, c)
+    tanh_c = c.tanh()
+    d_tanh_c = torch.mul(tanh_c, tanh_c).neg_().add_(1)
+    m = o * tanh_c  # the cell output, before any projection
+    d_act = (1 - act).mul_(act)
+    torch.mul(g, g, out=d_act[..., gates]).neg_().add_(1)
+    # A step's backward: dz = e * [dc, dc, dc, dm], dc = dm * k1 + dc_next * f_next.
+    factors = torch.cat([g, c_prev, i, tanh_c], -1)
+    e = d_act * factors
+    k1 = o * d_tanh_c
+
+    # Tangents along v, forward in time: pre_dot gains h_dot_prev W_hh^T a step.
+    pre_dot = _linear(x, (T, B, 4 * H), [(dot_x, w_ih), (x, dot_w_ih), (h_prev, dot_w_hh)],
+                      [dot_b_ih, dot_b_hh])
+    m_w_hr_dot = None if w_hr is None or dot_w_hr is None else _flat(m) @ dot_w_hr.t()
+    c_dot, m_dot = torch.empty_like(c), torch.empty_like(c)
+    h_dot = m_dot if w_hr is None else torch.empty_like(y)
+    h_last, c_last = dot_h0, dot_c0
+    for t, (pre_dot_t, e_t, k1_t) in enumerate(zip(pre_dot, e, k1)):
+        if h_last is not None:
+            pre_dot_t.addmm_(h_last, w_hh.t())
+        # c_dot = i_dot g + f_dot c_prev + i g_dot + f c_dot_prev; m_dot = o_dot tanh_c + k1 c_dot
+        pre_i, pre_f, pre_g, pre_o = pre_dot_t.split(H, -1)
+        e_i, e_f, e_g, e_o = e_t.split(H, -1)
+        torch.mul(pre_i, e_i, out=c_dot[t]).addcmul_(pre_f, e_f).addcmul_(pre_g, e_g)
+        if c_last is not None:
+            c_dot[t].addcmul_(f[t], c_last)
+        torch.mul(pre_o, e_o, out=m_dot[t]).addcmul_(k1_t, c_dot[t])
+        if w_hr is not None:
+            torch.mm(m_dot[t], w_hr.t(), out=h_dot[t])
+            if m_w_hr_dot is not None:
+                h_dot[t].add_(m_w_hr_dot[t * B:(t + 1) * B])
+        h_last, c_last = h_dot[t], c_dot[t]
+
+    # The tangents of the backward's factors e and k1.
+    act_dot = pre_dot.mul_(d_act)
+    i_dot, f_dot, g_dot, o_dot = act_dot.split(H, -1)
+    d_act_dot = act.mul(-2).add_(1).mul_(act_dot)
+    torch.mul(g, g_dot, out=d_act_dot[..., gates]).mul_(-2)
+    tanh_c_dot = d_tanh_c * c_dot
+    e_dot = torch.cat([g_dot, _previous(dot_c0, c_dot), i_dot, tanh_c_dot], -1).mul_(d_act)
+    e_dot.addcmul_(d_act_dot, factors)
+    k1_dot = torch.mul(o_dot, d_tanh_c).addcmul_(m, tanh_c_dot, value=-2)
+
+    # The first-order backward with u and its tangent, backward in time: grads[:, t] holds the
+    # gate gradients dz and their tangent dz' of step t.
+    grads = torch.empty(2, T, B, 4 * H, dtype=x.dtype, device=x.device)
+    if w_hr is not None:  # dh, dh' of each step, for W_hr's gradient
+        dh_all = torch.empty(2, T, B, P, dtype=x.dtype, device=x.device)
+    for t in reversed(range(T)):
+        if t == T - 1:
+            dh = u_y[t] if u_hn is None else u_y[t] + u_hn
+            dh_both = torch.stack([dh, torch.zeros_like(dh)])
+        else:
+            dh_both = _backward_product(grads[:, t + 1], w_hh, dot_w_hh)
+            dh_both[0] += u_y[t]
+        if w_hr is not None:
+            dh_all[:, t] = dh_both
+            dh_both = _backward_product(dh_both, w_hr, dot_w_hr)
+        dm, dm_tan = dh_both
+        dc_tan = torch.mul(dm_tan, k1[t]).addcmul_(dm, k1_dot[t])
+        if t == T - 1:
+            dc = torch.mul(dm, k1[t]) if u_cn is None else torch.addcmul(u_cn, dm, k1[t])
+        else:
+            dc_tan.addcmul_(dc_tan_next, f[t + 1]).addcmul_(dc, f_dot[t + 1])
+            dc = torch.mul(dc, f[t + 1]).addcmul_(dm, k1[t])
+        dc_tan_next = dc_tan
+        z, z_tan = grads[:, t].unflatten(-1, (4, H))
+        e_t, e_dot_t = e[t].unflatten(-1, (4, H)), e_dot[t].unflatten(-1, (4, H))
+        torch.mul(e_t[:, :3], dc[:, None], out=z[:, :3])
+        torch.mul(e_t[:, 3], dm, out=z[:, 3])
+        torch.mul(e_t[:, :3], dc_tan[:, None], out=z_tan[:, :3])
+        z_tan[:, :3].addcmul_(e_dot_t[:, :3], dc[:, None])
+        torch.addcmul(dm_tan * e_t[:, 3], e_dot_t[:, 3], dm, out=z_tan[:, 3])
+
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "u_y", "u_hn", "u_cn")
+    need = dict(zip(names, needs))
+    results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, grads, h_prev,
+                            _previous(dot_h0, h_dot), grads, h_dot)
+    if need["h0"]:
+        results["h0"] = _backward_product(grads[:, 0], w_hh, dot_w_hh)[1]
+    if need["c0"]:
+        results["c0"] = dc_tan * f[0] + dc * f_dot[0]
+    if need["w_hr"]:
+        results["w_hr"] = _weight_grad(dh_all[1], m, dh_all[0], m_dot)
+    if need["u_cn"]:
+        results["u_cn"] = c_dot[-1]
+    return tuple(map(results.get, names))
+
+
+# The GRU's and the Elman RNN's inputs, then their grad_outputs, by name.
+NAMES = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "u_y", "u_hn")
+
+
+def gru(inputs, options, output, grad_outputs, grad_grads, needs):
+    """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh and grad_outputs of output, h_n."""
+    x, h0, w_ih, w_hh, b_ih, b_hh = inputs
+    (reverse,) = options
+    u_y, u_hn = grad_outputs
+    dot_x, dot_h0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh = grad_grads
+    x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    T, B = x.shape[:2]
+    H = w_hh.shape[1]
+
+    # The forward's activations, from its output, for all steps at once.
+    h_prev = _previous(h0, y)
+    x_gates = _linear(x, (T, B, 3 * H), [(x, w_ih)], [b_ih])
+    h_gates = _linear(x, (T, B, 3 * H), [(h_prev, w_hh)], [b_hh])
+    rz = (x_gates[..., :2 * H] + h_gates[..., :2 * H]).sigmoid_()
+    r, z = rz.split(H, -1)
+    hn = h_gates[..., 2 * H:]
+    n = torch.addcmul(x_gates[..., 2 * H:], r, hn).tanh_()
+    d_rz = (1 - rz).mul_(rz)
+    d_r, d_z = d_rz.split(H, -1)
+    d_n = torch.mul(n, n).neg_().add_(1)
+    one_minus_z, h_prev_minus_n = 1 - z, h_prev - n
+    a1, a2, a3 = one_minus_z * d_n, h_prev_minus_n * d_z, hn * d_r
+    # A step's backward: the gradients of [r pre, z pre, hn, n pre] = e * dh, and
+    # dh_prev = dh z + d(h gates) W_hh.
+    e = torch.cat([a1 * a3, a2, a1 * r, a1], -1)
+
+    # Tangents along v, forward in time: h_gates_dot gains h_dot_prev W_hh^T a step.
+    x_gates_dot = _linear(x, (T, B, 3 * H), [(dot_x, w_ih), (x, dot_w_ih)], [dot_b_ih])
+    h_gates_dot = _linear(x, (T, B, 3 * H), [(h_prev, dot_w_hh)], [dot_b_hh])
+    rz_dot, n_dot, h_dot = torch.empty_like(rz), torch.empty_like(n), torch.empty_like(y)
+    h_last = dot_h0
+    for t, (x_dot_t, h_dot_t) in enumerate(zip(x_gates_dot, h_gates_dot)):
+        if h_last is not None:
+            h_dot_t.addmm_(h_last, w_hh.t())
+        torch.mul(x_dot_t[:, :2 * H] + h_dot_t[:, :2 * H], d_rz[t], out=rz_dot[t])
+        r_dot, z_dot = rz_dot[t].split(H, -1)
+        n_pre_dot = torch.addcmul(x_dot_t[:, 2 * H:], r_dot, hn[t])
+        torch.mul(n_pre_dot.addcmul_(r[t], h_dot_t[:, 2 * H:]), d_n[t], out=n_dot[t])
+        # h_dot = z_dot (h_prev - n) + (1 - z) n_dot + z h_dot_prev
+        torch.addcmul(z_dot * h_prev_minus_n[t], one_minus_z[t], n_dot[t], out=h_dot[t])
+        if h_last is not None:
+            h_dot[t].addcmul_(z[t], h_last)
+        h_last = h_dot[t]
+
+    # The tangent of the backward's factor e.
+    r_dot, z_dot = rz_dot.split(H, -1)
+    d_r_dot, d_z_dot = rz.mul(-2).add_(1).mul_(rz_dot).split(H, -1)
+    a1_dot = torch.mul(d_n, z_dot).neg_().addcmul_(one_minus_z * n, n_dot, value=-2)
+    a2_dot = (_previous(dot_h0, h_dot) - n_dot).mul_(d_z).addcmul_(h_prev_minus_n, d_z_dot)
+    a3_dot = torch.mul(h_gates_dot[..., 2 * H:], d_r).addcmul_(hn, d_r_dot)
+    e_dot = torch.cat([(a1_dot * a3).addcmul_(a1, a3_dot), a2_dot,
+                       (a1_dot * r).addcmul_(a1, r_dot), a1_dot], -1)
+
+    # The first-order backward and its tangent, backward in time: grads[:, t] holds e * dh and
+    # its tangent of step t; their first 3H are the gradients of the h gates.
+    grads = torch.empty(2, T, B, 4 * H, dtype=x.dtype, device=x.device)
+
+    def into_previous_step(t, dh, dh_tan):
+        """dh, dh' reaching h_{t-1} from step t, as [2, B, H]."""
+        both = _backward_product(grads[:, t, :, :3 * H], w_hh, dot_w_hh)
+        both[0].addcmul_(dh, z[t])
+        both[1].addcmul_(dh_tan, z[t]).addcmul_(dh, z_dot[t])
+        return both
+
+    for t in reversed(range(T)):
+        if t == T - 1:
+            dh = u_y[t] if u_hn is None else u_y[t] + u_hn
+            dh_tan = torch.zeros_like(dh)
+        else:
+            dh, dh_tan = into_previous_step(t + 1, dh, dh_tan)
+            dh = dh + u_y[t]
+        step, step_tan = grads[:, t].unflatten(-1, (4, H))
+        e_t = e[t].unflatten(-1, (4, H))
+        torch.mul(e_t, dh[:, None], out=step)
+        torch.mul(e_t, dh_tan[:, None], out=step_tan)
+        step_tan.addcmul_(e_dot[t].unflatten(-1, (4, H)), dh[:, None])
+
+    need = dict(zip(NAMES, needs))
+    results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih,
+                            torch.cat([grads[..., :2 * H], grads[..., 3 * H:]], -1), h_prev,
+                            _previous(dot_h0, h_dot), grads[..., :3 * H], h_dot)
+    if need["h0"]:
+        results["h0"] = into_previous_step(0, dh, dh_tan)[1]
+    return tuple(map(results.get, NAMES))
+
+
+def rnn(inputs, options, output, grad_outputs, grad_grads, needs):
+    """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh, options (relu, reverse) and
+    grad_outputs of output, h_n."""
+    x, h0, w_ih, w_hh, b_ih, b_hh = inputs
+    relu, reverse = options
+    u_y, u_hn = grad_outputs
+    dot_x, dot_h0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh = grad_grads
+    x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    T, B = x.shape[:2]
+    H = w_hh.shape[1]
+
+    h_prev = _previous(h0, y)
+    # The activation's derivative from its output, as the fused backward takes it.
+    d_act = (y > 0).to(y.dtype) if relu else torch.mul(y, y).neg_().add_(1)
+
+    # Tangents along v, forward in time: pre_dot gains h_dot_prev W_hh^T a step.
+    pre_dot = _linear(x, (T, B, H), [(dot_x, w_ih), (x, dot_w_ih), (h_prev, dot_w_hh)],
+                      [dot_b_ih, dot_b_hh])
+    h_dot = torch.empty_like(y)
+    h_last = dot_h0
+    for t, (pre_dot_t, d_act_t) in enumerate(zip(pre_dot, d_act)):
+        if h_last is not None:
+            pre_dot_t.addmm_(h_last, w_hh.t())
+        h_last = torch.mul(pre_dot_t, d_act_t, out=h_dot[t])
+    d_act_dot = None if relu else torch.mul(y, h_dot).mul_(-2)
+
+    # The first-order backward and its tangent: grads[:, t], the gradient of step t's
+    # pre-activation and its tangent.
+    grads = torch.empty(2, T, B, H, dtype=x.dtype, device=x.device)
+    for t in reversed(range(T)):
+        if t == T - 1:
+            dh = u_y[t] if u_hn is None else u_y[t] + u_hn
+            dh_tan = torch.zeros_like(dh)
+        else:
+            dh, dh_tan = _backward_product(grads[:, t + 1], w_hh, dot_w_hh)
+            dh += u_y[t]
+        torch.mul(dh, d_act[t], out=grads[0, t])
+        torch.mul(dh_tan, d_act[t], out=grads[1, t])
+        if d_act_dot is not None:
+            grads[1, t].addcmul_(dh, d_act_dot[t])
+
+    need = dict(zip(NAMES, needs))
+    results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, grads, h_prev,
+                            _previous(dot_h0, h_dot), grads, h_dot)
+    if need["h0"]:
+        results["h0"] = _backward_product(grads[:, 0], w_hh, dot_w_hh)[1]
+    return tuple(map(results.get, NAMES))

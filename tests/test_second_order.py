@@ -1,0 +1,124 @@
+"""fusedrnn/second_order.py, the double backward's own pass, against autograd differentiating the
+plain-PyTorch layer twice: the gradients of s = <v, J^T u> with respect to every input and to u,
+for random u and v (any of them absent)."""
+import pytest
+import torch
+
+from conftest import layer_args, rel_err
+from fusedrnn import ops, second_order
+
+PASSES = {"lstm": (second_order.lstm, ops._lstm_reference),
+          "gru": (second_order.gru, ops._gru_reference),
+          "rnn_tanh": (second_order.rnn, ops._rnn_reference),
+          "rnn_relu": (second_order.rnn, ops._rnn_reference)}
+# T, B, I, H, and for an LSTM the projection size (0: none; the other cells take only those)
+SHAPES = [(1, 1, 1, 1, 0), (1, 3, 2, 5, 0), (5, 1, 4, 3, 0), (7, 3, 5, 6, 0), (4, 2, 3, 7, 3),
+          (40, 2, 3, 4, 0), (6, 4, 9, 2, 1)]
+
+
+def _args(cell, T, B, I, H, P, bias, dtype, seed):
+    """layer_args, with a projection to P for an LSTM when P > 0 (h0 and W_hh then P wide)."""
+    args = layer_args(cell, T, B, I, H, "cpu", dtype, bias=bias, seed=seed)
+    options = (cell == "rnn_relu",) if cell.startswith("rnn") else ()
+    if cell == "lstm":
+        w_hr = None
+        if P:
+            gen = torch.Generator().manual_seed(seed + 1)
+            args[1] = torch.randn(B, P, generator=gen, dtype=torch.float64).to(dtype)
+            args[4] = (0.5 * torch.randn(4 * H, P, generator=gen, dtype=torch.float64)).to(dtype)
+            w_hr = (0.5 * torch.randn(P, H, generator=gen, dtype=torch.float64)).to(dtype)
+        args.append(w_hr)
+    return args, options
+
+
+def _random_like(tensors, present, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    return [None if t is None or not keep else
+            torch.randn(t.shape, generator=gen, dtype=torch.float64).to(dtype)
+            for t, keep in zip(tensors, present)]
+
+
+def _expected(reference, args, options, grad_outputs, grad_grads):
+    """The gradients of <grad_grads, d(outputs)/d(args)^T grad_outputs> with respect to args and
+    grad_outputs, by autograd through the reference twice (None: no path)."""
+    args = [None if a is None else a.detach().requires_grad_() for a in args]
+    grad_outputs = [None if u is None else u.detach().requires_grad_() for u in grad_outputs]
+    outputs = reference(*args, *options)
+    used = [(o, u) for o, u in zip(outputs, grad_outputs) if u is not None]
+    wanted = [k for k, v in enumerate(grad_grads) if v is not None]
+    first = torch.autograd.grad([o for o, _ in used], [args[k] for k in wanted],
+                                [u for _, u in used], create_graph=True, allow_unused=True)
+    s = sum((g * grad_grads[k]).sum() for k, g in zip(wanted, first) if g is not None)
+    targets = [t for t in (*args, *grad_outputs) if t is not None]
+    if not torch.is_tensor(s) or not s.requires_grad:
+        grads = iter([None] * len(targets))
+    else:
+        grads = iter(torch.autograd.grad(s, targets, allow_unused=True))
+    return [None if t is None else next(grads) for t in (*args, *grad_outputs)]
+
+
+def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present, dtype=None,
+           tol=1e-10, seed=0):
+    T, B, I, H, P = shape
+    args, options = _args(cell, T, B, I, H, P, bias, torch.float64, seed)
+    options = (*options, reverse)
+    pass_, reference = PASSES[cell]
+    with torch.no_grad():
+        outputs = reference(*args, *options)
+    grad_outputs = _random_like(outputs, grad_outputs_present, seed + 2, torch.float64)
+    grad_grads = _random_like(args, grad_grads_present, seed + 3, torch.float64)
+    expected = _expected(reference, args, options, grad_outputs, grad_grads)
+
+    def cast(tensors):
+        return [None if t is None else t.to(dtype or torch.float64) for t in tensors]
+
+    needs = [t is not None for t in (*args, *grad_outputs)]
+    with torch.no_grad():
+        actual = pass_(cast(args), options, cast(outputs)[0], cast(grad_outputs),
+                       cast(grad_grads), needs)
+    assert len(actual) == len(expected)
+    for k, (a, e) in enumerate(zip(actual, expected)):
+        if not needs[k]:
+            assert a is None, k
+        elif e is None or not e.abs().max() > 0:  # no path: zero or absent
+            assert a is None or not a.abs().max() > 0, k
+        else:
+            assert a is not None and a.shape == e.shape, k
+            assert rel_err(a.double(), e) <= tol, (k, rel_err(a.double(), e))
+
+
+CASES = [(cell, shape) for cell in PASSES for shape in SHAPES if cell == "lstm" or not shape[4]]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("cell, shape", CASES, ids=[f"{c}-{s}" for c, s in CASES])
+def test_matches_autograd_through_the_plain_layer(cell, shape, bias, reverse):
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    _check(cell, shape, bias, reverse, [True] * outputs, [True] * inputs)
+
+
+@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("cell", list(PASSES))
+def test_any_gradient_and_any_incoming_gradient_absent(cell, case):
+    """As a caller differentiates some first-order gradients of some outputs: u and v each
+    present for a random subset (gradient penalties on the input alone, on one weight...)."""
+    gen = torch.Generator().manual_seed(100 + case)
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    shape = (5, 2, 3, 4, 2 if cell == "lstm" and case % 2 else 0)
+    grad_outputs_present = (torch.rand(outputs, generator=gen) < 0.6).tolist()
+    grad_outputs_present[case % outputs] = True
+    grad_grads_present = (torch.rand(inputs, generator=gen) < 0.4).tolist()
+    grad_grads_present[case % inputs] = True
+    _check(cell, shape, True, case % 3 == 0, grad_outputs_present, grad_grads_present,
+           seed=case)
+
+
+@pytest.mark.parametrize("cell", list(PASSES))
+def test_float32_against_float64(cell):
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    _check(cell, (20, 4, 16, 24, 0), True, False, [True] * outputs, [True] * inputs,
+           dtype=torch.float32, tol=2e-5)
