@@ -76,9 +76,8 @@ fi
 
 if wants tests; then
     echo "== tests"
-    # TESTS: the test files, in the order to run them (default: all of tests/). The double
-    # backward's own pass is off on CUDA until it has run there: the tests run it.
-    FUSEDRNN_SECOND_ORDER_CUDA=1 timeout "$(limit 300 180)" python3 -m pytest ${TESTS:-tests} -q -rs -p no:cacheprovider \
+    # TESTS: the test files, in the order to run them (default: all of tests/).
+    timeout "$(limit 300 180)" python3 -m pytest ${TESTS:-tests} -q -rs -p no:cacheprovider \
         --durations=10 2>&1 | tee "$OUT/tests.log"
     tests_rc=${PIPESTATUS[0]}
 fi

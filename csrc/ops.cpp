@@ -10,6 +10,7 @@
 #include "layer/layer.h"
 #include "layer/persistent.h"
 #include "layer/scratch.h"
+#include "layer/second_order.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
@@ -133,6 +134,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("direct_module_forward", &fusedrnn::direct_module_forward,
         py::call_guard<py::gil_scoped_release>());
   m.def("direct_cell_forward", &fusedrnn::direct_cell_forward,
+        py::call_guard<py::gil_scoped_release>());
+  // The double backward's loops over time (layer/second_order.h), internals of
+  // fusedrnn/second_order.py.
+  m.def("lstm_tangent_steps", &fusedrnn::lstm_tangent_steps,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("lstm_backward_tangent_steps", &fusedrnn::lstm_backward_tangent_steps,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gru_tangent_steps", &fusedrnn::gru_tangent_steps,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gru_backward_tangent_steps", &fusedrnn::gru_backward_tangent_steps,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("rnn_tangent_steps", &fusedrnn::rnn_tangent_steps,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("rnn_backward_tangent_steps", &fusedrnn::rnn_backward_tangent_steps,
         py::call_guard<py::gil_scoped_release>());
   m.attr("torch_version") = FUSEDRNN_STR(FUSEDRNN_TORCH_VERSION);
 #ifdef FUSEDRNN_CUDA_ARCHS

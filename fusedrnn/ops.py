@@ -102,6 +102,15 @@ def _rnn_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
 
 _TORCH_NN = {_lstm_reference: _lstm_torch_nn, _gru_reference: _gru_torch_nn,
              _rnn_reference: _rnn_torch_nn}
+
+
+def _plain(tensor):
+    """Neither a subclass (FakeTensor, ...) nor batched or wrapped by functorch."""
+    functorch = torch._C._functorch
+    return type(tensor) in (torch.Tensor, torch.nn.Parameter) and not (
+        functorch.is_functorch_wrapped_tensor(tensor) or functorch.is_legacy_batchedtensor(tensor))
+
+
 _SECOND_ORDER = {_lstm_reference: second_order.lstm, _gru_reference: second_order.gru,
                  _rnn_reference: second_order.rnn}
 
@@ -152,13 +161,10 @@ class _Recomputation:
 
     def second_order(self, tensors, grad_grads, needs):
         """The double backward by second_order's pass (the gradients of all saved tensors), or
-        None where it does not apply: off the CPU (unless second_order.ON_CUDA), and where the
-        incoming gradients are batched (autograd's vmap)."""
-        functorch = torch._C._functorch
-        device = self.output.device.type
-        if device != "cpu" and not (device == "cuda" and second_order.ON_CUDA) or any(
-                functorch.is_functorch_wrapped_tensor(g) or functorch.is_legacy_batchedtensor(g)
-                for g in grad_grads if g is not None):
+        None where it does not apply: off the CPU, under a dispatch mode, and for tensors of a
+        subclass or batched (autograd's vmap): its loops run past the dispatcher."""
+        if self.output.device.type != "cpu" or torch._C._len_torch_dispatch_stack() or any(
+                not _plain(t) for t in (*tensors, *grad_grads) if t is not None):
             return None
         count = len(grad_grads)
         return _SECOND_ORDER[self.reference](tensors[:count], self.options, self.output,
@@ -183,9 +189,9 @@ class _FusedGradients(torch.autograd.Function):
     more than a plain backward until its gradients are differentiated, and gradgradcheck's
     numerical half, which never differentiates them, runs at fused speed. Backward (the double
     backward): on the CPU, second_order's pass. Where that does not apply (recording a third
-    derivative, CUDA, batched incoming gradients): the layer recomputed through torch.nn's
-    recurrence, the gradients that are differentiated taken with create_graph=True once and
-    kept (when no graph is recorded), then differentiated."""
+    derivative, CUDA, dispatch modes, batched incoming gradients): the layer recomputed through
+    torch.nn's recurrence, the gradients that are differentiated taken with create_graph=True
+    once and kept (when no graph is recorded), then differentiated."""
 
     @staticmethod
     def forward(ctx, recomputation, *tensors):

@@ -8,9 +8,11 @@ incoming gradients v (one per input gradient) asks for the gradients of s = <v, 
 So one pass computes both: the layer's tangents along v, forward in time (a linear recurrence
 through W_hh), then the first-order backward together with its own tangent, backward in time.
 Everything parallel in time (the input projections, the gate derivatives, the weight
-gradients) is computed for all steps at once outside the two loops; each step of a loop is one
-matrix product and a few elementwise ops. The alternative, autograd over the layer recomputed
-in plain ops (ops._FusedGradients), records and replays a graph of dozens of nodes a step.
+gradients) is computed here for all steps at once; the two loops over time run in C++
+(csrc/layer/second_order.cpp: per step one or two matrix products and one pass over the units,
+whose math is csrc/core/second_order.h). The alternative, autograd over the layer recomputed in
+plain ops (ops._FusedGradients), records and replays a graph of dozens of nodes a step.
+CPU tensors only: ops._Recomputation.second_order decides where this runs.
 
 Notation follows csrc/core/gates.h: x [T, B, I], h [T, B, P] (P = H without a projection),
 gates in torch.nn's order. `dot_w` (an incoming gradient) and `c_dot` are tangents along v of
@@ -18,13 +20,9 @@ an input and of a forward quantity; `dc_tan` is the tangent of a first-order bac
 Steps run in the layer's own order: a reverse layer's sequences are flipped on the way in and
 out.
 """
-import os
-
 import torch
 
-# CUDA tensors take the recomputation (ops._FusedGradients) unless FUSEDRNN_SECOND_ORDER_CUDA=1
-# at import: this pass is plain PyTorch ops, but it has not yet run on a GPU.
-ON_CUDA = os.environ.get("FUSEDRNN_SECOND_ORDER_CUDA") == "1"
+from ._extension import _C
 
 
 def _flat(x):
@@ -60,7 +58,7 @@ def _in_order(x, reverse):
 def _sequences(reverse, x, output, u_y, dot_x):
     """x, the output, its gradient u_y (zeros if absent) and x's tangent, in step order."""
     y = _in_order(output, reverse)
-    u_y = torch.zeros_like(y) if u_y is None else _in_order(u_y, reverse)
+    u_y = torch.zeros_like(y) if u_y is None else _in_order(u_y, reverse).contiguous()
     return _in_order(x, reverse), y, u_y, _in_order(dot_x, reverse)
 
 
@@ -150,25 +148,13 @@ def lstm(inputs, options, output, grad_outputs, grad_grads, needs):
     # Tangents along v, forward in time: pre_dot gains h_dot_prev W_hh^T a step.
     pre_dot = _linear(x, (T, B, 4 * H), [(dot_x, w_ih), (x, dot_w_ih), (h_prev, dot_w_hh)],
                       [dot_b_ih, dot_b_hh])
-    m_w_hr_dot = None if w_hr is None or dot_w_hr is None else _flat(m) @ dot_w_hr.t()
+    m_w_hr_dot = None if w_hr is None or dot_w_hr is None \
+        else (_flat(m) @ dot_w_hr.t()).view(T, B, P)
     c_dot, m_dot = torch.empty_like(c), torch.empty_like(c)
     h_dot = m_dot if w_hr is None else torch.empty_like(y)
-    h_last, c_last = dot_h0, dot_c0
-    for t, (pre_dot_t, e_t, k1_t) in enumerate(zip(pre_dot, e, k1)):
-        if h_last is not None:
-            pre_dot_t.addmm_(h_last, w_hh.t())
-        # c_dot = i_dot g + f_dot c_prev + i g_dot + f c_dot_prev; m_dot = o_dot tanh_c + k1 c_dot
-        pre_i, pre_f, pre_g, pre_o = pre_dot_t.split(H, -1)
-        e_i, e_f, e_g, e_o = e_t.split(H, -1)
-        torch.mul(pre_i, e_i, out=c_dot[t]).addcmul_(pre_f, e_f).addcmul_(pre_g, e_g)
-        if c_last is not None:
-            c_dot[t].addcmul_(f[t], c_last)
-        torch.mul(pre_o, e_o, out=m_dot[t]).addcmul_(k1_t, c_dot[t])
-        if w_hr is not None:
-            torch.mm(m_dot[t], w_hr.t(), out=h_dot[t])
-            if m_w_hr_dot is not None:
-                h_dot[t].add_(m_w_hr_dot[t * B:(t + 1) * B])
-        h_last, c_last = h_dot[t], c_dot[t]
+    f = f.contiguous()
+    _C.lstm_tangent_steps(pre_dot, e, k1, f, w_hh, dot_h0, dot_c0, w_hr, m_w_hr_dot, c_dot,
+                          m_dot, h_dot)
 
     # The tangents of the backward's factors e and k1.
     act_dot = pre_dot.mul_(d_act)
@@ -182,34 +168,13 @@ def lstm(inputs, options, output, grad_outputs, grad_grads, needs):
 
     # The first-order backward with u and its tangent, backward in time: grads[:, t] holds the
     # gate gradients dz and their tangent dz' of step t.
-    grads = torch.empty(2, T, B, 4 * H, dtype=x.dtype, device=x.device)
-    if w_hr is not None:  # dh, dh' of each step, for W_hr's gradient
-        dh_all = torch.empty(2, T, B, P, dtype=x.dtype, device=x.device)
-    for t in reversed(range(T)):
-        if t == T - 1:
-            dh = u_y[t] if u_hn is None else u_y[t] + u_hn
-            dh_both = torch.stack([dh, torch.zeros_like(dh)])
-        else:
-            dh_both = _backward_product(grads[:, t + 1], w_hh, dot_w_hh)
-            dh_both[0] += u_y[t]
-        if w_hr is not None:
-            dh_all[:, t] = dh_both
-            dh_both = _backward_product(dh_both, w_hr, dot_w_hr)
-        dm, dm_tan = dh_both
-        dc_tan = torch.mul(dm_tan, k1[t]).addcmul_(dm, k1_dot[t])
-        if t == T - 1:
-            dc = torch.mul(dm, k1[t]) if u_cn is None else torch.addcmul(u_cn, dm, k1[t])
-        else:
-            dc_tan.addcmul_(dc_tan_next, f[t + 1]).addcmul_(dc, f_dot[t + 1])
-            dc = torch.mul(dc, f[t + 1]).addcmul_(dm, k1[t])
-        dc_tan_next = dc_tan
-        z, z_tan = grads[:, t].unflatten(-1, (4, H))
-        e_t, e_dot_t = e[t].unflatten(-1, (4, H)), e_dot[t].unflatten(-1, (4, H))
-        torch.mul(e_t[:, :3], dc[:, None], out=z[:, :3])
-        torch.mul(e_t[:, 3], dm, out=z[:, 3])
-        torch.mul(e_t[:, :3], dc_tan[:, None], out=z_tan[:, :3])
-        z_tan[:, :3].addcmul_(e_dot_t[:, :3], dc[:, None])
-        torch.addcmul(dm_tan * e_t[:, 3], e_dot_t[:, 3], dm, out=z_tan[:, 3])
+    grads = x.new_empty(2, T, B, 4 * H)
+    dh_all = None if w_hr is None else x.new_empty(2, T, B, P)  # for W_hr's gradient
+    dc_first = x.new_empty(2, B, H)
+    f_dot = f_dot.contiguous()
+    _C.lstm_backward_tangent_steps(u_y, u_hn, u_cn, e, e_dot, k1, k1_dot, f, f_dot, w_hh,
+                                   dot_w_hh, w_hr, dot_w_hr, grads, dh_all, dc_first)
+    dc, dc_tan = dc_first
 
     names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "u_y", "u_hn", "u_cn")
     need = dict(zip(names, needs))
@@ -261,19 +226,8 @@ def gru(inputs, options, output, grad_outputs, grad_grads, needs):
     x_gates_dot = _linear(x, (T, B, 3 * H), [(dot_x, w_ih), (x, dot_w_ih)], [dot_b_ih])
     h_gates_dot = _linear(x, (T, B, 3 * H), [(h_prev, dot_w_hh)], [dot_b_hh])
     rz_dot, n_dot, h_dot = torch.empty_like(rz), torch.empty_like(n), torch.empty_like(y)
-    h_last = dot_h0
-    for t, (x_dot_t, h_dot_t) in enumerate(zip(x_gates_dot, h_gates_dot)):
-        if h_last is not None:
-            h_dot_t.addmm_(h_last, w_hh.t())
-        torch.mul(x_dot_t[:, :2 * H] + h_dot_t[:, :2 * H], d_rz[t], out=rz_dot[t])
-        r_dot, z_dot = rz_dot[t].split(H, -1)
-        n_pre_dot = torch.addcmul(x_dot_t[:, 2 * H:], r_dot, hn[t])
-        torch.mul(n_pre_dot.addcmul_(r[t], h_dot_t[:, 2 * H:]), d_n[t], out=n_dot[t])
-        # h_dot = z_dot (h_prev - n) + (1 - z) n_dot + z h_dot_prev
-        torch.addcmul(z_dot * h_prev_minus_n[t], one_minus_z[t], n_dot[t], out=h_dot[t])
-        if h_last is not None:
-            h_dot[t].addcmul_(z[t], h_last)
-        h_last = h_dot[t]
+    _C.gru_tangent_steps(x_gates_dot.contiguous(), h_gates_dot, rz, d_rz, h_gates, d_n,
+                         h_prev_minus_n, w_hh, dot_h0, rz_dot, n_dot, h_dot)
 
     # The tangent of the backward's factor e.
     r_dot, z_dot = rz_dot.split(H, -1)
@@ -286,34 +240,18 @@ def gru(inputs, options, output, grad_outputs, grad_grads, needs):
 
     # The first-order backward and its tangent, backward in time: grads[:, t] holds e * dh and
     # its tangent of step t; their first 3H are the gradients of the h gates.
-    grads = torch.empty(2, T, B, 4 * H, dtype=x.dtype, device=x.device)
-
-    def into_previous_step(t, dh, dh_tan):
-        """dh, dh' reaching h_{t-1} from step t, as [2, B, H]."""
-        both = _backward_product(grads[:, t, :, :3 * H], w_hh, dot_w_hh)
-        both[0].addcmul_(dh, z[t])
-        both[1].addcmul_(dh_tan, z[t]).addcmul_(dh, z_dot[t])
-        return both
-
-    for t in reversed(range(T)):
-        if t == T - 1:
-            dh = u_y[t] if u_hn is None else u_y[t] + u_hn
-            dh_tan = torch.zeros_like(dh)
-        else:
-            dh, dh_tan = into_previous_step(t + 1, dh, dh_tan)
-            dh = dh + u_y[t]
-        step, step_tan = grads[:, t].unflatten(-1, (4, H))
-        e_t = e[t].unflatten(-1, (4, H))
-        torch.mul(e_t, dh[:, None], out=step)
-        torch.mul(e_t, dh_tan[:, None], out=step_tan)
-        step_tan.addcmul_(e_dot[t].unflatten(-1, (4, H)), dh[:, None])
+    grads, dh_first = x.new_empty(2, T, B, 4 * H), x.new_empty(2, B, H)
+    _C.gru_backward_tangent_steps(u_y, u_hn, e, e_dot, rz, rz_dot, w_hh, dot_w_hh, grads,
+                                  dh_first)
 
     need = dict(zip(NAMES, needs))
     results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih,
                             torch.cat([grads[..., :2 * H], grads[..., 3 * H:]], -1), h_prev,
                             _previous(dot_h0, h_dot), grads[..., :3 * H], h_dot)
-    if need["h0"]:
-        results["h0"] = into_previous_step(0, dh, dh_tan)[1]
+    if need["h0"]:  # dh_0' = d(h gates)_1' W_hh + d(h gates)_1 W_hh_dot + dh_1' z_1 + dh_1 z_dot_1
+        dh, dh_tan = dh_first
+        results["h0"] = _backward_product(grads[:, 0, :, :3 * H], w_hh, dot_w_hh)[1] \
+            .addcmul_(dh_tan, z[0]).addcmul_(dh, z_dot[0])
     return tuple(map(results.get, NAMES))
 
 
@@ -336,27 +274,13 @@ def rnn(inputs, options, output, grad_outputs, grad_grads, needs):
     pre_dot = _linear(x, (T, B, H), [(dot_x, w_ih), (x, dot_w_ih), (h_prev, dot_w_hh)],
                       [dot_b_ih, dot_b_hh])
     h_dot = torch.empty_like(y)
-    h_last = dot_h0
-    for t, (pre_dot_t, d_act_t) in enumerate(zip(pre_dot, d_act)):
-        if h_last is not None:
-            pre_dot_t.addmm_(h_last, w_hh.t())
-        h_last = torch.mul(pre_dot_t, d_act_t, out=h_dot[t])
+    _C.rnn_tangent_steps(pre_dot.contiguous(), d_act, w_hh, dot_h0, h_dot)
     d_act_dot = None if relu else torch.mul(y, h_dot).mul_(-2)
 
     # The first-order backward and its tangent: grads[:, t], the gradient of step t's
     # pre-activation and its tangent.
-    grads = torch.empty(2, T, B, H, dtype=x.dtype, device=x.device)
-    for t in reversed(range(T)):
-        if t == T - 1:
-            dh = u_y[t] if u_hn is None else u_y[t] + u_hn
-            dh_tan = torch.zeros_like(dh)
-        else:
-            dh, dh_tan = _backward_product(grads[:, t + 1], w_hh, dot_w_hh)
-            dh += u_y[t]
-        torch.mul(dh, d_act[t], out=grads[0, t])
-        torch.mul(dh_tan, d_act[t], out=grads[1, t])
-        if d_act_dot is not None:
-            grads[1, t].addcmul_(dh, d_act_dot[t])
+    grads = x.new_empty(2, T, B, H)
+    _C.rnn_backward_tangent_steps(u_y, u_hn, d_act, d_act_dot, w_hh, dot_w_hh, grads)
 
     need = dict(zip(NAMES, needs))
     results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, grads, h_prev,

@@ -158,18 +158,24 @@ def test_gradients_differentiated_again_and_again(cell):
 
 
 def _refuse(*args, **kwargs):
-    raise AssertionError("the layer was recomputed in plain ops")
+    raise AssertionError("the path the test rules out ran")
+
+
+def _penalty_case(cell, seed, **options):
+    """torch.nn's and fusedrnn's module, an input [5, 2, 3], states, and torch.nn's gradients of
+    a gradient penalty, in float64."""
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64, **options)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64)
+    hx = random_state(cell, ref, 2, "cpu", torch.float64, gen)
+    return fused, x, hx, _penalty_gradients(ref, x, hx)
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_double_backward_is_the_second_order_pass(cell, monkeypatch):
     """On the CPU a double backward that records no graph runs second_order's pass: the layer
     is not recomputed through torch.nn's recurrence, and the results stay torch.nn's."""
-    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64, num_layers=2, bidirectional=True)
-    gen = torch.Generator().manual_seed(8)
-    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64)
-    hx = random_state(cell, ref, 2, "cpu", torch.float64, gen)
-    expected = _penalty_gradients(ref, x, hx)
+    fused, x, hx, expected = _penalty_case(cell, 8, num_layers=2, bidirectional=True)
     for reference in list(ops._TORCH_NN):
         monkeypatch.setitem(ops._TORCH_NN, reference, _refuse)
     assert_close_by_name(_penalty_gradients(fused, x, hx), expected, 1e-10)
@@ -211,3 +217,15 @@ def test_gradient_penalty_in_half_precision(cell, dtype):
         ours = _penalty_gradients(fused.to(dtype), x.to(dtype), in_dtype(hx))
         runs.append((ours, theirs, exact))
     assert_half_rule(runs)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_double_backward_under_a_dispatch_mode_recomputes(cell, monkeypatch):
+    """The second-order pass runs its loops past the dispatcher, so under a dispatch mode the
+    double backward takes the recomputation, all of whose ops the mode sees."""
+    fused, x, hx, expected = _penalty_case(cell, 10)
+    for reference in list(ops._SECOND_ORDER):
+        monkeypatch.setitem(ops._SECOND_ORDER, reference, _refuse)
+    with _OpNames():
+        actual = _penalty_gradients(fused, x, hx)
+    assert_close_by_name(actual, expected, 1e-10)

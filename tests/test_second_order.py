@@ -57,8 +57,14 @@ def _expected(reference, args, options, grad_outputs, grad_grads):
     return [None if t is None else next(grads) for t in (*args, *grad_outputs)]
 
 
+def _strided(t):
+    """t's values in a tensor that is not contiguous."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+    return wide[..., ::2].copy_(t)
+
+
 def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present, dtype=None,
-           tol=1e-10, seed=0):
+           tol=1e-10, seed=0, strided=False):
     T, B, I, H, P = shape
     args, options = _args(cell, T, B, I, H, P, bias, torch.float64, seed)
     options = (*options, reverse)
@@ -70,7 +76,8 @@ def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present,
     expected = _expected(reference, args, options, grad_outputs, grad_grads)
 
     def cast(tensors):
-        return [None if t is None else t.to(dtype or torch.float64) for t in tensors]
+        tensors = [None if t is None else t.to(dtype or torch.float64) for t in tensors]
+        return [_strided(t) if strided and t is not None else t for t in tensors]
 
     needs = [t is not None for t in (*args, *grad_outputs)]
     with torch.no_grad():
@@ -122,3 +129,12 @@ def test_float32_against_float64(cell):
     outputs = 3 if cell == "lstm" else 2
     _check(cell, (20, 4, 16, 24, 0), True, False, [True] * outputs, [True] * inputs,
            dtype=torch.float32, tol=2e-5)
+
+
+@pytest.mark.parametrize("cell", list(PASSES))
+def test_strided_arguments(cell):
+    """Inputs, output gradients and incoming gradients that are not contiguous."""
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    _check(cell, (6, 3, 4, 5, 2 if cell == "lstm" else 0), True, True, [True] * outputs,
+           [True] * inputs, strided=True)
