@@ -126,21 +126,24 @@ def _of_some(reference, inputs, options, wanted):
     return layer
 
 
-def _differentiable_backward(reference, inputs, options, grad_outputs, needed, fused, output):
+def _differentiable_backward(reference, inputs, options, grad_outputs, needed, fused, output,
+                             saved):
     """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
     tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
     backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Under plain
     autograd they are the fused backward's (`fused()`: the gradients of all inputs), and only
     differentiating them recomputes the layer (_FusedGradients). Inside torch.func's transforms
     they come from torch.func.vjp of the reference, which, unlike torch.autograd.grad, sees the
-    tensors a transform tracks. `needed`: which inputs need a gradient; `output`: the layer's."""
+    tensors a transform tracks. `needed`: which inputs need a gradient; `output`, `saved`: the
+    layer's output and the activations its forward saved."""
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
     if not wanted or all(g is None for g in grad_outputs):
         return (None,) * len(inputs)
     tensors = [t for t in (*inputs, *grad_outputs) if t is not None]
     if not any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):  # plain autograd
-        return _FusedGradients.apply(_Recomputation(reference, options, fused, wanted, output),
-                                     *inputs, *grad_outputs)
+        return _FusedGradients.apply(
+            _Recomputation(reference, options, fused, wanted, output, saved), *inputs,
+            *grad_outputs)
     else:
         outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
                                            *(inputs[i] for i in wanted))
@@ -153,11 +156,12 @@ class _Recomputation:
     """What _FusedGradients needs of a layer: `fused()`, the fused backward's gradients of all
     its inputs; `reference` and `options`, the layer in plain PyTorch ops (recomputed through
     torch.nn's own recurrence, _TORCH_NN); `wanted`, the inputs whose gradients are returned;
-    `output`, the layer's output (the forward's own copy), for the second-order pass."""
+    `output` and `saved`, the layer's output (the forward's own copy) and the activations its
+    forward saved, for the second-order pass."""
 
-    def __init__(self, reference, options, fused, wanted, output):
+    def __init__(self, reference, options, fused, wanted, output, saved):
         self.reference, self.options, self.fused, self.wanted = reference, options, fused, wanted
-        self.output = output
+        self.output, self.saved = output, saved
 
     def second_order(self, tensors, grad_grads, needs):
         """The double backward by second_order's pass (the gradients of all saved tensors), or
@@ -168,7 +172,7 @@ class _Recomputation:
             return None
         count = len(grad_grads)
         return _SECOND_ORDER[self.reference](tensors[:count], self.options, self.output,
-                                             tensors[count:], grad_grads, needs)
+                                             self.saved, tensors[count:], grad_grads, needs)
 
     def gradients_with_graph(self, inputs, grad_outputs, which):
         """{i: the gradient of inputs[i], differentiable} for i in which, through the layer
@@ -345,7 +349,8 @@ class LSTMFunction(torch.autograd.Function):
             needed = ctx.needs_input_grad
             grads = _differentiable_backward(
                 _lstm_reference, inputs, (ctx.reverse,), (grad_output, grad_hn, grad_cn),
-                needed[:7] + (len(needed) > 9 and needed[9],), fused, output)
+                needed[:7] + (len(needed) > 9 and needed[9],), fused, output,
+                (gates, cells, unprojected))
         else:
             grads = fused()
         return (*grads[:7], None, None, grads[7])
@@ -382,7 +387,7 @@ class GRUFunction(torch.autograd.Function):
             _check_not_packed(ctx)
             grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
                                              (grad_output, grad_hn), ctx.needs_input_grad[:6],
-                                             fused, output)
+                                             fused, output, (saved,))
         else:
             grads = fused()
         return (*grads, None, None)
@@ -419,7 +424,7 @@ class RNNFunction(torch.autograd.Function):
             _check_not_packed(ctx)
             grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),
                                              (grad_output, grad_hn), ctx.needs_input_grad[:6],
-                                             fused, output)
+                                             fused, output, ())
         else:
             grads = fused()
         return (*grads, None, None, None)
@@ -447,18 +452,18 @@ def _keep(ctx, inputs, kept, batch_sizes):
 
 
 def _pair_backward(ctx, reference, input, directions, options, grads, k, leading, fused,
-                   outputs):
+                   outputs, saved):
     """The gradients of all the Function's inputs: input's two summed. Each direction's come
     from fused(d) (the gradients of input and that direction's k tensors), and under grad mode
     through _differentiable_backward. `leading`: the Function's inputs before the directions;
-    `outputs`: each direction's output."""
+    `outputs`, `saved`: each direction's output and saved activations."""
     if torch.is_grad_enabled():
         _check_not_packed(ctx)
         needed = ctx.needs_input_grad
         per = [_differentiable_backward(
             reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
             (needed[0], *needed[leading + d * k:leading + (d + 1) * k]),
-            lambda d=d: fused(d), outputs[d]) for d in range(2)]
+            lambda d=d: fused(d), outputs[d], saved[d]) for d in range(2)]
     else:
         per = [fused(0), fused(1)]
     return (_sum_defined(per[0][0], per[1][0]), *(None,) * (leading - 1), *per[0][1:],
@@ -531,7 +536,8 @@ class LSTMPairFunction(torch.autograd.Function):
 
         return _pair_backward(
             ctx, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
-            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None), output)
+            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None), output,
+            list(zip(gates, cells, unprojected)))
 
 
 class GRUPairFunction(torch.autograd.Function):
@@ -573,7 +579,8 @@ class GRUPairFunction(torch.autograd.Function):
 
         return _pair_backward(ctx, _gru_reference, input, directions, (),
                               (grads[:2], grads[2:4]), 5, 2,
-                              lambda d: _gru_grads(results(d), has_bias), output)
+                              lambda d: _gru_grads(results(d), has_bias), output,
+                              [(kept[0],), (kept[1],)])
 
 
 class RNNPairFunction(torch.autograd.Function):
@@ -614,7 +621,7 @@ class RNNPairFunction(torch.autograd.Function):
 
         return _pair_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
                               (grads[:2], grads[2:4]), 5, 3,
-                              lambda d: _rnn_grads(results(d), has_bias), output)
+                              lambda d: _rnn_grads(results(d), has_bias), output, [(), ()])
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------

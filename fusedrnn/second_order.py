@@ -112,69 +112,40 @@ def _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, x_gates, h_prev, h_pr
     return grads
 
 
-def lstm(inputs, options, output, grad_outputs, grad_grads, needs):
+def lstm(inputs, options, output, saved, grad_outputs, grad_grads, needs):
     """-> the gradients of (*inputs, *grad_outputs) (None where not in `needs`).
     inputs: x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr; options: (reverse,); output: the layer's
-    output; grad_outputs: of output, h_n, c_n; grad_grads: one per input, None for zero."""
+    output; saved: the forward's gates, cells and unprojected cell outputs (ops.LSTMFunction's);
+    grad_outputs: of output, h_n, c_n; grad_grads: one per input, None for zero."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
     (reverse,) = options
     u_y, u_hn, u_cn = grad_outputs
     dot_x, dot_h0, dot_c0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh, dot_w_hr = grad_grads
     x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    gates, cells, m = (_in_order(t, reverse).contiguous() for t in saved)
     T, B = x.shape[:2]
     H, P = w_hh.shape[0] // 4, w_hh.shape[1]
-    gates = slice(2 * H, 3 * H)
-
-    # The forward's activations, from its output for all steps at once (c alone step by step).
     h_prev = _previous(h0, y)
-    pre = _linear(x, (T, B, 4 * H), [(x, w_ih), (h_prev, w_hh)], [b_ih, b_hh])
-    act = pre.sigmoid()
-    torch.tanh(pre[..., gates], out=act[..., gates])
-    i, f, g, o = act.split(H, -1)
-    c = i * g
-    for t, (c_t, f_t) in enumerate(zip(c, f)):
-        c_t.addcmul_(f_t, c0 if t == 0 else c[t - 1])
-    c_prev = _previous(c0, c)
-    tanh_c = c.tanh()
-    d_tanh_c = torch.mul(tanh_c, tanh_c).neg_().add_(1)
-    m = o * tanh_c  # the cell output, before any projection
-    d_act = (1 - act).mul_(act)
-    torch.mul(g, g, out=d_act[..., gates]).neg_().add_(1)
-    # A step's backward: dz = e * [dc, dc, dc, dm], dc = dm * k1 + dc_next * f_next.
-    factors = torch.cat([g, c_prev, i, tanh_c], -1)
-    e = d_act * factors
-    k1 = o * d_tanh_c
+    tanh_cells = cells.tanh()
 
     # Tangents along v, forward in time: pre_dot gains h_dot_prev W_hh^T a step.
     pre_dot = _linear(x, (T, B, 4 * H), [(dot_x, w_ih), (x, dot_w_ih), (h_prev, dot_w_hh)],
-                      [dot_b_ih, dot_b_hh])
+                      [dot_b_ih, dot_b_hh]).contiguous()
     m_w_hr_dot = None if w_hr is None or dot_w_hr is None \
         else (_flat(m) @ dot_w_hr.t()).view(T, B, P)
-    c_dot, m_dot = torch.empty_like(c), torch.empty_like(c)
+    c_dot, m_dot = torch.empty_like(cells), torch.empty_like(cells)
     h_dot = m_dot if w_hr is None else torch.empty_like(y)
-    f = f.contiguous()
-    _C.lstm_tangent_steps(pre_dot, e, k1, f, w_hh, dot_h0, dot_c0, w_hr, m_w_hr_dot, c_dot,
-                          m_dot, h_dot)
-
-    # The tangents of the backward's factors e and k1.
-    act_dot = pre_dot.mul_(d_act)
-    i_dot, f_dot, g_dot, o_dot = act_dot.split(H, -1)
-    d_act_dot = act.mul(-2).add_(1).mul_(act_dot)
-    torch.mul(g, g_dot, out=d_act_dot[..., gates]).mul_(-2)
-    tanh_c_dot = d_tanh_c * c_dot
-    e_dot = torch.cat([g_dot, _previous(dot_c0, c_dot), i_dot, tanh_c_dot], -1).mul_(d_act)
-    e_dot.addcmul_(d_act_dot, factors)
-    k1_dot = torch.mul(o_dot, d_tanh_c).addcmul_(m, tanh_c_dot, value=-2)
+    _C.lstm_tangent_steps(pre_dot, gates, cells, tanh_cells, c0, w_hh, dot_h0, dot_c0, w_hr,
+                          m_w_hr_dot, c_dot, m_dot, h_dot)
 
     # The first-order backward with u and its tangent, backward in time: grads[:, t] holds the
     # gate gradients dz and their tangent dz' of step t.
     grads = x.new_empty(2, T, B, 4 * H)
     dh_all = None if w_hr is None else x.new_empty(2, T, B, P)  # for W_hr's gradient
     dc_first = x.new_empty(2, B, H)
-    f_dot = f_dot.contiguous()
-    _C.lstm_backward_tangent_steps(u_y, u_hn, u_cn, e, e_dot, k1, k1_dot, f, f_dot, w_hh,
-                                   dot_w_hh, w_hr, dot_w_hr, grads, dh_all, dc_first)
-    dc, dc_tan = dc_first
+    _C.lstm_backward_tangent_steps(u_y, u_hn, u_cn, gates, pre_dot, cells, tanh_cells, c0, c_dot,
+                                   dot_c0, w_hh, dot_w_hh, w_hr, dot_w_hr, grads, dh_all,
+                                   dc_first)
 
     names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "u_y", "u_hn", "u_cn")
     need = dict(zip(names, needs))
@@ -182,8 +153,11 @@ def lstm(inputs, options, output, grad_outputs, grad_grads, needs):
                             _previous(dot_h0, h_dot), grads, h_dot)
     if need["h0"]:
         results["h0"] = _backward_product(grads[:, 0], w_hh, dot_w_hh)[1]
-    if need["c0"]:
-        results["c0"] = dc_tan * f[0] + dc * f_dot[0]
+    if need["c0"]:  # dc_0' = dc_1' f_1 + dc_1 f_dot_1
+        dc, dc_tan = dc_first
+        f = gates[0, :, H:2 * H]
+        f_dot = pre_dot[0, :, H:2 * H] * f * (1 - f)
+        results["c0"] = dc_tan * f + dc * f_dot
     if need["w_hr"]:
         results["w_hr"] = _weight_grad(dh_all[1], m, dh_all[0], m_dot)
     if need["u_cn"]:
@@ -195,69 +169,49 @@ def lstm(inputs, options, output, grad_outputs, grad_grads, needs):
 NAMES = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "u_y", "u_hn")
 
 
-def gru(inputs, options, output, grad_outputs, grad_grads, needs):
-    """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh and grad_outputs of output, h_n."""
+def gru(inputs, options, output, saved, grad_outputs, grad_grads, needs):
+    """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh, saved (the forward's r, z, n, hn:
+    ops.GRUFunction's) and grad_outputs of output, h_n."""
     x, h0, w_ih, w_hh, b_ih, b_hh = inputs
     (reverse,) = options
     u_y, u_hn = grad_outputs
     dot_x, dot_h0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh = grad_grads
     x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    (activations,) = (_in_order(t, reverse).contiguous() for t in saved)
     T, B = x.shape[:2]
     H = w_hh.shape[1]
-
-    # The forward's activations, from its output, for all steps at once.
     h_prev = _previous(h0, y)
-    x_gates = _linear(x, (T, B, 3 * H), [(x, w_ih)], [b_ih])
-    h_gates = _linear(x, (T, B, 3 * H), [(h_prev, w_hh)], [b_hh])
-    rz = (x_gates[..., :2 * H] + h_gates[..., :2 * H]).sigmoid_()
-    r, z = rz.split(H, -1)
-    hn = h_gates[..., 2 * H:]
-    n = torch.addcmul(x_gates[..., 2 * H:], r, hn).tanh_()
-    d_rz = (1 - rz).mul_(rz)
-    d_r, d_z = d_rz.split(H, -1)
-    d_n = torch.mul(n, n).neg_().add_(1)
-    one_minus_z, h_prev_minus_n = 1 - z, h_prev - n
-    a1, a2, a3 = one_minus_z * d_n, h_prev_minus_n * d_z, hn * d_r
-    # A step's backward: the gradients of [r pre, z pre, hn, n pre] = e * dh, and
-    # dh_prev = dh z + d(h gates) W_hh.
-    e = torch.cat([a1 * a3, a2, a1 * r, a1], -1)
 
     # Tangents along v, forward in time: h_gates_dot gains h_dot_prev W_hh^T a step.
     x_gates_dot = _linear(x, (T, B, 3 * H), [(dot_x, w_ih), (x, dot_w_ih)], [dot_b_ih])
-    h_gates_dot = _linear(x, (T, B, 3 * H), [(h_prev, dot_w_hh)], [dot_b_hh])
-    rz_dot, n_dot, h_dot = torch.empty_like(rz), torch.empty_like(n), torch.empty_like(y)
-    _C.gru_tangent_steps(x_gates_dot.contiguous(), h_gates_dot, rz, d_rz, h_gates, d_n,
-                         h_prev_minus_n, w_hh, dot_h0, rz_dot, n_dot, h_dot)
+    h_gates_dot = _linear(x, (T, B, 3 * H), [(h_prev, dot_w_hh)], [dot_b_hh]).contiguous()
+    rz_dot, n_dot, h_dot = x.new_empty(T, B, 2 * H), torch.empty_like(y), torch.empty_like(y)
+    _C.gru_tangent_steps(x_gates_dot.contiguous(), h_gates_dot, activations, h_prev, w_hh,
+                         dot_h0, rz_dot, n_dot, h_dot)
 
-    # The tangent of the backward's factor e.
-    r_dot, z_dot = rz_dot.split(H, -1)
-    d_r_dot, d_z_dot = rz.mul(-2).add_(1).mul_(rz_dot).split(H, -1)
-    a1_dot = torch.mul(d_n, z_dot).neg_().addcmul_(one_minus_z * n, n_dot, value=-2)
-    a2_dot = (_previous(dot_h0, h_dot) - n_dot).mul_(d_z).addcmul_(h_prev_minus_n, d_z_dot)
-    a3_dot = torch.mul(h_gates_dot[..., 2 * H:], d_r).addcmul_(hn, d_r_dot)
-    e_dot = torch.cat([(a1_dot * a3).addcmul_(a1, a3_dot), a2_dot,
-                       (a1_dot * r).addcmul_(a1, r_dot), a1_dot], -1)
-
-    # The first-order backward and its tangent, backward in time: grads[:, t] holds e * dh and
-    # its tangent of step t; their first 3H are the gradients of the h gates.
+    # The first-order backward and its tangent, backward in time: grads[:, t] holds the
+    # gradients of [r pre, z pre, hn, n pre] of step t and their tangents; their first 3H are
+    # the h gates'.
+    h_prev_dot = _previous(dot_h0, h_dot)
     grads, dh_first = x.new_empty(2, T, B, 4 * H), x.new_empty(2, B, H)
-    _C.gru_backward_tangent_steps(u_y, u_hn, e, e_dot, rz, rz_dot, w_hh, dot_w_hh, grads,
-                                  dh_first)
+    _C.gru_backward_tangent_steps(u_y, u_hn, activations, h_prev, rz_dot, n_dot, h_gates_dot,
+                                  h_prev_dot, w_hh, dot_w_hh, grads, dh_first)
 
     need = dict(zip(NAMES, needs))
     results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih,
                             torch.cat([grads[..., :2 * H], grads[..., 3 * H:]], -1), h_prev,
-                            _previous(dot_h0, h_dot), grads[..., :3 * H], h_dot)
+                            h_prev_dot, grads[..., :3 * H], h_dot)
     if need["h0"]:  # dh_0' = d(h gates)_1' W_hh + d(h gates)_1 W_hh_dot + dh_1' z_1 + dh_1 z_dot_1
         dh, dh_tan = dh_first
+        z, z_dot = activations[0, :, H:2 * H], rz_dot[0, :, H:]
         results["h0"] = _backward_product(grads[:, 0, :, :3 * H], w_hh, dot_w_hh)[1] \
-            .addcmul_(dh_tan, z[0]).addcmul_(dh, z_dot[0])
+            .addcmul_(dh_tan, z).addcmul_(dh, z_dot)
     return tuple(map(results.get, NAMES))
 
 
-def rnn(inputs, options, output, grad_outputs, grad_grads, needs):
-    """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh, options (relu, reverse) and
-    grad_outputs of output, h_n."""
+def rnn(inputs, options, output, saved, grad_outputs, grad_grads, needs):
+    """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh, options (relu, reverse), saved ()
+    (the output is all it reads) and grad_outputs of output, h_n."""
     x, h0, w_ih, w_hh, b_ih, b_hh = inputs
     relu, reverse = options
     u_y, u_hn = grad_outputs
