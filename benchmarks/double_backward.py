@@ -9,7 +9,8 @@ Two workloads:
   first-order gradients taken with create_graph=True and never differentiated (the numerical
   half), the rest to differentiating the same gradients once per row.
 - a gradient-penalty training step (T=50, B=16, I=H=128, float32): loss = output.sum() +
-  ||d(output^2).sum() / d input||^2, backward to the input and every parameter.
+  ||d(output^2).sum() / d input||^2, backward to the input and every parameter; and the same
+  step on a larger layer (T=100, B=64, I=H=256), where the matrix products decide.
 """
 import argparse
 import statistics
@@ -27,6 +28,7 @@ GRADGRADCHECK_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("GRU", {"bias": 
                        ("LSTM", {"proj_size": 2}),
                        ("LSTM", {"num_layers": 2, "bidirectional": True})]
 PENALTY_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("LSTM", {"bidirectional": True})]
+LARGE_PENALTY_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {})]
 
 
 def pair(kind, input_size, hidden_size, dtype, options):
@@ -85,14 +87,17 @@ def main():
                                                                   options), x, rounds)
         print(f"| {name(kind, options)} | {torch_time * 1e3:.0f} | {fused_time * 1e3:.0f} | "
               f"{torch_time / fused_time:.2f}x |", flush=True)
-    print("\n| gradient-penalty step (T=50 B=16 I=H=128, float32) | torch.nn | fusedrnn | ratio |")
-    print("|---|---|---|---|")
-    for kind, options in PENALTY_CASES:
-        x = torch.randn(50, 16, 128)
-        torch_time, fused_time = interleaved(penalty_step, *pair(kind, 128, 128, torch.float32,
-                                                                 options), x, 3 * rounds)
-        print(f"| {name(kind, options)} | {torch_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
-              f"{torch_time / fused_time:.2f}x |", flush=True)
+    for (T, B, H), cases, repeats in (((50, 16, 128), PENALTY_CASES, 3 * rounds),
+                                      ((100, 64, 256), LARGE_PENALTY_CASES, rounds)):
+        print(f"\n| gradient-penalty step (T={T} B={B} I=H={H}, float32) | torch.nn | fusedrnn "
+              "| ratio |")
+        print("|---|---|---|---|")
+        for kind, options in cases:
+            x = torch.randn(T, B, H)
+            torch_time, fused_time = interleaved(
+                penalty_step, *pair(kind, H, H, torch.float32, options), x, repeats)
+            print(f"| {name(kind, options)} | {torch_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
+                  f"{torch_time / fused_time:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
