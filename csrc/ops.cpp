@@ -19,19 +19,20 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_backward(Tensor? grad_output, Tensor? grad_hn, Tensor? grad_cn, Tensor input, "
         "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, "
         "Tensor cells, bool has_bias, bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None, "
-        "Tensor? unprojected=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? unprojected=None, bool weight_grads=True) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, bool reverse, bool training, Tensor? batch_sizes=None) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor? grad_output, Tensor? grad_hn, Tensor input, Tensor h0, "
         "Tensor w_ih, Tensor w_hh, Tensor output, Tensor saved, bool has_bias, bool reverse, "
-        "Tensor? batch_sizes=None) "
+        "Tensor? batch_sizes=None, bool weight_grads=True) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("rnn_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, bool relu, bool reverse, Tensor? batch_sizes=None) -> (Tensor, Tensor)");
   m.def("rnn_backward(Tensor? grad_output, Tensor? grad_hn, Tensor input, Tensor h0, "
         "Tensor w_ih, Tensor w_hh, Tensor output, bool has_bias, bool relu, bool reverse, "
-        "Tensor? batch_sizes=None) "
+        "Tensor? batch_sizes=None, bool weight_grads=True) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Both directions of a bidirectional layer (layer.h): per-direction arguments as lists of
   // two, [forward, reverse]; the results of both, flat.
@@ -41,17 +42,17 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_backward_pair(Tensor?[] grad_output, Tensor?[] grad_hn, Tensor?[] grad_cn, "
         "Tensor input, Tensor[] h0, Tensor[] c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[] output, "
         "Tensor[] gates, Tensor[] cells, bool has_bias, Tensor? batch_sizes, Tensor?[] w_hr, "
-        "Tensor?[] unprojected) -> Tensor[]");
+        "Tensor?[] unprojected, bool weight_grads=True) -> Tensor[]");
   m.def("gru_forward_pair(Tensor input, Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, "
         "Tensor?[] b_ih, Tensor?[] b_hh, bool training, Tensor? batch_sizes) -> Tensor[]");
   m.def("gru_backward_pair(Tensor?[] grad_output, Tensor?[] grad_hn, Tensor input, "
         "Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, Tensor[] output, Tensor[] saved, "
-        "bool has_bias, Tensor? batch_sizes) -> Tensor[]");
+        "bool has_bias, Tensor? batch_sizes, bool weight_grads=True) -> Tensor[]");
   m.def("rnn_forward_pair(Tensor input, Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, "
         "Tensor?[] b_ih, Tensor?[] b_hh, bool relu, Tensor? batch_sizes) -> Tensor[]");
   m.def("rnn_backward_pair(Tensor?[] grad_output, Tensor?[] grad_hn, Tensor input, "
         "Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, Tensor[] output, bool has_bias, bool relu, "
-        "Tensor? batch_sizes) -> Tensor[]");
+        "Tensor? batch_sizes, bool weight_grads=True) -> Tensor[]");
 }
 
 // One device-generic driver per op (layer/): each call runs its loop on the backend chosen for

@@ -38,14 +38,22 @@ def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training,
 
 @torch.library.register_fake("fusedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates,
-                        cells, has_bias, reverse, batch_sizes=None, w_hr=None, unprojected=None):
+                        cells, has_bias, reverse, batch_sizes=None, w_hr=None, unprojected=None,
+                        weight_grads=True):
     _check_devices("lstm_backward", input, grad_output=grad_output, grad_hn=grad_hn,
                    grad_cn=grad_cn, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, output=output,
                    gates=gates, cells=cells, w_hr=w_hr, unprojected=unprojected)
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
-            torch.empty_like(w_ih), torch.empty_like(w_hh),
-            w_hh.new_empty(w_hh.shape[0] if has_bias else 0),
-            torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty(0))
+            *_weight_grads(weight_grads, w_ih, w_hh, w_hh.shape[0] if has_bias else 0, w_hr))
+
+
+def _weight_grads(wanted, w_ih, w_hh, bias_size, *more):
+    """The backward ops' weight and bias gradients, or empty ones where not wanted: w_ih's,
+    w_hh's, one bias gradient of bias_size, then one per tensor of `more` (empty for a None)."""
+    def like(w):
+        return torch.empty_like(w) if wanted and w is not None else w_hh.new_empty(0)
+    return (like(w_ih), like(w_hh), w_hh.new_empty(bias_size if wanted else 0),
+            *(like(w) for w in more))
 
 
 @torch.library.register_fake("fusedrnn::gru_forward")
@@ -57,12 +65,12 @@ def _gru_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training, batc
 
 @torch.library.register_fake("fusedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                       reverse, batch_sizes=None):
+                       reverse, batch_sizes=None, weight_grads=True):
     _check_devices("gru_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
                    w_ih=w_ih, w_hh=w_hh, output=output, saved=saved)
-    bias_size = w_hh.shape[0] if has_bias else 0
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_hh.new_empty(bias_size), w_hh.new_empty(bias_size))
+    bias_size = w_hh.shape[0] if has_bias and weight_grads else 0
+    return (torch.empty_like(input), torch.empty_like(h0),
+            *_weight_grads(weight_grads, w_ih, w_hh, bias_size), w_hh.new_empty(bias_size))
 
 
 @torch.library.register_fake("fusedrnn::rnn_forward")
@@ -73,11 +81,11 @@ def _rnn_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_si
 
 @torch.library.register_fake("fusedrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
-                       reverse, batch_sizes=None):
+                       reverse, batch_sizes=None, weight_grads=True):
     _check_devices("rnn_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
                    w_ih=w_ih, w_hh=w_hh, output=output)
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0] if has_bias else 0))
+    return (torch.empty_like(input), torch.empty_like(h0),
+            *_weight_grads(weight_grads, w_ih, w_hh, w_hh.shape[0] if has_bias else 0))
 
 
 # Both directions of a bidirectional layer (csrc/layer.h): lists of two per direction in, the
@@ -91,10 +99,12 @@ def _lstm_forward_pair_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, training, bat
 
 @torch.library.register_fake("fusedrnn::lstm_backward_pair")
 def _lstm_backward_pair_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output,
-                             gates, cells, has_bias, batch_sizes, w_hr, unprojected):
+                             gates, cells, has_bias, batch_sizes, w_hr, unprojected,
+                             weight_grads=True):
     return [t for d in range(2) for t in _lstm_backward_fake(
         grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d], w_hh[d], output[d],
-        gates[d], cells[d], has_bias, d == 1, batch_sizes, w_hr[d], unprojected[d])]
+        gates[d], cells[d], has_bias, d == 1, batch_sizes, w_hr[d], unprojected[d],
+        weight_grads)]
 
 
 @torch.library.register_fake("fusedrnn::gru_forward_pair")
@@ -105,10 +115,10 @@ def _gru_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, training, batch_si
 
 @torch.library.register_fake("fusedrnn::gru_backward_pair")
 def _gru_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                            batch_sizes):
+                            batch_sizes, weight_grads=True):
     return [t for d in range(2) for t in _gru_backward_fake(
         grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], saved[d], has_bias,
-        d == 1, batch_sizes)]
+        d == 1, batch_sizes, weight_grads)]
 
 
 @torch.library.register_fake("fusedrnn::rnn_forward_pair")
@@ -119,7 +129,7 @@ def _rnn_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
 
 @torch.library.register_fake("fusedrnn::rnn_backward_pair")
 def _rnn_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
-                            batch_sizes):
+                            batch_sizes, weight_grads=True):
     return [t for d in range(2) for t in _rnn_backward_fake(
         grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], has_bias, relu,
-        d == 1, batch_sizes)]
+        d == 1, batch_sizes, weight_grads)]

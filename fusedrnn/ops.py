@@ -287,22 +287,29 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
 
 # ---- autograd ------------------------------------------------------------------------------
 # The backward ops' results as the gradients of a one-direction layer's inputs, in the order of
-# the Functions' arguments (one tensor serves both biases).
-def _lstm_grads(results, has_bias, has_projection):
+# the Functions' arguments (one tensor serves both biases). `weights`: whether the op computed
+# the weights' and biases' gradients (its weight_grads; None for each otherwise).
+def _lstm_grads(results, has_bias, has_projection, weights):
     """-> the gradients of input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr."""
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = results
+    if not weights:
+        return (grad_input, grad_h0, grad_c0) + (None,) * 5
     grad_bias = grad_bias if has_bias else None
     return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_bias,
             grad_w_hr if has_projection else None)
 
 
-def _gru_grads(results, has_bias):
+def _gru_grads(results, has_bias, weights):
     """-> the gradients of input, h0, w_ih, w_hh, b_ih, b_hh."""
+    if not weights:
+        return (*results[:2], None, None, None, None)
     return (*results[:4], *(results[4:6] if has_bias else (None, None)))
 
 
-def _rnn_grads(results, has_bias):
+def _rnn_grads(results, has_bias, weights):
     """-> the gradients of input, h0, w_ih, w_hh, b_ih, b_hh."""
+    if not weights:
+        return (*results[:2], None, None, None, None)
     grad_bias = results[4] if has_bias else None
     return (*results[:4], grad_bias, grad_bias)
 
@@ -336,17 +343,18 @@ class LSTMFunction(torch.autograd.Function):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
             ctx.saved_tensors
         inputs = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        needed = ctx.needs_input_grad
+        weights = any(needed[3:7]) or (len(needed) > 9 and needed[9])
 
         def fused():
             has_bias = b_ih is not None
             return _lstm_grads(_ops.lstm_backward(
                 grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
-                has_bias, ctx.reverse, ctx.batch_sizes, w_hr, unprojected), has_bias,
-                w_hr is not None)
+                has_bias, ctx.reverse, ctx.batch_sizes, w_hr, unprojected, weights), has_bias,
+                w_hr is not None, weights)
 
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
-            needed = ctx.needs_input_grad
             grads = _differentiable_backward(
                 _lstm_reference, inputs, (ctx.reverse,), (grad_output, grad_hn, grad_cn),
                 needed[:7] + (len(needed) > 9 and needed[9],), fused, output,
@@ -376,12 +384,13 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
+        weights = any(ctx.needs_input_grad[2:6])
 
         def fused():
             has_bias = b_ih is not None
             return _gru_grads(_ops.gru_backward(grad_output, grad_hn, input, h0, w_ih, w_hh,
                                                 output, saved, has_bias, ctx.reverse,
-                                                ctx.batch_sizes), has_bias)
+                                                ctx.batch_sizes, weights), has_bias, weights)
 
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
@@ -413,12 +422,13 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
+        weights = any(ctx.needs_input_grad[2:6])
 
         def fused():
             has_bias = b_ih is not None
             return _rnn_grads(_ops.rnn_backward(grad_output, grad_hn, input, h0, w_ih, w_hh,
                                                 output, has_bias, ctx.relu, ctx.reverse,
-                                                ctx.batch_sizes), has_bias)
+                                                ctx.batch_sizes, weights), has_bias, weights)
 
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
@@ -489,6 +499,13 @@ def _legacy_batched(grads):
     return any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads)
 
 
+def _pair_weights_needed(ctx, leading, k, states):
+    """Whether any of a pair Function's weights or biases needs a gradient: each direction's k
+    inputs after the `leading` ones are `states` states, then weights."""
+    needed = ctx.needs_input_grad
+    return any(any(needed[leading + d * k + states:leading + (d + 1) * k]) for d in range(2))
+
+
 def _sum_defined(a, b):
     return b if a is None else a if b is None else a + b
 
@@ -520,23 +537,24 @@ class LSTMPairFunction(torch.autograd.Function):
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, grad_cn = [grads[0], grads[3]], [grads[1], grads[4]], \
             [grads[2], grads[5]]
+        weights = _pair_weights_needed(ctx, 2, 7, 2)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.lstm_backward(
                     grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d],
                     w_hh[d], output[d], gates[d], cells[d], has_bias, d == 1, ctx.batch_sizes,
-                    w_hr[d], unprojected[d])
+                    w_hr[d], unprojected[d], weights)
         else:
             both = _ops.lstm_backward_pair(
                 grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
-                has_bias, ctx.batch_sizes, w_hr, unprojected)
+                has_bias, ctx.batch_sizes, w_hr, unprojected, weights)
 
             def results(d):
                 return both[7 * d:7 * d + 7]
 
         return _pair_backward(
             ctx, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
-            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None), output,
+            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None, weights), output,
             list(zip(gates, cells, unprojected)))
 
 
@@ -565,21 +583,22 @@ class GRUPairFunction(torch.autograd.Function):
         output, kept = [saved[10], saved[12]], [saved[11], saved[13]]
         has_bias = b_ih[0] is not None
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
+        weights = _pair_weights_needed(ctx, 2, 5, 1)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.gru_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
                                          w_hh[d], output[d], kept[d], has_bias, d == 1,
-                                         ctx.batch_sizes)
+                                         ctx.batch_sizes, weights)
         else:
             both = _ops.gru_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
-                                          kept, has_bias, ctx.batch_sizes)
+                                          kept, has_bias, ctx.batch_sizes, weights)
 
             def results(d):
                 return both[6 * d:6 * d + 6]
 
         return _pair_backward(ctx, _gru_reference, input, directions, (),
                               (grads[:2], grads[2:4]), 5, 2,
-                              lambda d: _gru_grads(results(d), has_bias), output,
+                              lambda d: _gru_grads(results(d), has_bias, weights), output,
                               [(kept[0],), (kept[1],)])
 
 
@@ -607,21 +626,23 @@ class RNNPairFunction(torch.autograd.Function):
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
+        weights = _pair_weights_needed(ctx, 3, 5, 1)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.rnn_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
                                          w_hh[d], output[d], has_bias, ctx.relu, d == 1,
-                                         ctx.batch_sizes)
+                                         ctx.batch_sizes, weights)
         else:
             both = _ops.rnn_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
-                                          has_bias, ctx.relu, ctx.batch_sizes)
+                                          has_bias, ctx.relu, ctx.batch_sizes, weights)
 
             def results(d):
                 return both[5 * d:5 * d + 5]
 
         return _pair_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
                               (grads[:2], grads[2:4]), 5, 3,
-                              lambda d: _rnn_grads(results(d), has_bias), output, [(), ()])
+                              lambda d: _rnn_grads(results(d), has_bias, weights), output,
+                              [(), ()])
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedrnn
 from conftest import (CELLS, CUDA_SKIP, DEVICES, HALF_DTYPES, TOLERANCE, assert_close_by_name,
@@ -415,3 +416,46 @@ def test_lstm_public_state_helpers_match_torch_nn(batch_first, packed):
                             ref.permute_hidden((h, c), permutation)):
         assert torch.equal(ours, theirs)
     assert fused.permute_hidden((h, c), None) == (h, c)
+
+
+class _WeightGradsFlags(TorchDispatchMode):
+    """The weight_grads argument of every fusedrnn backward op dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.flags = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "fusedrnn" and "backward" in func.name():
+            names = [a.name for a in func._schema.arguments]
+            index = names.index("weight_grads")
+            self.flags.append(args[index] if len(args) > index
+                              else kwargs.get("weight_grads", True))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("trainable", [None, "weight_hh_l0"], ids=["frozen", "one-trainable"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_frozen_weights_skip_their_gradients(cell, bidirectional, trainable):
+    """With every weight frozen the backward ops skip the weights' GEMMs (weight_grads=False);
+    a trainable weight brings them back for its layer (here the first of two). The input's
+    gradient is torch.nn's either way."""
+    ref, fused = make_pair(cell, 3, 5, "cpu", torch.float64, num_layers=2,
+                           bidirectional=bidirectional)
+    for model in (ref, fused):
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name == trainable)
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def input_grad(model):
+        xx = x.clone().requires_grad_()
+        out = model(xx)[0]
+        return torch.autograd.grad((out * out.detach().sin()).sum(), xx)[0]
+
+    with _WeightGradsFlags() as seen:
+        ours = input_grad(fused)
+    # One backward op a layer, the second layer's first.
+    assert seen.flags == ([False, False] if trainable is None else [False, True])
+    assert rel_err(ours, input_grad(ref)) <= 1e-10

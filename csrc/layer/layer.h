@@ -38,13 +38,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     bool training, const OptionalTensor& batch_sizes, const OptionalTensor& w_hr);
 
 // -> grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias (the gradient of b_ih and of
-// b_hh alike; empty without bias), grad_w_hr (empty without a projection).
+// b_hh alike; empty without bias), grad_w_hr (empty without a projection). Without
+// weight_grads, the weights' and biases' gradients are all empty (and their GEMMs skipped): for
+// frozen weights, and calls that want the input's and states' gradients alone.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const OptionalTensor& grad_cn,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool has_bias, bool reverse,
     const OptionalTensor& batch_sizes, const OptionalTensor& w_hr,
-    const OptionalTensor& unprojected);
+    const OptionalTensor& unprojected, bool weight_grads);
 
 // -> output, hn, saved [T, B, 4H] (r, z, n, h W_hn^T + b_hn; empty unless training).
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
@@ -53,11 +55,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const OptionalTensor& batch_sizes);
 
 // -> grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (the last two empty
-// without bias).
+// without bias; weight_grads as for the LSTM).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
     const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    const Tensor& saved, bool has_bias, bool reverse, const OptionalTensor& batch_sizes);
+    const Tensor& saved, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
+    bool weight_grads);
 
 // Elman RNN, tanh or relu. The output is all the backward needs. -> output, hn.
 std::tuple<Tensor, Tensor> rnn_forward(
@@ -69,7 +72,7 @@ std::tuple<Tensor, Tensor> rnn_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
     const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes);
+    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes, bool weight_grads);
 
 // Both directions of a bidirectional layer in one call: each per-direction argument is a list
 // of two, [forward, reverse], and the results are the one-direction op's, the forward's then the
@@ -85,7 +88,7 @@ std::vector<Tensor> lstm_backward_pair(
     const OptionalTensors& grad_cn, const Tensor& input, Tensors h0, Tensors c0, Tensors w_ih,
     Tensors w_hh, Tensors output, Tensors gates, Tensors cells, bool has_bias,
     const OptionalTensor& batch_sizes, const OptionalTensors& w_hr,
-    const OptionalTensors& unprojected);
+    const OptionalTensors& unprojected, bool weight_grads);
 std::vector<Tensor> gru_forward_pair(const Tensor& input, Tensors h0, Tensors w_ih, Tensors w_hh,
                                      const OptionalTensors& b_ih, const OptionalTensors& b_hh,
                                      bool training, const OptionalTensor& batch_sizes);
@@ -93,13 +96,14 @@ std::vector<Tensor> gru_backward_pair(const OptionalTensors& grad_output,
                                       const OptionalTensors& grad_hn, const Tensor& input,
                                       Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
                                       Tensors saved, bool has_bias,
-                                      const OptionalTensor& batch_sizes);
+                                      const OptionalTensor& batch_sizes, bool weight_grads);
 std::vector<Tensor> rnn_forward_pair(const Tensor& input, Tensors h0, Tensors w_ih, Tensors w_hh,
                                      const OptionalTensors& b_ih, const OptionalTensors& b_hh,
                                      bool relu, const OptionalTensor& batch_sizes);
 std::vector<Tensor> rnn_backward_pair(const OptionalTensors& grad_output,
                                       const OptionalTensors& grad_hn, const Tensor& input,
                                       Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
-                                      bool has_bias, bool relu, const OptionalTensor& batch_sizes);
+                                      bool has_bias, bool relu, const OptionalTensor& batch_sizes,
+                                      bool weight_grads);
 
 }  // namespace fusedrnn

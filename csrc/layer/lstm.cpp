@@ -73,7 +73,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const OptionalTensor& grad_cn, const Tensor& input_, const Tensor& h0_, const Tensor& c0_,
     const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_, const Tensor& gates_,
     const Tensor& cells_, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
-    const OptionalTensor& w_hr_, const OptionalTensor& unprojected_) {
+    const OptionalTensor& w_hr_, const OptionalTensor& unprojected_, bool weight_grads) {
   const LayerCall L("fusedrnn.lstm_backward", 4, input_, batch_sizes, h0_, w_ih_, w_hh_,
                     std::nullopt, std::nullopt, w_hr_, reverse);
   const int64_t B = L.B, H = L.H, P = L.P;
@@ -123,16 +123,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   };
   recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan);
   const Tensor d_operand = gemm_operand(L, d_gates);
-  auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand);
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
   Tensor grad_w_hr = fresh({0}, L.options());
-  if (w_hr.defined()) {
+  if (w_hr.defined() && weight_grads) {
     grad_w_hr = at::empty_like(w_hr);
     gemm(input, Gemm{P, H, L.steps.rows, d_h.data_ptr(), true, unprojected.data_ptr(), false,
                      grad_w_hr.data_ptr(), false});
   }
   return L.results(std::tuple{grad_input, dh, dc, grad_w_ih,
-                              grad_w_hh(L, d_operand, output),
-                              bias_grad(d_gates, has_bias), grad_w_hr});
+                              weight_grads ? grad_w_hh(L, d_operand, output)
+                                           : fresh({0}, L.options()),
+                              bias_grad(d_gates, has_bias && weight_grads), grad_w_hr});
 }
 
 }  // namespace fusedrnn

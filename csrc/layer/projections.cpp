@@ -138,17 +138,21 @@ Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& outpu
   return grad;
 }
 
-std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x) {
+std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x,
+                                               bool with_w_ih) {
   const Tensor &input = call.input, &w_ih = call.w_ih;
   const int64_t rows = call.steps.rows, I = input.size(-1), G_H = w_ih.size(0);
   if (in_bf16(call)) {
     const Tensor d_x_bf16 = rounded(call, d_x).view({rows, G_H});
     return {at::mm(d_x_bf16, rounded(call, w_ih)).view(input.sizes()),
-            at::mm(d_x_bf16.t(), rounded(call, input).view({rows, I}))};
+            with_w_ih ? at::mm(d_x_bf16.t(), rounded(call, input).view({rows, I}))
+                      : fresh({0}, d_x_bf16.options())};
   }
-  Tensor grad_input = at::empty_like(input), grad_w_ih = at::empty_like(w_ih);
+  Tensor grad_input = at::empty_like(input);
   gemm(input, Gemm{rows, I, G_H, d_x.data_ptr(), false, w_ih.data_ptr(), false,
                    grad_input.data_ptr(), false});
+  if (!with_w_ih) return {grad_input, fresh({0}, w_ih.options())};
+  Tensor grad_w_ih = at::empty_like(w_ih);
   gemm(input, Gemm{G_H, I, rows, d_x.data_ptr(), true, input.data_ptr(), false,
                    grad_w_ih.data_ptr(), false});
   return {grad_input, grad_w_ih};

@@ -21,9 +21,10 @@ Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
 // out like the output, h_{t-1} the call's h0 or a row of `output`.
 Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& output);
 
-// grad_input = d_x W_ih and grad_w_ih = d_x^T x, for d_x the gradient of x W_ih^T laid out like
-// the input, x and W_ih the call's input and w_ih.
-std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x);
+// grad_input = d_x W_ih and grad_w_ih = d_x^T x (empty, not computed, unless with_w_ih), for
+// d_x the gradient of x W_ih^T laid out like the input, x and W_ih the call's input and w_ih.
+std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x,
+                                               bool with_w_ih);
 
 // With bfloat16 products (LayerCall::product_dtype), the two above run on bfloat16 operands and
 // return bfloat16 gradients, as torch.nn's bfloat16 layers do; their d_pre or d_x may come

@@ -39,7 +39,8 @@ std::tuple<Tensor, Tensor> rnn_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
     const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
-    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes) {
+    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes,
+    bool weight_grads) {
   const LayerCall L("fusedrnn.rnn_backward", 1, input_, batch_sizes, h0_, w_ih_, w_hh_,
                     std::nullopt, std::nullopt, std::nullopt, reverse);
   const int64_t B = L.B, H = L.H;
@@ -60,9 +61,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   };
   recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan);
   const Tensor d_operand = gemm_operand(L, d_pre);
-  auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand);
-  return L.results(std::tuple{grad_input, dh, grad_w_ih, grad_w_hh(L, d_operand, output),
-                              bias_grad(d_pre, has_bias)});
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
+  return L.results(std::tuple{
+      grad_input, dh, grad_w_ih,
+      weight_grads ? grad_w_hh(L, d_operand, output) : fresh({0}, L.options()),
+      bias_grad(d_pre, has_bias && weight_grads)});
 }
 
 }  // namespace fusedrnn

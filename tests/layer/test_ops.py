@@ -129,6 +129,30 @@ def test_opcheck_every_op(device):
         torch.library.opcheck(op, args)
 
 
+# The backward ops' results that are the gradients of the input and the states, per direction.
+_STATE_GRADS = {"lstm": 3, "gru": 2, "rnn": 2}
+_RESULTS = {"lstm": 7, "gru": 6, "rnn": 5}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_ops_without_weight_grads(device):
+    """weight_grads=False: the same gradients of the input and states, bit for bit, and empty
+    ones for the weights and biases; schema and fake kernels agree (opcheck)."""
+    for op, args in _op_samples(device):
+        name = op.name().split("::")[1]
+        if "backward" not in name:
+            continue
+        torch.library.opcheck(op, args, {"weight_grads": False})
+        cell, per_direction = name.split("_")[0], _RESULTS[name.split("_")[0]]
+        full, partial = op(*args), op(*args, weight_grads=False)
+        assert len(full) == len(partial)
+        for i, (a, b) in enumerate(zip(full, partial)):
+            if i % per_direction < _STATE_GRADS[cell]:
+                assert torch.equal(a, b), (name, i)
+            else:
+                assert b.numel() == 0, (name, i)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_inference_keeps_nothing_per_step(device):
     lib = torch.ops.fusedrnn
