@@ -7,10 +7,10 @@ incoming gradients v (one per input gradient) asks for the gradients of s = <v, 
 - with respect to P: the derivative of g(P, u) along v, with u held fixed.
 So one pass computes both: the layer's tangents along v, forward in time (a linear recurrence
 through W_hh), then the first-order backward together with its own tangent, backward in time.
-Everything parallel in time (the input projections, the gate derivatives, the weight
-gradients) is computed here for all steps at once; the two loops over time run in C++
-(csrc/layer/second_order.cpp: per step one or two matrix products and one pass over the units,
-whose math is csrc/core/second_order.h). The alternative, autograd over the layer recomputed in
+What is parallel in time (the tangents' input projections, the weight gradients) is computed
+here for all steps at once; the two loops over time run in C++ (csrc/layer/second_order.cpp:
+per step one or two matrix products and one pass over the units, whose math,
+csrc/core/second_order.h, reads the activations the forward saved). The alternative, autograd over the layer recomputed in
 plain ops (ops._FusedGradients), records and replays a graph of dozens of nodes a step.
 CPU tensors only: ops._Recomputation.second_order decides where this runs.
 

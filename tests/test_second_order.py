@@ -150,3 +150,22 @@ def test_strided_arguments(cell):
     outputs = 3 if cell == "lstm" else 2
     _check(cell, (6, 3, 4, 5, 2 if cell == "lstm" else 0), True, True, [True] * outputs,
            [True] * inputs, strided=True)
+
+
+def test_loops_reject_mismatched_tensors():
+    """The C++ loops read through pointers: a tensor of the wrong sizes, dtype or layout raises
+    rather than being read out of bounds."""
+    from fusedrnn._extension import _C
+    T, B, H = 3, 2, 4
+    args = dict(u_y=torch.randn(T, B, H), u_hn=None, saved=torch.rand(T, B, 4 * H),
+                h_prev=torch.randn(T, B, H), rz_dot=torch.randn(T, B, 2 * H),
+                n_dot=torch.randn(T, B, H), h_gates_dot=torch.randn(T, B, 3 * H),
+                h_prev_dot=torch.randn(T, B, H), w_hh=torch.randn(3 * H, H), w_hh_dot=None,
+                grads=torch.empty(2, T, B, 4 * H), dh_first=torch.empty(2, B, H))
+    _C.gru_backward_tangent_steps(*args.values())
+    for name, bad in [("saved", torch.rand(T, B, 3 * H)), ("u_hn", torch.randn(B + 1, H)),
+                      ("n_dot", torch.randn(T, B, H, dtype=torch.float64)),
+                      ("h_prev_dot", torch.randn(T, B, 2 * H)[..., ::2]),
+                      ("grads", torch.empty(2, T, B, 3 * H))]:
+        with pytest.raises(RuntimeError, match="double backward's loops"):
+            _C.gru_backward_tangent_steps(*{**args, name: bad}.values())

@@ -16,13 +16,20 @@ namespace {
 
 using second_order::WithTangent;
 
-// Every tensor read or written through a pointer here: contiguous, on the CPU, of like's dtype
-// (an undefined one passes).
-void check(std::initializer_list<const Tensor*> tensors, const Tensor& like) {
-  for (const Tensor* t : tensors) {
-    if (!t->defined()) continue;
-    TORCH_CHECK(t->is_contiguous() && t->is_cpu() && t->scalar_type() == like.scalar_type(),
+// A tensor read or written through a pointer here, and the sizes it must have.
+struct Expected {
+  const Tensor& tensor;
+  std::vector<int64_t> sizes;
+};
+
+// Each: contiguous, on the CPU, of like's dtype, of its sizes (an undefined one passes).
+void check(std::initializer_list<Expected> tensors, const Tensor& like) {
+  for (const auto& [t, sizes] : tensors) {
+    if (!t.defined()) continue;
+    TORCH_CHECK(t.is_contiguous() && t.is_cpu() && t.scalar_type() == like.scalar_type(),
                 "fusedrnn: the double backward's loops take contiguous CPU tensors of one dtype");
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(sizes), "fusedrnn: the double backward's loops: ",
+                "a tensor of sizes ", t.sizes(), " where ", at::IntArrayRef(sizes), " belongs");
   }
 }
 
@@ -110,8 +117,10 @@ void lstm_tangent_steps(const Tensor& pre_dot, const Tensor& gates, const Tensor
                         const OptionalTensor& w_hr, const OptionalTensor& m_w_hr_dot,
                         const Tensor& c_dot, const Tensor& m_dot, const Tensor& h_dot) {
   const Tensor c0_ = c0.contiguous(), c0_dot_ = contiguous_or_undefined(c0_dot);
-  check({&pre_dot, &gates, &cells, &tanh_cells, &c0_, &c0_dot_, &c_dot, &m_dot, &h_dot}, pre_dot);
-  const int64_t T = pre_dot.size(0), B = pre_dot.size(1), H = cells.size(2);
+  const int64_t T = cells.size(0), B = cells.size(1), H = cells.size(2), P = w_hh.size(1);
+  check({{pre_dot, {T, B, 4 * H}}, {gates, {T, B, 4 * H}}, {cells, {T, B, H}},
+         {tanh_cells, {T, B, H}}, {c0_, {B, H}}, {c0_dot_, {B, H}}, {c_dot, {T, B, H}},
+         {m_dot, {T, B, H}}, {h_dot, {T, B, P}}}, pre_dot);
   FUSEDRNN_DISPATCH(pre_dot, "lstm_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
     const LSTMSteps<scalar_t> steps{data<scalar_t>(gates), data<scalar_t>(pre_dot),
@@ -148,9 +157,10 @@ void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
                                  const OptionalTensor& dh_all, const Tensor& dc_first) {
   const Tensor c0_ = c0.contiguous(), c0_dot_ = contiguous_or_undefined(c0_dot);
   const Tensor u_cn_ = contiguous_or_undefined(u_cn);
-  check({&u_y, &gates, &pre_dot, &cells, &tanh_cells, &c0_, &c_dot, &c0_dot_, &u_cn_, &grads,
-         &dc_first}, u_y);
-  const int64_t T = u_y.size(0), B = u_y.size(1), P = u_y.size(2), H = cells.size(2);
+  const int64_t T = cells.size(0), B = cells.size(1), H = cells.size(2), P = w_hh.size(1);
+  check({{u_y, {T, B, P}}, {gates, {T, B, 4 * H}}, {pre_dot, {T, B, 4 * H}}, {cells, {T, B, H}},
+         {tanh_cells, {T, B, H}}, {c0_, {B, H}}, {c_dot, {T, B, H}}, {c0_dot_, {B, H}},
+         {u_cn_, {B, H}}, {grads, {2, T, B, 4 * H}}, {dc_first, {2, B, H}}}, u_y);
   // dh, dh' of the step, and with a projection dm, dm' (the cell output's).
   const Tensor dh_both = at::empty({2, B, P}, u_y.options());
   const Tensor dm_both = w_hr ? at::empty({2, B, H}, u_y.options()) : dh_both;
@@ -209,9 +219,10 @@ void gru_tangent_steps(const Tensor& x_gates_dot, const Tensor& h_gates_dot, con
                        const Tensor& h_prev, const Tensor& w_hh, const OptionalTensor& h0_dot,
                        const Tensor& rz_dot, const Tensor& n_dot, const Tensor& h_dot) {
   const Tensor h0_dot_ = contiguous_or_undefined(h0_dot);
-  check({&x_gates_dot, &h_gates_dot, &saved, &h_prev, &h0_dot_, &rz_dot, &n_dot, &h_dot},
-        h_dot);
-  const int64_t T = h_dot.size(0), B = h_dot.size(1), H = h_dot.size(2);
+  const int64_t T = h_prev.size(0), B = h_prev.size(1), H = h_prev.size(2);
+  check({{x_gates_dot, {T, B, 3 * H}}, {h_gates_dot, {T, B, 3 * H}}, {saved, {T, B, 4 * H}},
+         {h_prev, {T, B, H}}, {h0_dot_, {B, H}}, {rz_dot, {T, B, 2 * H}}, {n_dot, {T, B, H}},
+         {h_dot, {T, B, H}}}, h_dot);
   FUSEDRNN_DISPATCH(h_dot, "gru_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
     const GRUSteps<scalar_t> steps{data<scalar_t>(saved), data<scalar_t>(h_prev), B, H};
@@ -251,9 +262,10 @@ void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
                                 const OptionalTensor& w_hh_dot, const Tensor& grads,
                                 const Tensor& dh_first) {
   const Tensor u_hn_ = contiguous_or_undefined(u_hn);
-  check({&u_y, &u_hn_, &saved, &h_prev, &rz_dot, &n_dot, &h_gates_dot, &h_prev_dot, &grads,
-         &dh_first}, u_y);
-  const int64_t T = u_y.size(0), B = u_y.size(1), H = u_y.size(2);
+  const int64_t T = h_prev.size(0), B = h_prev.size(1), H = h_prev.size(2);
+  check({{u_y, {T, B, H}}, {u_hn_, {B, H}}, {saved, {T, B, 4 * H}}, {h_prev, {T, B, H}},
+         {rz_dot, {T, B, 2 * H}}, {n_dot, {T, B, H}}, {h_gates_dot, {T, B, 3 * H}},
+         {h_prev_dot, {T, B, H}}, {grads, {2, T, B, 4 * H}}, {dh_first, {2, B, H}}}, u_y);
   const Tensor through_w_hh = at::empty({2, B, H}, u_y.options());
   FUSEDRNN_DISPATCH(u_y, "gru_backward_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
@@ -310,7 +322,7 @@ void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
 
 void rnn_tangent_steps(const Tensor& pre_dot, const Tensor& d_act, const Tensor& w_hh,
                        const OptionalTensor& h0_dot, const Tensor& h_dot) {
-  check({&pre_dot, &d_act, &h_dot}, pre_dot);
+  check({{d_act, pre_dot.sizes().vec()}, {h_dot, pre_dot.sizes().vec()}}, pre_dot);
   Tensor h_last = h0_dot ? *h0_dot : Tensor();
   for (int64_t t = 0; t < pre_dot.size(0); ++t) {
     Tensor pre_t = pre_dot.select(0, t), h_t = h_dot.select(0, t);
@@ -324,10 +336,10 @@ void rnn_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
                                 const Tensor& d_act, const OptionalTensor& d_act_dot,
                                 const Tensor& w_hh, const OptionalTensor& w_hh_dot,
                                 const Tensor& grads) {
-  check({&u_y, &d_act, &grads}, u_y);
   const Tensor d_act_dot_ = contiguous_or_undefined(d_act_dot);
-  check({&d_act_dot_}, u_y);
-  const int64_t T = u_y.size(0), B = u_y.size(1), H = u_y.size(2);
+  const int64_t T = d_act.size(0), B = d_act.size(1), H = d_act.size(2);
+  check({{u_y, {T, B, H}}, {d_act, {T, B, H}}, {d_act_dot_, {T, B, H}}, {grads, {2, T, B, H}}},
+        u_y);
   const Tensor dh_both = at::empty({2, B, H}, u_y.options());
   FUSEDRNN_DISPATCH(u_y, "rnn_backward_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
