@@ -131,10 +131,10 @@ def _differentiable_backward(reference, inputs, options, grad_outputs, needed, f
     """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
     tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
     backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Under plain
-    autograd they are the fused backward's (`fused()`: the gradients of all inputs), and only
-    differentiating them recomputes the layer (_FusedGradients). Inside torch.func's transforms
-    they come from torch.func.vjp of the reference, which, unlike torch.autograd.grad, sees the
-    tensors a transform tracks. `needed`: which inputs need a gradient; `output`, `saved`: the
+    autograd they are the fused backward's (`fused()`: the gradients of all inputs), which
+    _FusedGradients differentiates (second_order's pass, or the layer recomputed). Inside
+    torch.func's transforms they come from torch.func.vjp of the reference, which, unlike
+    torch.autograd.grad, sees the tensors a transform tracks. `needed`: which inputs need a gradient; `output`, `saved`: the
     layer's output and the activations its forward saved."""
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
     if not wanted or all(g is None for g in grad_outputs):
