@@ -37,6 +37,9 @@ void check(std::initializer_list<Expected> tensors, const Tensor& like) {
 Tensor contiguous_or_undefined(const OptionalTensor& t) { return t ? t->contiguous() : Tensor(); }
 
 template <typename T> T* data(const Tensor& t) { return t.data_ptr<T>(); }
+template <typename T> T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
 
 // [d, d'] [2, B, K] -> out [2, B, N] = [d w, d' w + d w_dot]: a backward step's product
 // through w [K, N] and its tangent.
@@ -46,6 +49,22 @@ void backward_product(const Tensor& d, const Tensor& w, const OptionalTensor& w_
   at::mm_out(value, d.select(0, 0), w);
   at::mm_out(tangent, d.select(0, 1), w);
   if (w_dot) tangent.addmm_(d.select(0, 0), *w_dot);
+}
+
+// [dh, dh'] of step t into dh_both [2, B, P], for a cell whose h_{t-1} reaches step t through
+// W_hh alone: the output's gradient (and h_n's at the last step), plus the path from step t+1's
+// pre-activation gradients grads[:, t+1] through W_hh, with its tangent.
+void gradient_reaching_h(int64_t t, const Tensor& u_y, const OptionalTensor& u_hn,
+                         const Tensor& grads, const Tensor& w_hh, const OptionalTensor& w_hh_dot,
+                         const Tensor& dh_both) {
+  if (t == u_y.size(0) - 1) {
+    dh_both[0].copy_(u_y[t]);
+    if (u_hn) dh_both[0].add_(*u_hn);
+    dh_both[1].zero_();
+  } else {
+    backward_product(grads.select(1, t + 1), w_hh, w_hh_dot, dh_both);
+    dh_both[0].add_(u_y[t]);
+  }
 }
 
 // One LSTM layer's saved activations and tangents, read unit by unit (batch row b, unit j).
@@ -58,6 +77,13 @@ template <typename T> struct LSTMSteps {
   const T* c_dot;        // [T, B, H]
   const T* c0_dot;       // [B, H] or null (zeros)
   int64_t B, H;
+
+  static LSTMSteps of(const Tensor& gates, const Tensor& pre_dot, const Tensor& cells,
+                      const Tensor& tanh_cells, const Tensor& c0, const Tensor& c_dot,
+                      const Tensor& c0_dot) {
+    return {data<T>(gates), data<T>(pre_dot), data<T>(cells), data<T>(tanh_cells),
+            data<T>(c0), data<T>(c_dot), data_or_null<T>(c0_dot), cells.size(1), cells.size(2)};
+  }
 
   // f and its tangent at step t.
   template <typename A> WithTangent<A> forget_gate(int64_t t, int64_t b, int64_t j) const {
@@ -130,10 +156,8 @@ void lstm_tangent_steps(const Tensor& pre_dot, const Tensor& gates, const Tensor
          {m_dot, {T, B, H}}, {h_dot, {T, B, P}}}, pre_dot);
   FUSEDRNN_DISPATCH(pre_dot, "lstm_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
-    const LSTMSteps<scalar_t> steps{data<scalar_t>(gates), data<scalar_t>(pre_dot),
-                                    data<scalar_t>(cells), data<scalar_t>(tanh_cells),
-                                    data<scalar_t>(c0_), data<scalar_t>(c_dot),
-                                    c0_dot_.defined() ? data<scalar_t>(c0_dot_) : nullptr, B, H};
+    const auto steps = LSTMSteps<scalar_t>::of(gates, pre_dot, cells, tanh_cells, c0_, c_dot,
+                                               c0_dot_);
     scalar_t* const c_dot_data = data<scalar_t>(c_dot);
     scalar_t* const m_dot_data = data<scalar_t>(m_dot);
     Tensor h_last = h0_dot ? *h0_dot : Tensor();
@@ -175,22 +199,13 @@ void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
   const Tensor dm_both = w_hr ? at::empty({2, B, H}, u_y.options()) : dh_both;
   FUSEDRNN_DISPATCH(u_y, "lstm_backward_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
-    const LSTMSteps<scalar_t> steps{data<scalar_t>(gates), data<scalar_t>(pre_dot),
-                                    data<scalar_t>(cells), data<scalar_t>(tanh_cells),
-                                    data<scalar_t>(c0_), data<scalar_t>(c_dot),
-                                    c0_dot_.defined() ? data<scalar_t>(c0_dot_) : nullptr, B, H};
-    const scalar_t* const u_cn_data = u_cn_.defined() ? data<scalar_t>(u_cn_) : nullptr;
+    const auto steps = LSTMSteps<scalar_t>::of(gates, pre_dot, cells, tanh_cells, c0_, c_dot,
+                                               c0_dot_);
+    const scalar_t* const u_cn_data = data_or_null<scalar_t>(u_cn_);
     std::vector<WithTangent<A>> dc(B * H);  // dc, dc' of step t+1, then of step t
     for (int64_t t = T - 1; t >= 0; --t) {
       const bool last = t == T - 1;
-      if (last) {
-        dh_both[0].copy_(u_y[t]);
-        if (u_hn) dh_both[0].add_(*u_hn);
-        dh_both[1].zero_();
-      } else {
-        backward_product(grads.select(1, t + 1), w_hh, w_hh_dot, dh_both);
-        dh_both[0].add_(u_y[t]);
-      }
+      gradient_reaching_h(t, u_y, u_hn, grads, w_hh, w_hh_dot, dh_both);
       if (w_hr) {
         dh_all->select(1, t).copy_(dh_both);
         backward_product(dh_both, *w_hr, w_hr_dot, dm_both);
@@ -242,7 +257,7 @@ void gru_tangent_steps(const Tensor& x_gates_dot, const Tensor& h_gates_dot, con
     scalar_t* const h_dot_data = data<scalar_t>(h_dot);
     for (int64_t t = 0; t < T; ++t) {
       const scalar_t* h_prev_dot = t ? h_dot_data + (t - 1) * B * H
-                                     : h0_dot_.defined() ? data<scalar_t>(h0_dot_) : nullptr;
+                                     : data_or_null<scalar_t>(h0_dot_);
       if (h_prev_dot) h_gates_dot.select(0, t).addmm_(t ? h_dot[t - 1] : h0_dot_, w_hh.t());
       for_units(B, H, [&](int64_t b, int64_t j) {
         const int64_t k = b * H + j, g3 = (t * B + b) * 3 * H + j, g2 = (t * B + b) * 2 * H + j;
@@ -279,7 +294,7 @@ void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
     using A = typename AccumulateType<scalar_t>::type;
     const GRUSteps<scalar_t> steps{data<scalar_t>(saved), data<scalar_t>(h_prev), B, H};
     const scalar_t* const u_y_data = data<scalar_t>(u_y);
-    const scalar_t* const u_hn_data = u_hn_.defined() ? data<scalar_t>(u_hn_) : nullptr;
+    const scalar_t* const u_hn_data = data_or_null<scalar_t>(u_hn_);
     const scalar_t* const rz_dot_data = data<scalar_t>(rz_dot);
     const scalar_t* const n_dot_data = data<scalar_t>(n_dot);
     const scalar_t* const h_gates_dot_data = data<scalar_t>(h_gates_dot);
@@ -351,16 +366,9 @@ void rnn_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
   FUSEDRNN_DISPATCH(u_y, "rnn_backward_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
     const scalar_t* const d_act_data = data<scalar_t>(d_act);
-    const scalar_t* d_act_dot_data = d_act_dot_.defined() ? data<scalar_t>(d_act_dot_) : nullptr;
+    const scalar_t* d_act_dot_data = data_or_null<scalar_t>(d_act_dot_);
     for (int64_t t = T - 1; t >= 0; --t) {
-      if (t == T - 1) {
-        dh_both[0].copy_(u_y[t]);
-        if (u_hn) dh_both[0].add_(*u_hn);
-        dh_both[1].zero_();
-      } else {
-        backward_product(grads.select(1, t + 1), w_hh, w_hh_dot, dh_both);
-        dh_both[0].add_(u_y[t]);
-      }
+      gradient_reaching_h(t, u_y, u_hn, grads, w_hh, w_hh_dot, dh_both);
       const scalar_t* dh = data<scalar_t>(dh_both);
       scalar_t* d_pre = data<scalar_t>(grads) + t * B * H;
       for (int64_t k = 0; k < B * H; ++k) {
