@@ -217,10 +217,10 @@ class _FusedGradients(torch.autograd.Function):
         differentiated = {i for i, gg in enumerate(grad_grads) if gg is not None}
         if not differentiated:
             return (None,) * len(ctx.needs_input_grad)
+        needed = _needed_by_engine(ctx, (ctx.recomputation, *ctx.saved_tensors))
         recording = torch.is_grad_enabled()
         if not recording:
-            result = ctx.recomputation.second_order(ctx.saved_tensors, grad_grads,
-                                                    ctx.needs_input_grad[1:])
+            result = ctx.recomputation.second_order(ctx.saved_tensors, grad_grads, needed[1:])
             if result is not None:
                 return (None, *result)
         # Kept for the next call only when this one records no graph: a recorded result
@@ -235,7 +235,7 @@ class _FusedGradients(torch.autograd.Function):
             aliases, inner = ctx.aliases, ctx.inner
         used = [(inner[i], grad_grads[i]) for i in differentiated
                 if inner[i] is not None and inner[i].requires_grad]
-        targets = [k for k in range(len(aliases)) if ctx.needs_input_grad[1 + k]]
+        targets = [k for k in range(len(aliases)) if needed[1 + k]]
         result = [None] * len(aliases)
         if used and targets:
             grads = torch.autograd.grad([g for g, _ in used], [aliases[k] for k in targets],
@@ -283,6 +283,41 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
     _, pullback_of_pullback = torch.func.vjp(
         pullback, tuple(torch.zeros_like(out) for out in outputs))
     return pullback_of_pullback(tuple(tangents[i] for i in wanted))[0]
+
+
+def _needed_by_engine(ctx, arguments):
+    """ctx.needs_input_grad narrowed to the gradients the running backward will use.
+    needs_input_grad says which inputs require a gradient when the layer ran; a backward that
+    asks for some of them only (`autograd.grad(loss, x)`, `backward(inputs=...)`, a gradient
+    penalty's create_graph backward) never executes the others' nodes, so their products are
+    skipped. `arguments`: the Function's arguments, in order. The engine's answer comes from
+    the node each tensor argument's gradient flows to (ctx.next_functions, one per tensor
+    argument); where it cannot answer (a leaf that autograd.grad returns, a backward called
+    outside the engine) or functorch or a compiler runs the backward, the gradient counts as
+    needed."""
+    needed = ctx.needs_input_grad
+    if torch.compiler.is_compiling() or any(
+            isinstance(a, torch.Tensor) and not _plain(a) for a in arguments):
+        return needed
+    edges = ctx.next_functions
+    tensors = [isinstance(a, torch.Tensor) for a in arguments]
+    if len(arguments) != len(needed) or sum(tensors) != len(edges):
+        return needed
+    nodes = iter(node for node, _ in edges)
+    narrowed = []
+    for need, tensor in zip(needed, tensors):
+        node = next(nodes) if tensor else None
+        if need and node is None:  # not the layout assumed above
+            return needed
+        narrowed.append(need and _engine_executes(node))
+    return tuple(narrowed)
+
+
+def _engine_executes(node):
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:
+        return True
 
 
 # ---- autograd ------------------------------------------------------------------------------
@@ -343,7 +378,8 @@ class LSTMFunction(torch.autograd.Function):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
             ctx.saved_tensors
         inputs = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        needed = ctx.needs_input_grad
+        needed = _needed_by_engine(ctx, (*inputs[:7], ctx.reverse, ctx.batch_sizes, w_hr)[
+            :len(ctx.needs_input_grad)])
         weights = any(needed[3:7]) or (len(needed) > 9 and needed[9])
 
         def fused():
@@ -384,7 +420,8 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
-        weights = any(ctx.needs_input_grad[2:6])
+        needed = _needed_by_engine(ctx, (*inputs, ctx.reverse, ctx.batch_sizes))
+        weights = any(needed[2:6])
 
         def fused():
             has_bias = b_ih is not None
@@ -395,8 +432,8 @@ class GRUFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
             grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
-                                             (grad_output, grad_hn), ctx.needs_input_grad[:6],
-                                             fused, output, (saved,))
+                                             (grad_output, grad_hn), needed[:6], fused,
+                                             output, (saved,))
         else:
             grads = fused()
         return (*grads, None, None)
@@ -422,7 +459,8 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
-        weights = any(ctx.needs_input_grad[2:6])
+        needed = _needed_by_engine(ctx, (*inputs, ctx.relu, ctx.reverse, ctx.batch_sizes))
+        weights = any(needed[2:6])
 
         def fused():
             has_bias = b_ih is not None
@@ -433,8 +471,8 @@ class RNNFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             _check_not_packed(ctx)
             grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),
-                                             (grad_output, grad_hn), ctx.needs_input_grad[:6],
-                                             fused, output, ())
+                                             (grad_output, grad_hn), needed[:6], fused,
+                                             output, ())
         else:
             grads = fused()
         return (*grads, None, None, None)
@@ -461,15 +499,15 @@ def _keep(ctx, inputs, kept, batch_sizes):
     ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
 
 
-def _pair_backward(ctx, reference, input, directions, options, grads, k, leading, fused,
-                   outputs, saved):
+def _pair_backward(ctx, needed, reference, input, directions, options, grads, k, leading,
+                   fused, outputs, saved):
     """The gradients of all the Function's inputs: input's two summed. Each direction's come
     from fused(d) (the gradients of input and that direction's k tensors), and under grad mode
-    through _differentiable_backward. `leading`: the Function's inputs before the directions;
-    `outputs`, `saved`: each direction's output and saved activations."""
+    through _differentiable_backward. `needed`: which of the Function's inputs need a gradient;
+    `leading`: the Function's inputs before the directions; `outputs`, `saved`: each
+    direction's output and saved activations."""
     if torch.is_grad_enabled():
         _check_not_packed(ctx)
-        needed = ctx.needs_input_grad
         per = [_differentiable_backward(
             reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
             (needed[0], *needed[leading + d * k:leading + (d + 1) * k]),
@@ -499,10 +537,10 @@ def _legacy_batched(grads):
     return any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads)
 
 
-def _pair_weights_needed(ctx, leading, k, states):
-    """Whether any of a pair Function's weights or biases needs a gradient: each direction's k
-    inputs after the `leading` ones are `states` states, then weights."""
-    needed = ctx.needs_input_grad
+def _pair_weights_needed(needed, leading, k, states):
+    """Whether any of a pair Function's weights or biases needs a gradient (`needed`, one flag
+    per input): each direction's k inputs after the `leading` ones are `states` states, then
+    weights."""
     return any(any(needed[leading + d * k + states:leading + (d + 1) * k]) for d in range(2))
 
 
@@ -537,7 +575,8 @@ class LSTMPairFunction(torch.autograd.Function):
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, grad_cn = [grads[0], grads[3]], [grads[1], grads[4]], \
             [grads[2], grads[5]]
-        weights = _pair_weights_needed(ctx, 2, 7, 2)
+        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions))
+        weights = _pair_weights_needed(needed, 2, 7, 2)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.lstm_backward(
@@ -553,7 +592,7 @@ class LSTMPairFunction(torch.autograd.Function):
                 return both[7 * d:7 * d + 7]
 
         return _pair_backward(
-            ctx, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
+            ctx, needed, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
             lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None, weights), output,
             list(zip(gates, cells, unprojected)))
 
@@ -583,7 +622,8 @@ class GRUPairFunction(torch.autograd.Function):
         output, kept = [saved[10], saved[12]], [saved[11], saved[13]]
         has_bias = b_ih[0] is not None
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
-        weights = _pair_weights_needed(ctx, 2, 5, 1)
+        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions))
+        weights = _pair_weights_needed(needed, 2, 5, 1)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.gru_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
@@ -596,7 +636,7 @@ class GRUPairFunction(torch.autograd.Function):
             def results(d):
                 return both[6 * d:6 * d + 6]
 
-        return _pair_backward(ctx, _gru_reference, input, directions, (),
+        return _pair_backward(ctx, needed, _gru_reference, input, directions, (),
                               (grads[:2], grads[2:4]), 5, 2,
                               lambda d: _gru_grads(results(d), has_bias, weights), output,
                               [(kept[0],), (kept[1],)])
@@ -626,7 +666,8 @@ class RNNPairFunction(torch.autograd.Function):
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
-        weights = _pair_weights_needed(ctx, 3, 5, 1)
+        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, ctx.relu, *directions))
+        weights = _pair_weights_needed(needed, 3, 5, 1)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.rnn_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
@@ -639,7 +680,7 @@ class RNNPairFunction(torch.autograd.Function):
             def results(d):
                 return both[5 * d:5 * d + 5]
 
-        return _pair_backward(ctx, _rnn_reference, input, directions, (ctx.relu,),
+        return _pair_backward(ctx, needed, _rnn_reference, input, directions, (ctx.relu,),
                               (grads[:2], grads[2:4]), 5, 3,
                               lambda d: _rnn_grads(results(d), has_bias, weights), output,
                               [(), ()])
