@@ -7,6 +7,7 @@
 #include "cpu/isa.h"
 #include "layer/backend.h"
 #include "layer/direct.h"
+#include "layer/gemm.h"
 #include "layer/layer.h"
 #include "layer/persistent.h"
 #include "layer/scratch.h"
@@ -200,6 +201,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return names;
   });
   m.def("set_cpu_isa", &set_cpu_isa);
+  m.def("onednn_gemm_works", &fusedrnn::onednn_gemm_works);
   // The pool of CPU temporaries kept between calls (scratch.h).
   m.def("scratch_held_bytes", &fusedrnn::scratch::held_bytes);
   m.def("scratch_limit_bytes", &fusedrnn::scratch::limit_bytes);

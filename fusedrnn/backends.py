@@ -22,6 +22,7 @@ one refuses it. The CPU's instruction set is a second switch, chosen at run time
 CPU has (``cpu_isa()``): ``FUSEDRNN_CPU_ISA=avx2`` (or ``force_cpu_isa``) runs the AVX2 kernels
 on an AVX-512 CPU, ``scalar`` the CPU kernels without vectors, and ``avx512`` keeps a CPU with
 AVX512-BF16 (ISA ``avx512_bf16``) from running bfloat16 layers' products on bfloat16 operands.
+``cpu_gemm()`` names the library that runs the large CPU products around the loop.
 """
 import contextlib
 import os
@@ -154,6 +155,15 @@ def cpu_isas():
     ("scalar", "avx2", "avx512", "avx512_bf16"): what force_cpu_isa and FUSEDRNN_CPU_ISA accept
     here."""
     return tuple(_C.cpu_isas_runnable())
+
+
+def cpu_gemm():
+    """Where fusedrnn's large float32 CPU products (input projections, weight gradients) run:
+    "onednn" (torch's oneDNN matmul, as torch.nn's CPU RNNs run on oneDNN), or "aten" (at::mm:
+    MKL or the BLAS torch was built with) where torch.backends.mkldnn is off or torch's oneDNN
+    matmul refuses this CPU (torch 2.14 refuses float32 without AVX-512). The recurrent products
+    run on fusedrnn's own kernels either way."""
+    return "onednn" if torch.backends.mkldnn.enabled and _C.onednn_gemm_works() else "aten"
 
 
 @contextlib.contextmanager

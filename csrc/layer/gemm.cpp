@@ -70,10 +70,18 @@ Tensor matrix(const void* data, int64_t rows, int64_t cols, bool transposed,
 // outweighs the gain. Not where the user switched oneDNN off (torch.backends.mkldnn.enabled),
 // which also keeps torch.nn's RNNs off it.
 bool runs_on_onednn(const Tensor& like, const Gemm& g) {
-#if AT_MKLDNN_ENABLED()
   constexpr int64_t kMinWork = int64_t{1} << 23;
+  return like.scalar_type() == at::kFloat && g.M * g.N * g.K >= kMinWork &&
+         at::globalContext().userEnabledMkldnn() && onednn_gemm_works();
+}
+
+}  // namespace
+
+bool onednn_gemm_works() {
+#if AT_MKLDNN_ENABLED()
   // Checked once on a 2x2 product: the function is not public API, and a torch whose version
-  // refuses float32 (or reads its arguments otherwise) keeps every GEMM on at::mm.
+  // refuses float32 (or reads its arguments otherwise) keeps every GEMM on at::mm. torch 2.14
+  // refuses it on CPUs without AVX-512 (BW, VL, DQ).
   static const bool works = [] {
     if (at::native::mkldnn_matmul == nullptr) return false;
     try {
@@ -86,14 +94,11 @@ bool runs_on_onednn(const Tensor& like, const Gemm& g) {
       return false;
     }
   }();
-  return like.scalar_type() == at::kFloat && g.M * g.N * g.K >= kMinWork &&
-         at::globalContext().userEnabledMkldnn() && works;
+  return works;
 #else
   return false;
 #endif
 }
-
-}  // namespace
 
 void gemm(const Tensor& like, const Gemm& g) {
   if (g.M == 0 || g.N == 0) return;

@@ -23,4 +23,8 @@ struct Gemm {
 // Runs g on the device and in the dtype of `like`.
 void gemm(const at::Tensor& like, const Gemm& g);
 
+// Whether torch's oneDNN matmul runs float32 products on this CPU (large CPU GEMMs then go to
+// it while torch.backends.mkldnn is on; else to at::mm).
+bool onednn_gemm_works();
+
 }  // namespace fusedrnn
