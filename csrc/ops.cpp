@@ -1,6 +1,7 @@
 // The dispatcher ops (schemas, CPU and CUDA registrations), and the Python module's build info
 // and scratch-memory controls.
 // Fake kernels and autograd live in Python, beside the public wrappers (fusedrnn/ops.py).
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -128,6 +129,23 @@ void set_cpu_isa(const std::string& name) {
   fusedrnn::cpu::set_isa(isa);
 }
 
+// Whether the backward running on this thread will use the gradient of `tensor`: false where
+// the node its gradient flows to is outside the graph task or will not run (autograd.grad and
+// backward(inputs=...) run only what leads to their inputs). torch._C._will_engine_execute_node
+// asks the same, but raises (17 us) for a leaf whose gradient autograd.grad returns. Outside a
+// backward, true.
+bool engine_uses_gradient(const at::Tensor& tensor) {
+  using torch::autograd::Node;
+  const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
+  const auto* in_graph = torch::autograd::get_current_graph_task_nodes_in_graph();
+  if (!exec_info || !in_graph || !tensor.requires_grad()) return true;
+  Node* node = torch::autograd::impl::gradient_edge(tensor).function.get();
+  if (!node || !in_graph->count(node)) return false;
+  if (exec_info->empty()) return true;  // a plain backward() runs the whole graph
+  const auto it = exec_info->find(node);
+  return it != exec_info->end() && it->second.should_execute();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -202,6 +220,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("set_cpu_isa", &set_cpu_isa);
   m.def("onednn_gemm_works", &fusedrnn::onednn_gemm_works);
+  m.def("engine_uses_gradient", &engine_uses_gradient);
   // The pool of CPU temporaries kept between calls (scratch.h).
   m.def("scratch_held_bytes", &fusedrnn::scratch::held_bytes);
   m.def("scratch_limit_bytes", &fusedrnn::scratch::limit_bytes);

@@ -17,7 +17,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
-from . import _extension  # noqa: F401  (loading _C registers torch.ops.fusedrnn)
+from ._extension import _C  # loading _C registers torch.ops.fusedrnn
 from . import batching, fake  # noqa: F401  (the ops' vmap rules and fake kernels)
 from . import second_order
 
@@ -217,10 +217,10 @@ class _FusedGradients(torch.autograd.Function):
         differentiated = {i for i, gg in enumerate(grad_grads) if gg is not None}
         if not differentiated:
             return (None,) * len(ctx.needs_input_grad)
-        needed = _needed_by_engine(ctx, (ctx.recomputation, *ctx.saved_tensors))
         recording = torch.is_grad_enabled()
         if not recording:
-            result = ctx.recomputation.second_order(ctx.saved_tensors, grad_grads, needed[1:])
+            result = ctx.recomputation.second_order(ctx.saved_tensors, grad_grads,
+                                                    ctx.needs_input_grad[1:])
             if result is not None:
                 return (None, *result)
         # Kept for the next call only when this one records no graph: a recorded result
@@ -235,7 +235,7 @@ class _FusedGradients(torch.autograd.Function):
             aliases, inner = ctx.aliases, ctx.inner
         used = [(inner[i], grad_grads[i]) for i in differentiated
                 if inner[i] is not None and inner[i].requires_grad]
-        targets = [k for k in range(len(aliases)) if needed[1 + k]]
+        targets = [k for k in range(len(aliases)) if ctx.needs_input_grad[1 + k]]
         result = [None] * len(aliases)
         if used and targets:
             grads = torch.autograd.grad([g for g, _ in used], [aliases[k] for k in targets],
@@ -285,39 +285,22 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
     return pullback_of_pullback(tuple(tangents[i] for i in wanted))[0]
 
 
-def _needed_by_engine(ctx, arguments):
-    """ctx.needs_input_grad narrowed to the gradients the running backward will use.
-    needs_input_grad says which inputs require a gradient when the layer ran; a backward that
-    asks for some of them only (`autograd.grad(loss, x)`, `backward(inputs=...)`, a gradient
-    penalty's create_graph backward) never executes the others' nodes, so their products are
-    skipped. `arguments`: the Function's arguments, in order. The engine's answer comes from
-    the node each tensor argument's gradient flows to (ctx.next_functions, one per tensor
-    argument); where it cannot answer (a leaf that autograd.grad returns, a backward called
-    outside the engine) or functorch or a compiler runs the backward, the gradient counts as
-    needed."""
+def _needed_by_engine(ctx, arguments, weights):
+    """ctx.needs_input_grad, with the weights' and biases' entries (positions `weights` among
+    the Function's `arguments`) off where the running backward will use none of their gradients.
+    needs_input_grad is fixed when the layer runs; a backward that asks for some gradients only
+    (`autograd.grad(loss, x)`, `backward(inputs=...)`, a gradient penalty's create_graph
+    backward) never runs the nodes the others flow to, and the backward ops then skip the
+    weights' products (they take all the weights' gradients or none). Under functorch or a
+    compiler every gradient counts as needed."""
     needed = ctx.needs_input_grad
-    if torch.compiler.is_compiling() or any(
+    asked = [i for i in weights if i < len(needed) and needed[i]]
+    if not asked or torch.compiler.is_compiling() or any(
             isinstance(a, torch.Tensor) and not _plain(a) for a in arguments):
         return needed
-    edges = ctx.next_functions
-    tensors = [isinstance(a, torch.Tensor) for a in arguments]
-    if len(arguments) != len(needed) or sum(tensors) != len(edges):
+    if any(_C.engine_uses_gradient(arguments[i]) for i in asked):
         return needed
-    nodes = iter(node for node, _ in edges)
-    narrowed = []
-    for need, tensor in zip(needed, tensors):
-        node = next(nodes) if tensor else None
-        if need and node is None:  # not the layout assumed above
-            return needed
-        narrowed.append(need and _engine_executes(node))
-    return tuple(narrowed)
-
-
-def _engine_executes(node):
-    try:
-        return torch._C._will_engine_execute_node(node)
-    except RuntimeError:
-        return True
+    return tuple(need and i not in weights for i, need in enumerate(needed))
 
 
 # ---- autograd ------------------------------------------------------------------------------
@@ -379,7 +362,7 @@ class LSTMFunction(torch.autograd.Function):
             ctx.saved_tensors
         inputs = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         needed = _needed_by_engine(ctx, (*inputs[:7], ctx.reverse, ctx.batch_sizes, w_hr)[
-            :len(ctx.needs_input_grad)])
+            :len(ctx.needs_input_grad)], (3, 4, 5, 6, 9))
         weights = any(needed[3:7]) or (len(needed) > 9 and needed[9])
 
         def fused():
@@ -420,7 +403,7 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
-        needed = _needed_by_engine(ctx, (*inputs, ctx.reverse, ctx.batch_sizes))
+        needed = _needed_by_engine(ctx, (*inputs, ctx.reverse, ctx.batch_sizes), range(2, 6))
         weights = any(needed[2:6])
 
         def fused():
@@ -459,7 +442,8 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
-        needed = _needed_by_engine(ctx, (*inputs, ctx.relu, ctx.reverse, ctx.batch_sizes))
+        needed = _needed_by_engine(ctx, (*inputs, ctx.relu, ctx.reverse, ctx.batch_sizes),
+                                   range(2, 6))
         weights = any(needed[2:6])
 
         def fused():
@@ -537,11 +521,10 @@ def _legacy_batched(grads):
     return any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads)
 
 
-def _pair_weights_needed(needed, leading, k, states):
-    """Whether any of a pair Function's weights or biases needs a gradient (`needed`, one flag
-    per input): each direction's k inputs after the `leading` ones are `states` states, then
-    weights."""
-    return any(any(needed[leading + d * k + states:leading + (d + 1) * k]) for d in range(2))
+def _pair_weights(leading, k, states):
+    """The positions of a pair Function's weights and biases among its arguments: each
+    direction's k after the `leading` ones are `states` states, then weights."""
+    return [leading + d * k + i for d in range(2) for i in range(states, k)]
 
 
 def _sum_defined(a, b):
@@ -575,8 +558,9 @@ class LSTMPairFunction(torch.autograd.Function):
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, grad_cn = [grads[0], grads[3]], [grads[1], grads[4]], \
             [grads[2], grads[5]]
-        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions))
-        weights = _pair_weights_needed(needed, 2, 7, 2)
+        positions = _pair_weights(2, 7, 2)
+        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions), positions)
+        weights = any(needed[i] for i in positions)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.lstm_backward(
@@ -622,8 +606,9 @@ class GRUPairFunction(torch.autograd.Function):
         output, kept = [saved[10], saved[12]], [saved[11], saved[13]]
         has_bias = b_ih[0] is not None
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
-        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions))
-        weights = _pair_weights_needed(needed, 2, 5, 1)
+        positions = _pair_weights(2, 5, 1)
+        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions), positions)
+        weights = any(needed[i] for i in positions)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.gru_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
@@ -666,8 +651,10 @@ class RNNPairFunction(torch.autograd.Function):
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
-        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, ctx.relu, *directions))
-        weights = _pair_weights_needed(needed, 3, 5, 1)
+        positions = _pair_weights(3, 5, 1)
+        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, ctx.relu, *directions),
+                                   positions)
+        weights = any(needed[i] for i in positions)
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.rnn_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],

@@ -496,3 +496,26 @@ def test_backward_skips_gradients_nobody_asked_for(cell, bidirectional, asked):
         assert (a is None) == (b is None)
         if a is not None:
             assert rel_err(a, b) <= 1e-10
+
+
+@pytest.mark.parametrize("asked", ["input", "weights"])
+def test_backward_asks_the_engine_about_weights_that_are_not_leaves(asked):
+    """Weights computed from parameters (functional_call with p * 1): their gradients flow to
+    the product's node rather than to a leaf's accumulator, which the engine runs only when
+    the backward asks for the parameters."""
+    ref, fused = make_pair("gru", 3, 5, "cpu", torch.float64)
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def gradients(model):
+        xx = x.clone().requires_grad_()
+        parameters = dict(model.named_parameters())
+        scaled = {name: p * 1 for name, p in parameters.items()}
+        out = torch.func.functional_call(model, scaled, (xx,))[0]
+        loss = (out * out.detach().cos()).sum()
+        return torch.autograd.grad(loss, [xx] if asked == "input" else list(parameters.values()))
+
+    with _WeightGradsFlags() as seen:
+        ours = gradients(fused)
+    assert seen.flags == [asked == "weights"]
+    for a, b in zip(ours, gradients(ref)):
+        assert rel_err(a, b) <= 1e-10
