@@ -287,7 +287,8 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
 
 def _needed_by_engine(ctx, arguments, weights):
     """ctx.needs_input_grad, with the weights' and biases' entries (positions `weights` among
-    the Function's `arguments`) off where the running backward will use none of their gradients.
+    the Function's `arguments`, past the end where an optional one was not passed) off where the
+    running backward will use none of their gradients.
     needs_input_grad is fixed when the layer runs; a backward that asks for some gradients only
     (`autograd.grad(loss, x)`, `backward(inputs=...)`, a gradient penalty's create_graph
     backward) never runs the nodes the others flow to, and the backward ops then skip the
@@ -361,8 +362,8 @@ class LSTMFunction(torch.autograd.Function):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
             ctx.saved_tensors
         inputs = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        needed = _needed_by_engine(ctx, (*inputs[:7], ctx.reverse, ctx.batch_sizes, w_hr)[
-            :len(ctx.needs_input_grad)], (3, 4, 5, 6, 9))
+        needed = _needed_by_engine(ctx, (*inputs[:7], ctx.reverse, ctx.batch_sizes, w_hr),
+                                   (3, 4, 5, 6, 9))
         weights = any(needed[3:7]) or (len(needed) > 9 and needed[9])
 
         def fused():

@@ -519,3 +519,23 @@ def test_backward_asks_the_engine_about_weights_that_are_not_leaves(asked):
     assert seen.flags == [asked == "weights"]
     for a, b in zip(ours, gradients(ref)):
         assert rel_err(a, b) <= 1e-10
+
+
+@pytest.mark.parametrize("asked", ["input", "weight_hr_l0"])
+def test_backward_asks_the_engine_about_the_projection(asked):
+    """The LSTM's projection weight is the Function's last, optional argument: asked for alone,
+    it brings the weights' gradients back."""
+    ref, fused = make_pair("lstm", 3, 5, "cpu", torch.float64, proj_size=2)
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def gradients(model):
+        xx = x.clone().requires_grad_()
+        out = model(xx)[0]
+        loss = (out * out.detach().cos()).sum()
+        return torch.autograd.grad(loss, [xx] if asked == "input" else [model.weight_hr_l0])
+
+    with _WeightGradsFlags() as seen:
+        ours = gradients(fused)
+    assert seen.flags == [asked != "input"]
+    for a, b in zip(ours, gradients(ref)):
+        assert rel_err(a, b) <= 1e-10
