@@ -435,6 +435,20 @@ class _WeightGradsFlags(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def _weight_grads_flags(ref, fused, gradients):
+    """The weight_grads flags of fusedrnn's backward ops while gradients(fused) runs, once its
+    gradients are checked against gradients(ref), torch.nn's (None where torch.nn's are)."""
+    with _WeightGradsFlags() as seen:
+        ours = gradients(fused)
+    theirs = gradients(ref)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert rel_err(a, b) <= 1e-10
+    return seen.flags
+
+
 @pytest.mark.parametrize("trainable", [None, "weight_hh_l0"], ids=["frozen", "one-trainable"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -453,13 +467,11 @@ def test_frozen_weights_skip_their_gradients(cell, bidirectional, trainable):
         xx = x.clone().requires_grad_()
         out = model(xx)[0]
         (out * out.detach().sin()).sum().backward()
-        return xx.grad
+        return [xx.grad]
 
-    with _WeightGradsFlags() as seen:
-        ours = input_grad(fused)
     # One backward op a layer, the second layer's first.
-    assert seen.flags == ([False, False] if trainable is None else [False, True])
-    assert rel_err(ours, input_grad(ref)) <= 1e-10
+    assert _weight_grads_flags(ref, fused, input_grad) == (
+        [False, False] if trainable is None else [False, True])
 
 
 @pytest.mark.parametrize("asked", ["input", "input-backward", "input-and-weight", "all"])
@@ -485,17 +497,10 @@ def test_backward_skips_gradients_nobody_asked_for(cell, bidirectional, asked):
         loss.backward(inputs=[xx] if asked == "input-backward" else None)
         return [xx.grad] + [p.grad for p in model.parameters()]
 
-    with _WeightGradsFlags() as seen:
-        ours = gradients(fused)
     # One backward op a layer, the second layer's first.
-    assert seen.flags == {"input": [False, False], "input-backward": [False, False],
-                          "input-and-weight": [True, False], "all": [True, True]}[asked]
-    theirs = gradients(ref)
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert rel_err(a, b) <= 1e-10
+    assert _weight_grads_flags(ref, fused, gradients) == {
+        "input": [False, False], "input-backward": [False, False],
+        "input-and-weight": [True, False], "all": [True, True]}[asked]
 
 
 @pytest.mark.parametrize("asked", ["input", "weights"])
@@ -514,11 +519,7 @@ def test_backward_asks_the_engine_about_weights_that_are_not_leaves(asked):
         loss = (out * out.detach().cos()).sum()
         return torch.autograd.grad(loss, [xx] if asked == "input" else list(parameters.values()))
 
-    with _WeightGradsFlags() as seen:
-        ours = gradients(fused)
-    assert seen.flags == [asked == "weights"]
-    for a, b in zip(ours, gradients(ref)):
-        assert rel_err(a, b) <= 1e-10
+    assert _weight_grads_flags(ref, fused, gradients) == [asked == "weights"]
 
 
 @pytest.mark.parametrize("asked", ["input", "weight_hr_l0"])
@@ -534,8 +535,4 @@ def test_backward_asks_the_engine_about_the_projection(asked):
         loss = (out * out.detach().cos()).sum()
         return torch.autograd.grad(loss, [xx] if asked == "input" else [model.weight_hr_l0])
 
-    with _WeightGradsFlags() as seen:
-        ours = gradients(fused)
-    assert seen.flags == [asked != "input"]
-    for a, b in zip(ours, gradients(ref)):
-        assert rel_err(a, b) <= 1e-10
+    assert _weight_grads_flags(ref, fused, gradients) == [asked != "input"]
