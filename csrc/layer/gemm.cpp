@@ -75,6 +75,30 @@ bool runs_on_onednn(const Tensor& like, const Gemm& g) {
          at::globalContext().userEnabledMkldnn() && onednn_gemm_works();
 }
 
+// Products up to this many multiply-adds run in tiny_gemm: at::mm's tensor set-up costs a few
+// microseconds a call, the time of thousands of scalar multiply-adds. Tiny layers (gradcheck's
+// T=3, B=2, H=4) are made of nothing but such products.
+constexpr int64_t kTinyWork = int64_t{1} << 12;
+
+// C (+)= op(A) op(B) in plain loops, each element of C summed in order of k.
+template <typename T>
+void tiny_gemm(const Gemm& g) {
+  const T* a = static_cast<const T*>(g.a);
+  const T* b = static_cast<const T*>(g.b);
+  T* c = static_cast<T*>(g.c);
+  for (int64_t m = 0; m < g.M; ++m) {
+    for (int64_t n = 0; n < g.N; ++n) {
+      T sum = g.accumulate ? c[m * g.N + n] : T(0);
+      for (int64_t k = 0; k < g.K; ++k) {
+        const T a_mk = g.a_transposed ? a[k * g.M + m] : a[m * g.K + k];
+        const T b_kn = g.b_transposed ? b[n * g.K + k] : b[k * g.N + n];
+        sum += a_mk * b_kn;
+      }
+      c[m * g.N + n] = sum;
+    }
+  }
+}
+
 }  // namespace
 
 bool onednn_gemm_works() {
@@ -117,6 +141,9 @@ void gemm(const Tensor& like, const Gemm& g) {
     return cpu::small_product(dtype_of(like), cpu::SmallProduct{g.M, g.N, g.K, g.a, g.b,
                                                                 g.b_transposed, g.c,
                                                                 g.accumulate});
+  }
+  if (g.M * g.N * g.K <= kTinyWork && (dtype == at::kFloat || dtype == at::kDouble)) {
+    return dtype == at::kFloat ? tiny_gemm<float>(g) : tiny_gemm<double>(g);
   }
   // The CPU BLAS is reachable only through ATen ops (and, for oneDNN, its exported matmul).
   const Tensor a = matrix(g.a, g.M, g.K, g.a_transposed, like.options());
