@@ -286,9 +286,10 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
 
 
 def _needed_by_engine(ctx, arguments, weights):
-    """ctx.needs_input_grad, with the weights' and biases' entries (positions `weights` among
-    the Function's `arguments`, past the end where an optional one was not passed) off where the
-    running backward will use none of their gradients.
+    """-> (ctx.needs_input_grad with the weights' and biases' entries off where the running
+    backward will use none of their gradients, whether it will use any of them). `weights`:
+    their positions among the Function's `arguments`, past the end where an optional one was not
+    passed.
     needs_input_grad is fixed when the layer runs; a backward that asks for some gradients only
     (`autograd.grad(loss, x)`, `backward(inputs=...)`, a gradient penalty's create_graph
     backward) never runs the nodes the others flow to, and the backward ops then skip the
@@ -296,12 +297,14 @@ def _needed_by_engine(ctx, arguments, weights):
     compiler every gradient counts as needed."""
     needed = ctx.needs_input_grad
     asked = [i for i in weights if i < len(needed) and needed[i]]
-    if not asked or torch.compiler.is_compiling() or any(
+    if not asked:
+        return needed, False
+    if torch.compiler.is_compiling() or any(
             isinstance(a, torch.Tensor) and not _plain(a) for a in arguments):
-        return needed
+        return needed, True
     if any(_C.engine_uses_gradient(arguments[i]) for i in asked):
-        return needed
-    return tuple(need and i not in weights for i, need in enumerate(needed))
+        return needed, True
+    return tuple(need and i not in weights for i, need in enumerate(needed)), False
 
 
 # ---- autograd ------------------------------------------------------------------------------
@@ -362,9 +365,8 @@ class LSTMFunction(torch.autograd.Function):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, output, gates, cells, unprojected = \
             ctx.saved_tensors
         inputs = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        needed = _needed_by_engine(ctx, (*inputs[:7], ctx.reverse, ctx.batch_sizes, w_hr),
-                                   (3, 4, 5, 6, 9))
-        weights = any(needed[3:7]) or (len(needed) > 9 and needed[9])
+        needed, weights = _needed_by_engine(
+            ctx, (*inputs[:7], ctx.reverse, ctx.batch_sizes, w_hr), (3, 4, 5, 6, 9))
 
         def fused():
             has_bias = b_ih is not None
@@ -404,8 +406,8 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output, saved = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
-        needed = _needed_by_engine(ctx, (*inputs, ctx.reverse, ctx.batch_sizes), range(2, 6))
-        weights = any(needed[2:6])
+        needed, weights = _needed_by_engine(ctx, (*inputs, ctx.reverse, ctx.batch_sizes),
+                                            range(2, 6))
 
         def fused():
             has_bias = b_ih is not None
@@ -443,9 +445,8 @@ class RNNFunction(torch.autograd.Function):
     def backward(ctx, grad_output, grad_hn, *_):
         input, h0, w_ih, w_hh, b_ih, b_hh, output = ctx.saved_tensors
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
-        needed = _needed_by_engine(ctx, (*inputs, ctx.relu, ctx.reverse, ctx.batch_sizes),
-                                   range(2, 6))
-        weights = any(needed[2:6])
+        needed, weights = _needed_by_engine(
+            ctx, (*inputs, ctx.relu, ctx.reverse, ctx.batch_sizes), range(2, 6))
 
         def fused():
             has_bias = b_ih is not None
@@ -559,9 +560,8 @@ class LSTMPairFunction(torch.autograd.Function):
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, grad_cn = [grads[0], grads[3]], [grads[1], grads[4]], \
             [grads[2], grads[5]]
-        positions = _pair_weights(2, 7, 2)
-        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions), positions)
-        weights = any(needed[i] for i in positions)
+        needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
+                                            _pair_weights(2, 7, 2))
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.lstm_backward(
@@ -607,9 +607,8 @@ class GRUPairFunction(torch.autograd.Function):
         output, kept = [saved[10], saved[12]], [saved[11], saved[13]]
         has_bias = b_ih[0] is not None
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
-        positions = _pair_weights(2, 5, 1)
-        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions), positions)
-        weights = any(needed[i] for i in positions)
+        needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
+                                            _pair_weights(2, 5, 1))
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.gru_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
@@ -652,10 +651,8 @@ class RNNPairFunction(torch.autograd.Function):
         h0, w_ih, w_hh, b_ih, _ = _lists(directions, 5)
         has_bias = b_ih[0] is not None
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
-        positions = _pair_weights(3, 5, 1)
-        needed = _needed_by_engine(ctx, (input, ctx.batch_sizes, ctx.relu, *directions),
-                                   positions)
-        weights = any(needed[i] for i in positions)
+        needed, weights = _needed_by_engine(
+            ctx, (input, ctx.batch_sizes, ctx.relu, *directions), _pair_weights(3, 5, 1))
         if torch.is_grad_enabled() or _legacy_batched(grads):
             def results(d):
                 return _ops.rnn_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],

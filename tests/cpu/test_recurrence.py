@@ -64,7 +64,7 @@ def test_single_steps_of_few_rows(cell, batch, dtype, isa):
     I, H = 9, 37
     ref, fused = make_pair(cell, I, H, "cpu", dtype)
     gen = torch.Generator().manual_seed(batch)
-    x = torch.randn(1, batch, 9, generator=gen, dtype=dtype)
+    x = torch.randn(1, batch, I, generator=gen, dtype=dtype)
     hx = random_state(cell, ref, batch, "cpu", dtype, gen)
     assert_matches(cell, fused, ref, x, hx, dtype)
     with torch.no_grad(), torch.profiler.profile() as profile:
