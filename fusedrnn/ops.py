@@ -171,8 +171,9 @@ class _Recomputation:
                 not _plain(t) for t in (*tensors, *grad_grads) if t is not None):
             return None
         count = len(grad_grads)
-        return _SECOND_ORDER[self.reference](tensors[:count], self.options, self.output,
-                                             self.saved, tensors[count:], grad_grads, needs)
+        return second_order.double_backward(
+            _SECOND_ORDER[self.reference], tensors[:count], self.options, self.output,
+            self.saved, tensors[count:], grad_grads, needs)
 
     def gradients_with_graph(self, inputs, grad_outputs, which):
         """{i: the gradient of inputs[i], differentiable} for i in which, through the layer

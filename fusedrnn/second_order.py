@@ -10,9 +10,17 @@ through W_hh), then the first-order backward together with its own tangent, back
 What is parallel in time (the tangents' input projections, the weight gradients) is computed
 here for all steps at once; the two loops over time run in C++ (csrc/layer/second_order.cpp:
 per step one or two matrix products and one pass over the units, whose math,
-csrc/core/second_order.h, reads the activations the forward saved). The alternative, autograd over the layer recomputed in
-plain ops (ops._FusedGradients), records and replays a graph of dozens of nodes a step.
+csrc/core/second_order.h, reads the activations the forward saved). The alternative, autograd
+over the layer recomputed in plain ops (ops._FusedGradients), records and replays a graph of
+dozens of nodes a step.
 CPU tensors only: ops._Recomputation.second_order decides where this runs.
+
+Each cell's pass comes in two halves: the tangents, which give the gradients of u, and a
+`backward` closure, which gives those of the inputs. The first-order backward is linear in u,
+so its tangent along u_dot is the first-order backward of u_dot: given the gradients of the
+layer's outputs from elsewhere as u_dot, the second half also computes the layer's own
+first-order backward of them, at no matrix product of its own (ops._Recomputation defers it to
+the layer's node for that).
 
 Notation follows csrc/core/gates.h: x [T, B, I], h [T, B, P] (P = H without a projection),
 gates in torch.nn's order. `dot_w` (an incoming gradient) and `c_dot` are tangents along v of
@@ -55,11 +63,19 @@ def _in_order(x, reverse):
     return None if x is None else x.flip(0) if reverse else x
 
 
-def _sequences(reverse, x, output, u_y, dot_x):
-    """x, the output, its gradient u_y (zeros if absent) and x's tangent, in step order."""
-    y = _in_order(output, reverse)
+def _output_grads(reverse, y, u_y, u_y_dot):
+    """The output's gradient u_y (zeros if absent) and its tangent, in step order."""
     u_y = torch.zeros_like(y) if u_y is None else _in_order(u_y, reverse).contiguous()
-    return _in_order(x, reverse), y, u_y, _in_order(dot_x, reverse)
+    return u_y, _in_order(u_y_dot, reverse)
+
+
+def double_backward(cell, inputs, options, output, saved, grad_outputs, grad_grads, needs):
+    """The whole pass of `cell` (lstm, gru, rnn) -> the gradients of (*inputs, *grad_outputs),
+    None where not in `needs`."""
+    count = len(inputs)
+    of_grad_outputs, backward = cell(inputs, options, output, saved, grad_grads, needs[count:])
+    return (*backward(grad_outputs, (None,) * len(grad_outputs), needs[:count]),
+            *of_grad_outputs)
 
 
 def _weight_grad(a, b, c, d):
@@ -87,11 +103,11 @@ def _backward_product(d, w, w_dot):
 
 
 def _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, x_gates, h_prev, h_prev_dot,
-                  h_gates, h_dot):
+                  h_gates):
     """{name: gradient} of what every cell's pass returns alike: x, w_ih, w_hh, b_ih, b_hh from
     the pre-activations' gradients and their tangents (x_gates: (d, d') of the input
-    projection's, h_gates: of the recurrent product's; the same pair but in the GRU), and u_y,
-    u_hn: the output's tangent and h_n's. `need`: {name: bool}."""
+    projection's, h_gates: of the recurrent product's; the same pair but in the GRU).
+    `need`: {name: bool}."""
     (d_x, d_x_tan), (d_h, d_h_tan) = x_gates, h_gates
     grads = {}
     if need["x"]:
@@ -105,23 +121,28 @@ def _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, x_gates, h_prev, h_pr
     if need["b_hh"]:
         grads["b_hh"] = grads["b_ih"].clone() if x_gates is h_gates and need["b_ih"] \
             else d_h_tan.sum((0, 1))
-    if need["u_y"]:
-        grads["u_y"] = _in_order(h_dot, reverse)
-    if need["u_hn"]:
-        grads["u_hn"] = h_dot[-1]
     return grads
 
 
-def lstm(inputs, options, output, saved, grad_outputs, grad_grads, needs):
-    """-> the gradients of (*inputs, *grad_outputs) (None where not in `needs`).
+def _of_grad_outputs(needs, reverse, h_dot, *last):
+    """The gradients of the grad_outputs: of the output's, its tangent h_dot; of the final
+    states', `last` (the states' tangents at the last step). None where not in needs."""
+    tangents = (lambda: _in_order(h_dot, reverse), *(lambda t=t: t for t in last))
+    return tuple(tangent() if need else None for need, tangent in zip(needs, tangents))
+
+
+def lstm(inputs, options, output, saved, grad_grads, needs):
+    """The pass's tangents -> (the gradients of the grad_outputs (of output, h_n, c_n; None
+    where not in `needs`), backward): backward(grad_outputs, grad_outputs_dot, needs) -> the
+    gradients of the inputs (None where not in its `needs`), given the grad_outputs u and their
+    tangents (of None: zero).
     inputs: x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr; options: (reverse,); output: the layer's
     output; saved: the forward's gates, cells and unprojected cell outputs (ops.LSTMFunction's);
-    grad_outputs: of output, h_n, c_n; grad_grads: one per input, None for zero."""
+    grad_grads: one per input, None for zero."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
     (reverse,) = options
-    u_y, u_hn, u_cn = grad_outputs
     dot_x, dot_h0, dot_c0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh, dot_w_hr = grad_grads
-    x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    x, y, dot_x = (_in_order(t, reverse) for t in (x, output, dot_x))
     gates, cells, m = (_in_order(t, reverse).contiguous() for t in saved)
     T, B = x.shape[:2]
     H, P = w_hh.shape[0] // 4, w_hh.shape[1]
@@ -138,45 +159,47 @@ def lstm(inputs, options, output, saved, grad_outputs, grad_grads, needs):
     _C.lstm_tangent_steps(pre_dot, gates, cells, tanh_cells, c0, w_hh, dot_h0, dot_c0, w_hr,
                           m_w_hr_dot, c_dot, m_dot, h_dot)
 
-    # The first-order backward with u and its tangent, backward in time: grads[:, t] holds the
-    # gate gradients dz and their tangent dz' of step t.
-    grads = x.new_empty(2, T, B, 4 * H)
-    dh_all = None if w_hr is None else x.new_empty(2, T, B, P)  # for W_hr's gradient
-    dc_first = x.new_empty(2, B, H)
-    _C.lstm_backward_tangent_steps(u_y, u_hn, u_cn, gates, pre_dot, cells, tanh_cells, c0, c_dot,
-                                   dot_c0, w_hh, dot_w_hh, w_hr, dot_w_hr, grads, dh_all,
-                                   dc_first)
+    def backward(grad_outputs, grad_outputs_dot, needs):
+        # The first-order backward with u and its tangent, backward in time: grads[:, t] holds
+        # the gate gradients dz and their tangent dz' of step t.
+        (u_y, u_hn, u_cn), (u_y_dot, u_hn_dot, u_cn_dot) = grad_outputs, grad_outputs_dot
+        u_y, u_y_dot = _output_grads(reverse, y, u_y, u_y_dot)
+        grads = x.new_empty(2, T, B, 4 * H)
+        dh_all = None if w_hr is None else x.new_empty(2, T, B, P)  # for W_hr's gradient
+        dc_first = x.new_empty(2, B, H)
+        _C.lstm_backward_tangent_steps(u_y, u_hn, u_cn, u_y_dot, u_hn_dot, u_cn_dot, gates,
+                                       pre_dot, cells, tanh_cells, c0, c_dot, dot_c0, w_hh,
+                                       dot_w_hh, w_hr, dot_w_hr, grads, dh_all, dc_first)
 
-    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "u_y", "u_hn", "u_cn")
-    need = dict(zip(names, needs))
-    results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, grads, h_prev,
-                            _previous(dot_h0, h_dot), grads, h_dot)
-    if need["h0"]:
-        results["h0"] = _backward_product(grads[:, 0], w_hh, dot_w_hh)[1]
-    if need["c0"]:  # dc_0' = dc_1' f_1 + dc_1 f_dot_1
-        dc, dc_tan = dc_first
-        f = gates[0, :, H:2 * H]
-        f_dot = pre_dot[0, :, H:2 * H] * f * (1 - f)
-        results["c0"] = dc_tan * f + dc * f_dot
-    if need["w_hr"]:
-        results["w_hr"] = _weight_grad(dh_all[1], m, dh_all[0], m_dot)
-    if need["u_cn"]:
-        results["u_cn"] = c_dot[-1]
-    return tuple(map(results.get, names))
+        names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+        need = dict(zip(names, needs))
+        results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, grads, h_prev,
+                                _previous(dot_h0, h_dot), grads)
+        if need["h0"]:
+            results["h0"] = _backward_product(grads[:, 0], w_hh, dot_w_hh)[1]
+        if need["c0"]:  # dc_0' = dc_1' f_1 + dc_1 f_dot_1
+            dc, dc_tan = dc_first
+            f = gates[0, :, H:2 * H]
+            f_dot = pre_dot[0, :, H:2 * H] * f * (1 - f)
+            results["c0"] = dc_tan * f + dc * f_dot
+        if need["w_hr"]:
+            results["w_hr"] = _weight_grad(dh_all[1], m, dh_all[0], m_dot)
+        return tuple(map(results.get, names))
+
+    return _of_grad_outputs(needs, reverse, h_dot, h_dot[-1], c_dot[-1]), backward
 
 
-# The GRU's and the Elman RNN's inputs, then their grad_outputs, by name.
-NAMES = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "u_y", "u_hn")
+# The GRU's and the Elman RNN's inputs by name.
+NAMES = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
 
 
-def gru(inputs, options, output, saved, grad_outputs, grad_grads, needs):
+def gru(inputs, options, output, saved, grad_grads, needs):
     """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh, saved (the forward's r, z, n, hn:
     ops.GRUFunction's) and grad_outputs of output, h_n."""
     x, h0, w_ih, w_hh, b_ih, b_hh = inputs
     (reverse,) = options
-    u_y, u_hn = grad_outputs
     dot_x, dot_h0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh = grad_grads
-    x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    x, y, dot_x = (_in_order(t, reverse) for t in (x, output, dot_x))
     (activations,) = (_in_order(t, reverse).contiguous() for t in saved)
     T, B = x.shape[:2]
     H = w_hh.shape[1]
@@ -188,35 +211,41 @@ def gru(inputs, options, output, saved, grad_outputs, grad_grads, needs):
     rz_dot, n_dot, h_dot = x.new_empty(T, B, 2 * H), torch.empty_like(y), torch.empty_like(y)
     _C.gru_tangent_steps(x_gates_dot.contiguous(), h_gates_dot, activations, h_prev, w_hh,
                          dot_h0, rz_dot, n_dot, h_dot)
-
-    # The first-order backward and its tangent, backward in time: grads[:, t] holds the
-    # gradients of [r pre, z pre, hn, n pre] of step t and their tangents; their first 3H are
-    # the h gates'.
     h_prev_dot = _previous(dot_h0, h_dot)
-    grads, dh_first = x.new_empty(2, T, B, 4 * H), x.new_empty(2, B, H)
-    _C.gru_backward_tangent_steps(u_y, u_hn, activations, h_prev, rz_dot, n_dot, h_gates_dot,
-                                  h_prev_dot, w_hh, dot_w_hh, grads, dh_first)
 
-    need = dict(zip(NAMES, needs))
-    results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih,
-                            torch.cat([grads[..., :2 * H], grads[..., 3 * H:]], -1), h_prev,
-                            h_prev_dot, grads[..., :3 * H], h_dot)
-    if need["h0"]:  # dh_0' = d(h gates)_1' W_hh + d(h gates)_1 W_hh_dot + dh_1' z_1 + dh_1 z_dot_1
-        dh, dh_tan = dh_first
-        z, z_dot = activations[0, :, H:2 * H], rz_dot[0, :, H:]
-        results["h0"] = _backward_product(grads[:, 0, :, :3 * H], w_hh, dot_w_hh)[1] \
-            .addcmul_(dh_tan, z).addcmul_(dh, z_dot)
-    return tuple(map(results.get, NAMES))
+    def backward(grad_outputs, grad_outputs_dot, needs):
+        # The first-order backward and its tangent, backward in time: grads[:, t] holds the
+        # gradients of [r pre, z pre, hn, n pre] of step t and their tangents; their first 3H
+        # are the h gates'.
+        (u_y, u_hn), (u_y_dot, u_hn_dot) = grad_outputs, grad_outputs_dot
+        u_y, u_y_dot = _output_grads(reverse, y, u_y, u_y_dot)
+        grads, dh_first = x.new_empty(2, T, B, 4 * H), x.new_empty(2, B, H)
+        _C.gru_backward_tangent_steps(u_y, u_hn, u_y_dot, u_hn_dot, activations, h_prev,
+                                      rz_dot, n_dot, h_gates_dot, h_prev_dot, w_hh, dot_w_hh,
+                                      grads, dh_first)
+
+        need = dict(zip(NAMES, needs))
+        results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih,
+                                torch.cat([grads[..., :2 * H], grads[..., 3 * H:]], -1), h_prev,
+                                h_prev_dot, grads[..., :3 * H])
+        if need["h0"]:
+            # dh_0' = d(h gates)_1' W_hh + d(h gates)_1 W_hh_dot + dh_1' z_1 + dh_1 z_dot_1
+            dh, dh_tan = dh_first
+            z, z_dot = activations[0, :, H:2 * H], rz_dot[0, :, H:]
+            results["h0"] = _backward_product(grads[:, 0, :, :3 * H], w_hh, dot_w_hh)[1] \
+                .addcmul_(dh_tan, z).addcmul_(dh, z_dot)
+        return tuple(map(results.get, NAMES))
+
+    return _of_grad_outputs(needs, reverse, h_dot, h_dot[-1]), backward
 
 
-def rnn(inputs, options, output, saved, grad_outputs, grad_grads, needs):
+def rnn(inputs, options, output, saved, grad_grads, needs):
     """As lstm(), for inputs x, h0, w_ih, w_hh, b_ih, b_hh, options (relu, reverse), saved ()
     (the output is all it reads) and grad_outputs of output, h_n."""
     x, h0, w_ih, w_hh, b_ih, b_hh = inputs
     relu, reverse = options
-    u_y, u_hn = grad_outputs
     dot_x, dot_h0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh = grad_grads
-    x, y, u_y, dot_x = _sequences(reverse, x, output, u_y, dot_x)
+    x, y, dot_x = (_in_order(t, reverse) for t in (x, output, dot_x))
     T, B = x.shape[:2]
     H = w_hh.shape[1]
 
@@ -231,14 +260,20 @@ def rnn(inputs, options, output, saved, grad_outputs, grad_grads, needs):
     _C.rnn_tangent_steps(pre_dot.contiguous(), d_act, w_hh, dot_h0, h_dot)
     d_act_dot = None if relu else torch.mul(y, h_dot).mul_(-2)
 
-    # The first-order backward and its tangent: grads[:, t], the gradient of step t's
-    # pre-activation and its tangent.
-    grads = x.new_empty(2, T, B, H)
-    _C.rnn_backward_tangent_steps(u_y, u_hn, d_act, d_act_dot, w_hh, dot_w_hh, grads)
+    def backward(grad_outputs, grad_outputs_dot, needs):
+        # The first-order backward and its tangent: grads[:, t], the gradient of step t's
+        # pre-activation and its tangent.
+        (u_y, u_hn), (u_y_dot, u_hn_dot) = grad_outputs, grad_outputs_dot
+        u_y, u_y_dot = _output_grads(reverse, y, u_y, u_y_dot)
+        grads = x.new_empty(2, T, B, H)
+        _C.rnn_backward_tangent_steps(u_y, u_hn, u_y_dot, u_hn_dot, d_act, d_act_dot, w_hh,
+                                      dot_w_hh, grads)
 
-    need = dict(zip(NAMES, needs))
-    results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, grads, h_prev,
-                            _previous(dot_h0, h_dot), grads, h_dot)
-    if need["h0"]:
-        results["h0"] = _backward_product(grads[:, 0], w_hh, dot_w_hh)[1]
-    return tuple(map(results.get, NAMES))
+        need = dict(zip(NAMES, needs))
+        results = _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, grads, h_prev,
+                                _previous(dot_h0, h_dot), grads)
+        if need["h0"]:
+            results["h0"] = _backward_product(grads[:, 0], w_hh, dot_w_hh)[1]
+        return tuple(map(results.get, NAMES))
+
+    return _of_grad_outputs(needs, reverse, h_dot, h_dot[-1]), backward

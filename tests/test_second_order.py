@@ -98,8 +98,9 @@ def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present,
                   for t, e in zip(theirs, expected)]
     with torch.no_grad():
         output, saved = _fused_forward(cell, cast(args), options)
-        actual = pass_(cast(args), options, *cast([output]), cast(saved), cast(grad_outputs),
-                       cast(grad_grads), needs)
+        actual = second_order.double_backward(pass_, cast(args), options, *cast([output]),
+                                              cast(saved), cast(grad_outputs), cast(grad_grads),
+                                              needs)
     assert len(actual) == len(expected)
     for k, (a, e) in enumerate(zip(actual, expected)):
         if not needs[k]:
@@ -140,6 +141,46 @@ def test_any_gradient_and_any_incoming_gradient_absent(cell, case):
            seed=case)
 
 
+@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("cell", list(PASSES))
+def test_tangents_of_the_grad_outputs_carry_their_first_order_backward(cell, case):
+    """backward(u, u_dot): the pass's gradients of the inputs plus J^T u_dot, the layer's
+    first-order backward of u_dot (the output gradients from elsewhere, which the layer's own
+    node then leaves to the pass), for a random subset of u_dot present."""
+    gen = torch.Generator().manual_seed(200 + case)
+    T, B, I, H, P = (6, 3, 4, 5, 2 if cell == "lstm" and case % 2 else 0)
+    args, options = _args(cell, T, B, I, H, P, True, torch.float64, case)
+    options = (*options, case % 3 == 0)
+    pass_, reference = PASSES[cell]
+    with torch.no_grad():
+        outputs = reference(*args, *options)
+    count = len(outputs)
+    present = (torch.rand(count, generator=gen) < 0.6).tolist()
+    present[case % count] = True
+    grad_outputs = _random_like(outputs, [True] * count, case + 2, torch.float64)
+    grad_outputs_dot = _random_like(outputs, present, case + 5, torch.float64)
+    grad_grads = _random_like(args, [True] * len(args), case + 3, torch.float64)
+    expected = _expected(reference, args, options, grad_outputs, grad_grads)
+    leaves = [None if a is None else a.detach().requires_grad_() for a in args]
+    used = [(o, w) for o, w in zip(reference(*leaves, *options), grad_outputs_dot)
+            if w is not None]
+    targets = [a for a in leaves if a is not None]
+    first = iter(torch.autograd.grad([o for o, _ in used], targets, [w for _, w in used],
+                                     allow_unused=True))
+    first = [None if a is None else next(first) for a in leaves]
+
+    with torch.no_grad():
+        output, saved = _fused_forward(cell, args, options)
+        _, backward = pass_(args, options, output, saved, grad_grads, [False] * count)
+        actual = backward(grad_outputs, grad_outputs_dot, [a is not None for a in args])
+    for k, (a, e, f) in enumerate(zip(actual, expected, first)):
+        if args[k] is None:
+            assert a is None, k
+            continue
+        e = sum(t for t in (e, f) if t is not None)
+        assert rel_err(a, e) <= 1e-10, (k, rel_err(a, e))
+
+
 @pytest.mark.parametrize("cell", list(PASSES))
 def test_float32_against_float64(cell):
     inputs = 8 if cell == "lstm" else 6
@@ -162,7 +203,7 @@ def test_loops_reject_mismatched_tensors():
     rather than being read out of bounds."""
     from fusedrnn._extension import _C
     T, B, H = 3, 2, 4
-    args = dict(u_y=torch.randn(T, B, H), u_hn=None, saved=torch.rand(T, B, 4 * H),
+    args = dict(u_y=torch.randn(T, B, H), u_hn=None, u_y_dot=None, u_hn_dot=None, saved=torch.rand(T, B, 4 * H),
                 h_prev=torch.randn(T, B, H), rz_dot=torch.randn(T, B, 2 * H),
                 n_dot=torch.randn(T, B, H), h_gates_dot=torch.randn(T, B, 3 * H),
                 h_prev_dot=torch.randn(T, B, H), w_hh=torch.randn(3 * H, H), w_hh_dot=None,

@@ -33,6 +33,16 @@ void check(std::initializer_list<Expected> tensors, const Tensor& like) {
   }
 }
 
+// An optional argument read by tensor operations, which may be strided: as check(), but for
+// the layout.
+void check_sizes(const OptionalTensor& t, const std::vector<int64_t>& sizes, const Tensor& like) {
+  if (!t) return;
+  TORCH_CHECK(t->is_cpu() && t->scalar_type() == like.scalar_type(),
+              "fusedrnn: the double backward's loops take CPU tensors of one dtype");
+  TORCH_CHECK(t->sizes() == at::IntArrayRef(sizes), "fusedrnn: the double backward's loops: ",
+              "a tensor of sizes ", t->sizes(), " where ", at::IntArrayRef(sizes), " belongs");
+}
+
 // An optional argument read through a pointer (an incoming gradient may be strided).
 Tensor contiguous_or_undefined(const OptionalTensor& t) { return t ? t->contiguous() : Tensor(); }
 
@@ -52,19 +62,22 @@ void backward_product(const Tensor& d, const Tensor& w, const OptionalTensor& w_
 }
 
 // [dh, dh'] of step t into dh_both [2, B, P], for a cell whose h_{t-1} reaches step t through
-// W_hh alone: the output's gradient (and h_n's at the last step), plus the path from step t+1's
-// pre-activation gradients grads[:, t+1] through W_hh, with its tangent.
+// W_hh alone: the output's gradient (and h_n's at the last step) and their tangents, plus the
+// path from step t+1's pre-activation gradients grads[:, t+1] through W_hh, with its tangent.
 void gradient_reaching_h(int64_t t, const Tensor& u_y, const OptionalTensor& u_hn,
+                         const OptionalTensor& u_y_dot, const OptionalTensor& u_hn_dot,
                          const Tensor& grads, const Tensor& w_hh, const OptionalTensor& w_hh_dot,
                          const Tensor& dh_both) {
   if (t == u_y.size(0) - 1) {
     dh_both[0].copy_(u_y[t]);
     if (u_hn) dh_both[0].add_(*u_hn);
     dh_both[1].zero_();
+    if (u_hn_dot) dh_both[1].add_(*u_hn_dot);
   } else {
     backward_product(grads.select(1, t + 1), w_hh, w_hh_dot, dh_both);
     dh_both[0].add_(u_y[t]);
   }
+  if (u_y_dot) dh_both[1].add_((*u_y_dot)[t]);
 }
 
 // One LSTM layer's saved activations and tangents, read unit by unit (batch row b, unit j).
@@ -181,7 +194,9 @@ void lstm_tangent_steps(const Tensor& pre_dot, const Tensor& gates, const Tensor
 }
 
 void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
-                                 const OptionalTensor& u_cn, const Tensor& gates,
+                                 const OptionalTensor& u_cn, const OptionalTensor& u_y_dot,
+                                 const OptionalTensor& u_hn_dot,
+                                 const OptionalTensor& u_cn_dot, const Tensor& gates,
                                  const Tensor& pre_dot, const Tensor& cells,
                                  const Tensor& tanh_cells, const Tensor& c0, const Tensor& c_dot,
                                  const OptionalTensor& c0_dot, const Tensor& w_hh,
@@ -190,10 +205,14 @@ void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
                                  const OptionalTensor& dh_all, const Tensor& dc_first) {
   const Tensor c0_ = c0.contiguous(), c0_dot_ = contiguous_or_undefined(c0_dot);
   const Tensor u_cn_ = contiguous_or_undefined(u_cn);
+  const Tensor u_cn_dot_ = contiguous_or_undefined(u_cn_dot);
   const int64_t T = cells.size(0), B = cells.size(1), H = cells.size(2), P = w_hh.size(1);
   check({{u_y, {T, B, P}}, {gates, {T, B, 4 * H}}, {pre_dot, {T, B, 4 * H}}, {cells, {T, B, H}},
          {tanh_cells, {T, B, H}}, {c0_, {B, H}}, {c_dot, {T, B, H}}, {c0_dot_, {B, H}},
-         {u_cn_, {B, H}}, {grads, {2, T, B, 4 * H}}, {dc_first, {2, B, H}}}, u_y);
+         {u_cn_, {B, H}}, {u_cn_dot_, {B, H}}, {grads, {2, T, B, 4 * H}},
+         {dc_first, {2, B, H}}}, u_y);
+  check_sizes(u_y_dot, {T, B, P}, u_y);
+  check_sizes(u_hn_dot, {B, P}, u_y);
   // dh, dh' of the step, and with a projection dm, dm' (the cell output's).
   const Tensor dh_both = at::empty({2, B, P}, u_y.options());
   const Tensor dm_both = w_hr ? at::empty({2, B, H}, u_y.options()) : dh_both;
@@ -202,10 +221,11 @@ void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
     const auto steps = LSTMSteps<scalar_t>::of(gates, pre_dot, cells, tanh_cells, c0_, c_dot,
                                                c0_dot_);
     const scalar_t* const u_cn_data = data_or_null<scalar_t>(u_cn_);
+    const scalar_t* const u_cn_dot_data = data_or_null<scalar_t>(u_cn_dot_);
     std::vector<WithTangent<A>> dc(B * H);  // dc, dc' of step t+1, then of step t
     for (int64_t t = T - 1; t >= 0; --t) {
       const bool last = t == T - 1;
-      gradient_reaching_h(t, u_y, u_hn, grads, w_hh, w_hh_dot, dh_both);
+      gradient_reaching_h(t, u_y, u_hn, u_y_dot, u_hn_dot, grads, w_hh, w_hh_dot, dh_both);
       if (w_hr) {
         dh_all->select(1, t).copy_(dh_both);
         backward_product(dh_both, *w_hr, w_hr_dot, dm_both);
@@ -215,7 +235,8 @@ void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
       scalar_t* dz_tan = dz + T * B * 4 * H;
       for_units(B, H, [&](int64_t b, int64_t j) {
         const int64_t k = b * H + j, g = b * 4 * H + j;
-        WithTangent<A> dc_in{u_cn_data && last ? load<A>(u_cn_data + k) : A(0), A(0)};
+        WithTangent<A> dc_in{u_cn_data && last ? load<A>(u_cn_data + k) : A(0),
+                             u_cn_dot_data && last ? load<A>(u_cn_dot_data + k) : A(0)};
         if (!last) {
           const WithTangent<A> f_next = steps.forget_gate<A>(t + 1, b, j);
           dc_in = second_order::product(f_next.value, f_next.tangent, dc[k].value,
@@ -279,14 +300,18 @@ void gru_tangent_steps(const Tensor& x_gates_dot, const Tensor& h_gates_dot, con
 }
 
 void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
+                                const OptionalTensor& u_y_dot, const OptionalTensor& u_hn_dot,
                                 const Tensor& saved, const Tensor& h_prev, const Tensor& rz_dot,
                                 const Tensor& n_dot, const Tensor& h_gates_dot,
                                 const Tensor& h_prev_dot, const Tensor& w_hh,
                                 const OptionalTensor& w_hh_dot, const Tensor& grads,
                                 const Tensor& dh_first) {
   const Tensor u_hn_ = contiguous_or_undefined(u_hn);
+  const Tensor u_y_dot_ = contiguous_or_undefined(u_y_dot);
+  const Tensor u_hn_dot_ = contiguous_or_undefined(u_hn_dot);
   const int64_t T = h_prev.size(0), B = h_prev.size(1), H = h_prev.size(2);
-  check({{u_y, {T, B, H}}, {u_hn_, {B, H}}, {saved, {T, B, 4 * H}}, {h_prev, {T, B, H}},
+  check({{u_y, {T, B, H}}, {u_hn_, {B, H}}, {u_y_dot_, {T, B, H}}, {u_hn_dot_, {B, H}},
+         {saved, {T, B, 4 * H}}, {h_prev, {T, B, H}},
          {rz_dot, {T, B, 2 * H}}, {n_dot, {T, B, H}}, {h_gates_dot, {T, B, 3 * H}},
          {h_prev_dot, {T, B, H}}, {grads, {2, T, B, 4 * H}}, {dh_first, {2, B, H}}}, u_y);
   const Tensor through_w_hh = at::empty({2, B, H}, u_y.options());
@@ -295,6 +320,8 @@ void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
     const GRUSteps<scalar_t> steps{data<scalar_t>(saved), data<scalar_t>(h_prev), B, H};
     const scalar_t* const u_y_data = data<scalar_t>(u_y);
     const scalar_t* const u_hn_data = data_or_null<scalar_t>(u_hn_);
+    const scalar_t* const u_y_dot_data = data_or_null<scalar_t>(u_y_dot_);
+    const scalar_t* const u_hn_dot_data = data_or_null<scalar_t>(u_hn_dot_);
     const scalar_t* const rz_dot_data = data<scalar_t>(rz_dot);
     const scalar_t* const n_dot_data = data<scalar_t>(n_dot);
     const scalar_t* const h_gates_dot_data = data<scalar_t>(h_gates_dot);
@@ -311,14 +338,17 @@ void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
       for_units(B, H, [&](int64_t b, int64_t j) {
         const int64_t k = b * H + j, at = t * B * H + k, g2 = (t * B + b) * 2 * H + j;
         const A u_k = load<A>(u_y_data + at);
+        const A u_dot_k = u_y_dot_data ? load<A>(u_y_dot_data + at) : A(0);
         if (last) {
-          dh[k] = {u_hn_data ? u_k + load<A>(u_hn_data + k) : u_k, A(0)};
+          dh[k] = {u_hn_data ? u_k + load<A>(u_hn_data + k) : u_k,
+                   u_hn_dot_data ? u_dot_k + load<A>(u_hn_dot_data + k) : u_dot_k};
         } else {
           const int64_t z_next = g2 + B * 2 * H + H;  // z of step t+1
           dh[k] = second_order::gru_into_previous<A>(
               {load<A>(product + k), load<A>(product + B * H + k)}, dh[k],
               steps.unit<A>(t + 1, b, j).z, load<A>(rz_dot_data + z_next));
           dh[k].value += u_k;
+          dh[k].tangent += u_dot_k;
         }
         auto u = steps.unit<A>(t, b, j);
         u.r_dot = load<A>(rz_dot_data + g2);
@@ -355,6 +385,7 @@ void rnn_tangent_steps(const Tensor& pre_dot, const Tensor& d_act, const Tensor&
 }
 
 void rnn_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
+                                const OptionalTensor& u_y_dot, const OptionalTensor& u_hn_dot,
                                 const Tensor& d_act, const OptionalTensor& d_act_dot,
                                 const Tensor& w_hh, const OptionalTensor& w_hh_dot,
                                 const Tensor& grads) {
@@ -362,13 +393,15 @@ void rnn_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
   const int64_t T = d_act.size(0), B = d_act.size(1), H = d_act.size(2);
   check({{u_y, {T, B, H}}, {d_act, {T, B, H}}, {d_act_dot_, {T, B, H}}, {grads, {2, T, B, H}}},
         u_y);
+  check_sizes(u_y_dot, {T, B, H}, u_y);
+  check_sizes(u_hn_dot, {B, H}, u_y);
   const Tensor dh_both = at::empty({2, B, H}, u_y.options());
   FUSEDRNN_DISPATCH(u_y, "rnn_backward_tangent_steps", [&] {
     using A = typename AccumulateType<scalar_t>::type;
     const scalar_t* const d_act_data = data<scalar_t>(d_act);
     const scalar_t* d_act_dot_data = data_or_null<scalar_t>(d_act_dot_);
     for (int64_t t = T - 1; t >= 0; --t) {
-      gradient_reaching_h(t, u_y, u_hn, grads, w_hh, w_hh_dot, dh_both);
+      gradient_reaching_h(t, u_y, u_hn, u_y_dot, u_hn_dot, grads, w_hh, w_hh_dot, dh_both);
       const scalar_t* dh = data<scalar_t>(dh_both);
       scalar_t* d_pre = data<scalar_t>(grads) + t * B * H;
       for (int64_t k = 0; k < B * H; ++k) {

@@ -31,13 +31,17 @@ void lstm_tangent_steps(const Tensor& pre_dot, const Tensor& gates, const Tensor
                         const OptionalTensor& w_hr, const OptionalTensor& m_w_hr_dot,
                         const Tensor& c_dot, const Tensor& m_dot, const Tensor& h_dot);
 
-// u_y [T, B, P], u_hn [B, P], u_cn [B, H]: the output gradients; gates, pre_dot (complete),
-// cells, tanh_cells, c0, c_dot, c0_dot as lstm_tangent_steps has them; w_hh(_dot) [4H, P],
-// w_hr(_dot) [P, H].
+// u_y [T, B, P], u_hn [B, P], u_cn [B, H]: the output gradients; u_*_dot their tangents (none:
+// zero). The first-order backward is linear in u, so its tangent along u_dot is the backward of
+// u_dot: another output gradient's first-order backward rides along, at no product of its own.
+// gates, pre_dot (complete), cells, tanh_cells, c0, c_dot, c0_dot as lstm_tangent_steps has
+// them; w_hh(_dot) [4H, P], w_hr(_dot) [P, H].
 // Out: grads [2, T, B, 4H] (dz, dz'), dh_all [2, T, B, P] (dh, dh'; with a projection), dc_first
 // [2, B, H] (dc, dc' of step 0).
 void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
-                                 const OptionalTensor& u_cn, const Tensor& gates,
+                                 const OptionalTensor& u_cn, const OptionalTensor& u_y_dot,
+                                 const OptionalTensor& u_hn_dot,
+                                 const OptionalTensor& u_cn_dot, const Tensor& gates,
                                  const Tensor& pre_dot, const Tensor& cells,
                                  const Tensor& tanh_cells, const Tensor& c0, const Tensor& c_dot,
                                  const OptionalTensor& c0_dot, const Tensor& w_hh,
@@ -52,11 +56,13 @@ void gru_tangent_steps(const Tensor& x_gates_dot, const Tensor& h_gates_dot, con
                        const Tensor& h_prev, const Tensor& w_hh, const OptionalTensor& h0_dot,
                        const Tensor& rz_dot, const Tensor& n_dot, const Tensor& h_dot);
 
-// u_y [T, B, H], u_hn [B, H]; saved, h_prev, rz_dot, n_dot, h_gates_dot as gru_tangent_steps
-// has them, h_prev_dot [T, B, H]; w_hh(_dot) [3H, H].
+// u_y [T, B, H], u_hn [B, H] and their tangents u_*_dot (as the LSTM's); saved, h_prev,
+// rz_dot, n_dot, h_gates_dot as gru_tangent_steps has them, h_prev_dot [T, B, H]; w_hh(_dot)
+// [3H, H].
 // Out: grads [2, T, B, 4H] (the gradients of [r pre, z pre, hn, n pre] and their tangents),
 // dh_first [2, B, H] (dh, dh' of step 0).
 void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
+                                const OptionalTensor& u_y_dot, const OptionalTensor& u_hn_dot,
                                 const Tensor& saved, const Tensor& h_prev, const Tensor& rz_dot,
                                 const Tensor& n_dot, const Tensor& h_gates_dot,
                                 const Tensor& h_prev_dot, const Tensor& w_hh,
@@ -68,9 +74,11 @@ void gru_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
 void rnn_tangent_steps(const Tensor& pre_dot, const Tensor& d_act, const Tensor& w_hh,
                        const OptionalTensor& h0_dot, const Tensor& h_dot);
 
-// u_y [T, B, H], u_hn [B, H]; d_act, d_act_dot [T, B, H] (none for relu: its derivative is
-// constant where defined); w_hh(_dot) [H, H]. Out: grads [2, T, B, H] (d pre, its tangent).
+// u_y [T, B, H], u_hn [B, H] and their tangents u_*_dot (as the LSTM's); d_act, d_act_dot
+// [T, B, H] (none for relu: its derivative is constant where defined); w_hh(_dot) [H, H].
+// Out: grads [2, T, B, H] (d pre, its tangent).
 void rnn_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
+                                const OptionalTensor& u_y_dot, const OptionalTensor& u_hn_dot,
                                 const Tensor& d_act, const OptionalTensor& d_act_dot,
                                 const Tensor& w_hh, const OptionalTensor& w_hh_dot,
                                 const Tensor& grads);
