@@ -4,7 +4,8 @@ Each op runs one layer in one direction over a whole sequence (csrc/layer/layer.
 get one torch.autograd.Function per cell type (their fake kernels, for torch.compile and
 FakeTensor, are in fake.py) whose forward and backward call nothing but those ops. A double
 backward (differentiating gradients taken with create_graph=True) runs a pass of its own,
-second_order.py; a third derivative, and torch.func's transforms, recompute the layer in plain
+second_order.py, which also carries the layer's own backward in the same step (see
+_leave_to_layer); a third derivative, and torch.func's transforms, recompute the layer in plain
 PyTorch ops, which autograd can differentiate again.
 
 Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H] or None;
@@ -127,22 +128,23 @@ def _of_some(reference, inputs, options, wanted):
 
 
 def _differentiable_backward(reference, inputs, options, grad_outputs, needed, fused, output,
-                             saved):
+                             saved, layer):
     """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
     tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
     backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Under plain
     autograd they are the fused backward's (`fused()`: the gradients of all inputs), which
     _FusedGradients differentiates (second_order's pass, or the layer recomputed). Inside
     torch.func's transforms they come from torch.func.vjp of the reference, which, unlike
-    torch.autograd.grad, sees the tensors a transform tracks. `needed`: which inputs need a gradient; `output`, `saved`: the
-    layer's output and the activations its forward saved."""
+    torch.autograd.grad, sees the tensors a transform tracks. `needed`: which inputs need a
+    gradient; `output`, `saved`: the layer's output and the activations its forward saved;
+    `layer`: (the layer's node, its ctx; the direction's key), see _Recomputation."""
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
     if not wanted or all(g is None for g in grad_outputs):
         return (None,) * len(inputs)
     tensors = [t for t in (*inputs, *grad_outputs) if t is not None]
     if not any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):  # plain autograd
         return _FusedGradients.apply(
-            _Recomputation(reference, options, fused, wanted, output, saved), *inputs,
+            _Recomputation(reference, options, fused, wanted, output, saved, layer), *inputs,
             *grad_outputs)
     else:
         outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
@@ -157,11 +159,13 @@ class _Recomputation:
     its inputs; `reference` and `options`, the layer in plain PyTorch ops (recomputed through
     torch.nn's own recurrence, _TORCH_NN); `wanted`, the inputs whose gradients are returned;
     `output` and `saved`, the layer's output (the forward's own copy) and the activations its
-    forward saved, for the second-order pass."""
+    forward saved, for the second-order pass; `layer`: (node, key), the layer's own autograd
+    node (its Function's ctx) and which of its directions this is, where the pass can leave its
+    second half (_leave_to_layer)."""
 
-    def __init__(self, reference, options, fused, wanted, output, saved):
+    def __init__(self, reference, options, fused, wanted, output, saved, layer):
         self.reference, self.options, self.fused, self.wanted = reference, options, fused, wanted
-        self.output, self.saved = output, saved
+        self.output, self.saved, self.layer = output, saved, layer
 
     def second_order(self, tensors, grad_grads, needs):
         """The double backward by second_order's pass (the gradients of all saved tensors), or
@@ -171,9 +175,16 @@ class _Recomputation:
                 not _plain(t) for t in (*tensors, *grad_grads) if t is not None):
             return None
         count = len(grad_grads)
-        return second_order.double_backward(
-            _SECOND_ORDER[self.reference], tensors[:count], self.options, self.output,
-            self.saved, tensors[count:], grad_grads, needs)
+        cell, inputs, grad_outputs = _SECOND_ORDER[self.reference], tensors[:count], \
+            tensors[count:]
+        if any(needs[:count]) and _leave_to_layer(*self.layer):
+            of_grad_outputs, backward = cell(inputs, self.options, self.output, self.saved,
+                                             grad_grads, needs[count:])
+            self.layer[0].left_passes[_running_task(), self.layer[1]] = \
+                lambda grad_outputs_dot, needs: backward(grad_outputs, grad_outputs_dot, needs)
+            return (None,) * count + of_grad_outputs
+        return second_order.double_backward(cell, inputs, self.options, self.output,
+                                            self.saved, grad_outputs, grad_grads, needs)
 
     def gradients_with_graph(self, inputs, grad_outputs, which):
         """{i: the gradient of inputs[i], differentiable} for i in which, through the layer
@@ -258,6 +269,48 @@ class _FusedGradients(torch.autograd.Function):
                        for t in ctx.saved_tensors]
         return aliases, ctx.recomputation.gradients_with_graph(aliases[:count], aliases[count:],
                                                                sorted(which))
+
+
+# ---- the pass's second half in the layer's own node ----------------------------------------
+# A gradient-penalty step (loss(output) + penalty(d loss2/d x, taken with create_graph=True))
+# runs two backwards of the layer in one: the pass (_FusedGradients' node) and the layer's own
+# first-order backward of the output's gradient (the layer's Function's node). The pass's
+# second half is the first-order backward's tangent, linear in the output gradients' tangents,
+# so the layer's backward can ride in it (second_order.py): the layer's node, which the engine
+# runs after the pass (it was made earlier, and each node the pass's gradients pass through was
+# made later), then finishes the pass with its output gradients, and its own backward costs no
+# product. Where the engine will not run the layer's node after the pass, the pass runs whole.
+def _running_task():
+    return torch._C._current_graph_task_id()
+
+
+def _leave_to_layer(node, key):
+    """Whether the layer's node (its Function's ctx) will run later in the running backward,
+    and no other pass has left it direction `key`'s second half already."""
+    task = _running_task()
+    if getattr(node, "ran_in_task", None) == task:
+        return False
+    if not hasattr(node, "left_passes"):
+        node.left_passes = {}
+    if (task, key) in node.left_passes:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # the engine refuses to say: run the pass whole
+        return False
+
+
+def _left_pass(ctx, key):
+    """-> the pass's second half left to this node for direction `key` in the running
+    backward (None if none): f(grad_outputs, needs) -> the gradients of the direction's inputs,
+    its own backward of grad_outputs included. Notes that the node has run in this backward.
+    A compiler tracing the backward runs no pass."""
+    if torch.compiler.is_compiling():
+        return None
+    task = _running_task()
+    ctx.ran_in_task = task
+    left = getattr(ctx, "left_passes", None)
+    return left.pop((task, key), None) if left else None
 
 
 def _check_not_packed(ctx):
@@ -368,6 +421,8 @@ class LSTMFunction(torch.autograd.Function):
         inputs = (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         needed, weights = _needed_by_engine(
             ctx, (*inputs[:7], ctx.reverse, ctx.batch_sizes, w_hr), (3, 4, 5, 6, 9))
+        needed = needed[:7] + (len(needed) > 9 and needed[9],)
+        left = _left_pass(ctx, 0)
 
         def fused():
             has_bias = b_ih is not None
@@ -380,8 +435,9 @@ class LSTMFunction(torch.autograd.Function):
             _check_not_packed(ctx)
             grads = _differentiable_backward(
                 _lstm_reference, inputs, (ctx.reverse,), (grad_output, grad_hn, grad_cn),
-                needed[:7] + (len(needed) > 9 and needed[9],), fused, output,
-                (gates, cells, unprojected))
+                needed, fused, output, (gates, cells, unprojected), (ctx, 0))
+        elif left:
+            grads = left((grad_output, grad_hn, grad_cn), needed)
         else:
             grads = fused()
         return (*grads[:7], None, None, grads[7])
@@ -409,6 +465,7 @@ class GRUFunction(torch.autograd.Function):
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
         needed, weights = _needed_by_engine(ctx, (*inputs, ctx.reverse, ctx.batch_sizes),
                                             range(2, 6))
+        left = _left_pass(ctx, 0)
 
         def fused():
             has_bias = b_ih is not None
@@ -420,7 +477,9 @@ class GRUFunction(torch.autograd.Function):
             _check_not_packed(ctx)
             grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
                                              (grad_output, grad_hn), needed[:6], fused,
-                                             output, (saved,))
+                                             output, (saved,), (ctx, 0))
+        elif left:
+            grads = left((grad_output, grad_hn), needed[:6])
         else:
             grads = fused()
         return (*grads, None, None)
@@ -448,6 +507,7 @@ class RNNFunction(torch.autograd.Function):
         inputs = (input, h0, w_ih, w_hh, b_ih, b_hh)
         needed, weights = _needed_by_engine(
             ctx, (*inputs, ctx.relu, ctx.reverse, ctx.batch_sizes), range(2, 6))
+        left = _left_pass(ctx, 0)
 
         def fused():
             has_bias = b_ih is not None
@@ -459,7 +519,9 @@ class RNNFunction(torch.autograd.Function):
             _check_not_packed(ctx)
             grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),
                                              (grad_output, grad_hn), needed[:6], fused,
-                                             output, ())
+                                             output, (), (ctx, 0))
+        elif left:
+            grads = left((grad_output, grad_hn), needed[:6])
         else:
             grads = fused()
         return (*grads, None, None, None)
@@ -487,20 +549,21 @@ def _keep(ctx, inputs, kept, batch_sizes):
 
 
 def _pair_backward(ctx, needed, reference, input, directions, options, grads, k, leading,
-                   fused, outputs, saved):
+                   fused, outputs, saved, left):
     """The gradients of all the Function's inputs: input's two summed. Each direction's come
-    from fused(d) (the gradients of input and that direction's k tensors), and under grad mode
+    from fused(d) (the gradients of input and that direction's k tensors), from left[d] where a
+    double backward's pass left its second half to this node (_left_pass), and under grad mode
     through _differentiable_backward. `needed`: which of the Function's inputs need a gradient;
     `leading`: the Function's inputs before the directions; `outputs`, `saved`: each
     direction's output and saved activations."""
+    needs = [(needed[0], *needed[leading + d * k:leading + (d + 1) * k]) for d in range(2)]
     if torch.is_grad_enabled():
         _check_not_packed(ctx)
         per = [_differentiable_backward(
             reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
-            (needed[0], *needed[leading + d * k:leading + (d + 1) * k]),
-            lambda d=d: fused(d), outputs[d], saved[d]) for d in range(2)]
+            needs[d], lambda d=d: fused(d), outputs[d], saved[d], (ctx, d)) for d in range(2)]
     else:
-        per = [fused(0), fused(1)]
+        per = [left[d](grads[d], needs[d]) if left[d] else fused(d) for d in range(2)]
     return (_sum_defined(per[0][0], per[1][0]), *(None,) * (leading - 1), *per[0][1:],
             *per[1][1:])
 
@@ -563,7 +626,8 @@ class LSTMPairFunction(torch.autograd.Function):
             [grads[2], grads[5]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 7, 2))
-        if torch.is_grad_enabled() or _legacy_batched(grads):
+        left = [_left_pass(ctx, d) for d in range(2)]
+        if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
                 return _ops.lstm_backward(
                     grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d],
@@ -580,7 +644,7 @@ class LSTMPairFunction(torch.autograd.Function):
         return _pair_backward(
             ctx, needed, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
             lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None, weights), output,
-            list(zip(gates, cells, unprojected)))
+            list(zip(gates, cells, unprojected)), left)
 
 
 class GRUPairFunction(torch.autograd.Function):
@@ -610,7 +674,8 @@ class GRUPairFunction(torch.autograd.Function):
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 5, 1))
-        if torch.is_grad_enabled() or _legacy_batched(grads):
+        left = [_left_pass(ctx, d) for d in range(2)]
+        if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
                 return _ops.gru_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
                                          w_hh[d], output[d], kept[d], has_bias, d == 1,
@@ -625,7 +690,7 @@ class GRUPairFunction(torch.autograd.Function):
         return _pair_backward(ctx, needed, _gru_reference, input, directions, (),
                               (grads[:2], grads[2:4]), 5, 2,
                               lambda d: _gru_grads(results(d), has_bias, weights), output,
-                              [(kept[0],), (kept[1],)])
+                              [(kept[0],), (kept[1],)], left)
 
 
 class RNNPairFunction(torch.autograd.Function):
@@ -654,7 +719,8 @@ class RNNPairFunction(torch.autograd.Function):
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
         needed, weights = _needed_by_engine(
             ctx, (input, ctx.batch_sizes, ctx.relu, *directions), _pair_weights(3, 5, 1))
-        if torch.is_grad_enabled() or _legacy_batched(grads):
+        left = [_left_pass(ctx, d) for d in range(2)]
+        if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
                 return _ops.rnn_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
                                          w_hh[d], output[d], has_bias, ctx.relu, d == 1,
@@ -669,7 +735,7 @@ class RNNPairFunction(torch.autograd.Function):
         return _pair_backward(ctx, needed, _rnn_reference, input, directions, (ctx.relu,),
                               (grads[:2], grads[2:4]), 5, 3,
                               lambda d: _rnn_grads(results(d), has_bias, weights), output,
-                              [(), ()])
+                              [(), ()], left)
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import (CELLS, DEVICES, apply_layer as _apply, assert_close_by_name,
+from conftest import (CELLS, CUDA_SKIP, DEVICES, apply_layer as _apply, assert_close_by_name,
                       assert_half_rule, half_rule_draws, layer_args as _layer_args, make_pair,
                       random_state, rel_err)
 from fusedrnn import ops
@@ -229,3 +229,84 @@ def test_double_backward_under_a_dispatch_mode_recomputes(cell, monkeypatch):
     with _OpNames():
         actual = _penalty_gradients(fused, x, hx)
     assert_close_by_name(actual, expected, 1e-10)
+
+
+class _Without:
+    """torch.ops.fusedrnn but the ops whose names contain `part`, which raise."""
+
+    def __init__(self, ops, part):
+        self.ops, self.part = ops, part
+
+    def __getattr__(self, name):
+        return _refuse if self.part in name else getattr(self.ops, name)
+
+
+def _penalty_step(model, x, hx, seeds, before_backward=lambda: None):
+    """A gradient-penalty training step: loss(output) plus the penalties of one gradient of the
+    input per seed (each taken with create_graph=True, its seed a function of the output)
+    -> the gradients of the input and every parameter, by name."""
+    x = x.detach().requires_grad_()
+    output = model(x, hx)[0]
+    penalties = 0
+    for power in seeds:
+        (grad_x,) = torch.autograd.grad(output.pow(power).sum(), x, create_graph=True)
+        penalties = penalties + grad_x.pow(2).sum()
+    before_backward()
+    names, parameters = zip(*model.named_parameters())
+    grads = torch.autograd.grad((output * output.detach().cos()).sum() + penalties,
+                                (x, *parameters))
+    return dict(zip(("input", *names), grads))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_penalty_step_runs_the_layers_backward_inside_the_pass(cell, bidirectional,
+                                                               monkeypatch):
+    """The layer's own first-order backward of the output's gradient rides in the second-order
+    pass (ops._leave_to_layer): no fused backward op runs in the step's backward, and the
+    gradients stay torch.nn's."""
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64, num_layers=2,
+                           bidirectional=bidirectional)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 2, 3, generator=gen, dtype=torch.float64)
+    hx = random_state(cell, ref, 2, "cpu", torch.float64, gen)
+
+    def refuse_backward_ops():
+        monkeypatch.setattr(ops, "_ops", _Without(ops._ops, "backward"))
+
+    assert_close_by_name(_penalty_step(fused, x, hx, [2], refuse_backward_ops),
+                         _penalty_step(ref, x, hx, [2]), 1e-10)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_penalty_step_with_two_penalties_of_one_layer(cell):
+    """Two gradients of one forward penalized in one step: one pass leaves its second half to
+    the layer's node, the other (finding it taken) runs whole."""
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(5, 3, 3, generator=gen, dtype=torch.float64)
+    hx = random_state(cell, ref, 3, "cpu", torch.float64, gen)
+    assert_close_by_name(_penalty_step(fused, x, hx, [2, 3]), _penalty_step(ref, x, hx, [2, 3]),
+                         1e-10)
+
+
+@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_penalty_on_the_gpu_of_a_layer_on_the_cpu(cell):
+    """The penalty computed on a GPU: the engine's GPU thread holds the pass back while the CPU
+    queue runs the layer's node first, so the pass finds the node has run and runs whole
+    (ops._leave_to_layer)."""
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64)
+
+    def step(model):
+        xx = x.detach().requires_grad_()
+        output = model(xx)[0]
+        (grad_x,) = torch.autograd.grad(output.pow(2).sum(), xx, create_graph=True)
+        penalty = grad_x.cuda().pow(2).sum().cpu()
+        names, parameters = zip(*model.named_parameters())
+        grads = torch.autograd.grad(output.sum() + penalty, (xx, *parameters))
+        return dict(zip(("input", *names), grads))
+
+    assert_close_by_name(step(fused), step(ref), 1e-10)
