@@ -69,36 +69,60 @@ def _rnn_reference(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
 
 # The same layers through torch.nn's own C++ recurrence (_VF, what nn.LSTM calls; cuDNN off, as it
 # has no double backward), one layer and one direction: the double backward's plain-autograd
-# path, cheaper than the Python loop above on small layers, where the cost is per op. The reverse
-# direction runs on the input reversed in time. torch.func's transforms keep the Python
-# references, which they can see into.
+# path, cheaper than the Python loop above on small layers, where the cost is per op, and the
+# only one that takes packed input (batch_sizes: a PackedSequence's; input and output are then
+# its packed rows). The reverse direction runs on the input reversed in time, each packed
+# sequence along its own length. torch.func's transforms keep the Python references, which they
+# can see into.
 def _weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
 
 
-def _in_time(x, reverse):
-    return x.flip(0) if reverse else x
+def _reversed_rows(batch_sizes, device):
+    """The packed rows with each sequence reversed in time, as indices into them: row
+    offsets[t] + b holds step lengths[b] - 1 - t of sequence b (a permutation that is its own
+    inverse)."""
+    steps, width = len(batch_sizes), int(batch_sizes[0])
+    present = torch.arange(width)[None, :] < batch_sizes[:, None]  # [T, B]: step t of seq b
+    lengths = present.sum(0)
+    offsets = batch_sizes.cumsum(0) - batch_sizes
+    t_from = (lengths[None, :] - 1 - torch.arange(steps)[:, None]).clamp_(min=0)
+    return (offsets[t_from] + torch.arange(width)[None, :])[present].to(device)
 
 
-def _lstm_torch_nn(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    output, h, c = torch._VF.lstm(_in_time(input, reverse), (h0[None], c0[None]),
-                                  _weights(w_ih, w_hh, b_ih, b_hh, w_hr), b_ih is not None, 1,
-                                  0.0, False, False, False)
-    return _in_time(output, reverse), h[0], c[0]
+def _in_time(x, reverse, batch_sizes=None):
+    if not reverse:
+        return x
+    return x.flip(0) if batch_sizes is None else x[_reversed_rows(batch_sizes, x.device)]
 
 
-def _gru_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, reverse):
-    output, h = torch._VF.gru(_in_time(input, reverse), h0[None],
-                              _weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None, 1, 0.0, False,
-                              False, False)
-    return _in_time(output, reverse), h[0]
+def _packed_first(input, batch_sizes):
+    """_VF's arguments before the state: the input, and a packed input's batch_sizes."""
+    return (input,) if batch_sizes is None else (input, batch_sizes)
 
 
-def _rnn_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+def _lstm_torch_nn(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, batch_sizes=None):
+    output, h, c = torch._VF.lstm(
+        *_packed_first(_in_time(input, reverse, batch_sizes), batch_sizes),
+        (h0[None], c0[None]), _weights(w_ih, w_hh, b_ih, b_hh, w_hr), b_ih is not None, 1, 0.0,
+        False, False, *(() if batch_sizes is not None else (False,)))
+    return _in_time(output, reverse, batch_sizes), h[0], c[0]
+
+
+def _gru_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes=None):
+    output, h = torch._VF.gru(
+        *_packed_first(_in_time(input, reverse, batch_sizes), batch_sizes), h0[None],
+        _weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None, 1, 0.0, False, False,
+        *(() if batch_sizes is not None else (False,)))
+    return _in_time(output, reverse, batch_sizes), h[0]
+
+
+def _rnn_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes=None):
     layer = torch._VF.rnn_relu if relu else torch._VF.rnn_tanh
-    output, h = layer(_in_time(input, reverse), h0[None], _weights(w_ih, w_hh, b_ih, b_hh),
-                      b_ih is not None, 1, 0.0, False, False, False)
-    return _in_time(output, reverse), h[0]
+    output, h = layer(*_packed_first(_in_time(input, reverse, batch_sizes), batch_sizes),
+                      h0[None], _weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None, 1, 0.0,
+                      False, False, *(() if batch_sizes is not None else (False,)))
+    return _in_time(output, reverse, batch_sizes), h[0]
 
 
 _TORCH_NN = {_lstm_reference: _lstm_torch_nn, _gru_reference: _gru_torch_nn,
@@ -128,7 +152,7 @@ def _of_some(reference, inputs, options, wanted):
 
 
 def _differentiable_backward(reference, inputs, options, grad_outputs, needed, fused, output,
-                             saved, layer):
+                             saved, layer, batch_sizes):
     """The gradients of `inputs` through `reference(*inputs, *options)`, as differentiable
     tensors: taken where grad mode is on in the backward, i.e. under create_graph=True (double
     backward) and inside torch.func's transforms (grad, vjp, jacrev; nested or not). Under plain
@@ -137,16 +161,18 @@ def _differentiable_backward(reference, inputs, options, grad_outputs, needed, f
     torch.func's transforms they come from torch.func.vjp of the reference, which, unlike
     torch.autograd.grad, sees the tensors a transform tracks. `needed`: which inputs need a
     gradient; `output`, `saved`: the layer's output and the activations its forward saved;
-    `layer`: (the layer's node, its ctx; the direction's key), see _Recomputation."""
+    `layer`: (the layer's node, its ctx; the direction's key), see _Recomputation;
+    `batch_sizes`: a packed input's (plain autograd only)."""
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
     if not wanted or all(g is None for g in grad_outputs):
         return (None,) * len(inputs)
     tensors = [t for t in (*inputs, *grad_outputs) if t is not None]
     if not any(map(torch._C._functorch.is_functorch_wrapped_tensor, tensors)):  # plain autograd
         return _FusedGradients.apply(
-            _Recomputation(reference, options, fused, wanted, output, saved, layer), *inputs,
-            *grad_outputs)
+            _Recomputation(reference, options, fused, wanted, output, saved, layer,
+                           batch_sizes), *inputs, *grad_outputs)
     else:
+        _check_not_packed(batch_sizes)
         outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
                                            *(inputs[i] for i in wanted))
         grads = iter(pullback(tuple(torch.zeros_like(out) if g is None else g
@@ -161,17 +187,19 @@ class _Recomputation:
     `output` and `saved`, the layer's output (the forward's own copy) and the activations its
     forward saved, for the second-order pass; `layer`: (node, key), the layer's own autograd
     node (its Function's ctx) and which of its directions this is, where the pass can leave its
-    second half (_leave_to_layer)."""
+    second half (_leave_to_layer); `batch_sizes`, a packed input's, which only the
+    recomputation takes."""
 
-    def __init__(self, reference, options, fused, wanted, output, saved, layer):
+    def __init__(self, reference, options, fused, wanted, output, saved, layer, batch_sizes):
         self.reference, self.options, self.fused, self.wanted = reference, options, fused, wanted
-        self.output, self.saved, self.layer = output, saved, layer
+        self.output, self.saved, self.layer, self.batch_sizes = output, saved, layer, batch_sizes
 
     def second_order(self, tensors, grad_grads, needs):
         """The double backward by second_order's pass (the gradients of all saved tensors), or
-        None where it does not apply: off the CPU, under a dispatch mode, and for tensors of a
-        subclass or batched (autograd's vmap): its loops run past the dispatcher."""
-        if self.output.device.type != "cpu" or torch._C._len_torch_dispatch_stack() or any(
+        None where it does not apply: packed input, off the CPU, under a dispatch mode, and for
+        tensors of a subclass or batched (autograd's vmap): its loops run past the dispatcher."""
+        if self.batch_sizes is not None or self.output.device.type != "cpu" or \
+                torch._C._len_torch_dispatch_stack() or any(
                 not _plain(t) for t in (*tensors, *grad_grads) if t is not None):
             return None
         count = len(grad_grads)
@@ -190,7 +218,7 @@ class _Recomputation:
         """{i: the gradient of inputs[i], differentiable} for i in which, through the layer
         recomputed with autograd recording (cuDNN off: it has no double backward)."""
         with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-            outputs = _TORCH_NN[self.reference](*inputs, *self.options)
+            outputs = _TORCH_NN[self.reference](*inputs, *self.options, self.batch_sizes)
             used = [(out, g) for out, g in zip(outputs, grad_outputs) if g is not None]
             grads = torch.autograd.grad([out for out, _ in used], [inputs[i] for i in which],
                                         [g for _, g in used], create_graph=True,
@@ -313,12 +341,11 @@ def _left_pass(ctx, key):
     return left.pop((task, key), None) if left else None
 
 
-def _check_not_packed(ctx):
-    if ctx.batch_sizes is not None:
+def _check_not_packed(batch_sizes):
+    if batch_sizes is not None:
         raise NotImplementedError(
-            "fusedrnn: double backward (create_graph=True), torch.func transforms and forward-mode "
-            "AD through PackedSequence input are not supported; pad the batch for gradient "
-            "penalties")
+            "fusedrnn: torch.func transforms and forward-mode AD through PackedSequence input "
+            "are not supported; pad the batch, or take gradients with torch.autograd")
 
 
 def _reference_jvp(ctx, reference, primals, tangents, options):
@@ -326,7 +353,7 @@ def _reference_jvp(ctx, reference, primals, tangents, options):
     (torch.autograd.forward_ad, torch.func.jvp) runs through the plain-PyTorch layer, as the
     fused kernels have no forward-mode form (three passes of it: a forward and two reverse).
     tangents: one per primal, None where it has none."""
-    _check_not_packed(ctx)
+    _check_not_packed(ctx.batch_sizes)
     wanted = [i for i, (p, t) in enumerate(zip(primals, tangents))
               if p is not None and t is not None]
     if not wanted:
@@ -432,10 +459,9 @@ class LSTMFunction(torch.autograd.Function):
                 w_hr is not None, weights)
 
         if torch.is_grad_enabled():
-            _check_not_packed(ctx)
             grads = _differentiable_backward(
                 _lstm_reference, inputs, (ctx.reverse,), (grad_output, grad_hn, grad_cn),
-                needed, fused, output, (gates, cells, unprojected), (ctx, 0))
+                needed, fused, output, (gates, cells, unprojected), (ctx, 0), ctx.batch_sizes)
         elif left:
             grads = left((grad_output, grad_hn, grad_cn), needed)
         else:
@@ -474,10 +500,9 @@ class GRUFunction(torch.autograd.Function):
                                                 ctx.batch_sizes, weights), has_bias, weights)
 
         if torch.is_grad_enabled():
-            _check_not_packed(ctx)
             grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
                                              (grad_output, grad_hn), needed[:6], fused,
-                                             output, (saved,), (ctx, 0))
+                                             output, (saved,), (ctx, 0), ctx.batch_sizes)
         elif left:
             grads = left((grad_output, grad_hn), needed[:6])
         else:
@@ -516,10 +541,9 @@ class RNNFunction(torch.autograd.Function):
                                                 ctx.batch_sizes, weights), has_bias, weights)
 
         if torch.is_grad_enabled():
-            _check_not_packed(ctx)
             grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),
                                              (grad_output, grad_hn), needed[:6], fused,
-                                             output, (), (ctx, 0))
+                                             output, (), (ctx, 0), ctx.batch_sizes)
         elif left:
             grads = left((grad_output, grad_hn), needed[:6])
         else:
@@ -558,10 +582,10 @@ def _pair_backward(ctx, needed, reference, input, directions, options, grads, k,
     direction's output and saved activations."""
     needs = [(needed[0], *needed[leading + d * k:leading + (d + 1) * k]) for d in range(2)]
     if torch.is_grad_enabled():
-        _check_not_packed(ctx)
         per = [_differentiable_backward(
             reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
-            needs[d], lambda d=d: fused(d), outputs[d], saved[d], (ctx, d)) for d in range(2)]
+            needs[d], lambda d=d: fused(d), outputs[d], saved[d], (ctx, d), ctx.batch_sizes)
+            for d in range(2)]
     else:
         per = [left[d](grads[d], needs[d]) if left[d] else fused(d) for d in range(2)]
     return (_sum_defined(per[0][0], per[1][0]), *(None,) * (leading - 1), *per[0][1:],

@@ -1,7 +1,7 @@
 """PackedSequence input against torch.nn: outputs, final states and every gradient."""
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 from conftest import (CELLS, DEVICES, TOLERANCE, assert_close_by_name, make_pair, random_state,
                       run_packed_and_grad)
@@ -80,10 +80,42 @@ def test_ops_check_batch_sizes():
         lstm(torch.randn(6, 4), *args.values(), False, False, torch.tensor([3., 2., 1.]))
 
 
-def test_double_backward_through_packed_input_says_so():
-    _, fused = make_pair("gru", 3, 4, dtype=torch.float64)
-    packed = pack_sequence([torch.randn(3, 3, dtype=torch.float64, requires_grad=True),
-                            torch.randn(2, 3, dtype=torch.float64)])
-    output, _ = fused(packed)
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        torch.autograd.grad(output.data.sum(), fused.weight_hh_l0, create_graph=True)
+def _packed_penalty_step(model, padded, lengths, enforce_sorted, hx):
+    """loss(output) plus the penalty of a gradient of the input taken with create_graph=True,
+    through packed input -> the gradients of the input and every parameter, by name."""
+    padded = padded.detach().requires_grad_()
+    packed = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+    output = model(packed, hx)[0].data
+    (grad_x,) = torch.autograd.grad(output.pow(2).sum(), padded, create_graph=True)
+    names, parameters = zip(*model.named_parameters())
+    grads = torch.autograd.grad(output.sum() + grad_x.pow(2).sum(), (padded, *parameters))
+    return dict(zip(("input", *names), grads))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True},
+                                     {"bidirectional": True, "bias": False}],
+                         ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_double_backward_through_packed_input(cell, options, device):
+    """A gradient penalty through packed input, as torch.nn takes it: the double backward
+    recomputes each layer through torch.nn's packed recurrence (the second-order pass takes
+    padded batches only)."""
+    ref, fused = make_pair(cell, 3, 4, device, torch.float64, **options)
+    for lengths, enforce_sorted in BATCHES[:2] + BATCHES[4:]:
+        gen = torch.Generator().manual_seed(len(lengths))
+        padded = torch.randn(max(lengths), len(lengths), 3, generator=gen,
+                             dtype=torch.float64).to(device)
+        hx = random_state(cell, ref, len(lengths), device, torch.float64, gen)
+        assert_close_by_name(_packed_penalty_step(fused, padded, lengths, enforce_sorted, hx),
+                             _packed_penalty_step(ref, padded, lengths, enforce_sorted, hx),
+                             1e-10)
+
+
+def test_double_backward_through_packed_projected_lstm():
+    ref, fused = make_pair("lstm", 3, 5, "cpu", torch.float64, proj_size=2,
+                           bidirectional=True)
+    lengths, enforce_sorted = BATCHES[1]
+    padded = torch.randn(max(lengths), len(lengths), 3, dtype=torch.float64)
+    assert_close_by_name(_packed_penalty_step(fused, padded, lengths, enforce_sorted, None),
+                         _packed_penalty_step(ref, padded, lengths, enforce_sorted, None), 1e-10)
