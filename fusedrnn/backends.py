@@ -23,6 +23,9 @@ CPU has (``cpu_isa()``): ``FUSEDRNN_CPU_ISA=avx2`` (or ``force_cpu_isa``) runs t
 on an AVX-512 CPU, ``scalar`` the CPU kernels without vectors, and ``avx512`` keeps a CPU with
 AVX512-BF16 (ISA ``avx512_bf16``) from running bfloat16 layers' products on bfloat16 operands.
 ``cpu_gemm()`` names the library that runs the large CPU products around the loop.
+``FUSEDRNN_CUDA_SECOND_ORDER=1`` (read at each double backward) runs the double backward's
+second-order pass on CUDA too (ops._second_order_on); **off** until its kernels have run on a
+GPU, so that CUDA recomputes the layer through torch.nn's recurrence.
 """
 import contextlib
 import os

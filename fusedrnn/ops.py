@@ -13,6 +13,7 @@ output [T, B, H]. With batch_sizes (a PackedSequence's), input is the packed dat
 output is packed the same way, [rows, H].
 """
 import inspect
+import os
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -180,6 +181,14 @@ def _differentiable_backward(reference, inputs, options, grad_outputs, needed, f
     return tuple(next(grads) if i in wanted else None for i in range(len(inputs)))
 
 
+def _second_order_on(device):
+    """Whether second_order's pass runs on `device`: on the CPU; on CUDA only where
+    FUSEDRNN_CUDA_SECOND_ORDER=1, until its kernels (cuda/second_order.cu) have run on a GPU.
+    Elsewhere the double backward recomputes the layer through torch.nn's recurrence."""
+    return device.type == "cpu" or (device.type == "cuda" and
+                                    os.environ.get("FUSEDRNN_CUDA_SECOND_ORDER") == "1")
+
+
 class _Recomputation:
     """What _FusedGradients needs of a layer: `fused()`, the fused backward's gradients of all
     its inputs; `reference` and `options`, the layer in plain PyTorch ops (recomputed through
@@ -196,9 +205,10 @@ class _Recomputation:
 
     def second_order(self, tensors, grad_grads, needs):
         """The double backward by second_order's pass (the gradients of all saved tensors), or
-        None where it does not apply: packed input, off the CPU, under a dispatch mode, and for
-        tensors of a subclass or batched (autograd's vmap): its loops run past the dispatcher."""
-        if self.batch_sizes is not None or self.output.device.type != "cpu" or \
+        None where it does not apply: packed input, a device it is not on (_second_order_on),
+        under a dispatch mode, and for tensors of a subclass or batched (autograd's vmap): its
+        loops run past the dispatcher."""
+        if self.batch_sizes is not None or not _second_order_on(self.output.device) or \
                 torch._C._len_torch_dispatch_stack() or any(
                 not _plain(t) for t in (*tensors, *grad_grads) if t is not None):
             return None

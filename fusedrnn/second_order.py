@@ -9,11 +9,11 @@ So one pass computes both: the layer's tangents along v, forward in time (a line
 through W_hh), then the first-order backward together with its own tangent, backward in time.
 What is parallel in time (the tangents' input projections, the weight gradients) is computed
 here for all steps at once; the two loops over time run in C++ (csrc/layer/second_order.cpp:
-per step one or two matrix products and one pass over the units, whose math,
-csrc/core/second_order.h, reads the activations the forward saved). The alternative, autograd
-over the layer recomputed in plain ops (ops._FusedGradients), records and replays a graph of
-dozens of nodes a step.
-CPU tensors only: ops._Recomputation.second_order decides where this runs.
+per step one or two matrix products and one pass over the units, a loop on the CPU or a kernel
+on CUDA, whose math, csrc/core/second_order_steps.h, reads the activations the forward saved).
+The alternative, autograd over the layer recomputed in plain ops (ops._FusedGradients), records
+and replays a graph of dozens of nodes a step. ops._Recomputation.second_order decides where
+this runs (on CUDA only where switched on: ops._second_order_on).
 
 Each cell's pass comes in two halves: the tangents, which give the gradients of u, and a
 `backward` closure, which gives those of the inputs. The first-order backward is linear in u,

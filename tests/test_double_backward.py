@@ -310,3 +310,36 @@ def test_penalty_on_the_gpu_of_a_layer_on_the_cpu(cell):
         return dict(zip(("input", *names), grads))
 
     assert_close_by_name(step(fused), step(ref), 1e-10)
+
+
+@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cuda_double_backward_by_the_pass(cell, bidirectional, monkeypatch):
+    """FUSEDRNN_CUDA_SECOND_ORDER=1: on CUDA the double backward runs second_order's pass (its
+    units as kernels), with the layer's own backward riding in it, and no recomputation; a
+    gradient penalty's and a penalty step's gradients stay torch.nn's (cuDNN off: it has no
+    double backward)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_SECOND_ORDER", "1")
+    ref, fused = make_pair(cell, 3, 4, "cuda", torch.float64, num_layers=2,
+                           bidirectional=bidirectional)
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(6, 2, 3, generator=gen, dtype=torch.float64).cuda()
+    hx = random_state(cell, ref, 2, "cuda", torch.float64, gen)
+    with torch.backends.cudnn.flags(enabled=False):
+        expected = _penalty_gradients(ref, x, hx), _penalty_step(ref, x, hx, [2])
+    for reference in list(ops._TORCH_NN):
+        monkeypatch.setitem(ops._TORCH_NN, reference, _refuse)
+    assert_close_by_name(_penalty_gradients(fused, x, hx), expected[0], 1e-10)
+    assert_close_by_name(_penalty_step(fused, x, hx, [2]), expected[1], 1e-10)
+
+
+def test_the_pass_runs_on_cuda_only_where_switched_on(monkeypatch):
+    """Its CUDA kernels have not yet run on a GPU: CUDA recomputes unless
+    FUSEDRNN_CUDA_SECOND_ORDER=1."""
+    monkeypatch.delenv("FUSEDRNN_CUDA_SECOND_ORDER", raising=False)
+    assert ops._second_order_on(torch.device("cpu"))
+    assert not ops._second_order_on(torch.device("cuda", 0))
+    monkeypatch.setenv("FUSEDRNN_CUDA_SECOND_ORDER", "1")
+    assert ops._second_order_on(torch.device("cuda", 0))
+    assert not ops._second_order_on(torch.device("meta"))

@@ -4,7 +4,7 @@ for random u and v (any of them absent)."""
 import pytest
 import torch
 
-from conftest import layer_args, rel_err
+from conftest import CUDA_SKIP, layer_args, rel_err
 from fusedrnn import ops, second_order
 
 PASSES = {"lstm": (second_order.lstm, ops._lstm_reference),
@@ -75,7 +75,7 @@ def _strided(t):
 
 
 def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present, dtype=None,
-           tol=1e-10, seed=0, strided=False):
+           tol=1e-10, seed=0, strided=False, device="cpu"):
     T, B, I, H, P = shape
     args, options = _args(cell, T, B, I, H, P, bias, torch.float64, seed)
     options = (*options, reverse)
@@ -87,14 +87,14 @@ def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present,
     expected = _expected(reference, args, options, grad_outputs, grad_grads)
 
     def cast(tensors):
-        tensors = [None if t is None else t.to(dtype or torch.float64) for t in tensors]
+        tensors = [None if t is None else t.to(device, dtype or torch.float64) for t in tensors]
         return [_strided(t) if strided and t is not None else t for t in tensors]
 
     needs = [t is not None for t in (*args, *grad_outputs)]
     bounds = [tol] * len(expected)
     if dtype is not None:  # also within a multiple of plain autograd's own error in dtype
         theirs = _expected(reference, cast(args), options, cast(grad_outputs), cast(grad_grads))
-        bounds = [tol if t is None or e is None else max(tol, 6 * rel_err(t.double(), e))
+        bounds = [tol if t is None or e is None else max(tol, 6 * rel_err(t.double().cpu(), e))
                   for t, e in zip(theirs, expected)]
     with torch.no_grad():
         output, saved = _fused_forward(cell, cast(args), options)
@@ -109,7 +109,8 @@ def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present,
             assert a is None or not a.abs().max() > 0, k
         else:
             assert a is not None and a.shape == e.shape, k
-            assert rel_err(a.double(), e) <= bounds[k], (k, rel_err(a.double(), e), bounds[k])
+            a = a.double().cpu()
+            assert rel_err(a, e) <= bounds[k], (k, rel_err(a, e), bounds[k])
 
 
 CASES = [(cell, shape) for cell in PASSES for shape in SHAPES if cell == "lstm" or not shape[4]]
@@ -179,6 +180,18 @@ def test_tangents_of_the_grad_outputs_carry_their_first_order_backward(cell, cas
             continue
         e = sum(t for t in (e, f) if t is not None)
         assert rel_err(a, e) <= 1e-10, (k, rel_err(a, e))
+
+
+@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+@pytest.mark.parametrize("dtype", [None, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell, shape", [(c, s) for c, s in CASES if s[0] > 1],
+                         ids=[f"{c}-{s}" for c, s in CASES if s[0] > 1])
+def test_on_cuda(cell, shape, dtype):
+    """The pass on CUDA tensors: each step's units a kernel (csrc/cuda/second_order.cu)."""
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    _check(cell, shape, True, cell.endswith("relu"), [True] * outputs, [True] * inputs,
+           dtype=dtype, tol=1e-10 if dtype is None else 1e-5, device="cuda")
 
 
 @pytest.mark.parametrize("cell", list(PASSES))

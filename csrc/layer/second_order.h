@@ -1,14 +1,15 @@
 // The two loops over time of the double backward's pass (fusedrnn/second_order.py), for each
-// cell, on the CPU: the layer's tangents forward in time, then the first-order backward and its
-// own tangent backward in time. The Python side computes what is parallel in time (the
-// projections of the tangents, the weight gradients) for all steps at once; each step here is
-// one or two matrix products and one pass over the units (core/second_order.h), which reads the
-// forward's saved activations.
+// cell: the layer's tangents forward in time, then the first-order backward and its own tangent
+// backward in time. The Python side computes what is parallel in time (the projections of the
+// tangents, the weight gradients) for all steps at once; each step here is one or two matrix
+// products and one pass over the units (core/second_order_steps.h: a loop on the CPU, a kernel
+// on CUDA), which reads the forward's saved activations.
 //
 // Called from Python past the dispatcher, as internals of the double backward, which takes
-// them only for plain CPU tensors outside dispatch modes. Every tensor is contiguous and of one
-// floating dtype; `*_dot` are tangents along the incoming gradients, `grads` [2, ...] holds a
-// backward quantity and its tangent. Outputs are written into the tensors passed for them.
+// them only for plain tensors outside dispatch modes. Every tensor is contiguous, on one
+// device and of one floating dtype; `*_dot` are tangents along the incoming gradients, `grads`
+// [2, ...] holds a backward quantity and its tangent. Outputs are written into the tensors
+// passed for them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
