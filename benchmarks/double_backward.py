@@ -1,7 +1,7 @@
 """Double backward, fusedrnn against torch.nn on the CPU: torch.nn time / fusedrnn time (> 1:
 fusedrnn faster), medians of interleaved rounds in one process.
 
-    PYTHONPATH=. python benchmarks/double_backward.py [--rounds N]
+    PYTHONPATH=. python benchmarks/double_backward.py [--rounds N] [--device cuda]
 
 Two workloads:
 - gradgradcheck of a small module (T=3, B=2, I=3, H=4, float64) as PyTorch's own module tests run
@@ -11,7 +11,13 @@ Two workloads:
 - a gradient-penalty training step (T=50, B=16, I=H=128, float32): loss = output.sum() +
   ||d(output^2).sum() / d input||^2, backward to the input and every parameter; and the same
   step on a larger layer (T=100, B=64, I=H=256), where the matrix products decide.
+
+With --device cuda: the penalty steps alone, on the GPU, timed with a synchronize around each
+step: torch.nn with cuDNN off (cuDNN has no double backward), fusedrnn recomputing the layer
+through torch.nn's recurrence (the default on CUDA), and fusedrnn's second-order pass
+(FUSEDRNN_CUDA_SECOND_ORDER=1, which this run sets and unsets call by call).
 """
+import os
 import argparse
 import statistics
 import time
@@ -59,14 +65,54 @@ def penalty_step(module, x):
 
 def interleaved(work, reference, fused, x, rounds):
     """-> median seconds of torch.nn, of fusedrnn, over `rounds` alternating rounds."""
-    work(reference, x), work(fused, x)  # warm-up
-    times = ([], [])
+    return interleaved_calls([lambda: work(reference, x), lambda: work(fused, x)], rounds)
+
+
+def interleaved_calls(calls, rounds, synchronize=lambda: None):
+    """-> the median seconds of each call, over `rounds` rounds calling each in turn (after one
+    warm-up round); `synchronize` before each clock reading (CUDA's, on the GPU)."""
+    for call in calls:
+        call()
+    times = [[] for _ in calls]
     for _ in range(rounds):
-        for side, module in enumerate((reference, fused)):
+        for call, kept in zip(calls, times):
+            synchronize()
             start = time.perf_counter()
-            work(module, x)
-            times[side].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+            call()
+            synchronize()
+            kept.append(time.perf_counter() - start)
+    return [statistics.median(kept) for kept in times]
+
+
+def cuda_penalty_steps(rounds):
+    """The penalty steps on the GPU: torch.nn (cuDNN off), fusedrnn recomputing, fusedrnn's
+    pass."""
+    def with_pass(on, work):
+        def call():
+            os.environ["FUSEDRNN_CUDA_SECOND_ORDER"] = "1" if on else "0"
+            work()
+        return call
+
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, {rounds} interleaved "
+          "rounds; medians in ms; ratios = torch.nn / fusedrnn")
+    for (T, B, H), cases in (((50, 16, 128), PENALTY_CASES), ((100, 64, 256),
+                                                              LARGE_PENALTY_CASES)):
+        print(f"\n| gradient-penalty step (T={T} B={B} I=H={H}, float32, CUDA) | torch.nn | "
+              "fusedrnn recomputing | fusedrnn pass | ratio recomputing | ratio pass |")
+        print("|---|---|---|---|---|---|")
+        for kind, options in cases:
+            reference, fused = (m.cuda() for m in pair(kind, H, H, torch.float32, options))
+            x = torch.randn(T, B, H, device="cuda")
+            with torch.backends.cudnn.flags(enabled=False):
+                times = interleaved_calls(
+                    [lambda: penalty_step(reference, x),
+                     with_pass(False, lambda: penalty_step(fused, x)),
+                     with_pass(True, lambda: penalty_step(fused, x))],
+                    rounds, torch.cuda.synchronize)
+            ms = [t * 1e3 for t in times]
+            print(f"| {name(kind, options)} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[2]:.2f} | "
+                  f"{ms[0] / ms[1]:.2f}x | {ms[0] / ms[2]:.2f}x |", flush=True)
+    os.environ.pop("FUSEDRNN_CUDA_SECOND_ORDER")
 
 
 def name(kind, options):
@@ -76,7 +122,11 @@ def name(kind, options):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args()
+    rounds = args.rounds
+    if args.device == "cuda":
+        return cuda_penalty_steps(rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{rounds} interleaved rounds; medians in ms; ratio = torch.nn / fusedrnn")
     print("\n| gradgradcheck (T=3 B=2 I=3 H=4, float64) | torch.nn | fusedrnn | ratio |")

@@ -3,19 +3,21 @@
 # pytest, pytest-benchmark, matplotlib; no network). From the repo root:
 #
 #   bash benchmarks/gpu_check.sh [STEP...]     steps: build env tests memcheck bench (default),
-#                                              and anatomy (on request)
+#                                              and anatomy, double (on request)
 #
 # build: the extension in place, against python3's torch. env: GPU, driver and versions.
 # tests: the whole suite with CUDA. memcheck: compute-sanitizer on benchmarks/sanitize_small.py.
 # bench: python3 -m fusedrnn.bench $BENCH_ARGS (e.g. "--grid quick"), table and versions into
 # results.md. anatomy: benchmarks/gpu_anatomy.py (host, GPU and graph-replay time of a few
-# cases; about 30 s) into anatomy.txt. TESTS chooses and orders the test files (default: tests).
+# cases; about 30 s) into anatomy.txt. double: benchmarks/double_backward.py --device cuda (the
+# penalty steps against torch.nn, recomputing and by the second-order pass's kernels; about
+# 60 s) into double_backward.txt. TESTS chooses and orders the test files (default: tests).
 # Exit status: 1 if a step failed (the steps after a failed test run still run).
 # Everything goes under $OUT (default ./gpu_out). The device tool brings back at most 8 files,
 # 2 folders deep, so this writes only: build.log env.txt tests.log memcheck.log results.md
-# bench/bench.json bench/speedups.png anatomy.txt. Steps after the build are time-boxed so that
-# the whole run ends within DEADLINE seconds (default 480), under the device tool's 10-minute
-# limit.
+# bench/bench.json bench/speedups.png and one of anatomy.txt, double_backward.txt. Steps after
+# the build are time-boxed so that the whole run ends within DEADLINE seconds (default 480),
+# under the device tool's 10-minute limit.
 set -u -o pipefail
 OUT="$(realpath -m "${OUT:-./gpu_out}")"
 mkdir -p "$OUT"
@@ -117,6 +119,13 @@ if wants anatomy; then
     echo "== anatomy"
     timeout "$(limit 120 0)" python3 benchmarks/gpu_anatomy.py > "$OUT/anatomy.txt" 2>&1
     tail -n 20 "$OUT/anatomy.txt"
+fi
+
+if wants double; then
+    echo "== double"
+    timeout "$(limit 150 0)" python3 benchmarks/double_backward.py --device cuda --rounds 5 \
+        > "$OUT/double_backward.txt" 2>&1
+    cat "$OUT/double_backward.txt"
 fi
 
 echo
