@@ -91,39 +91,38 @@ def _reversed_rows(batch_sizes, device):
     return (offsets[t_from] + torch.arange(width)[None, :])[present].to(device)
 
 
-def _in_time(x, reverse, batch_sizes=None):
-    if not reverse:
-        return x
-    return x.flip(0) if batch_sizes is None else x[_reversed_rows(batch_sizes, x.device)]
+def _vf_layer(layer, input, hx, weights, has_biases, reverse, batch_sizes):
+    """One layer in one direction through torch._VF's `layer` (lstm, gru, rnn_tanh,
+    rnn_relu), its padded or its packed form -> the output, then each final state, [B, H]."""
+    rows = None if batch_sizes is None or not reverse else \
+        _reversed_rows(batch_sizes, input.device)
 
+    def in_time(t):  # the layer's order <-> the recurrence's (its own inverse)
+        return t if not reverse else t.flip(0) if rows is None else t[rows]
 
-def _packed_first(input, batch_sizes):
-    """_VF's arguments before the state: the input, and a packed input's batch_sizes."""
-    return (input,) if batch_sizes is None else (input, batch_sizes)
+    if batch_sizes is None:
+        output, *states = layer(in_time(input), hx, weights, has_biases, 1, 0.0, False, False,
+                                False)
+    else:
+        output, *states = layer(in_time(input), batch_sizes, hx, weights, has_biases, 1, 0.0,
+                                False, False)
+    return (in_time(output), *(state[0] for state in states))
 
 
 def _lstm_torch_nn(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, batch_sizes=None):
-    output, h, c = torch._VF.lstm(
-        *_packed_first(_in_time(input, reverse, batch_sizes), batch_sizes),
-        (h0[None], c0[None]), _weights(w_ih, w_hh, b_ih, b_hh, w_hr), b_ih is not None, 1, 0.0,
-        False, False, *(() if batch_sizes is not None else (False,)))
-    return _in_time(output, reverse, batch_sizes), h[0], c[0]
+    return _vf_layer(torch._VF.lstm, input, (h0[None], c0[None]),
+                     _weights(w_ih, w_hh, b_ih, b_hh, w_hr), b_ih is not None, reverse,
+                     batch_sizes)
 
 
 def _gru_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes=None):
-    output, h = torch._VF.gru(
-        *_packed_first(_in_time(input, reverse, batch_sizes), batch_sizes), h0[None],
-        _weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None, 1, 0.0, False, False,
-        *(() if batch_sizes is not None else (False,)))
-    return _in_time(output, reverse, batch_sizes), h[0]
+    return _vf_layer(torch._VF.gru, input, h0[None], _weights(w_ih, w_hh, b_ih, b_hh),
+                     b_ih is not None, reverse, batch_sizes)
 
 
 def _rnn_torch_nn(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes=None):
-    layer = torch._VF.rnn_relu if relu else torch._VF.rnn_tanh
-    output, h = layer(*_packed_first(_in_time(input, reverse, batch_sizes), batch_sizes),
-                      h0[None], _weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None, 1, 0.0,
-                      False, False, *(() if batch_sizes is not None else (False,)))
-    return _in_time(output, reverse, batch_sizes), h[0]
+    return _vf_layer(torch._VF.rnn_relu if relu else torch._VF.rnn_tanh, input, h0[None],
+                     _weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None, reverse, batch_sizes)
 
 
 _TORCH_NN = {_lstm_reference: _lstm_torch_nn, _gru_reference: _gru_torch_nn,
