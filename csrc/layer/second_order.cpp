@@ -78,6 +78,7 @@ template <typename Args> void units(const Tensor& like, const Args& args) {
     TORCH_CHECK(false, "fusedrnn was built without CUDA");
 #endif
   }
+  TORCH_CHECK(like.is_cpu(), "fusedrnn: the double backward's loops take CPU or CUDA tensors");
   FUSEDRNN_DISPATCH(like, "fusedrnn_second_order", [&] {
     using A = typename AccumulateType<scalar_t>::type;
     for (int64_t b = 0; b < args.batch; ++b) {
