@@ -119,3 +119,18 @@ def test_double_backward_through_packed_projected_lstm():
     padded = torch.randn(max(lengths), len(lengths), 3, dtype=torch.float64)
     assert_close_by_name(_packed_penalty_step(fused, padded, lengths, enforce_sorted, None),
                          _packed_penalty_step(ref, padded, lengths, enforce_sorted, None), 1e-10)
+
+
+def test_packed_rows_reversed_in_time():
+    """ops._reversed_rows, which the recomputation's reverse direction runs on: each sequence
+    reversed along its own length, a permutation that is its own inverse."""
+    from fusedrnn import ops
+    lengths = [5, 2, 4, 1, 4]
+    padded = torch.randn(5, len(lengths), 3)
+    flipped = torch.stack([torch.cat([padded[:n, b].flip(0), padded[n:, b]])
+                           for b, n in enumerate(lengths)], 1)
+    packed, expected = (pack_padded_sequence(t, torch.tensor(lengths), enforce_sorted=False)
+                        for t in (padded, flipped))
+    rows = ops._reversed_rows(packed.batch_sizes, "cpu")
+    assert torch.equal(packed.data[rows], expected.data)
+    assert torch.equal(rows[rows], torch.arange(len(rows)))
