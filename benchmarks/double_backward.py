@@ -9,8 +9,9 @@ Two workloads:
   first-order gradients taken with create_graph=True and never differentiated (the numerical
   half), the rest to differentiating the same gradients once per row.
 - a gradient-penalty training step (T=50, B=16, I=H=128, float32): loss = output.sum() +
-  ||d(output^2).sum() / d input||^2, backward to the input and every parameter; and the same
-  step on a larger layer (T=100, B=64, I=H=256), where the matrix products decide.
+  ||d(output^2).sum() / d input||^2, backward to the input and every parameter, padded and
+  through a PackedSequence of random lengths; and the same step on a larger layer (T=100, B=64,
+  I=H=256), where the matrix products decide.
 
 With --device cuda: the penalty steps alone, on the GPU, timed with a synchronize around each
 step: torch.nn with cuDNN off (cuDNN has no double backward), fusedrnn recomputing the layer
@@ -25,6 +26,7 @@ import time
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
@@ -33,11 +35,13 @@ MODULES = {"LSTM": (nn.LSTM, fusedrnn.LSTM), "GRU": (nn.GRU, fusedrnn.GRU),
 GRADGRADCHECK_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("GRU", {"bias": False}),
                        ("LSTM", {"proj_size": 2}),
                        ("LSTM", {"num_layers": 2, "bidirectional": True})]
-PENALTY_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("LSTM", {"bidirectional": True})]
+PENALTY_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("LSTM", {"bidirectional": True}),
+                 ("LSTM", {"packed": True}), ("GRU", {"packed": True})]
 LARGE_PENALTY_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {})]
 
 
 def pair(kind, input_size, hidden_size, dtype, options):
+    options = {k: v for k, v in options.items() if k != "packed"}  # the input's, not the module's
     torch.manual_seed(0)
     reference = MODULES[kind][0](input_size, hidden_size, **options).to(dtype)
     fused = MODULES[kind][1](input_size, hidden_size, **options).to(dtype)
@@ -59,6 +63,17 @@ def gradgradcheck(module, x):
 def penalty_step(module, x):
     x = x.detach().requires_grad_()
     output = module(x)[0]
+    (grad_x,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
+    (output.sum() + grad_x.pow(2).sum()).backward()
+
+
+def packed_penalty_step(module, x):
+    """penalty_step through a PackedSequence of the batch at random lengths (1 to T, unsorted)."""
+    T, B = x.shape[:2]
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(0))
+    lengths[0] = T
+    x = x.detach().requires_grad_()
+    output = module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
     (grad_x,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
     (output.sum() + grad_x.pow(2).sum()).backward()
 
@@ -103,11 +118,12 @@ def cuda_penalty_steps(rounds):
         for kind, options in cases:
             reference, fused = (m.cuda() for m in pair(kind, H, H, torch.float32, options))
             x = torch.randn(T, B, H, device="cuda")
+            step = packed_penalty_step if options.get("packed") else penalty_step
             with torch.backends.cudnn.flags(enabled=False):
                 times = interleaved_calls(
-                    [lambda: penalty_step(reference, x),
-                     with_pass(False, lambda: penalty_step(fused, x)),
-                     with_pass(True, lambda: penalty_step(fused, x))],
+                    [lambda: step(reference, x),
+                     with_pass(False, lambda: step(fused, x)),
+                     with_pass(True, lambda: step(fused, x))],
                     rounds, torch.cuda.synchronize)
             ms = [t * 1e3 for t in times]
             print(f"| {name(kind, options)} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[2]:.2f} | "
@@ -145,7 +161,8 @@ def main():
         for kind, options in cases:
             x = torch.randn(T, B, H)
             torch_time, fused_time = interleaved(
-                penalty_step, *pair(kind, H, H, torch.float32, options), x, repeats)
+                packed_penalty_step if options.get("packed") else penalty_step,
+                *pair(kind, H, H, torch.float32, options), x, repeats)
             print(f"| {name(kind, options)} | {torch_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
                   f"{torch_time / fused_time:.2f}x |", flush=True)
 
