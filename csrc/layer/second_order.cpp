@@ -19,34 +19,29 @@
 namespace fusedrnn {
 namespace {
 
-// A tensor read or written through a pointer here, and the sizes it must have.
+// A tensor the loops read or write, and the sizes it must have.
 struct Expected {
   const Tensor& tensor;
   std::vector<int64_t> sizes;
 };
 
-// Each: contiguous, on like's device, of like's dtype, of its sizes (an undefined one passes).
-void check(std::initializer_list<Expected> tensors, const Tensor& like) {
+// Each: on like's device, of like's dtype, of its sizes, and contiguous where read through a
+// pointer (through_pointers; the loops' tensor operations take any strides). An undefined one
+// passes.
+void check(std::initializer_list<Expected> tensors, const Tensor& like,
+           bool through_pointers = true) {
   for (const auto& [t, sizes] : tensors) {
     if (!t.defined()) continue;
-    TORCH_CHECK(t.is_contiguous() && t.device() == like.device() &&
+    TORCH_CHECK((!through_pointers || t.is_contiguous()) && t.device() == like.device() &&
                     t.scalar_type() == like.scalar_type(),
-                "fusedrnn: the double backward's loops take contiguous tensors of one dtype on "
-                "one device");
+                "fusedrnn: the double backward's loops take ",
+                through_pointers ? "contiguous " : "", "tensors of one dtype on one device");
     TORCH_CHECK(t.sizes() == at::IntArrayRef(sizes), "fusedrnn: the double backward's loops: ",
                 "a tensor of sizes ", t.sizes(), " where ", at::IntArrayRef(sizes), " belongs");
   }
 }
 
-// An optional argument read by tensor operations, which may be strided: as check(), but for
-// the layout.
-void check_sizes(const OptionalTensor& t, const std::vector<int64_t>& sizes, const Tensor& like) {
-  if (!t) return;
-  TORCH_CHECK(t->device() == like.device() && t->scalar_type() == like.scalar_type(),
-              "fusedrnn: the double backward's loops take tensors of one dtype on one device");
-  TORCH_CHECK(t->sizes() == at::IntArrayRef(sizes), "fusedrnn: the double backward's loops: ",
-              "a tensor of sizes ", t->sizes(), " where ", at::IntArrayRef(sizes), " belongs");
-}
+Tensor or_undefined(const OptionalTensor& t) { return t ? *t : Tensor(); }
 
 // An optional argument read through a pointer (an incoming gradient may be strided).
 Tensor contiguous_or_undefined(const OptionalTensor& t) { return t ? t->contiguous() : Tensor(); }
@@ -164,8 +159,8 @@ void lstm_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
          {tanh_cells, {T, B, H}}, {c0_, {B, H}}, {c_dot, {T, B, H}}, {c0_dot_, {B, H}},
          {u_cn_, {B, H}}, {u_cn_dot_, {B, H}}, {grads, {2, T, B, 4 * H}},
          {dc_first, {2, B, H}}}, u_y);
-  check_sizes(u_y_dot, {T, B, P}, u_y);
-  check_sizes(u_hn_dot, {B, P}, u_y);
+  check({{or_undefined(u_y_dot), {T, B, P}}, {or_undefined(u_hn_dot), {B, P}}}, u_y,
+        /*through_pointers=*/false);
   // dh, dh' of the step, and with a projection dm, dm' (the cell output's).
   const Tensor dh_both = at::empty({2, B, P}, u_y.options());
   const Tensor dm_both = w_hr ? at::empty({2, B, H}, u_y.options()) : dh_both;
@@ -260,8 +255,8 @@ void rnn_backward_tangent_steps(const Tensor& u_y, const OptionalTensor& u_hn,
   const int64_t T = d_act.size(0), B = d_act.size(1), H = d_act.size(2);
   check({{u_y, {T, B, H}}, {d_act, {T, B, H}}, {d_act_dot_, {T, B, H}}, {grads, {2, T, B, H}}},
         u_y);
-  check_sizes(u_y_dot, {T, B, H}, u_y);
-  check_sizes(u_hn_dot, {B, H}, u_y);
+  check({{or_undefined(u_y_dot), {T, B, H}}, {or_undefined(u_hn_dot), {B, H}}}, u_y,
+        /*through_pointers=*/false);
   const Tensor dh_both = at::empty({2, B, H}, u_y.options());
   RNNBackwardTangentStep step{d_act.data_ptr(), data_or_null(d_act_dot_), dh_both.data_ptr(),
                               grads.data_ptr(), 0, T, B, H};
