@@ -74,6 +74,8 @@ def double_backward(cell, inputs, options, output, saved, grad_outputs, grad_gra
     None where not in `needs`."""
     count = len(inputs)
     of_grad_outputs, backward = cell(inputs, options, output, saved, grad_grads, needs[count:])
+    if not any(needs[:count]):  # the gradients of u alone: the backward loop has nothing to do
+        return (None,) * count + of_grad_outputs
     return (*backward(grad_outputs, (None,) * len(grad_outputs), needs[:count]),
             *of_grad_outputs)
 
@@ -127,8 +129,8 @@ def _shared_grads(need, reverse, x, dot_x, w_ih, dot_w_ih, x_gates, h_prev, h_pr
 def _of_grad_outputs(needs, reverse, h_dot, *last):
     """The gradients of the grad_outputs: of the output's, its tangent h_dot; of the final
     states', `last` (the states' tangents at the last step). None where not in needs."""
-    tangents = (lambda: _in_order(h_dot, reverse), *(lambda t=t: t for t in last))
-    return tuple(tangent() if need else None for need, tangent in zip(needs, tangents))
+    of_output = _in_order(h_dot, reverse) if needs[0] else None
+    return (of_output, *(t if need else None for need, t in zip(needs[1:], last)))
 
 
 def lstm(inputs, options, output, saved, grad_grads, needs):

@@ -182,6 +182,29 @@ def test_tangents_of_the_grad_outputs_carry_their_first_order_backward(cell, cas
         assert rel_err(a, e) <= 1e-10, (k, rel_err(a, e))
 
 
+@pytest.mark.parametrize("cell", list(PASSES))
+def test_gradients_of_the_grad_outputs_alone(cell):
+    """Where no input needs a gradient, the pass returns those of u alone, the same as in the
+    whole pass (its backward loop skipped)."""
+    T, B, I, H = 5, 2, 3, 4
+    args, options = _args(cell, T, B, I, H, 0, True, torch.float64, 7)
+    options = (*options, False)
+    pass_, reference = PASSES[cell]
+    with torch.no_grad():
+        outputs = reference(*args, *options)
+        output, saved = _fused_forward(cell, args, options)
+    grad_outputs = _random_like(outputs, [True] * len(outputs), 8, torch.float64)
+    grad_grads = _random_like(args, [True] * len(args), 9, torch.float64)
+    whole = second_order.double_backward(pass_, args, options, output, saved, grad_outputs,
+                                         grad_grads, [a is not None for a in args]
+                                         + [True] * len(outputs))
+    alone = second_order.double_backward(pass_, args, options, output, saved, grad_outputs,
+                                         grad_grads, [False] * len(args) + [True] * len(outputs))
+    assert all(a is None for a in alone[:len(args)])
+    for a, w in zip(alone[len(args):], whole[len(args):]):
+        assert torch.equal(a, w)
+
+
 @pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
 @pytest.mark.parametrize("dtype", [None, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell, shape", [(c, s) for c, s in CASES if s[0] > 1],
@@ -216,8 +239,8 @@ def test_loops_reject_mismatched_tensors():
     rather than being read out of bounds."""
     from fusedrnn._extension import _C
     T, B, H = 3, 2, 4
-    args = dict(u_y=torch.randn(T, B, H), u_hn=None, u_y_dot=None, u_hn_dot=None, saved=torch.rand(T, B, 4 * H),
-                h_prev=torch.randn(T, B, H), rz_dot=torch.randn(T, B, 2 * H),
+    args = dict(u_y=torch.randn(T, B, H), u_hn=None, u_y_dot=None, u_hn_dot=None,
+                saved=torch.rand(T, B, 4 * H), h_prev=torch.randn(T, B, H), rz_dot=torch.randn(T, B, 2 * H),
                 n_dot=torch.randn(T, B, H), h_gates_dot=torch.randn(T, B, 3 * H),
                 h_prev_dot=torch.randn(T, B, H), w_hh=torch.randn(3 * H, H), w_hh_dot=None,
                 grads=torch.empty(2, T, B, 4 * H), dh_first=torch.empty(2, B, H))
