@@ -60,20 +60,17 @@ def gradgradcheck(module, x):
     assert torch.autograd.gradgradcheck(layer, inputs)
 
 
-def penalty_step(module, x):
+def penalty_step(module, x, packed=False):
+    """One penalty step on x [T, B, I]; packed: through a PackedSequence of the batch at random
+    lengths (1 to T, unsorted)."""
     x = x.detach().requires_grad_()
-    output = module(x)[0]
-    (grad_x,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
-    (output.sum() + grad_x.pow(2).sum()).backward()
-
-
-def packed_penalty_step(module, x):
-    """penalty_step through a PackedSequence of the batch at random lengths (1 to T, unsorted)."""
-    T, B = x.shape[:2]
-    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(0))
-    lengths[0] = T
-    x = x.detach().requires_grad_()
-    output = module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
+    if packed:
+        T, B = x.shape[:2]
+        lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(0))
+        lengths[0] = T
+        output = module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
+    else:
+        output = module(x)[0]
     (grad_x,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
     (output.sum() + grad_x.pow(2).sum()).backward()
 
@@ -118,12 +115,15 @@ def cuda_penalty_steps(rounds):
         for kind, options in cases:
             reference, fused = (m.cuda() for m in pair(kind, H, H, torch.float32, options))
             x = torch.randn(T, B, H, device="cuda")
-            step = packed_penalty_step if options.get("packed") else penalty_step
+            packed = options.get("packed", False)
+
+            def step(module):
+                penalty_step(module, x, packed)
+
             with torch.backends.cudnn.flags(enabled=False):
                 times = interleaved_calls(
-                    [lambda: step(reference, x),
-                     with_pass(False, lambda: step(fused, x)),
-                     with_pass(True, lambda: step(fused, x))],
+                    [lambda: step(reference), with_pass(False, lambda: step(fused)),
+                     with_pass(True, lambda: step(fused))],
                     rounds, torch.cuda.synchronize)
             ms = [t * 1e3 for t in times]
             print(f"| {name(kind, options)} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[2]:.2f} | "
@@ -160,8 +160,9 @@ def main():
         print("|---|---|---|---|")
         for kind, options in cases:
             x = torch.randn(T, B, H)
+            packed = options.get("packed", False)
             torch_time, fused_time = interleaved(
-                packed_penalty_step if options.get("packed") else penalty_step,
+                lambda module, x: penalty_step(module, x, packed),
                 *pair(kind, H, H, torch.float32, options), x, repeats)
             print(f"| {name(kind, options)} | {torch_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
                   f"{torch_time / fused_time:.2f}x |", flush=True)
