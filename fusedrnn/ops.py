@@ -79,23 +79,11 @@ def _weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
 
 
-def _reversed_rows(batch_sizes, device):
-    """The packed rows with each sequence reversed in time, as indices into them: row
-    offsets[t] + b holds step lengths[b] - 1 - t of sequence b (a permutation that is its own
-    inverse)."""
-    steps, width = len(batch_sizes), int(batch_sizes[0])
-    present = torch.arange(width)[None, :] < batch_sizes[:, None]  # [T, B]: step t of seq b
-    lengths = present.sum(0)
-    offsets = batch_sizes.cumsum(0) - batch_sizes
-    t_from = (lengths[None, :] - 1 - torch.arange(steps)[:, None]).clamp_(min=0)
-    return (offsets[t_from] + torch.arange(width)[None, :])[present].to(device)
-
-
 def _vf_layer(layer, input, hx, weights, has_biases, reverse, batch_sizes):
     """One layer in one direction through torch._VF's `layer` (lstm, gru, rnn_tanh,
     rnn_relu), its padded or its packed form -> the output, then each final state, [B, H]."""
     rows = None if batch_sizes is None or not reverse else \
-        _reversed_rows(batch_sizes, input.device)
+        second_order.reversed_rows(batch_sizes, input.device)
 
     def in_time(t):  # the layer's order <-> the recurrence's (its own inverse)
         return t if not reverse else t.flip(0) if rows is None else t[rows]
@@ -195,8 +183,7 @@ class _Recomputation:
     `output` and `saved`, the layer's output (the forward's own copy) and the activations its
     forward saved, for the second-order pass; `layer`: (node, key), the layer's own autograd
     node (its Function's ctx) and which of its directions this is, where the pass can leave its
-    second half (_leave_to_layer); `batch_sizes`, a packed input's, which only the
-    recomputation takes."""
+    second half (_leave_to_layer); `batch_sizes`, a packed input's."""
 
     def __init__(self, reference, options, fused, wanted, output, saved, layer, batch_sizes):
         self.reference, self.options, self.fused, self.wanted = reference, options, fused, wanted
@@ -204,10 +191,10 @@ class _Recomputation:
 
     def second_order(self, tensors, grad_grads, needs):
         """The double backward by second_order's pass (the gradients of all saved tensors), or
-        None where it does not apply: packed input, a device it is not on (_second_order_on),
-        under a dispatch mode, and for tensors of a subclass or batched (autograd's vmap): its
-        loops run past the dispatcher."""
-        if self.batch_sizes is not None or not _second_order_on(self.output.device) or \
+        None where it does not apply: a device it is not on (_second_order_on), under a dispatch
+        mode, and for tensors of a subclass or batched (autograd's vmap): its loops run past the
+        dispatcher."""
+        if not _second_order_on(self.output.device) or \
                 torch._C._len_torch_dispatch_stack() or any(
                 not _plain(t) for t in (*tensors, *grad_grads) if t is not None):
             return None
@@ -216,12 +203,13 @@ class _Recomputation:
             tensors[count:]
         if any(needs[:count]) and _leave_to_layer(*self.layer):
             of_grad_outputs, backward = cell(inputs, self.options, self.output, self.saved,
-                                             grad_grads, needs[count:])
+                                             grad_grads, needs[count:], self.batch_sizes)
             self.layer[0].left_passes[_running_task(), self.layer[1]] = \
                 lambda grad_outputs_dot, needs: backward(grad_outputs, grad_outputs_dot, needs)
             return (None,) * count + of_grad_outputs
         return second_order.double_backward(cell, inputs, self.options, self.output,
-                                            self.saved, grad_outputs, grad_grads, needs)
+                                            self.saved, grad_outputs, grad_grads, needs,
+                                            self.batch_sizes)
 
     def gradients_with_graph(self, inputs, grad_outputs, which):
         """{i: the gradient of inputs[i], differentiable} for i in which, through the layer

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import (CELLS, CUDA_SKIP, DEVICES, apply_layer as _apply, assert_close_by_name,
-                      assert_half_rule, half_rule_draws, layer_args as _layer_args, make_pair,
-                      random_state, rel_err)
+from conftest import (CELLS, CUDA_SKIP, DEVICES, Without, apply_layer as _apply,
+                      assert_close_by_name, assert_half_rule, half_rule_draws,
+                      layer_args as _layer_args, make_pair, random_state, refuse, rel_err)
 from fusedrnn import ops
 from test_cells import CELL_CLASSES, CellAsLayer, cell_inputs, make_cell_pair
 
@@ -157,10 +157,6 @@ def test_gradients_differentiated_again_and_again(cell):
     assert_close_by_name(differentiate(fused), differentiate(ref), 1e-10)
 
 
-def _refuse(*args, **kwargs):
-    raise AssertionError("the path the test rules out ran")
-
-
 def _penalty_case(cell, seed, **options):
     """torch.nn's and fusedrnn's module, an input [5, 2, 3], states, and torch.nn's gradients of
     a gradient penalty, in float64."""
@@ -177,7 +173,7 @@ def test_double_backward_is_the_second_order_pass(cell, monkeypatch):
     is not recomputed through torch.nn's recurrence, and the results stay torch.nn's."""
     fused, x, hx, expected = _penalty_case(cell, 8, num_layers=2, bidirectional=True)
     for reference in list(ops._TORCH_NN):
-        monkeypatch.setitem(ops._TORCH_NN, reference, _refuse)
+        monkeypatch.setitem(ops._TORCH_NN, reference, refuse)
     assert_close_by_name(_penalty_gradients(fused, x, hx), expected, 1e-10)
 
 
@@ -225,20 +221,10 @@ def test_double_backward_under_a_dispatch_mode_recomputes(cell, monkeypatch):
     double backward takes the recomputation, all of whose ops the mode sees."""
     fused, x, hx, expected = _penalty_case(cell, 10)
     for reference in list(ops._SECOND_ORDER):
-        monkeypatch.setitem(ops._SECOND_ORDER, reference, _refuse)
+        monkeypatch.setitem(ops._SECOND_ORDER, reference, refuse)
     with _OpNames():
         actual = _penalty_gradients(fused, x, hx)
     assert_close_by_name(actual, expected, 1e-10)
-
-
-class _Without:
-    """torch.ops.fusedrnn but the ops whose names contain `part`, which raise."""
-
-    def __init__(self, ops, part):
-        self.ops, self.part = ops, part
-
-    def __getattr__(self, name):
-        return _refuse if self.part in name else getattr(self.ops, name)
 
 
 def _penalty_step(model, x, hx, seeds, before_backward=lambda: None):
@@ -272,7 +258,7 @@ def test_penalty_step_runs_the_layers_backward_inside_the_pass(cell, bidirection
     hx = random_state(cell, ref, 2, "cpu", torch.float64, gen)
 
     def refuse_backward_ops():
-        monkeypatch.setattr(ops, "_ops", _Without(ops._ops, "backward"))
+        monkeypatch.setattr(ops, "_ops", Without(ops._ops, "backward"))
 
     assert_close_by_name(_penalty_step(fused, x, hx, [2], refuse_backward_ops),
                          _penalty_step(ref, x, hx, [2]), 1e-10)
@@ -329,7 +315,7 @@ def test_cuda_double_backward_by_the_pass(cell, bidirectional, monkeypatch):
     with torch.backends.cudnn.flags(enabled=False):
         expected = _penalty_gradients(ref, x, hx), _penalty_step(ref, x, hx, [2])
     for reference in list(ops._TORCH_NN):
-        monkeypatch.setitem(ops._TORCH_NN, reference, _refuse)
+        monkeypatch.setitem(ops._TORCH_NN, reference, refuse)
     assert_close_by_name(_penalty_gradients(fused, x, hx), expected[0], 1e-10)
     assert_close_by_name(_penalty_step(fused, x, hx, [2]), expected[1], 1e-10)
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
-from conftest import (CELLS, DEVICES, TOLERANCE, assert_close_by_name, make_pair, random_state,
-                      run_packed_and_grad)
+from conftest import (CELLS, DEVICES, TOLERANCE, Without, assert_close_by_name, make_pair,
+                      random_state, refuse, run_packed_and_grad)
+from fusedrnn import ops
 
 # (lengths, enforce_sorted): sorted and unsorted batches, a batch of one, equal lengths, and
 # lengths that drop by more than one row between steps.
@@ -80,13 +81,15 @@ def test_ops_check_batch_sizes():
         lstm(torch.randn(6, 4), *args.values(), False, False, torch.tensor([3., 2., 1.]))
 
 
-def _packed_penalty_step(model, padded, lengths, enforce_sorted, hx):
+def _packed_penalty_step(model, padded, lengths, enforce_sorted, hx,
+                         before_backward=lambda: None):
     """loss(output) plus the penalty of a gradient of the input taken with create_graph=True,
     through packed input -> the gradients of the input and every parameter, by name."""
     padded = padded.detach().requires_grad_()
     packed = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=enforce_sorted)
     output = model(packed, hx)[0].data
     (grad_x,) = torch.autograd.grad(output.pow(2).sum(), padded, create_graph=True)
+    before_backward()
     names, parameters = zip(*model.named_parameters())
     grads = torch.autograd.grad(output.sum() + grad_x.pow(2).sum(), (padded, *parameters))
     return dict(zip(("input", *names), grads))
@@ -97,19 +100,29 @@ def _packed_penalty_step(model, padded, lengths, enforce_sorted, hx):
                                      {"bidirectional": True, "bias": False}],
                          ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain")
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_double_backward_through_packed_input(cell, options, device):
-    """A gradient penalty through packed input, as torch.nn takes it: the double backward
-    recomputes each layer through torch.nn's packed recurrence (the second-order pass takes
-    padded batches only)."""
+def test_double_backward_through_packed_input(cell, options, device, monkeypatch):
+    """A gradient penalty through packed input, as torch.nn takes it. On the CPU its backward
+    is the second-order pass on the packed rows, the layer's own backward riding in it: neither
+    torch.nn's recurrence nor a fused backward op runs there (both made to raise). CUDA
+    recomputes each layer through torch.nn's packed recurrence (ops._second_order_on)."""
     ref, fused = make_pair(cell, 3, 4, device, torch.float64, **options)
+
+    def rule_out_all_but_the_pass():
+        if device == "cpu":
+            monkeypatch.setattr(ops, "_ops", Without(ops._ops, "backward"))
+            for reference in list(ops._TORCH_NN):
+                monkeypatch.setitem(ops._TORCH_NN, reference, refuse)
+
     for lengths, enforce_sorted in BATCHES[:2] + BATCHES[4:]:
         gen = torch.Generator().manual_seed(len(lengths))
         padded = torch.randn(max(lengths), len(lengths), 3, generator=gen,
                              dtype=torch.float64).to(device)
         hx = random_state(cell, ref, len(lengths), device, torch.float64, gen)
-        assert_close_by_name(_packed_penalty_step(fused, padded, lengths, enforce_sorted, hx),
-                             _packed_penalty_step(ref, padded, lengths, enforce_sorted, hx),
-                             1e-10)
+        expected = _packed_penalty_step(ref, padded, lengths, enforce_sorted, hx)
+        actual = _packed_penalty_step(fused, padded, lengths, enforce_sorted, hx,
+                                      rule_out_all_but_the_pass)
+        monkeypatch.undo()
+        assert_close_by_name(actual, expected, 1e-10)
 
 
 def test_double_backward_through_packed_projected_lstm():
@@ -122,15 +135,15 @@ def test_double_backward_through_packed_projected_lstm():
 
 
 def test_packed_rows_reversed_in_time():
-    """ops._reversed_rows, which the recomputation's reverse direction runs on: each sequence
+    """second_order.reversed_rows, which the recomputation's reverse direction runs on: each sequence
     reversed along its own length, a permutation that is its own inverse."""
-    from fusedrnn import ops
+    from fusedrnn import second_order
     lengths = [5, 2, 4, 1, 4]
     padded = torch.randn(5, len(lengths), 3)
     flipped = torch.stack([torch.cat([padded[:n, b].flip(0), padded[n:, b]])
                            for b, n in enumerate(lengths)], 1)
     packed, expected = (pack_padded_sequence(t, torch.tensor(lengths), enforce_sorted=False)
                         for t in (padded, flipped))
-    rows = ops._reversed_rows(packed.batch_sizes, "cpu")
+    rows = second_order.reversed_rows(packed.batch_sizes, "cpu")
     assert torch.equal(packed.data[rows], expected.data)
     assert torch.equal(rows[rows], torch.arange(len(rows)))

@@ -1,8 +1,11 @@
 """fusedrnn/second_order.py, the double backward's own pass, against autograd differentiating the
 plain-PyTorch layer twice: the gradients of s = <v, J^T u> with respect to every input and to u,
 for random u and v (any of them absent)."""
+import functools
+
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import CUDA_SKIP, layer_args, rel_err
 from fusedrnn import ops, second_order
@@ -57,15 +60,15 @@ def _expected(reference, args, options, grad_outputs, grad_grads):
     return [None if t is None else next(grads) for t in (*args, *grad_outputs)]
 
 
-def _fused_forward(cell, args, options):
+def _fused_forward(cell, args, options, batch_sizes=None):
     """The layer's output and the activations its fused forward saves, which the pass reads."""
     if cell == "lstm":
-        results = ops.LSTMFunction.forward(*args[:7], *options, None, args[7])
+        results = ops.LSTMFunction.forward(*args[:7], *options, batch_sizes, args[7])
         return results[0], results[4:7]
     if cell == "gru":
-        results = ops.GRUFunction.forward(*args, *options, None)
+        results = ops.GRUFunction.forward(*args, *options, batch_sizes)
         return results[0], results[3:4]
-    return ops.RNNFunction.forward(*args, *options, None)[0], ()
+    return ops.RNNFunction.forward(*args, *options, batch_sizes)[0], ()
 
 
 def _strided(t):
@@ -75,11 +78,18 @@ def _strided(t):
 
 
 def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present, dtype=None,
-           tol=1e-10, seed=0, strided=False, device="cpu"):
+           tol=1e-10, seed=0, strided=False, device="cpu", lengths=None):
+    """With `lengths` (B of them, not increasing), the input is a PackedSequence's rows, and
+    the expected gradients come through torch.nn's packed recurrence."""
     T, B, I, H, P = shape
     args, options = _args(cell, T, B, I, H, P, bias, torch.float64, seed)
     options = (*options, reverse)
     pass_, reference = PASSES[cell]
+    batch_sizes = None
+    if lengths is not None:
+        packed = pack_padded_sequence(args[0], torch.tensor(lengths))
+        args[0], batch_sizes = packed.data, packed.batch_sizes
+        reference = functools.partial(ops._TORCH_NN[reference], batch_sizes=batch_sizes)
     with torch.no_grad():
         outputs = reference(*args, *options)
     grad_outputs = _random_like(outputs, grad_outputs_present, seed + 2, torch.float64)
@@ -97,10 +107,10 @@ def _check(cell, shape, bias, reverse, grad_outputs_present, grad_grads_present,
         bounds = [tol if t is None or e is None else max(tol, 6 * rel_err(t.double().cpu(), e))
                   for t, e in zip(theirs, expected)]
     with torch.no_grad():
-        output, saved = _fused_forward(cell, cast(args), options)
+        output, saved = _fused_forward(cell, cast(args), options, batch_sizes)
         actual = second_order.double_backward(pass_, cast(args), options, *cast([output]),
                                               cast(saved), cast(grad_outputs), cast(grad_grads),
-                                              needs)
+                                              needs, batch_sizes)
     assert len(actual) == len(expected)
     for k, (a, e) in enumerate(zip(actual, expected)):
         if not needs[k]:
@@ -123,6 +133,41 @@ def test_matches_autograd_through_the_plain_layer(cell, shape, bias, reverse):
     inputs = 8 if cell == "lstm" else 6
     outputs = 3 if cell == "lstm" else 2
     _check(cell, shape, bias, reverse, [True] * outputs, [True] * inputs)
+
+
+# A PackedSequence's lengths: sequences ending at different steps, by one row or more at a time,
+# at the first step, all at once, and a batch of one.
+LENGTHS = [[5, 3, 3, 1], [6, 5, 1, 1, 1], [1, 1], [3, 3, 3], [4]]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("lengths", LENGTHS, ids=str)
+@pytest.mark.parametrize("cell, projection", [(cell, 0) for cell in PASSES] + [("lstm", 2)],
+                         ids=lambda c: str(c))
+def test_packed_sequences(cell, projection, lengths, reverse):
+    """The pass on a PackedSequence's rows: its steps have fewer rows as sequences end, a
+    reverse layer's sequences run reversed each along its own length, and the final states'
+    gradients enter at each sequence's last step."""
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    _check(cell, (max(lengths), len(lengths), 3, 4, projection), True, reverse,
+           [True] * outputs, [True] * inputs, lengths=lengths, seed=len(lengths))
+
+
+@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("cell", list(PASSES))
+def test_packed_with_any_gradient_absent(cell, case):
+    """As test_any_gradient_and_any_incoming_gradient_absent, on packed rows."""
+    gen = torch.Generator().manual_seed(300 + case)
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    grad_outputs_present = (torch.rand(outputs, generator=gen) < 0.6).tolist()
+    grad_outputs_present[case % outputs] = True
+    grad_grads_present = (torch.rand(inputs, generator=gen) < 0.4).tolist()
+    grad_grads_present[case % inputs] = True
+    _check(cell, (5, 4, 3, 4, 2 if cell == "lstm" and case % 2 else 0), case % 3 > 0,
+           case % 2 == 0, grad_outputs_present, grad_grads_present, seed=case,
+           lengths=[5, 3, 3, 1])
 
 
 @pytest.mark.parametrize("case", range(12))
@@ -243,11 +288,22 @@ def test_loops_reject_mismatched_tensors():
                 saved=torch.rand(T, B, 4 * H), h_prev=torch.randn(T, B, H), rz_dot=torch.randn(T, B, 2 * H),
                 n_dot=torch.randn(T, B, H), h_gates_dot=torch.randn(T, B, 3 * H),
                 h_prev_dot=torch.randn(T, B, H), w_hh=torch.randn(3 * H, H), w_hh_dot=None,
-                grads=torch.empty(2, T, B, 4 * H), dh_first=torch.empty(2, B, H))
+                grads=torch.empty(2, T, B, 4 * H), dh_first=torch.empty(2, B, H),
+                batch_sizes=None)
     _C.gru_backward_tangent_steps(*args.values())
     for name, bad in [("saved", torch.rand(T, B, 3 * H)), ("u_hn", torch.randn(B + 1, H)),
                       ("n_dot", torch.randn(T, B, H, dtype=torch.float64)),
                       ("h_prev_dot", torch.randn(T, B, 2 * H)[..., ::2]),
-                      ("grads", torch.empty(2, T, B, 3 * H))]:
+                      ("grads", torch.empty(2, T, B, 3 * H)),
+                      ("batch_sizes", torch.tensor([2, 2, 2]))]:  # packed, but [T, B, W] given
         with pytest.raises(RuntimeError, match="double backward's loops"):
             _C.gru_backward_tangent_steps(*{**args, name: bad}.values())
+
+    # Packed: [rows, W] of batch_sizes' rows, which must add up and never grow.
+    packed = {name: t.reshape(T * B, -1) if t is not None and t.dim() == 3 and
+              name != "dh_first" else t for name, t in args.items()}
+    packed.update(grads=torch.empty(2, T * B, 4 * H), batch_sizes=torch.tensor([2, 2, 2]))
+    _C.gru_backward_tangent_steps(*packed.values())
+    for bad in [torch.tensor([2, 2, 1]), torch.tensor([1, 2, 2, 1])]:
+        with pytest.raises(RuntimeError, match="double backward's loops"):
+            _C.gru_backward_tangent_steps(*{**packed, "batch_sizes": bad}.values())

@@ -20,12 +20,14 @@ def test_gradcheck(cell, reverse, bias, device):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell", list(GATES))
 def test_gradcheck_packed(cell, reverse, device):
-    """Packed rows (batch sizes 3, 3, 2, 1): input [9, I]."""
+    """Packed rows (batch sizes 3, 3, 2, 1): input [9, I]; twice differentiated, the
+    second-order pass on the packed rows (on the CPU)."""
     batch_sizes = torch.tensor([3, 3, 2, 1])
     args = _layer_args(cell, 9, 3, 5, 4, device)
     args[0] = args[0][:, 0]
     args = [a.requires_grad_() for a in args]
     assert torch.autograd.gradcheck(lambda *a: _apply(cell, a, reverse, batch_sizes), args)
+    assert torch.autograd.gradgradcheck(lambda *a: _apply(cell, a, reverse, batch_sizes), args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -47,8 +49,7 @@ def test_gradcheck_projected_lstm(packed, reverse, device):
         return ops.LSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes,
                                       w_hr)
     assert torch.autograd.gradcheck(run, args)
-    if not packed:  # double backward takes padded input only
-        assert torch.autograd.gradgradcheck(run, args)
+    assert torch.autograd.gradgradcheck(run, args)
 
 
 def _op_samples(device):
