@@ -262,6 +262,17 @@ def test_on_cuda(cell, shape, dtype):
            dtype=dtype, tol=1e-10 if dtype is None else 1e-5, device="cuda")
 
 
+@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", list(PASSES))
+def test_packed_on_cuda(cell, reverse):
+    """The pass on a PackedSequence's rows on CUDA (batch_sizes stays on the CPU)."""
+    inputs = 8 if cell == "lstm" else 6
+    outputs = 3 if cell == "lstm" else 2
+    _check(cell, (6, 5, 3, 4, 2 if cell == "lstm" else 0), True, reverse, [True] * outputs,
+           [True] * inputs, lengths=[6, 5, 1, 1, 1], device="cuda")
+
+
 @pytest.mark.parametrize("cell", list(PASSES))
 def test_float32_against_float64(cell):
     inputs = 8 if cell == "lstm" else 6
