@@ -192,3 +192,18 @@ def test_a_subclass_derived_from_fusedrnn_matches_its_torch_nn_twin():
     (a, (h_a, c_a)), (b, (h_b, c_b)) = theirs(x), ours(x)
     for mine, reference in ((b, a), (h_b, h_a), (c_b, c_a)):
         torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_dynamic_quantization_takes_the_reverted_model():
+    """quantize_dynamic quantizes torch.nn's LSTM and GRU by their exact classes: it leaves
+    fusedrnn's in float (as the README says), and revert() hands it torch.nn's, which it
+    quantizes, close to the float model."""
+    quantize = torch.ao.quantization.quantize_dynamic
+    torch.manual_seed(0)
+    model = fusedrnn.convert(nn.Sequential(nn.LSTM(8, 16)))
+    x = torch.randn(5, 3, 8)
+    assert type(quantize(model, {nn.LSTM}, dtype=torch.qint8)[0]) is fusedrnn.LSTM
+    quantized = quantize(fusedrnn.revert(model, copy=True), {nn.LSTM}, dtype=torch.qint8)
+    assert type(quantized[0]) is torch.ao.nn.quantized.dynamic.LSTM
+    expected = model(x)[0]
+    assert (quantized(x)[0] - expected).norm() <= 0.05 * expected.norm()
