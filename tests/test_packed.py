@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
-from conftest import (CELLS, DEVICES, TOLERANCE, Without, assert_close_by_name, make_pair,
-                      random_state, refuse, run_packed_and_grad)
+from conftest import (CELLS, DEVICES, TOLERANCE, Without, assert_close_by_name, assert_half_rule,
+                      half_rule_draws, make_pair, random_state, refuse, run_packed_and_grad)
 from fusedrnn import ops
 
 # (lengths, enforce_sorted): sorted and unsorted batches, a batch of one, equal lengths, and
@@ -125,6 +125,26 @@ def test_double_backward_through_packed_input(cell, options, device, monkeypatch
         assert_close_by_name(actual, expected, 1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_double_backward_through_packed_input_in_half_precision(cell, dtype):
+    """A bfloat16/float16 gradient penalty through packed input (the pass on the packed rows in
+    the layer's dtype, its carried gradients in float32): within the half rule of torch.nn's
+    own error against float64."""
+    lengths, enforce_sorted = BATCHES[1]
+    runs = []
+    for draw in range(half_rule_draws(cell)):
+        ref, fused = make_pair(cell, 6, 8, "cpu", torch.float64, seed=draw, bidirectional=True)
+        gen = torch.Generator().manual_seed(30 + draw)
+        padded = torch.randn(max(lengths), len(lengths), 6, generator=gen, dtype=torch.float64)
+        exact = _packed_penalty_step(ref, padded, lengths, enforce_sorted, None)
+        theirs, ours = (_packed_penalty_step(model.to(dtype), padded.to(dtype), lengths,
+                                             enforce_sorted, None) for model in (ref, fused))
+        runs.append(({k: v.double() for k, v in ours.items()},
+                     {k: v.double() for k, v in theirs.items()}, exact))
+    assert_half_rule(runs)
+
+
 def test_double_backward_through_packed_projected_lstm():
     ref, fused = make_pair("lstm", 3, 5, "cpu", torch.float64, proj_size=2,
                            bidirectional=True)
@@ -135,8 +155,8 @@ def test_double_backward_through_packed_projected_lstm():
 
 
 def test_packed_rows_reversed_in_time():
-    """second_order.reversed_rows, which the recomputation's reverse direction runs on: each sequence
-    reversed along its own length, a permutation that is its own inverse."""
+    """second_order.reversed_rows, on which a reverse layer's pass and recomputation run: each
+    sequence reversed along its own length, a permutation that is its own inverse."""
     from fusedrnn import second_order
     lengths = [5, 2, 4, 1, 4]
     padded = torch.randn(5, len(lengths), 3)
