@@ -54,16 +54,20 @@ def _linear(like, shape, products, biases):
     return like.new_zeros(shape) if total is None else total
 
 
+def _packed_steps(batch_sizes):
+    """A PackedSequence's [T, B] mask of the steps each sequence has, each sequence's length
+    and each step's first row."""
+    present = torch.arange(int(batch_sizes[0]))[None, :] < batch_sizes[:, None]
+    return present, present.sum(0), batch_sizes.cumsum(0) - batch_sizes
+
+
 def reversed_rows(batch_sizes, device):
     """A PackedSequence's rows with each sequence reversed in time, as indices into them: row
     offsets[t] + b holds step lengths[b] - 1 - t of sequence b (a permutation that is its own
     inverse, which keeps batch_sizes)."""
-    steps, width = len(batch_sizes), int(batch_sizes[0])
-    present = torch.arange(width)[None, :] < batch_sizes[:, None]  # [T, B]: step t of seq b
-    lengths = present.sum(0)
-    offsets = batch_sizes.cumsum(0) - batch_sizes
-    t_from = (lengths[None, :] - 1 - torch.arange(steps)[:, None]).clamp_(min=0)
-    return (offsets[t_from] + torch.arange(width)[None, :])[present].to(device)
+    present, lengths, offsets = _packed_steps(batch_sizes)
+    t_from = (lengths[None, :] - 1 - torch.arange(len(batch_sizes))[:, None]).clamp_(min=0)
+    return (offsets[t_from] + torch.arange(len(lengths))[None, :])[present].to(device)
 
 
 class _Steps:
@@ -78,10 +82,9 @@ class _Steps:
             self.batch = x.shape[1]
             return
         self.batch = B = int(batch_sizes[0])
-        self.rows = reversed_rows(batch_sizes, x.device) if reverse else None
-        ends = (torch.arange(B)[None, :] < batch_sizes[:, None]).sum(0) - 1  # each one's last
-        offsets = batch_sizes.cumsum(0) - batch_sizes
-        self.last_rows = (offsets[ends] + torch.arange(B)).to(x.device)
+        self.reversed = reversed_rows(batch_sizes, x.device) if reverse else None
+        _, lengths, offsets = _packed_steps(batch_sizes)
+        self.last_rows = (offsets[lengths - 1] + torch.arange(B)).to(x.device)
         # Row r of step t starts from row r - batch_sizes[t-1] of step t-1, or from the first
         # state's row r: as indices into [first; sequence].
         before = torch.cat([batch_sizes.new_tensor([B]), batch_sizes[:-1]])
@@ -93,7 +96,7 @@ class _Steps:
         one (an LSTM's unprojected outputs, without a projection), stays."""
         if t is None or not self.reverse or not t.numel():
             return t
-        return t.flip(0) if self.batch_sizes is None else t[self.rows]
+        return t.flip(0) if self.batch_sizes is None else t[self.reversed]
 
     def previous(self, first, sequence):
         """The state each step starts from: `first` (None: zeros) at step 0, else the
