@@ -5,8 +5,9 @@ get one torch.autograd.Function per cell type (their fake kernels, for torch.com
 FakeTensor, are in fake.py) whose forward and backward call nothing but those ops. A double
 backward (differentiating gradients taken with create_graph=True) runs a pass of its own,
 second_order.py, which also carries the layer's own backward in the same step (see
-_leave_to_layer); a third derivative, and torch.func's transforms, recompute the layer in plain
-PyTorch ops, which autograd can differentiate again.
+_leave_to_layer); a third derivative, and torch.func's transforms wherever their gradients are
+differentiated again, recompute the layer in plain PyTorch ops, which autograd can
+differentiate again.
 
 Shapes: input [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H] or None;
 output [T, B, H]. With batch_sizes (a PackedSequence's), input is the packed data [rows, I] and
@@ -18,6 +19,8 @@ import os
 import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from ._extension import _C  # loading _C registers torch.ops.fusedrnn
 from . import batching, fake  # noqa: F401  (the ops' vmap rules and fake kernels)
@@ -147,8 +150,9 @@ def _differentiable_backward(reference, inputs, options, grad_outputs, needed, f
     autograd they are the fused backward's (`fused()`: the gradients of all inputs), which
     _FusedGradients differentiates (second_order's pass, or the layer recomputed). Inside
     torch.func's transforms they come from torch.func.vjp of the reference, which, unlike
-    torch.autograd.grad, sees the tensors a transform tracks. `needed`: which inputs need a
-    gradient; `output`, `saved`: the layer's output and the activations its forward saved;
+    torch.autograd.grad, sees the tensors a transform tracks; where nothing will differentiate
+    them again (_differentiated_once), from the fused backward itself. `needed`: which inputs
+    need a gradient; `output`, `saved`: the layer's output and the activations its forward saved;
     `layer`: (the layer's node, its ctx; the direction's key), see _Recomputation;
     `batch_sizes`: a packed input's (plain autograd only)."""
     wanted = [i for i, need in enumerate(needed) if need and inputs[i] is not None]
@@ -159,13 +163,42 @@ def _differentiable_backward(reference, inputs, options, grad_outputs, needed, f
         return _FusedGradients.apply(
             _Recomputation(reference, options, fused, wanted, output, saved, layer,
                            batch_sizes), *inputs, *grad_outputs)
-    else:
-        _check_not_packed(batch_sizes)
-        outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
-                                           *(inputs[i] for i in wanted))
-        grads = iter(pullback(tuple(torch.zeros_like(out) if g is None else g
-                                    for out, g in zip(outputs, grad_outputs))))
+    _check_not_packed(batch_sizes)
+    if _differentiated_once(tensors):
+        return tuple(g if i in wanted else None for i, g in enumerate(fused()))
+    outputs, pullback = torch.func.vjp(_of_some(reference, inputs, options, wanted),
+                                       *(inputs[i] for i in wanted))
+    grads = iter(pullback(tuple(torch.zeros_like(out) if g is None else g
+                                for out, g in zip(outputs, grad_outputs))))
     return tuple(next(grads) if i in wanted else None for i in range(len(inputs)))
+
+
+def _differentiated_once(tensors):
+    """Inside torch.func's transforms: whether the gradients a backward returns will not be
+    differentiated again, so that the fused backward may give them (the ops have no derivative
+    of their own, and differentiating their results would silently give zeros). That is: each
+    tensor wrapped at most once, by one grad transform (torch.func.grad, vjp), the innermost and
+    only one running, or by one that has exited (a vjp's pullback called on its own); and no
+    tensor beneath that plain autograd around the transform records (autograd.grad of
+    torch.func.grad's result). Nested transforms, vmap (jacrev, per-sample gradients), a
+    pullback called inside another transform, compilers and dispatch modes take the
+    reference, which each of them can see into."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return False
+    running = retrieve_all_functorch_interpreters()
+    if len(running) > 1 or running and running[0].key() != TransformType.Grad:
+        return False
+    functorch = torch._C._functorch
+    levels = {running[0].level()} if running else set()
+    for tensor in tensors:
+        if functorch.is_functorch_wrapped_tensor(tensor):
+            if not functorch.is_gradtrackingtensor(tensor):
+                return False
+            levels.add(functorch.maybe_get_level(tensor))
+            tensor = functorch.get_unwrapped(tensor)
+        if tensor.requires_grad or not _plain(tensor):
+            return False
+    return len(levels) == 1
 
 
 def _second_order_on(device):

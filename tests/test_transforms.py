@@ -5,7 +5,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch.func import functional_call
 
-from conftest import CELLS, apply_layer, layer_args, make_pair, rel_err
+from conftest import CELLS, apply_layer, layer_args, make_pair, refuse, rel_err
+from fusedrnn import ops
 from test_cells import CELL_CLASSES, make_cell_pair
 
 CASES = [(cell, bidirectional) for cell in CELLS for bidirectional in (False, True)]
@@ -56,6 +57,61 @@ def test_grad_vjp_jacrev_jvp_of_functional_call(cell, bidirectional):
         return torch.func.grad(lambda x: torch.func.grad(loss(model), argnums=1)(params, x).sum())
 
     _assert_close(grad_of_grad(fused)(x), grad_of_grad(ref)(x))
+
+
+def _loss(model):
+    return lambda p, x: functional_call(model, p, (x,))[0].pow(2).sum()
+
+
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_grad_and_vjp_alone_take_the_fused_backward(cell, bidirectional, monkeypatch):
+    """torch.func.grad and vjp with nothing around them: their gradients are not differentiated
+    again, so the fused backward gives them (the reference made to raise), equal to torch.nn's."""
+    ref, fused = _pair(cell, bidirectional)
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    x, cotangent = _x(4, 2, 3), _x(4, 2, 10 if bidirectional else 5, seed=1)
+
+    def output(model):
+        return lambda p, x: functional_call(model, p, (x,))[0]
+
+    expected = (torch.func.grad(_loss(ref), argnums=(0, 1))(params, x),
+                torch.func.vjp(output(ref), params, x)[1](cotangent))
+    monkeypatch.setattr(ops, "_of_some", refuse)
+    _assert_close((torch.func.grad(_loss(fused), argnums=(0, 1))(params, x),
+                   torch.func.vjp(output(fused), params, x)[1](cotangent)), expected)
+
+
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_grad_differentiated_by_autograd_around_it(cell, bidirectional):
+    """torch.autograd.grad of torch.func.grad's result (parameters that require grad outside the
+    transform): the gradients are differentiated again, so they come through the reference, and
+    the second derivatives are torch.nn's."""
+    ref, fused = _pair(cell, bidirectional)
+    x = _x(4, 2, 3)
+
+    def second(model):
+        params = {k: v.detach().requires_grad_() for k, v in ref.named_parameters()}
+        grads = torch.func.grad(_loss(model))(params, x)
+        return torch.autograd.grad(sum(g.pow(2).sum() for g in grads.values()),
+                                   list(params.values()))
+
+    _assert_close(second(fused), second(ref))
+
+
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_pullback_differentiated_inside_another_transform(cell, bidirectional):
+    """A vjp's pullback called inside torch.func.grad, which differentiates it with respect to
+    the cotangent: its tensors wrap at two levels, so the reference runs, and the result is
+    torch.nn's."""
+    ref, fused = _pair(cell, bidirectional)
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    x, cotangent = _x(4, 2, 3), _x(4, 2, 10 if bidirectional else 5, seed=1)
+
+    def through_pullback(model):
+        _, pullback = torch.func.vjp(lambda p, x: functional_call(model, p, (x,))[0], params, x)
+        return torch.func.grad(lambda c: pullback(c)[1].pow(2).sum())(cotangent)
+
+    _assert_close(through_pullback(fused), through_pullback(ref))
 
 
 @pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
