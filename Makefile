@@ -2,7 +2,7 @@
 # the export tests), build, run the tests.
 # make bench: the same set-up and matplotlib, then the fused-vs-torch.nn benchmark (ONNX Runtime as a
 # third column on the CPU; make bench-concurrency: under concurrent callers and oversubscription;
-# make bench-double-backward: gradgradcheck and a gradient-penalty step).
+# make bench-double-backward: gradgradcheck, a gradient-penalty step, torch.func.grad).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -12,6 +12,9 @@ Two workloads:
   ||d(output^2).sum() / d input||^2, backward to the input and every parameter, padded and
   through a PackedSequence of random lengths; and the same step on a larger layer (T=100, B=64,
   I=H=256), where the matrix products decide.
+And torch.func.grad of output.pow(2).sum() over the parameters (T=50, B=16, I=H=128, float32),
+a functional training step: fusedrnn's fused backward, as nothing differentiates the gradients
+again (ops._differentiated_once).
 
 With --device cuda: the penalty steps alone, on the GPU, timed with a synchronize around each
 step: torch.nn with cuDNN off (cuDNN has no double backward), fusedrnn recomputing the layer
@@ -73,6 +76,12 @@ def penalty_step(module, x, packed=False):
         output = module(x)[0]
     (grad_x,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
     (output.sum() + grad_x.pow(2).sum()).backward()
+
+
+def func_grad(module, x):
+    """torch.func.grad of output.pow(2).sum() over the module's parameters."""
+    parameters = {name: p.detach() for name, p in module.named_parameters()}
+    torch.func.grad(lambda p: functional_call(module, p, (x,))[0].pow(2).sum())(parameters)
 
 
 def interleaved(work, reference, fused, x, rounds):
@@ -166,6 +175,13 @@ def main():
                 *pair(kind, H, H, torch.float32, options), x, repeats)
             print(f"| {name(kind, options)} | {torch_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
                   f"{torch_time / fused_time:.2f}x |", flush=True)
+    print("\n| torch.func.grad (T=50 B=16 I=H=128, float32) | torch.nn | fusedrnn | ratio |")
+    print("|---|---|---|---|")
+    for kind in ("LSTM", "GRU"):
+        torch_time, fused_time = interleaved(func_grad, *pair(kind, 128, 128, torch.float32, {}),
+                                             torch.randn(50, 16, 128), 3 * rounds)
+        print(f"| {kind} | {torch_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
+              f"{torch_time / fused_time:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
