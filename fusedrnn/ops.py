@@ -176,25 +176,27 @@ def _differentiable_backward(reference, inputs, options, grad_outputs, needed, f
 def _differentiated_once(tensors):
     """Inside torch.func's transforms: whether the gradients a backward returns will not be
     differentiated again, so that the fused backward may give them (the ops have no derivative
-    of their own, and differentiating their results would silently give zeros). That is: each
-    tensor wrapped at most once, by one grad transform (torch.func.grad, vjp), the innermost and
-    only one running, or by one that has exited (a vjp's pullback called on its own); and no
-    tensor beneath that plain autograd around the transform records (autograd.grad of
-    torch.func.grad's result). Nested transforms, vmap (jacrev, per-sample gradients), a
-    pullback called inside another transform, compilers and dispatch modes take the
-    reference, which each of them can see into."""
+    of their own, and differentiating their results would silently give zeros). That is: one
+    grad transform (torch.func.grad, vjp), the innermost running, with only vmaps around it
+    (per-sample gradients: the ops' vmap rules batch them), or one that has exited (a vjp's
+    pullback called on its own); each tensor wrapped by that grad level at most once, then by
+    vmaps; and nothing beneath that plain autograd around the transforms records
+    (autograd.grad of torch.func.grad's result). Nested grads, forward AD, jacrev (a vmap
+    inside the grad level), a pullback called inside another transform, compilers and dispatch
+    modes take the reference, which each of them can see into."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
         return False
     running = retrieve_all_functorch_interpreters()
-    if len(running) > 1 or running and running[0].key() != TransformType.Grad:
+    if running and (running[-1].key() != TransformType.Grad or
+                    any(other.key() != TransformType.Vmap for other in running[:-1])):
         return False
     functorch = torch._C._functorch
-    levels = {running[0].level()} if running else set()
+    levels = {running[-1].level()} if running else set()
     for tensor in tensors:
-        if functorch.is_functorch_wrapped_tensor(tensor):
-            if not functorch.is_gradtrackingtensor(tensor):
-                return False
+        if functorch.is_gradtrackingtensor(tensor):
             levels.add(functorch.maybe_get_level(tensor))
+            tensor = functorch.get_unwrapped(tensor)
+        while functorch.is_batchedtensor(tensor):
             tensor = functorch.get_unwrapped(tensor)
         if tensor.requires_grad or not _plain(tensor):
             return False

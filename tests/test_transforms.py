@@ -134,6 +134,22 @@ def test_per_sample_gradients_and_vmap(cell, bidirectional):
 
 
 @pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
+def test_per_sample_gradients_take_the_fused_backward(cell, bidirectional, monkeypatch):
+    """vmap(grad(...)): only the grad level differentiates, so the fused backward gives the
+    gradients, batched by the ops' vmap rules (the reference made to raise), equal to torch.nn's
+    sample by sample."""
+    ref, fused = _pair(cell, bidirectional)
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    samples = _x(5, 4, 1, 3, seed=3)
+    theirs = {k: torch.stack([torch.func.grad(_loss(ref))(params, x)[k] for x in samples])
+              for k in params}
+    monkeypatch.setattr(ops, "_of_some", refuse)
+    _assert_close(torch.func.vmap(torch.func.grad(_loss(fused)), in_dims=(None, 0))(params,
+                                                                                  samples),
+                  theirs)
+
+
+@pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
 def test_batched_gradients(cell, bidirectional):
     """autograd.grad(is_grads_batched=True) and jacobian(vectorize=True): autograd's own vmap."""
     ref, fused = _pair(cell, bidirectional)
