@@ -31,36 +31,34 @@ def _assert_close(ours, theirs, tol=1e-10):
     assert max(errors) <= tol, errors
 
 
+def _output(model):
+    """The model's output as a function of its parameters and input."""
+    return lambda p, x: functional_call(model, p, (x,))[0]
+
+
+def _loss(model):
+    return lambda p, x: _output(model)(p, x).pow(2).sum()
+
+
 @pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
 def test_grad_vjp_jacrev_jvp_of_functional_call(cell, bidirectional):
     ref, fused = _pair(cell, bidirectional)
     params = {k: v.detach() for k, v in ref.named_parameters()}
     x, tangent = _x(4, 2, 3), _x(4, 2, 3, seed=2)
     cotangent = _x(4, 2, 10 if bidirectional else 5, seed=1)
-
-    def output(model):
-        return lambda p, x: functional_call(model, p, (x,))[0]
-
-    def loss(model):
-        return lambda p, x: output(model)(p, x).pow(2).sum()
-
-    _assert_close(torch.func.grad(loss(fused), argnums=(0, 1))(params, x),
-                  torch.func.grad(loss(ref), argnums=(0, 1))(params, x))
-    (_, ours), (_, theirs) = (torch.func.vjp(output(m), params, x) for m in (fused, ref))
+    _assert_close(torch.func.grad(_loss(fused), argnums=(0, 1))(params, x),
+                  torch.func.grad(_loss(ref), argnums=(0, 1))(params, x))
+    (_, ours), (_, theirs) = (torch.func.vjp(_output(m), params, x) for m in (fused, ref))
     _assert_close(ours(cotangent), theirs(cotangent))
-    _assert_close(torch.func.jacrev(output(fused), argnums=1)(params, x),
-                  torch.func.jacrev(output(ref), argnums=1)(params, x))
-    _assert_close(torch.func.jvp(lambda x: output(fused)(params, x), (x,), (tangent,)),
-                  torch.func.jvp(lambda x: output(ref)(params, x), (x,), (tangent,)))
+    _assert_close(torch.func.jacrev(_output(fused), argnums=1)(params, x),
+                  torch.func.jacrev(_output(ref), argnums=1)(params, x))
+    _assert_close(torch.func.jvp(lambda x: _output(fused)(params, x), (x,), (tangent,)),
+                  torch.func.jvp(lambda x: _output(ref)(params, x), (x,), (tangent,)))
 
     def grad_of_grad(model):  # nested transforms
-        return torch.func.grad(lambda x: torch.func.grad(loss(model), argnums=1)(params, x).sum())
+        return torch.func.grad(lambda x: torch.func.grad(_loss(model), argnums=1)(params, x).sum())
 
     _assert_close(grad_of_grad(fused)(x), grad_of_grad(ref)(x))
-
-
-def _loss(model):
-    return lambda p, x: functional_call(model, p, (x,))[0].pow(2).sum()
 
 
 @pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
@@ -70,15 +68,11 @@ def test_grad_and_vjp_alone_take_the_fused_backward(cell, bidirectional, monkeyp
     ref, fused = _pair(cell, bidirectional)
     params = {k: v.detach() for k, v in ref.named_parameters()}
     x, cotangent = _x(4, 2, 3), _x(4, 2, 10 if bidirectional else 5, seed=1)
-
-    def output(model):
-        return lambda p, x: functional_call(model, p, (x,))[0]
-
     expected = (torch.func.grad(_loss(ref), argnums=(0, 1))(params, x),
-                torch.func.vjp(output(ref), params, x)[1](cotangent))
+                torch.func.vjp(_output(ref), params, x)[1](cotangent))
     monkeypatch.setattr(ops, "_of_some", refuse)
     _assert_close((torch.func.grad(_loss(fused), argnums=(0, 1))(params, x),
-                   torch.func.vjp(output(fused), params, x)[1](cotangent)), expected)
+                   torch.func.vjp(_output(fused), params, x)[1](cotangent)), expected)
 
 
 @pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
@@ -108,7 +102,7 @@ def test_pullback_differentiated_inside_another_transform(cell, bidirectional):
     x, cotangent = _x(4, 2, 3), _x(4, 2, 10 if bidirectional else 5, seed=1)
 
     def through_pullback(model):
-        _, pullback = torch.func.vjp(lambda p, x: functional_call(model, p, (x,))[0], params, x)
+        _, pullback = torch.func.vjp(_output(model), params, x)
         return torch.func.grad(lambda c: pullback(c)[1].pow(2).sum())(cotangent)
 
     _assert_close(through_pullback(fused), through_pullback(ref))
@@ -121,12 +115,8 @@ def test_per_sample_gradients_and_vmap(cell, bidirectional):
     ref, fused = _pair(cell, bidirectional)
     params = {k: v.detach() for k, v in ref.named_parameters()}
     samples = _x(6, 4, 1, 3)
-
-    def loss(model):
-        return lambda p, x: functional_call(model, p, (x,))[0].pow(2).sum()
-
-    ours = torch.func.vmap(torch.func.grad(loss(fused)), in_dims=(None, 0))(params, samples)
-    theirs = {k: torch.stack([torch.func.grad(loss(ref))(params, x)[k] for x in samples])
+    ours = torch.func.vmap(torch.func.grad(_loss(fused)), in_dims=(None, 0))(params, samples)
+    theirs = {k: torch.stack([torch.func.grad(_loss(ref))(params, x)[k] for x in samples])
               for k in params}
     _assert_close(ours, theirs)
     _assert_close(torch.func.vmap(lambda x: fused(x)[0])(samples),
