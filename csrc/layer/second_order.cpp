@@ -99,7 +99,7 @@ class Steps {
  public:
   Steps(const Tensor& seq, const OptionalTensor& batch_sizes)
       : layout_(layout_of("fusedrnn: the double backward's loops", seq, batch_sizes)),
-        padded_(!batch_sizes) {}
+        like_(seq), padded_(!batch_sizes) {}
 
   int64_t count() const { return layout_.T; }
   int64_t width() const { return layout_.B; }  // the first step's rows: the batch
@@ -114,10 +114,7 @@ class Steps {
   }
 
   // The sizes of a sequence buffer `w` wide, and of a pair of them.
-  std::vector<int64_t> sizes(int64_t w) const {
-    return padded_ ? std::vector<int64_t>{layout_.T, layout_.B, w}
-                   : std::vector<int64_t>{layout_.rows, w};
-  }
+  std::vector<int64_t> sizes(int64_t w) const { return sequence_sizes(like_, w); }
   std::vector<int64_t> pair_sizes(int64_t w) const {
     auto s = sizes(w);
     s.insert(s.begin(), 2);
@@ -134,6 +131,7 @@ class Steps {
 
  private:
   Layout layout_;
+  Tensor like_;  // the sequence buffer the layout was read from
   bool padded_;
 };
 
