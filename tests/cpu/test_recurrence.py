@@ -203,6 +203,29 @@ def test_large_gemms_match_torch_nn(cell, onednn):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
+def test_input_projection_on_panels(cell, isa):
+    """float32 input projections of up to 64 features and from 64 rows run on the fused
+    product's kernels under AVX2 (projections.cpp, projects_on_panels), with no BLAS call; one
+    feature more, one row fewer, or another ISA, and they run on the BLAS. Each against
+    torch.nn, gradients included (the GRU's biases start its product), and a stacked
+    bidirectional layer, whose second layer (74 features) takes the BLAS."""
+    cases = [(8, 8, 64, {}, isa == "avx2"), (8, 8, 65, {}, False), (7, 9, 64, {}, False),
+             (9, 8, 5, {"num_layers": 2, "bidirectional": True}, None)]
+    for T, B, I, options, on_panels in cases:
+        ref, fused = make_pair(cell, I, 37, "cpu", torch.float32, seed=I + B, **options)
+        gen = torch.Generator().manual_seed(T * B + I)
+        x = torch.randn(T, B, I, generator=gen)
+        assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", torch.float32, gen),
+                       torch.float32)
+        if on_panels is None:
+            continue
+        with torch.no_grad(), torch.profiler.profile() as profile:
+            fused(x)
+        blas = {e.key for e in profile.key_averages()} & {"aten::mm", "aten::addmm_"}
+        assert not blas if on_panels else blas, (T, B, I, blas)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_temporaries_from_the_kept_buffer(cell):
     """Temporaries of 1 MB and more (the GRU's input projection, the gate gradients) come from
     the pool kept between calls (scratch.h). A larger call after a smaller one takes new blocks,
