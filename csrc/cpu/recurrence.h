@@ -54,7 +54,8 @@ inline Columns columns(const Panels& panels, int64_t p, int64_t v) {
 // the gradient reaching h). The fused recurrence takes float32 and float64 (layer/ widens half
 // types), and w in the product's dtype.
 
-// The product of one fused step: out (+)= bias + in W, or nothing when `in` is null.
+// The product of one fused step: out (+)= bias + in W (+ input W_ih), each term left out where
+// its rows are null.
 struct Product {
   const Panels* panels;
   const void* packed;  // panels->size() elements
@@ -63,6 +64,13 @@ struct Product {
   int64_t rows;
   bool accumulate;
   const void* bias = nullptr;  // [G*H], added to every row (a layer's biases), or null
+  // The step's input projection, where the loop computes it (layer/projections.h:
+  // projects_in_loop), summed in the same accumulators as in W: null, or [rows,
+  // input_panels->depth], with W_ih packed into `input_panels`, which cut the same units as
+  // `panels` (float32 and float64 panels only).
+  const void* input = nullptr;
+  const Panels* input_panels = nullptr;
+  const void* input_packed = nullptr;
 };
 
 // Fills the s-th step of a loop: its product (whose `in` may be null) and its pointwise step.

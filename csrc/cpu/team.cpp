@@ -204,7 +204,7 @@ void run_slice(Dtype dtype, const Product& product, const Args& args, int64_t t,
                int64_t threads) {
   const Panels& panels = *product.panels;
   const int64_t begin = first_panel(panels, t, threads), end = first_panel(panels, t + 1, threads);
-  if (product.in) product_panels(dtype, product, begin, end);
+  if (product.in || product.input) product_panels(dtype, product, begin, end);
   step_units(dtype, args, begin * panels.units(), std::min(panels.hidden, end * panels.units()));
 }
 

@@ -55,13 +55,21 @@ void pack_as(const Panels& panels, const T* w, bool transposed, T* packed) {
   }
 }
 
-// out[r, columns of v] (+)= bias[columns of v] + sum over k of in[r, k] panel[k, v] for MR rows
-// and the NV vectors of one panel, in MR * NV accumulators (bias: none when null). With fewer than
-// eight, consecutive k alternate between two sets of accumulators, so that the FMAs' latency
-// hides behind independent work.
+// One term of a tile's sum: rows of `in`, K apart, times one panel of packed weights.
+template <typename T>
+struct Operand {
+  const T* in;
+  int64_t K;
+  const T* panel;
+};
+
+// out[r, columns of v] (+)= bias[columns of v] + the sum over the operands and their k of
+// in[r, k] panel[k, v], for MR rows and the NV vectors of one panel, in MR * NV accumulators
+// (bias: none when null). With fewer than eight, consecutive k alternate between two sets of
+// accumulators, so that the FMAs' latency hides behind independent work.
 template <typename T, int MR, int NV>
-void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
-          const Columns* cols, bool accumulate, const T* bias) {
+void tile(const Operand<T>* operands, int count, T* out, int64_t out_stride, const Columns* cols,
+          bool accumulate, const T* bias) {
   using Vec = Vectorized<T>;
   constexpr int L = Vec::size(), S = MR * NV < 8 ? 2 : 1;
   // The rows of out this tile adds to (a step's input projection, written for the whole sequence
@@ -80,18 +88,23 @@ void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
   for (int s = 0; s < S; ++s)
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < NV; ++v) acc[s][r][v] = s == 0 ? start[v] : Vec(T(0));
-  const auto accumulate_k = [&](int s, int64_t k) {
-    Vec w[NV];
-    for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(panel + k * NV * L + v * L);
-    for (int r = 0; r < MR; ++r) {
-      const Vec x(in[r * K + k]);
-      for (int v = 0; v < NV; ++v) acc[s][r][v] = at::vec::fmadd(x, w[v], acc[s][r][v]);
-    }
-  };
-  int64_t k = 0;
-  for (; k + S <= K; k += S)
-    for (int s = 0; s < S; ++s) accumulate_k(s, k + s);
-  for (; k < K; ++k) accumulate_k(0, k);
+  for (int o = 0; o < count; ++o) {
+    const T* in = operands[o].in;
+    const T* panel = operands[o].panel;
+    const int64_t K = operands[o].K;
+    const auto accumulate_k = [&](int s, int64_t k) {
+      Vec w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = Vec::loadu(panel + k * NV * L + v * L);
+      for (int r = 0; r < MR; ++r) {
+        const Vec x(in[r * K + k]);
+        for (int v = 0; v < NV; ++v) acc[s][r][v] = at::vec::fmadd(x, w[v], acc[s][r][v]);
+      }
+    };
+    int64_t k = 0;
+    for (; k + S <= K; k += S)
+      for (int s = 0; s < S; ++s) accumulate_k(s, k + s);
+    for (; k < K; ++k) accumulate_k(0, k);
+  }
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NV; ++v) {
       Vec sum = acc[0][r][v];
@@ -110,11 +123,11 @@ void tile(const T* in, int64_t K, const T* panel, T* out, int64_t out_stride,
 
 // The `left` rows after the last whole tile (fewer than R + 1), as one tile.
 template <typename T, int NV, int R>
-void rows_left(int64_t left, const T* in, int64_t K, const T* panel, T* out, int64_t stride,
+void rows_left(int64_t left, const Operand<T>* operands, int count, T* out, int64_t stride,
                const Columns* cols, bool accumulate, const T* bias) {
   if constexpr (R > 0) {
-    if (left == R) return tile<T, R, NV>(in, K, panel, out, stride, cols, accumulate, bias);
-    rows_left<T, NV, R - 1>(left, in, K, panel, out, stride, cols, accumulate, bias);
+    if (left == R) return tile<T, R, NV>(operands, count, out, stride, cols, accumulate, bias);
+    rows_left<T, NV, R - 1>(left, operands, count, out, stride, cols, accumulate, bias);
   }
 }
 
@@ -125,21 +138,43 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
   // 32), the rest for the weights and the broadcast inputs.
   constexpr int MR = FUSEDRNN_VECTOR_REGISTERS * 3 / 4 / NV;
   const Panels& panels = *product.panels;
-  const int64_t K = panels.depth, stride = panels.gates * panels.hidden;
-  const T* in = static_cast<const T*>(product.in);
+  const int64_t stride = panels.gates * panels.hidden;
   const T* bias = static_cast<const T*>(product.bias);
   T* out = static_cast<T*>(product.out);
+  // The step's input projection first where the loop computes it, then the recurrent product.
+  struct Term {
+    const T* in;
+    const Panels* panels;
+    const T* packed;
+  };
+  Term terms[2];
+  int count = 0;
+  if (product.input) {
+    terms[count++] = {static_cast<const T*>(product.input), product.input_panels,
+                      static_cast<const T*>(product.input_packed)};
+  }
+  if (product.in) {
+    terms[count++] = {static_cast<const T*>(product.in), product.panels,
+                      static_cast<const T*>(product.packed)};
+  }
   for (int64_t p = begin; p < end; ++p) {
     Columns cols[NV];
     for (int v = 0; v < NV; ++v) cols[v] = columns(panels, p, v);
-    const T* panel = static_cast<const T*>(product.packed) + p * K * NV * panels.lanes;
+    Operand<T> operands[2];
+    for (int o = 0; o < count; ++o) {
+      const int64_t K = terms[o].panels->depth;
+      operands[o] = {terms[o].in, K, terms[o].packed + p * K * NV * panels.lanes};
+    }
+    const auto at_row = [&](int64_t r) {
+      for (int o = 0; o < count; ++o) operands[o].in = terms[o].in + r * operands[o].K;
+      return operands;
+    };
     int64_t r = 0;
     for (; r + MR <= product.rows; r += MR)
-      tile<T, MR, NV>(in + r * K, K, panel, out + r * stride, stride, cols, product.accumulate,
-                      bias);
+      tile<T, MR, NV>(at_row(r), count, out + r * stride, stride, cols, product.accumulate, bias);
     // The rows left, in one tile: one row at a time runs at half the speed.
-    rows_left<T, NV, MR - 1>(product.rows - r, in + r * K, K, panel, out + r * stride, stride,
-                             cols, product.accumulate, bias);
+    rows_left<T, NV, MR - 1>(product.rows - r, at_row(r), count, out + r * stride, stride, cols,
+                             product.accumulate, bias);
   }
 }
 

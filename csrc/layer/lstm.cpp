@@ -24,13 +24,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor &input = L.input, &h0 = L.h0, &w_hr = L.w_hr;
   const Pass pass = L.pass();
 
-  const Recurrence recurrence(L, L.w_hh, 4, true, true, L.b_ih, L.b_hh);
+  const Recurrence recurrence(L, L.w_hh, 4, true, true, L.b_ih, L.b_hh, true);
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Like input, 4H wide; in training the activated gates, kept for the backward.
   Scratch scratch(input);
-  Tensor gates = project_input(
-      L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh,
-      training ? L.result_like(4 * H) : scratch.take(sequence_sizes(input, 4 * H)));
+  // Inference whose loop projects the input needs only the step's gates: two [B, 4H] slots.
+  const bool gate_slots = !training && recurrence.projects_input();
+  Tensor gates = training     ? L.result_like(4 * H)
+                 : gate_slots ? fresh({2 * B, 4 * H}, L.options())
+                              : scratch.take(sequence_sizes(input, 4 * H));
+  if (!recurrence.projects_input())
+    project_input(L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh, gates);
   Tensor output = L.result_like(P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
   Tensor cells = training ? L.result_like(H) : fresh({2 * B, H}, L.options());
@@ -46,7 +50,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const int64_t rows = pass.batch(step), first = pass.first_row(step);
     void* h_prev = pass.state_before(step, h0, h, h_join);
     void* c_prev = pass.state_before(step, c0, c, c_join);
-    void* g = at_row(gates, first);
+    void* g = at_row(gates, gate_slots ? (step % 2) * B : first);
     h = at_row(output, first);
     c = at_row(cells, training ? first : (step % 2) * B);
     cell_out = w_hr.defined() ? at_row(unprojected, training ? first : 0) : h;

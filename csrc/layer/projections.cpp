@@ -58,6 +58,19 @@ bool projects_on_panels(const LayerCall& call) {
           call.steps.rows >= kMinPackedRows && cpu::active_isa() == cpu::Isa::kAvx2);
 }
 
+}  // namespace
+
+// Each step's rows must reuse what the loop streams of W_ih beside W_hh: from 8 rows. Both
+// matrices must stay near the core: up to 256 input features and 256 units.
+bool projects_in_loop(const LayerCall& call) {
+  constexpr int64_t kMinRows = 8, kMaxWidth = 256;
+  return call.backend == Backend::kCpuFused && call.product_dtype != Dtype::kBFloat16 &&
+         call.B >= kMinRows && call.I <= kMaxWidth && call.H <= kMaxWidth &&
+         cpu::active_isa() == cpu::Isa::kAvx2;
+}
+
+namespace {
+
 // t in bfloat16, as a temporary of the call unless it is already.
 Tensor rounded(const LayerCall& call, const Tensor& t) {
   if (t.scalar_type() == at::kBFloat16) return t;

@@ -43,12 +43,15 @@ class Recurrence {
   // bias, bias_2: the layer's biases (LSTM and RNN forward), which the fused CPU loop adds in its
   // product (adds_biases()); elsewhere the caller adds them to the input projection.
   // The loop of `call`'s pass, on its backend, with products in its product_dtype.
+  // input_in_loop: whether the loop may compute the input projection itself (a forward whose
+  // product adds up x W_ih^T and h W_hh^T); projects_input() says whether it does.
   Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
              bool accumulate, const OptionalTensor& bias = std::nullopt,
-             const OptionalTensor& bias_2 = std::nullopt);
+             const OptionalTensor& bias_2 = std::nullopt, bool input_in_loop = false);
   ~Recurrence();
 
   bool adds_biases() const { return bias_.defined(); }
+  bool projects_input() const { return input_packed_.defined(); }
 
   // Runs the steps of `pass`: plan(s) -> Step<Args>, the s-th; done(s) once its results are in
   // place. Each may move rows between the loop's buffers, except over padded batches, whose
@@ -79,6 +82,12 @@ class Recurrence {
     const cpu::PlanStep<Args> fill = [&](int64_t s, cpu::Product& product, Args& args) {
       const Step<Args> step = plan(s);
       product = fused(step.in, step.rows, step.out);
+      if (projects_input()) {
+        product.input = at_row(input_, pass.first_row(s));
+        product.input_panels = &input_panels_;
+        product.input_packed = input_packed_.data_ptr();
+        product.accumulate = false;
+      }
       args = step.args;
     };
     cpu::fused_loop<Args>(dtype_of(w_), panels_, steps, rows, pass.steps.uniform, fill, done);
@@ -115,6 +124,8 @@ class Recurrence {
 
   Tensor w_, packed_;  // packed_: defined on the fused path only
   Tensor bias_;        // the biases added in the fused product: defined there only
+  Tensor input_, input_packed_;  // where the loop projects the input: the input, packed W_ih
+  cpu::Panels input_panels_{};
   Backend backend_;
   int64_t gates_;
   bool transposed_, accumulate_;

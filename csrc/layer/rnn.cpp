@@ -19,11 +19,12 @@ std::tuple<Tensor, Tensor> rnn_forward(
   const int64_t B = L.B, H = L.H;
   const Pass pass = L.pass();
 
-  const Recurrence recurrence(L, L.w_hh, 1, true, true, L.b_ih, L.b_hh);
+  const Recurrence recurrence(L, L.w_hh, 1, true, true, L.b_ih, L.b_hh, true);
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
-  Tensor output = project_input(L, in_loop ? std::nullopt : L.b_ih,
-                                in_loop ? std::nullopt : L.b_hh, L.result_like(H));
+  Tensor output = L.result_like(H);
+  if (!recurrence.projects_input())
+    project_input(L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh, output);
   Tensor hn = fresh({B, H}, L.options()), h_join;
   void* h = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {

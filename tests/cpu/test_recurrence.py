@@ -208,21 +208,55 @@ def test_input_projection_on_panels(cell, isa):
     product's kernels under AVX2 (projections.cpp, projects_on_panels), with no BLAS call; one
     feature more, one row fewer, or another ISA, and they run on the BLAS. Each against
     torch.nn, gradients included (the GRU's biases start its product), and a stacked
-    bidirectional layer, whose second layer (74 features) takes the BLAS."""
-    cases = [(8, 8, 64, {}, isa == "avx2"), (8, 8, 65, {}, False), (7, 9, 64, {}, False),
-             (9, 8, 5, {"num_layers": 2, "bidirectional": True}, None)]
+    bidirectional layer, whose second layer (74 features) takes the BLAS. Batches of 7 rows,
+    too few for the loop to project the input itself (test_input_projection_in_loop)."""
+    cases = [(10, 7, 64, {}, isa == "avx2"), (10, 7, 65, {}, False), (9, 7, 64, {}, False),
+             (9, 7, 5, {"num_layers": 2, "bidirectional": True}, None)]
     for T, B, I, options, on_panels in cases:
         ref, fused = make_pair(cell, I, 37, "cpu", torch.float32, seed=I + B, **options)
         gen = torch.Generator().manual_seed(T * B + I)
         x = torch.randn(T, B, I, generator=gen)
         assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", torch.float32, gen),
                        torch.float32)
-        if on_panels is None:
-            continue
-        with torch.no_grad(), torch.profiler.profile() as profile:
-            fused(x)
-        blas = {e.key for e in profile.key_averages()} & {"aten::mm", "aten::addmm_"}
-        assert not blas if on_panels else blas, (T, B, I, blas)
+        if on_panels is not None:
+            assert bool(blas_calls(fused, x)) != on_panels, (T, B, I)
+
+
+def blas_calls(model, x):
+    """The BLAS products a forward of `model` on `x` calls through ATen, by the profiler."""
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        model(x)
+    return {e.key for e in profile.key_averages()} & {"aten::mm", "aten::addmm_"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_input_projection_in_loop(cell, dtype, isa):
+    """Under AVX2 the LSTM's and the Elman RNN's fused loops project each step's input
+    themselves, from 8 rows a step and up to 256 input features and units (projections.cpp,
+    projects_in_loop): no BLAS call in the forward. A row fewer, a feature or unit more, or
+    another ISA, and a BLAS GEMM projects the whole sequence first (the GRU always: its new
+    gate keeps the two products apart). Each against torch.nn with every gradient, including
+    a stacked bidirectional layer (the second layer's 2H input features) and a packed batch."""
+    in_loop = isa == "avx2" and cell != "gru"
+    # (T, B, I, H, options, whether the loop projects the input)
+    cases = [(6, 8, 65, 37, {}, in_loop), (6, 7, 65, 37, {}, False),
+             (5, 9, 257, 19, {}, False), (5, 8, 70, 257, {}, False),
+             (4, 10, 256, 256, {"bias": False}, in_loop),
+             (5, 12, 66, 20, {"num_layers": 2, "bidirectional": True}, in_loop)]
+    for T, B, I, H, options, projected_in_loop in cases:
+        ref, fused = make_pair(cell, I, H, "cpu", dtype, seed=I + B, **options)
+        gen = torch.Generator().manual_seed(T * B + I)
+        x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+        assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", dtype, gen), dtype)
+        assert bool(blas_calls(fused, x)) != projected_in_loop, (T, B, I, H, options)
+    # A packed batch of 16 sequences, the first steps of 16 rows and the last of 2.
+    ref, fused = make_pair(cell, 70, 21, "cpu", dtype, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    padded = torch.randn(max(LENGTHS), len(LENGTHS), 70, generator=gen, dtype=dtype)
+    hx = random_state(cell, ref, len(LENGTHS), "cpu", dtype, gen)
+    assert_close_by_name(run_packed_and_grad(fused, padded, LENGTHS, False, hx),
+                         run_packed_and_grad(ref, padded, LENGTHS, False, hx), TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -257,8 +291,9 @@ def test_large_gemms_leave_at_mm_for_onednn(isa):
         assert fusedrnn.backends.cpu_gemm() == "onednn"
     if isa == "scalar":
         pytest.skip("without vector kernels the step backend's per-step products use addmm_")
-    _, fused = make_pair("lstm", 200, 180, "cpu", torch.float32)
-    x = torch.randn(12, 24, 200)  # 288 x 200 x 720: 41M multiply-adds
+    # 288 x 300 x 720: 62M multiply-adds, too many features for the loop to project them
+    _, fused = make_pair("lstm", 300, 180, "cpu", torch.float32)
+    x = torch.randn(12, 24, 300)
 
     def gemm_ops(onednn):
         with torch.backends.mkldnn.flags(enabled=onednn), torch.no_grad():
