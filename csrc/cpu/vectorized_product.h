@@ -141,32 +141,27 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
   const int64_t stride = panels.gates * panels.hidden;
   const T* bias = static_cast<const T*>(product.bias);
   T* out = static_cast<T*>(product.out);
-  // The step's input projection first where the loop computes it, then the recurrent product.
-  struct Term {
-    const T* in;
-    const Panels* panels;
-    const T* packed;
-  };
-  Term terms[2];
+  // The step's input projection first where the loop computes it, then the recurrent product:
+  // each operand's first row and its first panel.
+  Operand<T> first[2];
   int count = 0;
   if (product.input) {
-    terms[count++] = {static_cast<const T*>(product.input), product.input_panels,
+    first[count++] = {static_cast<const T*>(product.input), product.input_panels->depth,
                       static_cast<const T*>(product.input_packed)};
   }
   if (product.in) {
-    terms[count++] = {static_cast<const T*>(product.in), product.panels,
+    first[count++] = {static_cast<const T*>(product.in), panels.depth,
                       static_cast<const T*>(product.packed)};
   }
   for (int64_t p = begin; p < end; ++p) {
     Columns cols[NV];
     for (int v = 0; v < NV; ++v) cols[v] = columns(panels, p, v);
     Operand<T> operands[2];
-    for (int o = 0; o < count; ++o) {
-      const int64_t K = terms[o].panels->depth;
-      operands[o] = {terms[o].in, K, terms[o].packed + p * K * NV * panels.lanes};
-    }
-    const auto at_row = [&](int64_t r) {
-      for (int o = 0; o < count; ++o) operands[o].in = terms[o].in + r * operands[o].K;
+    const auto at_row = [&](int64_t r) {  // the operands for rows from r, on panel p
+      for (int o = 0; o < count; ++o) {
+        const int64_t K = first[o].K;
+        operands[o] = {first[o].in + r * K, K, first[o].panel + p * K * NV * panels.lanes};
+      }
       return operands;
     };
     int64_t r = 0;
