@@ -92,10 +92,12 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
 // The product alone.
 void fused_product(Dtype dtype, const Product& product);
 
-// small_product's: out[M, N] (+)= in[M, K] W, W = w^T for w [N, K] when `transposed`, else
-// w [K, N]: straight from the unpacked weights on the calling thread, for products too small to
-// repay packing or a BLAS call (a single step of a few rows: MKL's sgemv took 1.5 us for 256x64
-// on an AMD CPU, where this takes 0.2). Float32 and float64, on an ISA with vector kernels
+// small_product's: columns [begin, end) of out[M, N] (+)= in[M, K] W, W = w^T for w [N, K] when
+// `transposed`, else w [K, N]: straight from the unpacked weights, on the calling thread (the
+// caller splits the columns between threads), for products of a few rows. A BLAS packs the
+// weights on every call, which at a single step costs more than the product: MKL's sgemm spent
+// half of an LSTMCell's time at B=16 H=512 packing W (and its sgemv took 1.5 us for 256x64 on
+// an AMD CPU, where this takes 0.2). Float32 and float64, on an ISA with vector kernels
 // (has_fused_steps).
 struct SmallProduct {
   int64_t M, N, K;
@@ -104,8 +106,7 @@ struct SmallProduct {
   bool transposed;
   void* out;  // [M, N]
   bool accumulate;
+  int64_t begin, end;  // the columns of out to compute
 };
-// Rows up to which small_product (isa.h) is the faster way.
-constexpr int64_t kSmallProductRows = 4;
 
 }  // namespace fusedrnn::cpu

@@ -179,53 +179,85 @@ void panels_of(const Product& product, int64_t begin, int64_t end) {
   return panels_as<T, 4>(product, begin, end);
 }
 
-// Rows [0, M) of out (+)= in w^T, w [N, K]: dot products along k, NB output columns at a time so
-// that each loaded input vector feeds several accumulators.
-template <typename T, int M>
-void small_rows_transposed(const SmallProduct& p, const T* in, const T* w, T* out) {
+// MR rows of out, columns [n, n + NC), (+)= in w^T for w [N, K]: dot products along k, each
+// loaded vector of w feeding MR accumulators and each of in NC. Inlined into its loop over
+// columns, which then sets up the tail's masks once (a call per tile cost a fifth at one row).
+template <typename T, int MR, int NC>
+__attribute__((always_inline)) inline void dot_tile(const SmallProduct& p, const T* in, int64_t n,
+                                                    T* out) {
   using Vec = Vectorized<T>;
-  constexpr int L = Vec::size(), NB = M <= 2 ? 4 : 2;
+  constexpr int L = Vec::size();
+  const T* w = static_cast<const T*>(p.w) + n * p.K;
   const int64_t K = p.K, whole = K - K % L;
-  const auto columns = [&](int64_t n, auto nb) {
-    constexpr int C = decltype(nb)::value;
-    Vec acc[M][C];
-    for (int r = 0; r < M; ++r)
-      for (int c = 0; c < C; ++c) acc[r][c] = Vec(T(0));
-    const auto add = [&](int64_t k, int64_t count) {
-      Vec x[M], y;
-      for (int r = 0; r < M; ++r) x[r] = count == L ? Vec::loadu(in + r * K + k)
-                                                    : Vec::loadu(in + r * K + k, count);
-      for (int c = 0; c < C; ++c) {
-        y = count == L ? Vec::loadu(w + (n + c) * K + k) : Vec::loadu(w + (n + c) * K + k, count);
-        for (int r = 0; r < M; ++r) acc[r][c] = at::vec::fmadd(x[r], y, acc[r][c]);
-      }
-    };
-    for (int64_t k = 0; k < whole; k += L) add(k, L);
-    if (whole < K) add(whole, K - whole);
-    // Each sum across lanes by shuffles (float; double stores and adds): one scalar add chain
-    // per column cost 16 add latencies, most of a single step's time.
-    for (int r = 0; r < M; ++r)
-      for (int c = 0; c < C; ++c) {
-        const T sum = at::vec::vec_reduce_all<T>(
-            [](const Vec& a, const Vec& b) { return a + b; }, acc[r][c]);
-        T& o = out[r * p.N + n + c];
-        o = p.accumulate ? o + sum : sum;
-      }
+  Vec acc[MR][NC];
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NC; ++c) acc[r][c] = Vec(T(0));
+  const auto add = [&](int64_t k, int64_t count) {
+    Vec y[NC];
+    for (int c = 0; c < NC; ++c)
+      y[c] = count == L ? Vec::loadu(w + c * K + k) : Vec::loadu(w + c * K + k, count);
+    for (int r = 0; r < MR; ++r) {
+      const Vec x = count == L ? Vec::loadu(in + r * K + k) : Vec::loadu(in + r * K + k, count);
+      for (int c = 0; c < NC; ++c) acc[r][c] = at::vec::fmadd(x, y[c], acc[r][c]);
+    }
   };
-  int64_t n = 0;
-  for (; n + NB <= p.N; n += NB) columns(n, std::integral_constant<int, NB>{});
-  for (; n < p.N; ++n) columns(n, std::integral_constant<int, 1>{});
+  for (int64_t k = 0; k < whole; k += L) add(k, L);
+  if (whole < K) add(whole, K - whole);
+  // Each sum across lanes by shuffles (float; double stores and adds): one scalar add chain per
+  // column cost 16 add latencies, most of a single step's time.
+  const auto sum = [](const Vec& a, const Vec& b) { return a + b; };
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NC; ++c) {
+      const T total = at::vec::vec_reduce_all<T>(sum, acc[r][c]);
+      T& o = out[r * p.N + n + c];
+      o = p.accumulate ? o + total : total;
+    }
 }
 
-// Rows [0, M) of out (+)= in w, w [K, N]: two vectors of output columns at a time, each k's row
-// of w scaled by every row's input element.
+// Tiles of 4 rows by NC columns fill three quarters of the vector registers with accumulators;
+// with one or two rows, tiles of four columns.
+constexpr int kDotRows = 4, kDotColumns = FUSEDRNN_VECTOR_REGISTERS * 3 / 4 / kDotRows;
+
+// Rows [0, MR) of out, columns [begin, end), (+)= in w^T, w [N, K], a tile at a time.
+template <typename T, int MR>
+void rows_transposed(const SmallProduct& p, const T* in, T* out, int64_t begin, int64_t end) {
+  constexpr int C = MR <= 2 ? 4 : kDotColumns;
+  int64_t n = begin;
+  for (; n + C <= end; n += C) dot_tile<T, MR, C>(p, in, n, out);
+  for (; n < end; ++n) dot_tile<T, MR, 1>(p, in, n, out);
+}
+
+// Columns [begin, end) of out (+)= in w^T: a block of columns at a time, and within it every
+// block of rows, so that the block's rows of w stay in L1 while the input's pass.
+template <typename T>
+void small_product_transposed(const SmallProduct& p) {
+  // Whole tiles of 4 and of kDotColumns columns fit a block of kUnit.
+  constexpr int64_t kBlockBytes = 16 << 10, kUnit = 4 * kDotColumns;
+  const int64_t block = std::max(kUnit, kBlockBytes / int64_t(sizeof(T)) / p.K / kUnit * kUnit);
+  const T* in = static_cast<const T*>(p.in);
+  T* out = static_cast<T*>(p.out);
+  for (int64_t n = p.begin; n < p.end; n += block) {
+    const int64_t end = std::min(p.end, n + block);
+    int64_t r = 0;
+    for (; r + kDotRows <= p.M; r += kDotRows)
+      rows_transposed<T, kDotRows>(p, in + r * p.K, out + r * p.N, n, end);
+    switch (p.M - r) {
+      case 3: rows_transposed<T, 3>(p, in + r * p.K, out + r * p.N, n, end); break;
+      case 2: rows_transposed<T, 2>(p, in + r * p.K, out + r * p.N, n, end); break;
+      case 1: rows_transposed<T, 1>(p, in + r * p.K, out + r * p.N, n, end); break;
+    }
+  }
+}
+
+// Rows [0, M) of out, columns [begin, end), (+)= in w, w [K, N]: two vectors of columns at a
+// time, each k's row of w scaled by every row's input element.
 template <typename T, int M>
 void small_rows_plain(const SmallProduct& p, const T* in, const T* w, T* out) {
   using Vec = Vectorized<T>;
   constexpr int L = Vec::size(), NV = 2;
-  for (int64_t n = 0; n < p.N; n += NV * L) {
+  for (int64_t n = p.begin; n < p.end; n += NV * L) {
     int64_t count[NV];
-    for (int v = 0; v < NV; ++v) count[v] = std::clamp<int64_t>(p.N - n - v * L, 0, L);
+    for (int v = 0; v < NV; ++v) count[v] = std::clamp<int64_t>(p.end - n - v * L, 0, L);
     Vec acc[M][NV];
     for (int r = 0; r < M; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = Vec(T(0));
@@ -253,6 +285,7 @@ void small_rows_plain(const SmallProduct& p, const T* in, const T* w, T* out) {
 
 template <typename T>
 void small_product_as(const SmallProduct& p) {
+  if (p.transposed) return small_product_transposed<T>(p);
   const T* in = static_cast<const T*>(p.in);
   const T* w = static_cast<const T*>(p.w);
   T* out = static_cast<T*>(p.out);
@@ -261,9 +294,7 @@ void small_product_as(const SmallProduct& p) {
     const T* in_rows = in + r * p.K;
     T* out_rows = out + r * p.N;
     const auto run = [&](auto m) {
-      constexpr int M = decltype(m)::value;
-      if (p.transposed) small_rows_transposed<T, M>(p, in_rows, w, out_rows);
-      else small_rows_plain<T, M>(p, in_rows, w, out_rows);
+      small_rows_plain<T, decltype(m)::value>(p, in_rows, w, out_rows);
     };
     switch (rows) {
       case 4: run(std::integral_constant<int, 4>{}); break;

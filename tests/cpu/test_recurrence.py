@@ -53,27 +53,26 @@ def test_matches_torch_nn(cell, shape, dtype, threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 13, 64, 65])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_single_steps_of_few_rows(cell, batch, dtype, isa):
-    """T=1 with up to 4 rows: every product (the input's, the recurrent one, and in the backward
-    the gradients reaching the input and h0) runs on the small-product kernels straight from the
-    unpacked weights (cpu/recurrence.h, SmallProduct), rows in blocks of 4 and 3, 2 or 1 left;
-    sizes that fill no whole vector (I=9, H=37) and a 5th row that takes the BLAS again, unless
-    the product is tiny (up to 4096 multiply-adds: plain loops, layer/gemm.cpp)."""
-    I, H = 9, 37
-    ref, fused = make_pair(cell, I, H, "cpu", dtype)
-    gen = torch.Generator().manual_seed(batch)
-    x = torch.randn(1, batch, I, generator=gen, dtype=dtype)
-    hx = random_state(cell, ref, batch, "cpu", dtype, gen)
-    assert_matches(cell, fused, ref, x, hx, dtype)
-    with torch.no_grad(), torch.profiler.profile() as profile:
-        fused(x, hx)
-    blas = {e.key for e in profile.key_averages()} & {"aten::addmm_", "aten::mm"}
-    blas_rows = 0 if isa == "scalar" else 4  # up to which the small-product kernels run
-    expected = any(batch > blas_rows and batch * GATES[cell] * H * depth > 4096
-                   for depth in (I, H))  # the input's product and the recurrent one
-    assert bool(blas) == expected, blas
+def test_single_steps_on_unpacked_weights(cell, batch, dtype, isa):
+    """T=1: the forward's products (the input's and the recurrent one, in w^T) run on the
+    small-product kernels straight from the unpacked weights (cpu/recurrence.h, SmallProduct):
+    up to 64 rows under AVX2, 4 under the other ISAs, in tiles of 4 rows and 3, 2 or 1 left. In
+    the backward the products through w (the gradients reaching the input and h0) take them up
+    to 4 rows. Sizes that fill no whole vector (I=9, H=37), and one whose columns split between
+    two threads (I=70, H=130); a row past the limit takes the BLAS again, unless the product is
+    tiny (up to 4096 multiply-adds: plain loops, layer/gemm.cpp)."""
+    limit = {"scalar": 0, "avx2": 64}.get(isa, 4)
+    for I, H in [(9, 37), (70, 130)]:
+        ref, fused = make_pair(cell, I, H, "cpu", dtype, seed=batch + H)
+        gen = torch.Generator().manual_seed(batch)
+        x = torch.randn(1, batch, I, generator=gen, dtype=dtype)
+        hx = random_state(cell, ref, batch, "cpu", dtype, gen)
+        assert_matches(cell, fused, ref, x, hx, dtype)
+        expected = any(batch > limit and batch * GATES[cell] * H * depth > 4096
+                       for depth in (I, H))  # the input's product and the recurrent one
+        assert bool(blas_calls(fused, x, hx)) == expected, (I, H)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -206,26 +205,29 @@ def test_large_gemms_match_torch_nn(cell, onednn):
 def test_input_projection_on_panels(cell, isa):
     """float32 input projections of up to 64 features and from 64 rows run on the fused
     product's kernels under AVX2 (projections.cpp, projects_on_panels), with no BLAS call; one
-    feature more, one row fewer, or another ISA, and they run on the BLAS. Each against
-    torch.nn, gradients included (the GRU's biases start its product), and a stacked
-    bidirectional layer, whose second layer (74 features) takes the BLAS. Batches of 7 rows,
-    too few for the loop to project the input itself (test_input_projection_in_loop)."""
-    cases = [(10, 7, 64, {}, isa == "avx2"), (10, 7, 65, {}, False), (9, 7, 64, {}, False),
+    feature more, or another ISA, and they run on the BLAS; one row fewer, and under AVX2 on the
+    small-product kernels (layer/gemm.cpp), elsewhere on the BLAS. Each against torch.nn,
+    gradients included (the GRU's biases start its product), and a stacked bidirectional layer,
+    whose second layer (74 features) takes the BLAS. Batches of 7 rows, too few for the loop to
+    project the input itself (test_input_projection_in_loop)."""
+    avx2 = isa == "avx2"
+    # (T, B, I, options, whether the forward calls the BLAS)
+    cases = [(10, 7, 64, {}, not avx2), (10, 7, 65, {}, True), (9, 7, 64, {}, not avx2),
              (9, 7, 5, {"num_layers": 2, "bidirectional": True}, None)]
-    for T, B, I, options, on_panels in cases:
+    for T, B, I, options, blas in cases:
         ref, fused = make_pair(cell, I, 37, "cpu", torch.float32, seed=I + B, **options)
         gen = torch.Generator().manual_seed(T * B + I)
         x = torch.randn(T, B, I, generator=gen)
         assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", torch.float32, gen),
                        torch.float32)
-        if on_panels is not None:
-            assert bool(blas_calls(fused, x)) != on_panels, (T, B, I)
+        if blas is not None:
+            assert bool(blas_calls(fused, x)) == blas, (T, B, I)
 
 
-def blas_calls(model, x):
+def blas_calls(model, x, hx=None):
     """The BLAS products a forward of `model` on `x` calls through ATen, by the profiler."""
     with torch.no_grad(), torch.profiler.profile() as profile:
-        model(x)
+        model(x, hx)
     return {e.key for e in profile.key_averages()} & {"aten::mm", "aten::addmm_"}
 
 
@@ -240,10 +242,11 @@ def test_input_projection_in_loop(cell, dtype, isa):
     a stacked bidirectional layer (the second layer's 2H input features) and a packed batch."""
     in_loop = isa == "avx2" and cell != "gru"
     # (T, B, I, H, options, whether the loop projects the input)
-    cases = [(6, 8, 65, 37, {}, in_loop), (6, 7, 65, 37, {}, False),
-             (5, 9, 257, 19, {}, False), (5, 8, 70, 257, {}, False),
-             (4, 10, 256, 256, {"bias": False}, in_loop),
-             (5, 12, 66, 20, {"num_layers": 2, "bidirectional": True}, in_loop)]
+    # More than 64 rows in all, which the small-product kernels would take (layer/gemm.cpp).
+    cases = [(9, 8, 65, 37, {}, in_loop), (10, 7, 65, 37, {}, False),
+             (8, 9, 257, 19, {}, False), (9, 8, 70, 257, {}, False),
+             (7, 10, 256, 256, {"bias": False}, in_loop),
+             (6, 12, 66, 20, {"num_layers": 2, "bidirectional": True}, in_loop)]
     for T, B, I, H, options, projected_in_loop in cases:
         ref, fused = make_pair(cell, I, H, "cpu", dtype, seed=I + B, **options)
         gen = torch.Generator().manual_seed(T * B + I)
