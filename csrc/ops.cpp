@@ -21,20 +21,20 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_backward(Tensor? grad_output, Tensor? grad_hn, Tensor? grad_cn, Tensor input, "
         "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, "
         "Tensor cells, bool has_bias, bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None, "
-        "Tensor? unprojected=None, bool weight_grads=True) "
+        "Tensor? unprojected=None, bool weight_grads=True, bool h0_grad=True) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, bool reverse, bool training, Tensor? batch_sizes=None) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor? grad_output, Tensor? grad_hn, Tensor input, Tensor h0, "
         "Tensor w_ih, Tensor w_hh, Tensor output, Tensor saved, bool has_bias, bool reverse, "
-        "Tensor? batch_sizes=None, bool weight_grads=True) "
+        "Tensor? batch_sizes=None, bool weight_grads=True, bool h0_grad=True) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("rnn_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, bool relu, bool reverse, Tensor? batch_sizes=None) -> (Tensor, Tensor)");
   m.def("rnn_backward(Tensor? grad_output, Tensor? grad_hn, Tensor input, Tensor h0, "
         "Tensor w_ih, Tensor w_hh, Tensor output, bool has_bias, bool relu, bool reverse, "
-        "Tensor? batch_sizes=None, bool weight_grads=True) "
+        "Tensor? batch_sizes=None, bool weight_grads=True, bool h0_grad=True) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Both directions of a bidirectional layer (layer.h): per-direction arguments as lists of
   // two, [forward, reverse]; the results of both, flat.

@@ -39,12 +39,17 @@ def _lstm_forward_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training,
 @torch.library.register_fake("fusedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates,
                         cells, has_bias, reverse, batch_sizes=None, w_hr=None, unprojected=None,
-                        weight_grads=True):
+                        weight_grads=True, h0_grad=True):
     _check_devices("lstm_backward", input, grad_output=grad_output, grad_hn=grad_hn,
                    grad_cn=grad_cn, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, output=output,
                    gates=gates, cells=cells, w_hr=w_hr, unprojected=unprojected)
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
+    return (torch.empty_like(input), _h0_grad(h0_grad, h0), torch.empty_like(c0),
             *_weight_grads(weight_grads, w_ih, w_hh, w_hh.shape[0] if has_bias else 0, w_hr))
+
+
+def _h0_grad(wanted, h0):
+    """The backward ops' gradient of h0, or an empty one where not wanted."""
+    return torch.empty_like(h0) if wanted else h0.new_empty(0)
 
 
 def _weight_grads(wanted, w_ih, w_hh, bias_size, *more):
@@ -65,11 +70,11 @@ def _gru_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training, batc
 
 @torch.library.register_fake("fusedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                       reverse, batch_sizes=None, weight_grads=True):
+                       reverse, batch_sizes=None, weight_grads=True, h0_grad=True):
     _check_devices("gru_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
                    w_ih=w_ih, w_hh=w_hh, output=output, saved=saved)
     bias_size = w_hh.shape[0] if has_bias and weight_grads else 0
-    return (torch.empty_like(input), torch.empty_like(h0),
+    return (torch.empty_like(input), _h0_grad(h0_grad, h0),
             *_weight_grads(weight_grads, w_ih, w_hh, bias_size), w_hh.new_empty(bias_size))
 
 
@@ -81,10 +86,10 @@ def _rnn_forward_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_si
 
 @torch.library.register_fake("fusedrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
-                       reverse, batch_sizes=None, weight_grads=True):
+                       reverse, batch_sizes=None, weight_grads=True, h0_grad=True):
     _check_devices("rnn_backward", input, grad_output=grad_output, grad_hn=grad_hn, h0=h0,
                    w_ih=w_ih, w_hh=w_hh, output=output)
-    return (torch.empty_like(input), torch.empty_like(h0),
+    return (torch.empty_like(input), _h0_grad(h0_grad, h0),
             *_weight_grads(weight_grads, w_ih, w_hh, w_hh.shape[0] if has_bias else 0))
 
 

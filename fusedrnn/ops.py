@@ -434,6 +434,12 @@ def _lstm_grads(results, has_bias, has_projection, weights):
             grad_w_hr if has_projection else None)
 
 
+def _h0_if_needed(grads, needed):
+    """`grads` with None for h0 where its gradient is not needed (the ops then skip the product
+    that gives it, and return it empty: at T=1 a quarter of the backward's products)."""
+    return grads if needed[1] else (grads[0], None, *grads[2:])
+
+
 def _gru_grads(results, has_bias, weights):
     """-> the gradients of input, h0, w_ih, w_hh, b_ih, b_hh."""
     if not weights:
@@ -485,10 +491,10 @@ class LSTMFunction(torch.autograd.Function):
 
         def fused():
             has_bias = b_ih is not None
-            return _lstm_grads(_ops.lstm_backward(
+            return _h0_if_needed(_lstm_grads(_ops.lstm_backward(
                 grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
-                has_bias, ctx.reverse, ctx.batch_sizes, w_hr, unprojected, weights), has_bias,
-                w_hr is not None, weights)
+                has_bias, ctx.reverse, ctx.batch_sizes, w_hr, unprojected, weights, needed[1]),
+                has_bias, w_hr is not None, weights), needed)
 
         if torch.is_grad_enabled():
             grads = _differentiable_backward(
@@ -527,9 +533,9 @@ class GRUFunction(torch.autograd.Function):
 
         def fused():
             has_bias = b_ih is not None
-            return _gru_grads(_ops.gru_backward(grad_output, grad_hn, input, h0, w_ih, w_hh,
-                                                output, saved, has_bias, ctx.reverse,
-                                                ctx.batch_sizes, weights), has_bias, weights)
+            return _h0_if_needed(_gru_grads(_ops.gru_backward(
+                grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
+                ctx.reverse, ctx.batch_sizes, weights, needed[1]), has_bias, weights), needed)
 
         if torch.is_grad_enabled():
             grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
@@ -568,9 +574,9 @@ class RNNFunction(torch.autograd.Function):
 
         def fused():
             has_bias = b_ih is not None
-            return _rnn_grads(_ops.rnn_backward(grad_output, grad_hn, input, h0, w_ih, w_hh,
-                                                output, has_bias, ctx.relu, ctx.reverse,
-                                                ctx.batch_sizes, weights), has_bias, weights)
+            return _h0_if_needed(_rnn_grads(_ops.rnn_backward(
+                grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, ctx.relu,
+                ctx.reverse, ctx.batch_sizes, weights, needed[1]), has_bias, weights), needed)
 
         if torch.is_grad_enabled():
             grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),

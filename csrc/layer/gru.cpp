@@ -48,7 +48,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
     const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
     const Tensor& saved_, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
-    bool weight_grads) {
+    bool weight_grads, bool h0_grad) {
   const LayerCall L("fusedrnn.gru_backward", 3, input_, batch_sizes, h0_, w_ih_, w_hh_,
                     std::nullopt, std::nullopt, std::nullopt, reverse);
   const int64_t B = L.B, H = L.H;
@@ -74,7 +74,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                   dh.data_ptr(), at_row(d_x_gates, first),
                                   at_row(d_h_gates, first), rows, H}};
   };
-  recurrence.loop_back(pass, d_h_gates, dh.data_ptr(), plan);
+  recurrence.loop_back(pass, d_h_gates, dh.data_ptr(), plan, h0_grad);
+  if (!h0_grad) dh = fresh({0}, L.options());
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_x_gates, weight_grads);
   return L.results(std::tuple{
       grad_input, dh, grad_w_ih,

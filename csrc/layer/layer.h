@@ -40,13 +40,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 // -> grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias (the gradient of b_ih and of
 // b_hh alike; empty without bias), grad_w_hr (empty without a projection). Without
 // weight_grads, the weights' and biases' gradients are all empty (and their GEMMs skipped): for
-// frozen weights, and calls that want the input's and states' gradients alone.
+// frozen weights, and calls that want the input's and states' gradients alone. Without h0_grad,
+// grad_h0 is empty and the last product, which only it needs, skipped: for a zero initial state
+// (at T=1 a quarter of the backward's products).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const OptionalTensor& grad_cn,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool has_bias, bool reverse,
     const OptionalTensor& batch_sizes, const OptionalTensor& w_hr,
-    const OptionalTensor& unprojected, bool weight_grads);
+    const OptionalTensor& unprojected, bool weight_grads, bool h0_grad = true);
 
 // -> output, hn, saved [T, B, 4H] (r, z, n, h W_hn^T + b_hn; empty unless training).
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
@@ -55,12 +57,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const OptionalTensor& batch_sizes);
 
 // -> grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (the last two empty
-// without bias; weight_grads as for the LSTM).
+// without bias; weight_grads and h0_grad as for the LSTM).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
     const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
     const Tensor& saved, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
-    bool weight_grads);
+    bool weight_grads, bool h0_grad = true);
 
 // Elman RNN, tanh or relu. The output is all the backward needs. -> output, hn.
 std::tuple<Tensor, Tensor> rnn_forward(
@@ -72,7 +74,8 @@ std::tuple<Tensor, Tensor> rnn_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output, const OptionalTensor& grad_hn, const Tensor& input,
     const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes, bool weight_grads);
+    bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes, bool weight_grads,
+    bool h0_grad = true);
 
 // Both directions of a bidirectional layer in one call: each per-direction argument is a list
 // of two, [forward, reverse], and the results are the one-direction op's, the forward's then the

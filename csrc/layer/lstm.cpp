@@ -77,7 +77,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const OptionalTensor& grad_cn, const Tensor& input_, const Tensor& h0_, const Tensor& c0_,
     const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_, const Tensor& gates_,
     const Tensor& cells_, bool has_bias, bool reverse, const OptionalTensor& batch_sizes,
-    const OptionalTensor& w_hr_, const OptionalTensor& unprojected_, bool weight_grads) {
+    const OptionalTensor& w_hr_, const OptionalTensor& unprojected_, bool weight_grads,
+    bool h0_grad) {
   const LayerCall L("fusedrnn.lstm_backward", 4, input_, batch_sizes, h0_, w_ih_, w_hh_,
                     std::nullopt, std::nullopt, w_hr_, reverse);
   const int64_t B = L.B, H = L.H, P = L.P;
@@ -125,7 +126,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                   {at_row(gates, first), at_row(cells, first), c_prev, dy, d_cell,
                                    dc.data_ptr(), at_row(d_gates, first), rows, H}};
   };
-  recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan);
+  recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan, h0_grad);
+  if (!h0_grad) dh = fresh({0}, L.options());
   const Tensor d_operand = gemm_operand(L, d_gates);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
   Tensor grad_w_hr = fresh({0}, L.options());

@@ -96,11 +96,12 @@ class Recurrence {
   // The backward through time: the steps of `pass` from its last to its first. Each step's
   // product first adds to `dh` what the step after it sent back, from that step's rows of
   // `d_pre` (the product's input; none before the last step), then its pointwise step writes its
-  // own rows of d_pre; a last product gives the gradient of h0. plan(step, after, rows_after) ->
-  // Step<Args>, where (after, rows_after) are the rows the step's product reads: passed on as
+  // own rows of d_pre; a last product gives the gradient of h0, unless `to_h0` is false (dh is
+  // then left without it). plan(step, after, rows_after) -> Step<Args>, where (after, rows_after) are the rows the step's product reads: passed on as
   // its `in`, or multiplied by plan itself where other work must come between (then in = null).
   template <typename Plan>
-  void loop_back(const Pass& pass, const Tensor& d_pre, void* dh, const Plan& plan) const {
+  void loop_back(const Pass& pass, const Tensor& d_pre, void* dh, const Plan& plan,
+                 bool to_h0 = true) const {
     const void* after = nullptr;
     int64_t rows_after = 0;
     const auto last_first = [&](int64_t s) {
@@ -110,7 +111,7 @@ class Recurrence {
       return planned;
     };
     loop(pass, last_first, [](int64_t) {});
-    product(after, rows_after, dh);
+    if (to_h0) product(after, rows_after, dh);
   }
 
   // The product alone (none when `in` is null).

@@ -41,7 +41,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
     const OptionalTensor& grad_output_, const OptionalTensor& grad_hn, const Tensor& input_,
     const Tensor& h0_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
     bool has_bias, bool relu, bool reverse, const OptionalTensor& batch_sizes,
-    bool weight_grads) {
+    bool weight_grads, bool h0_grad) {
   const LayerCall L("fusedrnn.rnn_backward", 1, input_, batch_sizes, h0_, w_ih_, w_hh_,
                     std::nullopt, std::nullopt, std::nullopt, reverse);
   const int64_t B = L.B, H = L.H;
@@ -60,7 +60,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
                                  {at_row(output, first), at_row(grad_output, first),
                                   dh.data_ptr(), at_row(d_pre, first), rows, H, relu}};
   };
-  recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan);
+  recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan, h0_grad);
+  if (!h0_grad) dh = fresh({0}, L.options());
   const Tensor d_operand = gemm_operand(L, d_pre);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
   return L.results(std::tuple{

@@ -155,6 +155,26 @@ def test_backward_ops_without_weight_grads(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_backward_ops_without_h0_grad(device):
+    """h0_grad=False (the one-direction backward ops): an empty gradient of h0, and every other
+    result the same, bit for bit, with and without weight_grads; schema and fake kernels agree
+    (opcheck)."""
+    for op, args in _op_samples(device):
+        name = op.name().split("::")[1]
+        if not name.endswith("_backward"):
+            continue
+        for weight_grads in (True, False):
+            options = {"weight_grads": weight_grads, "h0_grad": False}
+            torch.library.opcheck(op, args, options)
+            full, partial = op(*args, weight_grads=weight_grads), op(*args, **options)
+            assert len(full) == len(partial)
+            assert full[1].numel() > 0 and partial[1].numel() == 0, name
+            for i, (a, b) in enumerate(zip(full, partial)):
+                if i != 1:
+                    assert torch.equal(a, b), (name, i)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_inference_keeps_nothing_per_step(device):
     lib = torch.ops.fusedrnn
     args = _layer_args("lstm", 5, 2, 3, 4, device, torch.float32)
