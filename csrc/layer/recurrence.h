@@ -97,8 +97,9 @@ class Recurrence {
   // product first adds to `dh` what the step after it sent back, from that step's rows of
   // `d_pre` (the product's input; none before the last step), then its pointwise step writes its
   // own rows of d_pre; a last product gives the gradient of h0, unless `to_h0` is false (dh is
-  // then left without it). plan(step, after, rows_after) -> Step<Args>, where (after, rows_after) are the rows the step's product reads: passed on as
-  // its `in`, or multiplied by plan itself where other work must come between (then in = null).
+  // then left without it). plan(step, after, rows_after) -> Step<Args>, where (after,
+  // rows_after) are the rows the step's product reads: passed on as its `in`, or multiplied by
+  // plan itself where other work must come between (then in = null).
   template <typename Plan>
   void loop_back(const Pass& pass, const Tensor& d_pre, void* dh, const Plan& plan,
                  bool to_h0 = true) const {
