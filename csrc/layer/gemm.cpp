@@ -122,12 +122,12 @@ bool on_small_product(at::ScalarType dtype, const Gemm& g) {
 }
 
 // Split by columns between threads where the product is large enough to repay waking them.
-void small_product(at::ScalarType dtype, const Gemm& g) {
+void small_product(const Tensor& like, const Gemm& g) {
   constexpr int64_t kColumns = 96;  // a slice's columns come in whole tiles of either kernel
   constexpr int64_t kThreadWork = int64_t{1} << 18;  // multiply-adds
   const int64_t slices = (g.N + kColumns - 1) / kColumns;
   const int64_t grain = std::max<int64_t>(1, kThreadWork / (g.M * g.K * kColumns));
-  const Dtype product_dtype = dtype == at::kDouble ? Dtype::kFloat64 : Dtype::kFloat32;
+  const Dtype product_dtype = dtype_of(like);
   at::parallel_for(0, slices, grain, [&](int64_t first, int64_t last) {
     cpu::small_product(product_dtype,
                        cpu::SmallProduct{g.M, g.N, g.K, g.a, g.b, g.b_transposed, g.c,
@@ -173,7 +173,7 @@ void gemm(const Tensor& like, const Gemm& g) {
 #endif
   }
   const at::ScalarType dtype = like.scalar_type();
-  if (on_small_product(dtype, g)) return small_product(dtype, g);
+  if (on_small_product(dtype, g)) return small_product(like, g);
   if (g.M * g.N * g.K <= kTinyWork && (dtype == at::kFloat || dtype == at::kDouble)) {
     return dtype == at::kFloat ? tiny_gemm<float>(g) : tiny_gemm<double>(g);
   }
