@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
 
@@ -120,6 +122,14 @@ void set_isa(std::optional<Isa> isa) {
 bool has_fused_steps() { return active_isa() != Isa::kScalar; }
 
 bool has_bf16_products() { return active_isa() >= Isa::kAvx512Bf16; }
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? int64_t{reported} : int64_t{512} << 10;
+  }();
+  return bytes;
+}
 
 template <typename Args>
 int64_t vector_units(Dtype dtype, const Args& args, int64_t first_row, int64_t last_row,

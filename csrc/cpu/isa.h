@@ -32,6 +32,9 @@ bool has_fused_steps();
 // Whether bfloat16 layers' products run in bfloat16 here (an ISA with bfloat16 dot products).
 bool has_bf16_products();
 
+// The bytes of a core's L2 cache, as the C library reports it (512 KiB where it does not).
+int64_t l2_cache_bytes();
+
 struct Panels;
 struct Product;
 struct SmallProduct;

@@ -75,6 +75,20 @@ def test_single_steps_on_unpacked_weights(cell, batch, dtype, isa):
         assert bool(blas_calls(fused, x, hx)) == expected, (I, H)
 
 
+@pytest.mark.parametrize("batch", [16, 5])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_single_steps_on_weights_past_l2(cell, batch, isa):
+    """A single step whose weights outgrow a core's L2 (float64 I=515 H=509: 2-8 MB a matrix,
+    1-4 MB a thread): the small-product kernels then request the next block of columns while
+    they multiply one (cpu/vectorized_product.h, `ahead`). The same numbers as torch.nn, with
+    the columns' and the depth's tails."""
+    dtype = torch.float64
+    ref, fused = make_pair(cell, 515, 509, "cpu", dtype, seed=batch)
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(1, batch, 515, generator=gen, dtype=dtype)
+    assert_matches(cell, fused, ref, x, random_state(cell, ref, batch, "cpu", dtype, gen), dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_packed_matches_torch_nn(cell, dtype, threads):
