@@ -44,17 +44,18 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def("lstm_backward_pair(Tensor?[] grad_output, Tensor?[] grad_hn, Tensor?[] grad_cn, "
         "Tensor input, Tensor[] h0, Tensor[] c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[] output, "
         "Tensor[] gates, Tensor[] cells, bool has_bias, Tensor? batch_sizes, Tensor?[] w_hr, "
-        "Tensor?[] unprojected, bool weight_grads=True) -> Tensor[]");
+        "Tensor?[] unprojected, bool weight_grads=True, bool h0_grad=True) -> Tensor[]");
   m.def("gru_forward_pair(Tensor input, Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, "
         "Tensor?[] b_ih, Tensor?[] b_hh, bool training, Tensor? batch_sizes) -> Tensor[]");
   m.def("gru_backward_pair(Tensor?[] grad_output, Tensor?[] grad_hn, Tensor input, "
         "Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, Tensor[] output, Tensor[] saved, "
-        "bool has_bias, Tensor? batch_sizes, bool weight_grads=True) -> Tensor[]");
+        "bool has_bias, Tensor? batch_sizes, bool weight_grads=True, bool h0_grad=True) "
+        "-> Tensor[]");
   m.def("rnn_forward_pair(Tensor input, Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, "
         "Tensor?[] b_ih, Tensor?[] b_hh, bool relu, Tensor? batch_sizes) -> Tensor[]");
   m.def("rnn_backward_pair(Tensor?[] grad_output, Tensor?[] grad_hn, Tensor input, "
         "Tensor[] h0, Tensor[] w_ih, Tensor[] w_hh, Tensor[] output, bool has_bias, bool relu, "
-        "Tensor? batch_sizes, bool weight_grads=True) -> Tensor[]");
+        "Tensor? batch_sizes, bool weight_grads=True, bool h0_grad=True) -> Tensor[]");
 }
 
 // One device-generic driver per op (layer/): each call runs its loop on the backend chosen for

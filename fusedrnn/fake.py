@@ -105,11 +105,11 @@ def _lstm_forward_pair_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, training, bat
 @torch.library.register_fake("fusedrnn::lstm_backward_pair")
 def _lstm_backward_pair_fake(grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output,
                              gates, cells, has_bias, batch_sizes, w_hr, unprojected,
-                             weight_grads=True):
+                             weight_grads=True, h0_grad=True):
     return [t for d in range(2) for t in _lstm_backward_fake(
         grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d], w_hh[d], output[d],
         gates[d], cells[d], has_bias, d == 1, batch_sizes, w_hr[d], unprojected[d],
-        weight_grads)]
+        weight_grads, h0_grad)]
 
 
 @torch.library.register_fake("fusedrnn::gru_forward_pair")
@@ -120,10 +120,10 @@ def _gru_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, training, batch_si
 
 @torch.library.register_fake("fusedrnn::gru_backward_pair")
 def _gru_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                            batch_sizes, weight_grads=True):
+                            batch_sizes, weight_grads=True, h0_grad=True):
     return [t for d in range(2) for t in _gru_backward_fake(
         grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], saved[d], has_bias,
-        d == 1, batch_sizes, weight_grads)]
+        d == 1, batch_sizes, weight_grads, h0_grad)]
 
 
 @torch.library.register_fake("fusedrnn::rnn_forward_pair")
@@ -134,7 +134,7 @@ def _rnn_forward_pair_fake(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes)
 
 @torch.library.register_fake("fusedrnn::rnn_backward_pair")
 def _rnn_backward_pair_fake(grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, relu,
-                            batch_sizes, weight_grads=True):
+                            batch_sizes, weight_grads=True, h0_grad=True):
     return [t for d in range(2) for t in _rnn_backward_fake(
         grad_output[d], grad_hn[d], input, h0[d], w_ih[d], w_hh[d], output[d], has_bias, relu,
-        d == 1, batch_sizes, weight_grads)]
+        d == 1, batch_sizes, weight_grads, h0_grad)]

@@ -435,9 +435,10 @@ def _lstm_grads(results, has_bias, has_projection, weights):
 
 
 def _h0_if_needed(grads, needed):
-    """`grads` with None for h0 where its gradient is not needed (the ops then skip the product
-    that gives it, and return it empty: at T=1 a quarter of the backward's products)."""
-    return grads if needed[1] else (grads[0], None, *grads[2:])
+    """`grads` (input's, h0's, ...) with None for h0 where its gradient is not `needed` (the ops
+    then skip the product that gives it, and return it empty: at T=1 a quarter of the backward's
+    products)."""
+    return grads if needed else (grads[0], None, *grads[2:])
 
 
 def _gru_grads(results, has_bias, weights):
@@ -494,7 +495,7 @@ class LSTMFunction(torch.autograd.Function):
             return _h0_if_needed(_lstm_grads(_ops.lstm_backward(
                 grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
                 has_bias, ctx.reverse, ctx.batch_sizes, w_hr, unprojected, weights, needed[1]),
-                has_bias, w_hr is not None, weights), needed)
+                has_bias, w_hr is not None, weights), needed[1])
 
         if torch.is_grad_enabled():
             grads = _differentiable_backward(
@@ -535,7 +536,7 @@ class GRUFunction(torch.autograd.Function):
             has_bias = b_ih is not None
             return _h0_if_needed(_gru_grads(_ops.gru_backward(
                 grad_output, grad_hn, input, h0, w_ih, w_hh, output, saved, has_bias,
-                ctx.reverse, ctx.batch_sizes, weights, needed[1]), has_bias, weights), needed)
+                ctx.reverse, ctx.batch_sizes, weights, needed[1]), has_bias, weights), needed[1])
 
         if torch.is_grad_enabled():
             grads = _differentiable_backward(_gru_reference, inputs, (ctx.reverse,),
@@ -576,7 +577,7 @@ class RNNFunction(torch.autograd.Function):
             has_bias = b_ih is not None
             return _h0_if_needed(_rnn_grads(_ops.rnn_backward(
                 grad_output, grad_hn, input, h0, w_ih, w_hh, output, has_bias, ctx.relu,
-                ctx.reverse, ctx.batch_sizes, weights, needed[1]), has_bias, weights), needed)
+                ctx.reverse, ctx.batch_sizes, weights, needed[1]), has_bias, weights), needed[1])
 
         if torch.is_grad_enabled():
             grads = _differentiable_backward(_rnn_reference, inputs, (ctx.relu, ctx.reverse),
@@ -688,25 +689,27 @@ class LSTMPairFunction(torch.autograd.Function):
             [grads[2], grads[5]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 7, 2))
+        h0_needed = [needed[2 + 7 * d] for d in range(2)]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
                 return _ops.lstm_backward(
                     grad_output[d], grad_hn[d], grad_cn[d], input, h0[d], c0[d], w_ih[d],
                     w_hh[d], output[d], gates[d], cells[d], has_bias, d == 1, ctx.batch_sizes,
-                    w_hr[d], unprojected[d], weights)
+                    w_hr[d], unprojected[d], weights, h0_needed[d])
         else:
             both = _ops.lstm_backward_pair(
                 grad_output, grad_hn, grad_cn, input, h0, c0, w_ih, w_hh, output, gates, cells,
-                has_bias, ctx.batch_sizes, w_hr, unprojected, weights)
+                has_bias, ctx.batch_sizes, w_hr, unprojected, weights, any(h0_needed))
 
             def results(d):
                 return both[7 * d:7 * d + 7]
 
         return _pair_backward(
             ctx, needed, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
-            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None, weights), output,
-            list(zip(gates, cells, unprojected)), left)
+            lambda d: _h0_if_needed(_lstm_grads(results(d), has_bias, w_hr[d] is not None,
+                                                weights), h0_needed[d]),
+            output, list(zip(gates, cells, unprojected)), left)
 
 
 class GRUPairFunction(torch.autograd.Function):
@@ -736,23 +739,25 @@ class GRUPairFunction(torch.autograd.Function):
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 5, 1))
+        h0_needed = [needed[2 + 5 * d] for d in range(2)]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
                 return _ops.gru_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
                                          w_hh[d], output[d], kept[d], has_bias, d == 1,
-                                         ctx.batch_sizes, weights)
+                                         ctx.batch_sizes, weights, h0_needed[d])
         else:
             both = _ops.gru_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
-                                          kept, has_bias, ctx.batch_sizes, weights)
+                                          kept, has_bias, ctx.batch_sizes, weights,
+                                          any(h0_needed))
 
             def results(d):
                 return both[6 * d:6 * d + 6]
 
-        return _pair_backward(ctx, needed, _gru_reference, input, directions, (),
-                              (grads[:2], grads[2:4]), 5, 2,
-                              lambda d: _gru_grads(results(d), has_bias, weights), output,
-                              [(kept[0],), (kept[1],)], left)
+        return _pair_backward(
+            ctx, needed, _gru_reference, input, directions, (), (grads[:2], grads[2:4]), 5, 2,
+            lambda d: _h0_if_needed(_gru_grads(results(d), has_bias, weights), h0_needed[d]),
+            output, [(kept[0],), (kept[1],)], left)
 
 
 class RNNPairFunction(torch.autograd.Function):
@@ -781,23 +786,25 @@ class RNNPairFunction(torch.autograd.Function):
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
         needed, weights = _needed_by_engine(
             ctx, (input, ctx.batch_sizes, ctx.relu, *directions), _pair_weights(3, 5, 1))
+        h0_needed = [needed[3 + 5 * d] for d in range(2)]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
                 return _ops.rnn_backward(grad_output[d], grad_hn[d], input, h0[d], w_ih[d],
                                          w_hh[d], output[d], has_bias, ctx.relu, d == 1,
-                                         ctx.batch_sizes, weights)
+                                         ctx.batch_sizes, weights, h0_needed[d])
         else:
             both = _ops.rnn_backward_pair(grad_output, grad_hn, input, h0, w_ih, w_hh, output,
-                                          has_bias, ctx.relu, ctx.batch_sizes, weights)
+                                          has_bias, ctx.relu, ctx.batch_sizes, weights,
+                                          any(h0_needed))
 
             def results(d):
                 return both[5 * d:5 * d + 5]
 
-        return _pair_backward(ctx, needed, _rnn_reference, input, directions, (ctx.relu,),
-                              (grads[:2], grads[2:4]), 5, 3,
-                              lambda d: _rnn_grads(results(d), has_bias, weights), output,
-                              [(), ()], left)
+        return _pair_backward(
+            ctx, needed, _rnn_reference, input, directions, (ctx.relu,), (grads[:2], grads[2:4]),
+            5, 3, lambda d: _h0_if_needed(_rnn_grads(results(d), has_bias, weights), h0_needed[d]),
+            output, [(), ()], left)
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------

@@ -71,7 +71,7 @@ std::vector<Tensor> lstm_backward_pair(
     const OptionalTensors& grad_cn, const Tensor& input, Tensors h0, Tensors c0, Tensors w_ih,
     Tensors w_hh, Tensors output, Tensors gates, Tensors cells, bool has_bias,
     const OptionalTensor& batch_sizes, const OptionalTensors& w_hr,
-    const OptionalTensors& unprojected, bool weight_grads) {
+    const OptionalTensors& unprojected, bool weight_grads, bool h0_grad) {
   check_pair("fusedrnn.lstm_backward_pair",
              {grad_output.size(), grad_hn.size(), grad_cn.size(), h0.size(), c0.size(),
               w_ih.size(), w_hh.size(), output.size(), gates.size(), cells.size(), w_hr.size(),
@@ -79,7 +79,7 @@ std::vector<Tensor> lstm_backward_pair(
   return pair_of(input, [&](int64_t d) {
     return lstm_backward(grad_output.get(d), grad_hn.get(d), grad_cn.get(d), input, h0[d], c0[d],
                          w_ih[d], w_hh[d], output[d], gates[d], cells[d], has_bias, d == 1,
-                         batch_sizes, w_hr.get(d), unprojected.get(d), weight_grads);
+                         batch_sizes, w_hr.get(d), unprojected.get(d), weight_grads, h0_grad);
   });
 }
 
@@ -98,13 +98,15 @@ std::vector<Tensor> gru_backward_pair(const OptionalTensors& grad_output,
                                       const OptionalTensors& grad_hn, const Tensor& input,
                                       Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
                                       Tensors saved, bool has_bias,
-                                      const OptionalTensor& batch_sizes, bool weight_grads) {
+                                      const OptionalTensor& batch_sizes, bool weight_grads,
+                                      bool h0_grad) {
   check_pair("fusedrnn.gru_backward_pair",
              {grad_output.size(), grad_hn.size(), h0.size(), w_ih.size(), w_hh.size(),
               output.size(), saved.size()});
   return pair_of(input, [&](int64_t d) {
     return gru_backward(grad_output.get(d), grad_hn.get(d), input, h0[d], w_ih[d], w_hh[d],
-                        output[d], saved[d], has_bias, d == 1, batch_sizes, weight_grads);
+                        output[d], saved[d], has_bias, d == 1, batch_sizes, weight_grads,
+                        h0_grad);
   });
 }
 
@@ -123,13 +125,13 @@ std::vector<Tensor> rnn_backward_pair(const OptionalTensors& grad_output,
                                       const OptionalTensors& grad_hn, const Tensor& input,
                                       Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
                                       bool has_bias, bool relu, const OptionalTensor& batch_sizes,
-                                      bool weight_grads) {
+                                      bool weight_grads, bool h0_grad) {
   check_pair("fusedrnn.rnn_backward_pair",
              {grad_output.size(), grad_hn.size(), h0.size(), w_ih.size(), w_hh.size(),
               output.size()});
   return pair_of(input, [&](int64_t d) {
     return rnn_backward(grad_output.get(d), grad_hn.get(d), input, h0[d], w_ih[d], w_hh[d],
-                        output[d], has_bias, relu, d == 1, batch_sizes, weight_grads);
+                        output[d], has_bias, relu, d == 1, batch_sizes, weight_grads, h0_grad);
   });
 }
 

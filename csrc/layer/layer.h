@@ -80,7 +80,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
 // Both directions of a bidirectional layer in one call: each per-direction argument is a list
 // of two, [forward, reverse], and the results are the one-direction op's, the forward's then the
 // reverse's, in one flat list. On the CPU with two threads the directions run side by side, one
-// thread each (bidirectional.cpp, both_directions); otherwise one after the other.
+// thread each (bidirectional.cpp, both_directions); otherwise one after the other. h0_grad
+// holds for both directions.
 std::vector<Tensor> lstm_forward_pair(const Tensor& input, Tensors h0, Tensors c0, Tensors w_ih,
                                       Tensors w_hh, const OptionalTensors& b_ih,
                                       const OptionalTensors& b_hh, bool training,
@@ -91,7 +92,7 @@ std::vector<Tensor> lstm_backward_pair(
     const OptionalTensors& grad_cn, const Tensor& input, Tensors h0, Tensors c0, Tensors w_ih,
     Tensors w_hh, Tensors output, Tensors gates, Tensors cells, bool has_bias,
     const OptionalTensor& batch_sizes, const OptionalTensors& w_hr,
-    const OptionalTensors& unprojected, bool weight_grads);
+    const OptionalTensors& unprojected, bool weight_grads, bool h0_grad = true);
 std::vector<Tensor> gru_forward_pair(const Tensor& input, Tensors h0, Tensors w_ih, Tensors w_hh,
                                      const OptionalTensors& b_ih, const OptionalTensors& b_hh,
                                      bool training, const OptionalTensor& batch_sizes);
@@ -99,7 +100,8 @@ std::vector<Tensor> gru_backward_pair(const OptionalTensors& grad_output,
                                       const OptionalTensors& grad_hn, const Tensor& input,
                                       Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
                                       Tensors saved, bool has_bias,
-                                      const OptionalTensor& batch_sizes, bool weight_grads);
+                                      const OptionalTensor& batch_sizes, bool weight_grads,
+                                      bool h0_grad = true);
 std::vector<Tensor> rnn_forward_pair(const Tensor& input, Tensors h0, Tensors w_ih, Tensors w_hh,
                                      const OptionalTensors& b_ih, const OptionalTensors& b_hh,
                                      bool relu, const OptionalTensor& batch_sizes);
@@ -107,6 +109,6 @@ std::vector<Tensor> rnn_backward_pair(const OptionalTensors& grad_output,
                                       const OptionalTensors& grad_hn, const Tensor& input,
                                       Tensors h0, Tensors w_ih, Tensors w_hh, Tensors output,
                                       bool has_bias, bool relu, const OptionalTensor& batch_sizes,
-                                      bool weight_grads);
+                                      bool weight_grads, bool h0_grad = true);
 
 }  // namespace fusedrnn
