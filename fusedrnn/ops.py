@@ -618,17 +618,28 @@ def _pair_backward(ctx, needed, reference, input, directions, options, grads, k,
     double backward's pass left its second half to this node (_left_pass), and under grad mode
     through _differentiable_backward. `needed`: which of the Function's inputs need a gradient;
     `leading`: the Function's inputs before the directions; `outputs`, `saved`: each
-    direction's output and saved activations."""
-    needs = [(needed[0], *needed[leading + d * k:leading + (d + 1) * k]) for d in range(2)]
+    direction's output and saved activations. A direction's gradient of h0 is None where it
+    needs none (the ops then skip the product that gives it)."""
+    needs = _pair_needs(needed, leading, k)
+
+    def fused_direction(d):
+        return _h0_if_needed(fused(d), needs[d][1])
+
     if torch.is_grad_enabled():
         per = [_differentiable_backward(
             reference, (input, *directions[d * k:(d + 1) * k]), (*options, d == 1), grads[d],
-            needs[d], lambda d=d: fused(d), outputs[d], saved[d], (ctx, d), ctx.batch_sizes)
-            for d in range(2)]
+            needs[d], lambda d=d: fused_direction(d), outputs[d], saved[d], (ctx, d),
+            ctx.batch_sizes) for d in range(2)]
     else:
-        per = [left[d](grads[d], needs[d]) if left[d] else fused(d) for d in range(2)]
+        per = [left[d](grads[d], needs[d]) if left[d] else fused_direction(d) for d in range(2)]
     return (_sum_defined(per[0][0], per[1][0]), *(None,) * (leading - 1), *per[0][1:],
             *per[1][1:])
+
+
+def _pair_needs(needed, leading, k):
+    """Which of each direction's inputs need a gradient, input first, from `needed` (a pair
+    Function's, `leading` arguments before the directions' k each)."""
+    return [(needed[0], *needed[leading + d * k:leading + (d + 1) * k]) for d in range(2)]
 
 
 def _pair_jvp(ctx, reference, tangents, options, k, leading):
@@ -689,7 +700,7 @@ class LSTMPairFunction(torch.autograd.Function):
             [grads[2], grads[5]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 7, 2))
-        h0_needed = [needed[2 + 7 * d] for d in range(2)]
+        h0_needed = [needs[1] for needs in _pair_needs(needed, 2, 7)]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
@@ -707,9 +718,8 @@ class LSTMPairFunction(torch.autograd.Function):
 
         return _pair_backward(
             ctx, needed, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
-            lambda d: _h0_if_needed(_lstm_grads(results(d), has_bias, w_hr[d] is not None,
-                                                weights), h0_needed[d]),
-            output, list(zip(gates, cells, unprojected)), left)
+            lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None, weights), output,
+            list(zip(gates, cells, unprojected)), left)
 
 
 class GRUPairFunction(torch.autograd.Function):
@@ -739,7 +749,7 @@ class GRUPairFunction(torch.autograd.Function):
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 5, 1))
-        h0_needed = [needed[2 + 5 * d] for d in range(2)]
+        h0_needed = [needs[1] for needs in _pair_needs(needed, 2, 5)]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
@@ -756,8 +766,8 @@ class GRUPairFunction(torch.autograd.Function):
 
         return _pair_backward(
             ctx, needed, _gru_reference, input, directions, (), (grads[:2], grads[2:4]), 5, 2,
-            lambda d: _h0_if_needed(_gru_grads(results(d), has_bias, weights), h0_needed[d]),
-            output, [(kept[0],), (kept[1],)], left)
+            lambda d: _gru_grads(results(d), has_bias, weights), output, [(kept[0],), (kept[1],)],
+            left)
 
 
 class RNNPairFunction(torch.autograd.Function):
@@ -786,7 +796,7 @@ class RNNPairFunction(torch.autograd.Function):
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
         needed, weights = _needed_by_engine(
             ctx, (input, ctx.batch_sizes, ctx.relu, *directions), _pair_weights(3, 5, 1))
-        h0_needed = [needed[3 + 5 * d] for d in range(2)]
+        h0_needed = [needs[1] for needs in _pair_needs(needed, 3, 5)]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
@@ -803,8 +813,7 @@ class RNNPairFunction(torch.autograd.Function):
 
         return _pair_backward(
             ctx, needed, _rnn_reference, input, directions, (ctx.relu,), (grads[:2], grads[2:4]),
-            5, 3, lambda d: _h0_if_needed(_rnn_grads(results(d), has_bias, weights), h0_needed[d]),
-            output, [(), ()], left)
+            5, 3, lambda d: _rnn_grads(results(d), has_bias, weights), output, [(), ()], left)
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------
