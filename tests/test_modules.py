@@ -1,5 +1,7 @@
 """fusedrnn.LSTM/GRU/RNN against torch.nn: outputs, final states and every gradient."""
 
+import random
+
 import pytest
 import torch
 from torch import nn
@@ -47,6 +49,43 @@ def test_matches_torch_nn(cell, config, dtype, device, backend):
     ref, fused = make_pair(cell, I, H, device, dtype, **options)
     x, hx = _inputs(cell, ref, T, B, I, device, dtype, options.get("batch_first", False))
     assert_matches(cell, fused, ref, x, hx, dtype)
+
+
+def _drawn_case(draw):
+    """The options that change the code path drawn together, as users combine them, on odd
+    sizes: -> cell, (T, B, I, H, options), lengths of a packed batch or None, enforce_sorted,
+    whether hx is given. H from 2: a single unit's tanh, fed 33 inputs, saturates, and there
+    the float64 rounding of its derivative, amplified, already reaches 2e-10 either way."""
+    rng = random.Random(draw)
+    cell = rng.choice(ALL_CELLS)
+    T, B = rng.choice([1, 2, 5, 13, 40]), rng.choice([1, 2, 3, 8, 17, 33])
+    I, H = rng.choice([1, 3, 7, 16, 33]), rng.choice([2, 5, 8, 17, 31, 64])
+    options = {"num_layers": rng.choice([1, 2, 3]), "bidirectional": rng.random() < 0.5,
+               "batch_first": rng.random() < 0.5, "bias": rng.random() < 0.8}
+    if cell == "lstm" and rng.random() < 0.4:
+        options["proj_size"] = rng.randint(1, H - 1)
+    lengths, enforce_sorted = None, True
+    if rng.random() < 0.4:
+        lengths = sorted((rng.randint(1, T) for _ in range(B)), reverse=True)
+        lengths[0] = T  # padded back to T
+        enforce_sorted = rng.random() < 0.5
+        if not enforce_sorted:
+            rng.shuffle(lengths)
+    return cell, (T, B, I, H, options), lengths, enforce_sorted, rng.random() < 0.7
+
+
+@pytest.mark.parametrize("draw", range(40))
+def test_drawn_option_combinations_match_torch_nn(draw):
+    cell, config, lengths, enforce_sorted, with_state = _drawn_case(draw)
+    T, B, I, H, options = config
+    ref, fused = make_pair(cell, I, H, "cpu", torch.float64, seed=draw, **options)
+    x, hx = _inputs(cell, ref, T, B, I, "cpu", torch.float64, options["batch_first"],
+                    with_state, seed=draw)
+    if hx is not None and "proj_size" in options:  # h is proj_size wide
+        hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
+    results = [run_and_grad(model, x, hx, lengths=lengths, enforce_sorted=enforce_sorted)
+               for model in (fused, ref)]
+    assert_close_by_name(*results, TOLERANCE[torch.float64])
 
 
 def _results(outputs):
