@@ -111,6 +111,22 @@ def test_empty_batch(cell):
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
+def test_no_hidden_units(cell):
+    ref, fused = make_cell_pair(cell, 3, 0)
+    x = torch.randn(2, 3, requires_grad=True)
+    for model in (fused, ref):
+        out = model(x)
+        out = out[0] + out[1] if cell == "lstm" else out
+        assert out.shape == (2, 0)
+        out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))  # both added zeros
+    with torch.no_grad():  # unbatched, on the inference path
+        ours, theirs = fused(x[0]), ref(x[0])
+        ours, theirs = (ours[1], theirs[1]) if cell == "lstm" else (ours, theirs)
+        assert ours.shape == theirs.shape == (0,)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
 def test_same_initialisation_parameters_and_repr(cell):
     ref_cls, fused_cls, extra = CELL_CLASSES[cell]
     torch.manual_seed(11)
