@@ -23,11 +23,15 @@ int64_t lanes_of(Dtype dtype) {
 
 Panels panels_for(Isa isa, Dtype dtype, int64_t gates, int64_t hidden, int64_t depth) {
   const int64_t lanes = lanes_of(dtype);
-  // Four vectors a panel where the gates allow (a single-gate output takes four unit blocks),
-  // so that each loaded input element feeds several independent FMAs.
-  const int64_t blocks = gates >= 3 ? 1 : 4;
-  const int64_t units = blocks * lanes;
   const bool bf16 = dtype == Dtype::kBFloat16 && isa >= Isa::kAvx512Bf16;
+  // Four vectors a panel where the gates allow (a single-gate output takes four unit blocks),
+  // so that each loaded input element feeds several independent FMAs. A single-gate output
+  // narrower than two such panels takes fewer blocks a panel, down to one, so that a loop's two
+  // threads have a panel each: at H=32 the backward's product onto h was one panel, and its
+  // loop ran on one thread while the other waited.
+  int64_t blocks = gates >= 3 ? 1 : 4;
+  while (!bf16 && blocks > 1 && hidden <= blocks * lanes) blocks /= 2;
+  const int64_t units = blocks * lanes;
   return Panels{isa, gates, hidden, depth, lanes, blocks, (hidden + units - 1) / units, bf16};
 }
 
@@ -175,8 +179,12 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
 
 template <typename T>
 void panels_of(const Product& product, int64_t begin, int64_t end) {
-  if (product.panels->vectors() == 3) return panels_as<T, 3>(product, begin, end);
-  return panels_as<T, 4>(product, begin, end);
+  switch (product.panels->vectors()) {
+    case 1: return panels_as<T, 1>(product, begin, end);
+    case 2: return panels_as<T, 2>(product, begin, end);
+    case 3: return panels_as<T, 3>(product, begin, end);
+    default: return panels_as<T, 4>(product, begin, end);
+  }
 }
 
 // MR rows of out, columns [n, n + NC), (+)= in w^T for w [N, K]: dot products along k, each

@@ -23,6 +23,11 @@ SHAPES = [
     (5, 7, 4, 37, {"num_layers": 2, "bidirectional": True}),  # rows after the tiles
     (4, 2, 3, 130, {}),  # rows one at a time
     (3, 1, 5, 260, {"bias": False}),  # one row, two threads
+    # Single-gate products (the RNN's, every backward's onto h) narrower than two panels of
+    # four vectors take narrower panels, one per thread: of two vectors (float32) at H = 20,
+    # of one at H = 16.
+    (6, 64, 9, 20, {}),
+    (10, 64, 5, 16, {}),
 ]
 LENGTHS = [9, 3, 12, 1, 7, 12, 5, 2, 8, 11, 4, 6, 10, 12, 3, 9]
 
