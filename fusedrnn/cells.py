@@ -78,8 +78,8 @@ class _FusedCell(nn.RNNCellBase):
             new_states = self._inference(input, hx)
             if new_states is not None:
                 return new_states if self._states == 2 else new_states[0]
-        # A cell without hidden units (torch.nn's run, and return empty states) has nothing to
-        # fuse, and the ops take none.
+        # torch.nn runs a cell without hidden units and returns empty states; there is nothing
+        # to fuse, and the ops refuse such weights.
         if modules._exporting() or self.hidden_size == 0:
             return getattr(nn, self._torch_name).forward(self, input, hx)
         if input.dim() not in (1, 2):
