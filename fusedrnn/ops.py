@@ -611,17 +611,15 @@ def _keep(ctx, inputs, kept, batch_sizes):
     ctx.set_materialize_grads(False)  # an unused output costs nothing in the backward
 
 
-def _pair_backward(ctx, needed, reference, input, directions, options, grads, k, leading,
+def _pair_backward(ctx, needs, reference, input, directions, options, grads, k, leading,
                    fused, outputs, saved, left):
     """The gradients of all the Function's inputs: input's two summed. Each direction's come
     from fused(d) (the gradients of input and that direction's k tensors), from left[d] where a
     double backward's pass left its second half to this node (_left_pass), and under grad mode
-    through _differentiable_backward. `needed`: which of the Function's inputs need a gradient;
-    `leading`: the Function's inputs before the directions; `outputs`, `saved`: each
-    direction's output and saved activations. A direction's gradient of h0 is None where it
+    through _differentiable_backward. `needs`: _pair_needs's, which of each direction's inputs
+    need a gradient; `leading`: the Function's inputs before the directions; `outputs`, `saved`:
+    each direction's output and saved activations. A direction's gradient of h0 is None where it
     needs none (the ops then skip the product that gives it)."""
-    needs = _pair_needs(needed, leading, k)
-
     def fused_direction(d):
         return _h0_if_needed(fused(d), needs[d][1])
 
@@ -700,7 +698,8 @@ class LSTMPairFunction(torch.autograd.Function):
             [grads[2], grads[5]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 7, 2))
-        h0_needed = [needs[1] for needs in _pair_needs(needed, 2, 7)]
+        needs = _pair_needs(needed, 2, 7)
+        h0_needed = [direction[1] for direction in needs]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
@@ -717,7 +716,7 @@ class LSTMPairFunction(torch.autograd.Function):
                 return both[7 * d:7 * d + 7]
 
         return _pair_backward(
-            ctx, needed, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
+            ctx, needs, _lstm_reference, input, directions, (), (grads[:3], grads[3:6]), 7, 2,
             lambda d: _lstm_grads(results(d), has_bias, w_hr[d] is not None, weights), output,
             list(zip(gates, cells, unprojected)), left)
 
@@ -749,7 +748,8 @@ class GRUPairFunction(torch.autograd.Function):
         grad_output, grad_hn = [grads[0], grads[2]], [grads[1], grads[3]]
         needed, weights = _needed_by_engine(ctx, (input, ctx.batch_sizes, *directions),
                                             _pair_weights(2, 5, 1))
-        h0_needed = [needs[1] for needs in _pair_needs(needed, 2, 5)]
+        needs = _pair_needs(needed, 2, 5)
+        h0_needed = [direction[1] for direction in needs]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
@@ -765,7 +765,7 @@ class GRUPairFunction(torch.autograd.Function):
                 return both[6 * d:6 * d + 6]
 
         return _pair_backward(
-            ctx, needed, _gru_reference, input, directions, (), (grads[:2], grads[2:4]), 5, 2,
+            ctx, needs, _gru_reference, input, directions, (), (grads[:2], grads[2:4]), 5, 2,
             lambda d: _gru_grads(results(d), has_bias, weights), output, [(kept[0],), (kept[1],)],
             left)
 
@@ -796,7 +796,8 @@ class RNNPairFunction(torch.autograd.Function):
         grad_output, grad_hn, output = [grads[0], grads[2]], [grads[1], grads[3]], saved[10:12]
         needed, weights = _needed_by_engine(
             ctx, (input, ctx.batch_sizes, ctx.relu, *directions), _pair_weights(3, 5, 1))
-        h0_needed = [needs[1] for needs in _pair_needs(needed, 3, 5)]
+        needs = _pair_needs(needed, 3, 5)
+        h0_needed = [direction[1] for direction in needs]
         left = [_left_pass(ctx, d) for d in range(2)]
         if torch.is_grad_enabled() or _legacy_batched(grads) or any(left):
             def results(d):
@@ -812,7 +813,7 @@ class RNNPairFunction(torch.autograd.Function):
                 return both[5 * d:5 * d + 5]
 
         return _pair_backward(
-            ctx, needed, _rnn_reference, input, directions, (ctx.relu,), (grads[:2], grads[2:4]),
+            ctx, needs, _rnn_reference, input, directions, (ctx.relu,), (grads[:2], grads[2:4]),
             5, 3, lambda d: _rnn_grads(results(d), has_bias, weights), output, [(), ()], left)
 
 

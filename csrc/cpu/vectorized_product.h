@@ -28,7 +28,8 @@ Panels panels_for(Isa isa, Dtype dtype, int64_t gates, int64_t hidden, int64_t d
   // so that each loaded input element feeds several independent FMAs. A single-gate output
   // narrower than two such panels takes fewer blocks a panel, down to one, so that a loop's two
   // threads have a panel each: at H=32 the backward's product onto h was one panel, and its
-  // loop ran on one thread while the other waited.
+  // loop ran on one thread while the other waited. bfloat16 panels keep four: their product
+  // (kernels_avx512_bf16.cpp) takes three or four vectors a panel.
   int64_t blocks = gates >= 3 ? 1 : 4;
   while (!bf16 && blocks > 1 && hidden <= blocks * lanes) blocks /= 2;
   const int64_t units = blocks * lanes;
