@@ -244,8 +244,11 @@ def test_input_projection_on_panels(cell, isa):
 
 
 def blas_calls(model, x, hx=None):
-    """The BLAS products a forward of `model` on `x` calls through ATen, by the profiler."""
-    with torch.no_grad(), torch.profiler.profile() as profile:
+    """The BLAS products a forward of `model` on `x` calls through ATen, by the profiler. With
+    oneDNN off: large float32 products otherwise go to torch's oneDNN matmul where it takes
+    float32 (AVX-512 CPUs), which the profiler does not list."""
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
+            torch.profiler.profile() as profile:
         model(x, hx)
     return {e.key for e in profile.key_averages()} & {"aten::mm", "aten::addmm_"}
 
