@@ -21,7 +21,8 @@ elsewhere. ``explain(module, input)`` tells which backend a call would take and 
 one refuses it. The CPU's instruction set is a second switch, chosen at run time from what the
 CPU has (``cpu_isa()``): ``FUSEDRNN_CPU_ISA=avx2`` (or ``force_cpu_isa``) runs the AVX2 kernels
 on an AVX-512 CPU, ``scalar`` the CPU kernels without vectors, and ``avx512`` keeps a CPU with
-AVX512-BF16 (ISA ``avx512_bf16``) from running bfloat16 layers' products on bfloat16 operands.
+AVX512-BF16 (ISA ``avx512_bf16``) from running bfloat16 layers' products on bfloat16 operands;
+``avx512_bf16`` keeps a CPU with AMX (ISA ``amx``) from running them on AMX's tiles.
 ``cpu_gemm()`` names the library that runs the large CPU products around the loop.
 ``FUSEDRNN_CUDA_SECOND_ORDER=1`` (read at each double backward) runs the double backward's
 second-order pass on CUDA too (ops._second_order_on); **off** until its kernels have run on a
@@ -155,8 +156,8 @@ def cpu_isa():
 
 def cpu_isas():
     """The CPU instruction sets fusedrnn's kernels can run on this machine, least capable first
-    ("scalar", "avx2", "avx512", "avx512_bf16"): what force_cpu_isa and FUSEDRNN_CPU_ISA accept
-    here."""
+    ("scalar", "avx2", "avx512", "avx512_bf16", "amx"): what force_cpu_isa and FUSEDRNN_CPU_ISA
+    accept here."""
     return tuple(_C.cpu_isas_runnable())
 
 

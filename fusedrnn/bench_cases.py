@@ -89,7 +89,8 @@ GRIDS = {
     "cpu": [
         *_FASTRNNS,
         *_cases("gru", modes="training", T=100, B=64, I=512, H=512),
-        # bfloat16, on bfloat16 dot products where the CPU has AVX512-BF16 (ISA avx512_bf16).
+        # bfloat16, on bfloat16 dot products where the CPU has AVX512-BF16 (ISA avx512_bf16), on
+        # tile products where it has AMX (ISA amx).
         *_cases("lstm,gru", dtypes="bfloat16", T=100, B=64, I=512, H=512),
         *_cases("lstm,gru", T=100, B=1, I=64, H=64),
         *_cases("rnn_tanh", T=100, B=16, I=128, H=128),

@@ -2,7 +2,11 @@
 
 #include <c10/util/Exception.h>
 
+#include <sys/syscall.h>
 #include <unistd.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -26,8 +30,8 @@ namespace fusedrnn::cpu {
 #define FUSEDRNN_HAS_X86_KERNELS 1
 FUSEDRNN_DECLARE_KERNELS(avx2)
 FUSEDRNN_DECLARE_KERNELS(avx512)
-// The products over bfloat16 panels (kernels_avx512_bf16.cpp); avx512_bf16's other kernels are
-// avx512's.
+// The products over bfloat16 panels (kernels_avx512_bf16.cpp); avx512_bf16's and amx's other
+// kernels are avx512's.
 namespace avx512_bf16 {
 void pack(const Panels& panels, const float* w, bool transposed, void* packed);
 void product_panels(const Product& product, int64_t begin, int64_t end);
@@ -44,7 +48,8 @@ void product_panels(const Product& product, int64_t begin, int64_t end);
       call;                                    \
     }                                          \
     case Isa::kAvx512:                         \
-    case Isa::kAvx512Bf16: {                   \
+    case Isa::kAvx512Bf16:                     \
+    case Isa::kAmx: {                          \
       namespace kernels = avx512;              \
       call;                                    \
     }                                          \
@@ -59,11 +64,29 @@ namespace {
 constexpr int kDetected = -1;
 std::atomic<int> chosen{kDetected - 1};  // not yet read from the environment
 
+#ifdef FUSEDRNN_HAS_X86_KERNELS
+// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's leave to use the tiles'
+// 8 KB of state: a process asks for it once (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA), as
+// oneDNN does; a kernel or hypervisor that refuses leaves the tiles faulting.
+bool amx_tiles_usable() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if (!(edx & (1u << 24)) || !(edx & (1u << 22))) return false;
+#ifdef __linux__
+  constexpr long kRequestPermission = 0x1023, kTileData = 18;
+  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+  return false;
+#endif
+}
+#endif
+
 Isa from_environment() {
   const char* name = std::getenv("FUSEDRNN_CPU_ISA");
   if (name == nullptr || *name == '\0') return detected_isa();
   const std::optional<Isa> isa = isa_named(name);
-  TORCH_CHECK(isa, "FUSEDRNN_CPU_ISA=", name, ": expected scalar, avx2, avx512 or avx512_bf16");
+  TORCH_CHECK(isa, "FUSEDRNN_CPU_ISA=", name,
+              ": expected scalar, avx2, avx512, avx512_bf16 or amx");
   TORCH_CHECK(*isa <= detected_isa(), "FUSEDRNN_CPU_ISA=", name, ": this CPU runs at most ",
               name_of(detected_isa()));
   return *isa;
@@ -77,12 +100,13 @@ const char* name_of(Isa isa) {
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx512Bf16: return "avx512_bf16";
+    case Isa::kAmx: return "amx";
   }
   return "?";
 }
 
 std::optional<Isa> isa_named(const std::string& name) {
-  for (const Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
+  for (const Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16, Isa::kAmx})
     if (name == name_of(isa)) return isa;
   return std::nullopt;
 }
@@ -96,7 +120,8 @@ Isa detected_isa() {
     const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     if (!avx512) return Isa::kAvx2;
-    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+    if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
+    return amx_tiles_usable() ? Isa::kAmx : Isa::kAvx512Bf16;
   }();
   return isa;
 #else

@@ -15,7 +15,9 @@ namespace fusedrnn::cpu {
 
 // From least to most capable. avx512_bf16 is AVX-512 with AVX512-BF16's dot products, which
 // run the products of bfloat16 layers (kernels_avx512_bf16.cpp); its other kernels are AVX-512's.
-enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Bf16 };
+// amx is avx512_bf16 with AMX's bfloat16 tile products for those products, from 16 rows (the
+// same file); detected only where the kernel lets this process use the tiles.
+enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 
 const char* name_of(Isa isa);
 std::optional<Isa> isa_named(const std::string& name);

@@ -27,12 +27,17 @@ struct Panels {
   int64_t count;   // panels
   // Packed as bfloat16 for a float32 product whose input rows are rounded to bfloat16 (the
   // products of bfloat16 layers, on AVX512-BF16): each row of a panel then holds k and k + 1
-  // side by side, [depth / 2 rounded up][vectors() * lanes][2], the last pair padded with zero.
+  // side by side, [packed_depth() / 2][vectors() * lanes][2], the pairs past depth zero. For
+  // AMX, packed_depth() is a whole number of tiles' depth (32), so every tile loads whole.
   bool bf16 = false;
 
   int64_t vectors() const { return gates * blocks; }
   int64_t units() const { return blocks * lanes; }  // units per panel
-  int64_t packed_depth() const { return bf16 ? depth + depth % 2 : depth; }
+  int64_t packed_depth() const {
+    if (!bf16) return depth;
+    const int64_t multiple = isa == Isa::kAmx ? 32 : 2;
+    return (depth + multiple - 1) / multiple * multiple;
+  }
   int64_t size() const { return count * packed_depth() * vectors() * lanes; }  // packed elements
 };
 

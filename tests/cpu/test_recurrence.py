@@ -113,7 +113,7 @@ def test_half_types_compute_in_float32(cell, dtype):
     bfloat16 products, whose products round the state (next test). (Its accuracy against
     torch.nn: the half-precision rule in test_modules.py.)"""
     if dtype == torch.bfloat16 and _bf16_products():
-        pytest.skip("avx512_bf16 rounds a bfloat16 layer's state: test_bfloat16_products")
+        pytest.skip("bfloat16 products round a bfloat16 layer's state: test_bfloat16_products")
     _, fused = make_pair(cell, 9, 70, "cpu", dtype, bidirectional=True)
     wide = copy.deepcopy(fused).float()
     gen = torch.Generator().manual_seed(5)
@@ -131,7 +131,7 @@ def test_half_types_compute_in_float32(cell, dtype):
 
 
 def _bf16_products():
-    return fusedrnn.backends.cpu_isa()[1] == "avx512_bf16"
+    return fusedrnn.backends.cpu_isa()[1] in ("avx512_bf16", "amx")
 
 
 def _forward_in_float64(cell, layer, x, h0, c0, round_state):
@@ -157,18 +157,20 @@ def _forward_in_float64(cell, layer, x, h0, c0, round_state):
     return torch.stack(outputs)
 
 
-@pytest.mark.parametrize("shape", [(7, 5, 9, 70), (13, 6, 9, 70), (6, 16, 24, 130)],
-                         ids=["35-rows", "78-rows", "96-rows-2-threads"])
+@pytest.mark.parametrize("shape", [(7, 5, 9, 70), (13, 6, 9, 70), (6, 16, 24, 130),
+                                   (4, 37, 40, 70)],
+                         ids=["35-rows", "78-rows", "96-rows-2-threads", "37-rows-a-step"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_bfloat16_products(cell, shape):
-    """On an ISA with bfloat16 dot products (avx512_bf16), a bfloat16 layer's products take the
+    """On an ISA with bfloat16 products (avx512_bf16, amx), a bfloat16 layer's products take the
     state rounded to bfloat16 (cpu/kernels_avx512_bf16.cpp), as torch.nn's oneDNN path does: its
     output is a float64 run that rounds the state where the product reads it, rounded once at
     the end (some results one bfloat16 step off, where float32 and float64 round differently:
     up to 4e-6 with bfloat16 products, 2.6e-4 without, measured). Elsewhere it is the run that
     does not round (the previous test). The two runs differ by 8e-4 to 2e-3 here. Odd sizes for
     the panels' padding, below and above the 64 rows from which the input projection runs on
-    the same kernels, and two threads."""
+    the same kernels, and two threads; on AMX, steps of 16 and 37 rows (one tile's rows, and
+    two and a part)."""
     T, B, I, H = shape
     _, fused = make_pair(cell, I, H, "cpu", torch.bfloat16)
     gen = torch.Generator().manual_seed(T + H)
@@ -181,6 +183,30 @@ def test_bfloat16_products(cell, shape):
     other = _forward_in_float64(cell, fused, x, h0, c0, round_state=not _bf16_products())
     near, far = (rel_err(output, run.to(torch.bfloat16)) for run in (expected, other))
     assert near < 4e-4 and far > 2 * near, (near, far)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_bfloat16_tiles_match_dot_products(cell):
+    """On AMX, bfloat16 products from 16 rows run on tiles (kernels_avx512_bf16.cpp): the same
+    rounded operands as avx512_bf16's dot products, summed in another order, so every result of
+    a training step agrees with theirs within 2e-3 (measured: 1.1e-3 at most, where a float32
+    difference tips the state's rounding to bfloat16 a step; a wrong tile, 0.1 to 0.9). Rows
+    from 1 to 37 a step (packed, and row blocks with a part), odd depths, both directions, and a
+    second layer of 2H inputs."""
+    if "amx" not in fusedrnn.backends.cpu_isas():
+        pytest.skip("this CPU has no AMX tiles for the process")
+    ref, fused = make_pair(cell, 45, 70, "cpu", torch.bfloat16, num_layers=2, bidirectional=True)
+    gen = torch.Generator().manual_seed(9)
+    lengths = sorted(int(n) for n in torch.randint(1, 12, (37,), generator=gen))[::-1]
+    padded = torch.randn(max(lengths), 37, 45, generator=gen).to(torch.bfloat16)
+    hx = random_state(cell, ref, 37, "cpu", torch.bfloat16, gen)
+    runs = {}
+    for isa in ("avx512_bf16", "amx"):
+        with fusedrnn.backends.force_cpu_isa(isa):
+            runs[isa] = {"padded": run_and_grad(fused, padded, hx),
+                         "packed": run_packed_and_grad(fused, padded, lengths, True, hx)}
+    for how in ("padded", "packed"):
+        assert_close_by_name(runs["amx"][how], runs["avx512_bf16"][how], 2e-3)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

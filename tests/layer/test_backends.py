@@ -112,7 +112,7 @@ def test_environment_switches():
         out = _run(code, FUSEDRNN_CPU_ISA=isa)
         assert out.returncode == 0 and out.stdout.split()[1] == isa, out.stderr
     out = _run(code, FUSEDRNN_CPU_ISA="sse9")
-    expected = "FUSEDRNN_CPU_ISA=sse9: expected scalar, avx2, avx512 or avx512_bf16"
+    expected = "FUSEDRNN_CPU_ISA=sse9: expected scalar, avx2, avx512, avx512_bf16 or amx"
     assert out.returncode != 0 and expected in out.stderr
 
 
@@ -128,9 +128,11 @@ def test_info_reports_the_build_and_the_machine():
 
 
 def test_detected_isa_is_the_best_this_cpu_has():
-    """The ISA picked at run time follows the CPU's flags (/proc/cpuinfo): AVX-512 with bfloat16
-    dot products where it has F, BW, VL, DQ and BF16, AVX-512 where it has the first four, else
-    AVX2 where it has AVX2 and FMA, else scalar."""
+    """The ISA picked at run time follows the CPU's flags (/proc/cpuinfo): AMX where it has
+    AVX-512 F, BW, VL, DQ and BF16 and AMX's tiles for bfloat16 (AMX-TILE, AMX-BF16; Linux lets
+    every process use them since 5.16), AVX-512 with bfloat16 dot products where it has the
+    first five, AVX-512 where it has the first four, else AVX2 where it has AVX2 and FMA, else
+    scalar."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = next(line for line in cpuinfo if line.startswith("flags")).split()
@@ -139,7 +141,9 @@ def test_detected_isa_is_the_best_this_cpu_has():
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the vector kernels are built for x86-64")
     avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags)
-    expected = ("avx512_bf16" if avx512 and "avx512_bf16" in flags else "avx512" if avx512
+    bf16 = avx512 and "avx512_bf16" in flags
+    expected = ("amx" if bf16 and {"amx_tile", "amx_bf16"} <= set(flags) else
+                "avx512_bf16" if bf16 else "avx512" if avx512
                 else "avx2" if {"avx2", "fma"} <= set(flags) else "scalar")
     assert fusedrnn.backends.cpu_isa()[0] == expected
     assert fusedrnn.backends.cpu_isas()[-1] == expected
