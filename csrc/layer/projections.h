@@ -20,9 +20,9 @@ namespace fusedrnn {
 // at T=48 B=32 H=128 and T=100 B=16 H=64 (one thread and two), 1.16x-1.25x at B=64 H=32 and
 // H=256, 1.02x-1.06x at B=8 H=256; the RNN 1.07x-1.09x; float64 1.08x-1.14x; training
 // 0.96x-1.13x. It lost at B=1 (0.91x at H=64, 0.72x at H=256: each step streams both matrices
-// for one row) and at H=512 (0.91x). float32: AVX2 only until measured on AVX-512
-// (benchmarks/NOTES.md, ninth session). bfloat16: on AMX, from 4 to 32 rows a step
-// (projections.cpp).
+// for one row) and at H=512 (0.91x) (benchmarks/NOTES.md, ninth session). On AVX-512, float32
+// layers of up to 64 features and units from 16 rows; bfloat16 layers on AMX from 4 to 32 rows
+// a step (projections.cpp).
 bool projects_in_loop(const LayerCall& call);
 
 // x W_ih^T + bias (+ bias_2) for all time steps at once, for x and W_ih the call's input and
