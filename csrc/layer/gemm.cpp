@@ -72,10 +72,12 @@ Tensor matrix(const void* data, int64_t rows, int64_t cols, bool transposed,
 // float32 GEMMs from 8M multiply-adds go to oneDNN: on the development CPU it ran the layers'
 // GEMMs 4-23% faster than at::mm (MKL's sgemm), and below that size its ~10 us of set-up a call
 // outweighs the gain. Not where the user switched oneDNN off (torch.backends.mkldnn.enabled),
-// which also keeps torch.nn's RNNs off it.
+// which also keeps torch.nn's RNNs off it. Not for a single row either: torch 2.14.1's oneDNN
+// matmul corrupted the heap there (h W_hh^T at B=1 from H = 1449, where the scalar ISA's steps
+// reach it; the vector ISAs take up to 4 rows on their own kernels).
 bool runs_on_onednn(const Tensor& like, const Gemm& g) {
   constexpr int64_t kMinWork = int64_t{1} << 23;
-  return like.scalar_type() == at::kFloat && g.M * g.N * g.K >= kMinWork &&
+  return like.scalar_type() == at::kFloat && g.M > 1 && g.M * g.N * g.K >= kMinWork &&
          at::globalContext().userEnabledMkldnn() && onednn_gemm_works();
 }
 

@@ -317,6 +317,24 @@ def test_input_projection_in_loop(cell, dtype, isa):
                          run_packed_and_grad(ref, padded, LENGTHS, False, hx), TOLERANCE[dtype])
 
 
+def test_single_row_products_past_the_onednn_size():
+    """A batch of one at H=1500: each step's h W_hh^T is one row by 6000 by 1500, past the size
+    from which float32 GEMMs go to oneDNN (layer/gemm.cpp). torch 2.14.1's oneDNN matmul
+    corrupted the heap for one row (the process aborted under the scalar ISA); such products
+    stay on at::mm or the small-product kernels."""
+    ref, fused = make_pair("lstm", 3, 1500, "cpu", torch.float32)
+    gen = torch.Generator().manual_seed(2)
+    for T in (1, 3):
+        x = torch.randn(T, 1, 3, generator=gen)
+        hx = random_state("lstm", ref, 1, "cpu", torch.float32, gen)
+        with torch.no_grad():
+            for _ in range(3):
+                output, (h_n, c_n) = fused(x, hx)
+            expected, (h_ref, c_ref) = ref(x, hx)
+        for ours, theirs in ((output, expected), (h_n, h_ref), (c_n, c_ref)):
+            assert rel_err(ours, theirs) < 1e-5
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_temporaries_from_the_kept_buffer(cell):
     """Temporaries of 1 MB and more (the GRU's input projection, the gate gradients) come from
