@@ -111,16 +111,20 @@ void tiny_gemm(const Gemm& g) {
 // on a Zen 3, two threads, both routes interleaved in one process, BLAS time / small-product
 // time: LSTMCell 1.84x at B=8 H=256, 1.85x at B=16 H=512, 1.12x at B=32 H=256, 1.42x at B=64
 // H=512, 1.05x at B=64 H=128; GRUCell 1.42x-1.43x; an LSTM's T=1 call at B=5 H=64 1.85x; a
-// training step 1.08x-1.10x. At 96-128 rows 0.93x-1.26x. For in w (the backward's gradients
-// through w), and on the other ISAs, up to 4 rows, where they replaced MKL's sgemv: MKL copies
-// such a w contiguously. (A kernel for a step's weight gradients, d_gates^T x, was tried: MKL
-// time / its time 0.90x-1.14x, not kept.)
+// training step 1.08x-1.10x. At 96-128 rows 0.93x-1.26x. On AVX-512, float32 up to 32 rows
+// (an Intel Xeon, interleaved, BLAS time / small-product time, LSTM T=1: B=16 H=512 1.34x,
+// B=24 1.20x, B=32 1.13x, B=12 H=1024 1.48x, B=32 H=256 1.11x; GRU B=16 H=512 1.40x, B=32
+// 1.22x; at 48 rows 0.99x, 64 rows 0.65x-0.95x). For in w (the backward's gradients through w),
+// and otherwise, up to 4 rows, where they replaced MKL's sgemv: MKL copies such a w
+// contiguously. (A kernel for a step's weight gradients, d_gates^T x, was tried: MKL time / its
+// time 0.90x-1.14x, not kept.)
 bool on_small_product(at::ScalarType dtype, const Gemm& g) {
-  constexpr int64_t kRowsTransposed = 64, kRows = 4;
+  constexpr int64_t kRows = 4;
   if ((dtype != at::kFloat && dtype != at::kDouble) || g.a_transposed || !cpu::has_fused_steps())
     return false;
   const bool avx2 = cpu::active_isa() == cpu::Isa::kAvx2;
-  return g.M <= (avx2 && g.b_transposed ? kRowsTransposed : kRows);
+  const int64_t rows_transposed = avx2 ? 64 : dtype == at::kFloat ? 32 : kRows;
+  return g.M <= (g.b_transposed ? rows_transposed : kRows);
 }
 
 // Split by columns between threads where the product is large enough to repay waking them.

@@ -58,17 +58,18 @@ def test_matches_torch_nn(cell, shape, dtype, threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 13, 64, 65])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 13, 32, 33, 64, 65])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_single_steps_on_unpacked_weights(cell, batch, dtype, isa):
     """T=1: the forward's products (the input's and the recurrent one, in w^T) run on the
     small-product kernels straight from the unpacked weights (cpu/recurrence.h, SmallProduct):
-    up to 64 rows under AVX2, 4 under the other ISAs, in tiles of 4 rows and 3, 2 or 1 left. In
+    up to 64 rows under AVX2, under AVX-512 32 in float32 and 4 in float64, in tiles of 4 rows
+    and 3, 2 or 1 left. In
     the backward the products through w (the gradients reaching the input and h0) take them up
     to 4 rows. Sizes that fill no whole vector (I=9, H=37), and one whose columns split between
     two threads (I=70, H=130); a row past the limit takes the BLAS again, unless the product is
     tiny (up to 4096 multiply-adds: plain loops, layer/gemm.cpp)."""
-    limit = {"scalar": 0, "avx2": 64}.get(isa, 4)
+    limit = {"scalar": 0, "avx2": 64}.get(isa, 32 if dtype == torch.float32 else 4)
     for I, H in [(9, 37), (70, 130)]:
         ref, fused = make_pair(cell, I, H, "cpu", dtype, seed=batch + H)
         gen = torch.Generator().manual_seed(batch)
