@@ -64,11 +64,10 @@ def test_single_steps_on_unpacked_weights(cell, batch, dtype, isa):
     """T=1: the forward's products (the input's and the recurrent one, in w^T) run on the
     small-product kernels straight from the unpacked weights (cpu/recurrence.h, SmallProduct):
     up to 64 rows under AVX2, under AVX-512 32 in float32 and 4 in float64, in tiles of 4 rows
-    and 3, 2 or 1 left. In
-    the backward the products through w (the gradients reaching the input and h0) take them up
-    to 4 rows. Sizes that fill no whole vector (I=9, H=37), and one whose columns split between
-    two threads (I=70, H=130); a row past the limit takes the BLAS again, unless the product is
-    tiny (up to 4096 multiply-adds: plain loops, layer/gemm.cpp)."""
+    and 3, 2 or 1 left. In the backward the products through w (the gradients reaching the
+    input and h0) take them up to 4 rows. Sizes that fill no whole vector (I=9, H=37), and one
+    whose columns split between two threads (I=70, H=130); a row past the limit takes the BLAS
+    again, unless the product is tiny (up to 4096 multiply-adds: plain loops, layer/gemm.cpp)."""
     limit = {"scalar": 0, "avx2": 64}.get(isa, 32 if dtype == torch.float32 else 4)
     for I, H in [(9, 37), (70, 130)]:
         ref, fused = make_pair(cell, I, H, "cpu", dtype, seed=batch + H)
@@ -188,7 +187,7 @@ def test_bfloat16_products(cell, shape):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_bfloat16_tiles_match_dot_products(cell):
-    """On AMX, bfloat16 products from 16 rows run on tiles (kernels_avx512_bf16.cpp): the same
+    """On AMX, bfloat16 products from 2 rows run on tiles (kernels_avx512_bf16.cpp): the same
     rounded operands as avx512_bf16's dot products, summed in another order, so every result of
     a training step agrees with theirs within 2e-3 (measured: 1.1e-3 at most, where a float32
     difference tips the state's rounding to bfloat16 a step; a wrong tile, 0.1 to 0.9). Rows
