@@ -127,6 +127,9 @@ constexpr int64_t kTileRows = 16, kTilePairs = 16;
 // 0.88x-0.98x there, LSTM and GRU at T=100 B=1; 1.21x at B=2, 1.28x at B=4, 1.5x-2.2x at B=8).
 constexpr int64_t kMinTileRows = 2;
 
+// n rows padded to whole tiles' rows.
+int64_t tile_rows(int64_t n) { return (n + kTileRows - 1) / kTileRows * kTileRows; }
+
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t bytes_per_row[16] = {};
@@ -244,7 +247,7 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
   const int64_t chunk = std::max<int64_t>(
       2 * kTileRows,
       kChunkPairs / std::max<int64_t>(all_pairs, 1) / (2 * kTileRows) * 2 * kTileRows);
-  const int64_t most_rows = (std::min(chunk, product.rows) + kTileRows - 1) / kTileRows * kTileRows;
+  const int64_t most_rows = tile_rows(std::min(chunk, product.rows));
   // Each thread rounds every row it multiplies, the team's other threads the same rows: a copy of
   // them per thread, no barrier, and at most a few percent of the product's work.
   thread_local std::vector<uint32_t> rounded[2];
@@ -261,7 +264,7 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
   }
   for (int64_t first = 0; first < product.rows; first += chunk) {
     const int64_t rows = std::min(chunk, product.rows - first);
-    const int64_t padded_rows = (rows + kTileRows - 1) / kTileRows * kTileRows;
+    const int64_t padded_rows = tile_rows(rows);
     for (int t = 0; t < count; ++t) {
       const int64_t K = sources[t].panels->depth, pairs = terms[t].pairs;
       round_rows(sources[t].rows + first * K, rows, K, pairs, rounded[t].data());
@@ -278,15 +281,14 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
       float* out_rows = out + first * stride;
       if (on_tiles) {
         panel_on_tiles<NV>(terms, count, rows, out_rows, stride, cols, product.accumulate, bias);
-        continue;
-      }
-      for (int t = 0; t < std::max(count, 1); ++t) {
-        const bool first_term = t == 0;
-        const int64_t used_pairs = t < count ? (sources[t].panels->depth + 1) / 2 : 0;
-        panel_on_vectors<NV>(t < count ? terms[t].in : nullptr, rows, used_pairs,
-                             t < count ? terms[t].pairs : 0, t < count ? terms[t].panel : nullptr,
-                             out_rows, stride, cols, first_term ? product.accumulate : true,
-                             first_term ? bias : nullptr);
+      } else if (count == 0) {  // bias (and what out holds) alone
+        panel_on_vectors<NV>(nullptr, rows, 0, 0, nullptr, out_rows, stride, cols,
+                             product.accumulate, bias);
+      } else {  // the first term as asked, the second added to it
+        for (int t = 0; t < count; ++t)
+          panel_on_vectors<NV>(terms[t].in, rows, (sources[t].panels->depth + 1) / 2,
+                               terms[t].pairs, terms[t].panel, out_rows, stride, cols,
+                               t == 0 ? product.accumulate : true, t == 0 ? bias : nullptr);
       }
     }
   }
