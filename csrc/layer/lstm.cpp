@@ -24,7 +24,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor &input = L.input, &h0 = L.h0, &w_hr = L.w_hr;
   const Pass pass = L.pass();
 
-  const Recurrence recurrence(L, L.w_hh, 4, true, true, L.b_ih, L.b_hh, true);
+  const Recurrence recurrence(L, L.w_hh, 4, true, true, L.b_ih, L.b_hh, true, training);
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Like input, 4H wide; in training the activated gates, kept for the backward.
   Scratch scratch(input);

@@ -63,10 +63,15 @@ bool projects_on_panels(const LayerCall& call) {
 // float32 on AVX2: each step's rows must reuse what the loop streams of W_ih beside W_hh: from 8
 // rows. Both matrices must stay near the core: up to 256 input features and 256 units.
 //
-// float32 on AVX-512 (an Intel Xeon, full-rate): up to 64 input features and units, from 16
+// float32 on AVX-512 (an Intel Xeon 6, full-rate): up to 64 input features and units, from 16
 // rows. Interleaved, LSTM inference at T=100: B=16 H=64 1.21x, B=32 1.23x, B=64 H=32 1.07x-1.25x,
 // B=16 H=32 1.14x; RNN B=32 H=64 1.05x; training 1.01x-1.02x. Wider, it lost: B=16 H=128
 // 0.86x, H=256 0.72x, B=8 H=256 0.96x (B=32 H=128 1.04x).
+// Where the gates are not kept (LSTM inference: two steps' gates, which stay in the cache), also
+// up to 128 features and units from 32 rows. On an Intel Ice Lake, interleaved, LSTM inference
+// at H=128: B=32 1.00x-1.09x, B=48 1.30x, B=64 1.10x-1.24x, B=96 1.25x, B=128 1.09x-1.16x,
+// B=256 1.02x; B=64 at H=96 1.20x, H=32 I=128 1.16x, I=16 1.29x. LSTM training, whose kept gates
+// go to memory either way, did not gain (0.93x-0.99x at B=48 and 64), nor did the RNN (1.00x).
 //
 // bfloat16 on AMX: the whole-sequence projection writes T * B * G * H float32 to memory for the
 // loop to read back, which costs more than streaming W_ih beside W_hh once a step has rows
@@ -74,7 +79,7 @@ bool projects_on_panels(const LayerCall& call) {
 // else 32. Interleaved, LSTM inference at T=100: B=64 I=H=512 1.23x, B=32 1.24x, B=24 1.11x,
 // B=16 0.73x-0.93x; B=16 H=256 1.30x, B=8 0.88x; B=8 H=64 1.30x, B=4 1.13x; T=48 B=32 H=128
 // 1.41x. Training 1.00x-1.08x.
-bool projects_in_loop(const LayerCall& call) {
+bool projects_in_loop(const LayerCall& call, bool gates_kept) {
   if (call.backend != Backend::kCpuFused) return false;
   if (call.product_dtype == Dtype::kBFloat16) {
     const int64_t width = call.I + call.H;
@@ -82,9 +87,11 @@ bool projects_in_loop(const LayerCall& call) {
     return cpu::active_isa() == cpu::Isa::kAmx && call.B >= min_rows;
   }
   if (cpu::active_isa() >= cpu::Isa::kAvx512) {
-    constexpr int64_t kMaxWidth = 64, kMinRows = 16;
-    return call.product_dtype == Dtype::kFloat32 && call.B >= kMinRows && call.I <= kMaxWidth &&
-           call.H <= kMaxWidth;
+    const auto up_to = [&](int64_t width, int64_t min_rows) {
+      return call.B >= min_rows && call.I <= width && call.H <= width;
+    };
+    return call.product_dtype == Dtype::kFloat32 &&
+           (up_to(64, 16) || (!gates_kept && up_to(128, 32)));
   }
   constexpr int64_t kMaxWidth = 256, kMinRows = 8;
   return call.B >= kMinRows && call.I <= kMaxWidth && call.H <= kMaxWidth &&

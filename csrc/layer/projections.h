@@ -21,9 +21,10 @@ namespace fusedrnn {
 // H=256, 1.02x-1.06x at B=8 H=256; the RNN 1.07x-1.09x; float64 1.08x-1.14x; training
 // 0.96x-1.13x. It lost at B=1 (0.91x at H=64, 0.72x at H=256: each step streams both matrices
 // for one row) and at H=512 (0.91x) (benchmarks/NOTES.md, ninth session). On AVX-512, float32
-// layers of up to 64 features and units from 16 rows; bfloat16 layers on AMX from 4 to 32 rows
-// a step (projections.cpp).
-bool projects_in_loop(const LayerCall& call);
+// layers of up to 64 features and units from 16 rows, and up to 128 from 32 rows where the
+// gates are not kept (`gates_kept`: the loop writes every step's gates, as an LSTM in training);
+// bfloat16 layers on AMX from 4 to 32 rows a step (projections.cpp).
+bool projects_in_loop(const LayerCall& call, bool gates_kept);
 
 // x W_ih^T + bias (+ bias_2) for all time steps at once, for x and W_ih the call's input and
 // w_ih, into `out` (laid out like the input, G*H wide).

@@ -45,7 +45,7 @@ Tensor packed_weights(const cpu::Panels& panels, const Tensor& w, bool transpose
 
 Recurrence::Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
                        bool accumulate, const OptionalTensor& bias, const OptionalTensor& bias_2,
-                       bool input_in_loop)
+                       bool input_in_loop, bool gates_kept)
     : w_(w), backend_(call.backend), gates_(gates), transposed_(transposed),
       accumulate_(accumulate) {
   if (backend_ == Backend::kCpuFused) {
@@ -55,7 +55,7 @@ Recurrence::Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bo
     // The biases start each step's accumulators: no pass over the input projection to add them
     // (4% of an LSTM at T=100 B=64 H=32).
     if (bias && bias_2) bias_ = *bias + *bias_2;  // the ops take both or neither
-    if (input_in_loop && projects_in_loop(call)) {
+    if (input_in_loop && projects_in_loop(call, gates_kept)) {
       input_ = call.input;
       input_panels_ = cpu::panels_for(call.product_dtype, gates, N / gates, call.I);
       input_packed_ = packed_weights(input_panels_, call.w_ih, true);

@@ -44,10 +44,13 @@ class Recurrence {
   // product (adds_biases()); elsewhere the caller adds them to the input projection.
   // The loop of `call`'s pass, on its backend, with products in its product_dtype.
   // input_in_loop: whether the loop may compute the input projection itself (a forward whose
-  // product adds up x W_ih^T and h W_hh^T); projects_input() says whether it does.
+  // product adds up x W_ih^T and h W_hh^T); projects_input() says whether it does, by
+  // projects_in_loop (projections.h), for which gates_kept says whether the loop writes every
+  // step's gates to memory.
   Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
              bool accumulate, const OptionalTensor& bias = std::nullopt,
-             const OptionalTensor& bias_2 = std::nullopt, bool input_in_loop = false);
+             const OptionalTensor& bias_2 = std::nullopt, bool input_in_loop = false,
+             bool gates_kept = true);
   ~Recurrence();
 
   bool adds_biases() const { return bias_.defined(); }

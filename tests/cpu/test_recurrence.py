@@ -287,12 +287,14 @@ def test_input_projection_in_loop(cell, dtype, isa):
     """Under AVX2 the LSTM's and the Elman RNN's fused loops project each step's input
     themselves, from 8 rows a step and up to 256 input features and units (projections.cpp,
     projects_in_loop): no BLAS call in the forward; under AVX-512, float32 layers from 16 rows
-    and up to 64 features and units. A row fewer, a feature or unit more, or another ISA, and a
-    BLAS GEMM projects the whole sequence first (the GRU always: its new gate keeps the two
-    products apart). Each against torch.nn with every gradient, including a stacked
-    bidirectional layer (the second layer's 2H input features) and a packed batch."""
+    and up to 64 features and units, and the LSTM's inference from 32 rows up to 128. A row
+    fewer, a feature or unit more, or another ISA, and a BLAS GEMM projects the whole sequence
+    first (the GRU always: its new gate keeps the two products apart). Each against torch.nn
+    with every gradient and in inference, including a stacked bidirectional layer (the second
+    layer's 2H input features) and a packed batch."""
     avx2 = isa == "avx2" and cell != "gru"
     avx512 = isa in ("avx512", "avx512_bf16", "amx") and cell != "gru" and dtype == torch.float32
+    avx512_inference = avx512 and cell == "lstm"  # the LSTM's gates kept in training only
     # (T, B, I, H, options, whether the loop projects the input)
     # More than 64 rows in all, which the small-product kernels would take (layer/gemm.cpp).
     cases = [(9, 8, 65, 37, {}, avx2), (10, 7, 65, 37, {}, False),
@@ -300,12 +302,17 @@ def test_input_projection_in_loop(cell, dtype, isa):
              (7, 10, 256, 256, {"bias": False}, avx2),
              (6, 12, 66, 20, {"num_layers": 2, "bidirectional": True}, avx2),
              (5, 16, 64, 64, {}, avx2 or avx512), (5, 15, 64, 64, {}, avx2),
-             (5, 16, 65, 64, {}, avx2), (5, 16, 64, 65, {}, avx2)]
+             (5, 16, 65, 64, {}, avx2), (5, 16, 64, 65, {}, avx2),
+             (3, 32, 128, 128, {}, avx2 or avx512_inference), (3, 31, 128, 128, {}, avx2),
+             (3, 32, 129, 128, {}, avx2), (3, 32, 128, 129, {}, avx2)]
     for T, B, I, H, options, projected_in_loop in cases:
         ref, fused = make_pair(cell, I, H, "cpu", dtype, seed=I + B, **options)
         gen = torch.Generator().manual_seed(T * B + I)
         x = torch.randn(T, B, I, generator=gen, dtype=dtype)
-        assert_matches(cell, fused, ref, x, random_state(cell, ref, B, "cpu", dtype, gen), dtype)
+        hx = random_state(cell, ref, B, "cpu", dtype, gen)
+        assert_matches(cell, fused, ref, x, hx, dtype)
+        with torch.no_grad():
+            assert rel_err(fused(x, hx)[0], ref(x, hx)[0]) <= TOLERANCE[dtype], (T, B, I, H)
         # Otherwise AVX2 projects float32 of up to 64 features on the panels, also without BLAS
         # (test_input_projection_on_panels).
         on_panels = isa == "avx2" and dtype == torch.float32 and I <= 64
