@@ -1,0 +1,47 @@
+"""The fused CPU product's register-blocked tiles (csrc/cpu/vectorized_product.h, `tile`) as the
+compiler emitted them into fusedrnn._C: each ISA's full tile, which most rows of a product run
+through, must be unrolled into one FMA per accumulator per k, its accumulators in registers.
+GCC once left AVX-512's 24-row, one-vector tile (single-gate products at H <= 32) rolled, its
+accumulators in memory: one FMA in its loop, and 1.7x-1.9x the time it takes unrolled."""
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import fusedrnn
+
+REGISTERS = {"avx2": 16, "avx512": 32}  # vector registers, as FUSEDRNN_VECTOR_REGISTERS
+
+pytestmark = pytest.mark.skipif(shutil.which("nm") is None or shutil.which("objdump") is None,
+                                reason="needs binutils (nm, objdump)")
+
+
+def full_tiles():
+    """(isa, scalar type, rows, vectors) of every full tile: accumulators in three quarters of
+    the registers, as panels_as blocks them."""
+    for isa, registers in REGISTERS.items():
+        for vectors in (1, 2, 3, 4):
+            for scalar in ("float", "double"):
+                yield isa, scalar, registers * 3 // 4 // vectors, vectors
+
+
+def symbol_extent(name):
+    """(start, size) in fusedrnn._C of the function whose demangled name starts with `name`."""
+    listing = subprocess.run(["nm", "-C", "-S", "--defined-only", fusedrnn._C.__file__],
+                             check=True, capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        fields = line.split(maxsplit=3)
+        if len(fields) == 4 and fields[3].startswith(name):
+            return int(fields[0], 16), int(fields[1], 16)
+    raise AssertionError(f"{name} is not in {fusedrnn._C.__file__}")
+
+
+@pytest.mark.parametrize("isa,scalar,rows,vectors", list(full_tiles()))
+def test_full_tiles_are_unrolled(isa, scalar, rows, vectors):
+    start, size = symbol_extent(f"void fusedrnn::cpu::{isa}::tile<{scalar}, {rows}, {vectors}>(")
+    code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--start-address={start}",
+                           f"--stop-address={start + size}", fusedrnn._C.__file__],
+                          check=True, capture_output=True, text=True).stdout
+    fmas = len(re.findall(r"\bvfmadd\w+", code))
+    assert fmas >= rows * vectors, (isa, scalar, rows, vectors, fmas)
