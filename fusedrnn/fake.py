@@ -21,8 +21,12 @@ def _sequence(input, width):
 
 
 def _saved(input, width, training):
-    """A per-step buffer the forward keeps for the backward, or empty."""
-    return _sequence(input, width) if training else input.new_empty(0)
+    """A per-step buffer the forward keeps for the backward, or empty: in the dtype the layer
+    computes in, float32 for float16 and bfloat16 on the CPU (LayerCall::workspace_like)."""
+    dtype = torch.float32 if input.device.type == "cpu" and input.dtype in (
+        torch.float16, torch.bfloat16) else input.dtype
+    shape = (*input.shape[:-1], width) if training else (0,)
+    return input.new_empty(shape, dtype=dtype)
 
 
 @torch.library.register_fake("fusedrnn::lstm_forward")

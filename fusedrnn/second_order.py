@@ -207,7 +207,9 @@ def lstm(inputs, options, output, saved, grad_grads, needs, batch_sizes=None):
     dot_x, dot_h0, dot_c0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh, dot_w_hr = grad_grads
     steps = _Steps(x, batch_sizes, reverse)
     x, y, dot_x = map(steps.in_order, (x, output, dot_x))
-    gates, cells, m = (steps.in_order(t).contiguous() for t in saved)
+    # The CPU keeps a half-precision layer's activations in float32 (LayerCall::workspace_like);
+    # the pass's loops take the layer's dtype throughout.
+    gates, cells, m = (steps.in_order(t).to(y.dtype).contiguous() for t in saved)
     rows, B = x.shape[:-1], steps.batch
     H, P = w_hh.shape[0] // 4, w_hh.shape[1]
     h_prev = steps.previous(h0, y)
@@ -266,7 +268,7 @@ def gru(inputs, options, output, saved, grad_grads, needs, batch_sizes=None):
     dot_x, dot_h0, dot_w_ih, dot_w_hh, dot_b_ih, dot_b_hh = grad_grads
     steps = _Steps(x, batch_sizes, reverse)
     x, y, dot_x = map(steps.in_order, (x, output, dot_x))
-    (activations,) = (steps.in_order(t).contiguous() for t in saved)
+    (activations,) = (steps.in_order(t).to(y.dtype).contiguous() for t in saved)  # as lstm()
     rows, B = x.shape[:-1], steps.batch
     H = w_hh.shape[1]
     h_prev = steps.previous(h0, y)

@@ -2,6 +2,8 @@
 // (gru_forward, gru_backward); the per-step kernels core/elements.h.
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 #include "layer.h"
 #include "prepare.h"
 #include "projections.h"
@@ -26,7 +28,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
                                        scratch.take(sequence_sizes(input, 3 * H)));
   Tensor h_gates = fresh({B, 3 * H}, L.options());  // h_{t-1} W_hh^T
   Tensor output = L.result_like(H);
-  Tensor saved = training ? L.result_like(4 * H) : fresh({0}, L.options());
+  Tensor saved = training ? L.workspace_like(4 * H) : fresh({0}, L.options());
   Tensor hn = fresh({B, H}, L.options()), h_join;
   const void* b_hh = L.b_hh ? L.b_hh->data_ptr() : nullptr;  // read by the step kernel
   const Recurrence recurrence(L, L.w_hh, 3, true, false);
@@ -41,7 +43,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
          training ? at_row(saved, first) : nullptr, rows, H}};
   };
   recurrence.loop(pass, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
-  return L.results(std::tuple{output, hn, saved});
+  return std::tuple_cat(L.results(std::tuple{output, hn}), std::tuple{saved});
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
@@ -53,7 +55,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                     std::nullopt, std::nullopt, std::nullopt, reverse);
   const int64_t B = L.B, H = L.H;
   const Tensor output = L.argument("output", output_, sequence_sizes(input_, H));
-  const Tensor saved = L.argument("saved", saved_, sequence_sizes(input_, 4 * H));
+  const Tensor saved = L.workspace("saved", saved_, sequence_sizes(input_, 4 * H));
   const Tensor grad_output = L.gradient("grad_output", grad_output_, output_.sizes());
   Tensor dh = L.gradient_or_zeros("grad_hn", grad_hn, {B, H});
   const Tensor& input = L.input;

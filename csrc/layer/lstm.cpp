@@ -2,6 +2,7 @@
 // (lstm_forward, lstm_backward); the per-step kernels core/elements.h.
 #include <ATen/ATen.h>
 
+#include <tuple>
 #include <utility>
 
 #include "gemm.h"
@@ -30,18 +31,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Scratch scratch(input);
   // Inference whose loop projects the input needs only the step's gates: two [B, 4H] slots.
   const bool gate_slots = !training && recurrence.projects_input();
-  Tensor gates = training     ? L.result_like(4 * H)
+  Tensor gates = training     ? L.workspace_like(4 * H)
                  : gate_slots ? fresh({2 * B, 4 * H}, L.options())
                               : scratch.take(sequence_sizes(input, 4 * H));
   if (!recurrence.projects_input())
     project_input(L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh, gates);
   Tensor output = L.result_like(P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
-  Tensor cells = training ? L.result_like(H) : fresh({2 * B, H}, L.options());
+  Tensor cells = training ? L.workspace_like(H) : fresh({2 * B, H}, L.options());
   // With a projection the cell's o * tanh(c) lands here, and h = that W_hr^T; training keeps
   // every step's for the gradient of W_hr.
   Tensor unprojected = !w_hr.defined() ? fresh({0}, L.options())
-                       : training      ? L.result_like(H)
+                       : training      ? L.workspace_like(H)
                                        : fresh({B, H}, L.options());
   Tensor hn = fresh({B, P}, L.options()), cn = fresh({B, H}, L.options());
   Tensor h_join, c_join;
@@ -69,7 +70,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     cells = fresh({0}, L.options());
     if (w_hr.defined()) unprojected = fresh({0}, L.options());
   }
-  return L.results(std::tuple{output, hn, cn, gates, cells, unprojected});
+  return std::tuple_cat(L.results(std::tuple{output, hn, cn}),
+                        std::tuple{gates, cells, unprojected});
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
@@ -83,12 +85,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                     std::nullopt, std::nullopt, w_hr_, reverse);
   const int64_t B = L.B, H = L.H, P = L.P;
   const Tensor output = L.argument("output", output_, sequence_sizes(input_, P));
-  const Tensor cells = L.argument("cells", cells_, sequence_sizes(input_, H));
-  const Tensor gates = L.argument("gates", gates_, sequence_sizes(input_, 4 * H));
+  const Tensor cells = L.workspace("cells", cells_, sequence_sizes(input_, H));
+  const Tensor gates = L.workspace("gates", gates_, sequence_sizes(input_, 4 * H));
   TORCH_CHECK(!w_hr_ || (unprojected_ && unprojected_->defined()), L.op,
               ": with w_hr, pass the forward's unprojected cell outputs");
   const Tensor unprojected =
-      w_hr_ ? L.argument("unprojected", *unprojected_, cells_.sizes()) : Tensor();
+      w_hr_ ? L.workspace("unprojected", *unprojected_, cells_.sizes()) : Tensor();
   const Tensor c0 = L.argument("c0", c0_, {B, H});
   const Tensor grad_output = L.gradient("grad_output", grad_output_, output_.sizes());
   // Rows of sequences not yet reached keep their final-state gradient until their last step.

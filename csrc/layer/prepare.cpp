@@ -110,6 +110,16 @@ Tensor LayerCall::argument(const char* name, const Tensor& t, at::IntArrayRef sh
   return prepared(t);
 }
 
+Tensor LayerCall::workspace(const char* name, const Tensor& t, at::IntArrayRef shape) const {
+  check_shape(op, name, t, shape);
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but a ", caller_dtype_, " layer keeps ", input.scalar_type(),
+              " on ", input.device(), ": pass what the forward op returned");
+  return t.contiguous();
+}
+
 Tensor LayerCall::gradient(const char* name, const OptionalTensor& g,
                            at::IntArrayRef shape) const {
   if (!g || !g->defined()) return Tensor();

@@ -120,6 +120,15 @@ at::Tensor Scratch::take(at::IntArrayRef sizes, at::ScalarType dtype) {
 }
 
 namespace scratch {
+at::Tensor kept(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const int64_t bytes =
+      c10::multiply_integers(sizes) * c10::elementSize(options.dtype().toScalarType());
+  if (!options.device().is_cpu() || bytes < kMinPooledBytes) return fresh(sizes, options);
+  auto block = std::make_shared<at::Tensor>(pool().acquire(bytes));
+  return at::from_blob(
+      block->data_ptr(), sizes, [block](void*) { pool().release(std::move(*block)); }, options);
+}
+
 int64_t held_bytes() { return pool().held(); }
 int64_t limit_bytes() { return pool().limit(); }
 void set_limit_bytes(int64_t bytes) {

@@ -37,6 +37,11 @@ class Scratch {
 };
 
 namespace scratch {
+// A buffer that leaves its call (what a forward keeps for its backward), from the same pool on
+// the CPU: its block goes back to the pool once the last tensor on it is freed, so that the next
+// call's buffer is not faulted in page by page again. Elsewhere, or under 1 MB, a new tensor.
+at::Tensor kept(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 int64_t held_bytes();        // kept in the pool now, between calls
 int64_t limit_bytes();
 void set_limit_bytes(int64_t bytes);  // also trims what is kept to the new limit

@@ -52,37 +52,37 @@ def test_gradcheck_projected_lstm(packed, reverse, device):
     assert torch.autograd.gradgradcheck(run, args)
 
 
-def _op_samples(device):
+def _op_samples(device, dtype=torch.float32):
     """(op, args) for every op, with forward results feeding the backward ops."""
     lib = torch.ops.fusedrnn
     samples = []
     for training in (True, False):
         for cell in ("lstm", "gru"):
-            args = _layer_args(cell, 3, 2, 4, 5, device, torch.float32)
+            args = _layer_args(cell, 3, 2, 4, 5, device, dtype)
             samples.append((getattr(lib, f"{cell}_forward").default, (*args, True, training)))
-        args = _layer_args("rnn_tanh", 3, 2, 4, 5, device, torch.float32)
+        args = _layer_args("rnn_tanh", 3, 2, 4, 5, device, dtype)
         samples.append((lib.rnn_forward.default, (*args, training, True)))
 
     gen = torch.Generator().manual_seed(1)
 
     def grad_like(t):
-        return torch.randn(t.shape, generator=gen).to(device)
+        return torch.randn(t.shape, generator=gen).to(device, t.dtype)
 
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _layer_args("lstm", 3, 2, 4, 5, device, torch.float32)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _layer_args("lstm", 3, 2, 4, 5, device, dtype)
     out, hn, cn, gates, cells, _ = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False, True)
     samples.append((lib.lstm_backward.default, (grad_like(out), grad_like(hn), None, x, h0, c0,
                                                 w_ih, w_hh, out, gates, cells, True, False)))
-    x, h0, w_ih, w_hh, b_ih, b_hh = _layer_args("gru", 3, 2, 4, 5, device, torch.float32)
+    x, h0, w_ih, w_hh, b_ih, b_hh = _layer_args("gru", 3, 2, 4, 5, device, dtype)
     out, hn, saved = lib.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, True, True)
     samples.append((lib.gru_backward.default, (None, grad_like(hn), x, h0, w_ih, w_hh, out, saved,
                                                True, True)))
-    x, h0, w_ih, w_hh, _, _ = _layer_args("rnn_relu", 3, 2, 4, 5, device, torch.float32)
+    x, h0, w_ih, w_hh, _, _ = _layer_args("rnn_relu", 3, 2, 4, 5, device, dtype)
     out, hn = lib.rnn_forward(x, h0, w_ih, w_hh, None, None, True, False)
     samples.append((lib.rnn_backward.default, (grad_like(out), grad_like(hn), x, h0, w_ih, w_hh,
                                                out, False, True, False)))
     # Packed: 5 rows in steps of 2, 2, 1.
     batch_sizes = torch.tensor([2, 2, 1])
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _layer_args("lstm", 5, 2, 4, 5, device, torch.float32)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _layer_args("lstm", 5, 2, 4, 5, device, dtype)
     x = x[:, 0]
     samples.append((lib.lstm_forward.default, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, True, True,
                                                batch_sizes)))
@@ -94,7 +94,7 @@ def _op_samples(device):
     # Both directions at once: the one-direction samples above, twice, as lists of two.
     for cell in ("lstm", "gru", "rnn"):
         name = "rnn_tanh" if cell == "rnn" else cell
-        f, r = (_layer_args(name, 3, 2, 4, 5, device, torch.float32, seed=s) for s in (2, 3))
+        f, r = (_layer_args(name, 3, 2, 4, 5, device, dtype, seed=s) for s in (2, 3))
         per_direction = [[a, b] for a, b in zip(f[1:], r[1:])]
         options = (False,) if cell == "rnn" else (True,)
         extra = ([None, None],) if cell == "lstm" else ()
@@ -116,13 +116,16 @@ def _op_samples(device):
     return samples
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_every_op(device):
-    """Schema, fake kernels (FakeTensor and AOT dispatch with dynamic shapes) for every op.
+def test_opcheck_every_op(device, dtype):
+    """Schema, fake kernels (FakeTensor and AOT dispatch with dynamic shapes) for every op, in
+    the half types too, whose workspace the CPU keeps in float32.
 
     The ops are not differentiable themselves (the autograd.Functions are), so the samples
     require no grad."""
-    samples = _op_samples(device)
+    samples = _op_samples(device, dtype)
     assert {op.name() for op, _ in samples} == {
         f"fusedrnn::{cell}_{kind}{pair}" for cell in ("lstm", "gru", "rnn")
         for kind in ("forward", "backward") for pair in ("", "_pair")}
@@ -186,6 +189,34 @@ def test_inference_keeps_nothing_per_step(device):
     assert gates.shape == (5, 2, 16) and cells.shape == (5, 2, 4)
     args = _layer_args("gru", 5, 2, 3, 4, device, torch.float32)
     assert lib.gru_forward(*args, False, False)[2].numel() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_types_keep_their_workspace_in_their_arithmetic_type(device, dtype):
+    """What a half-precision forward keeps for its backward: float32 on the CPU, which computes
+    such layers in float32 (LayerCall::workspace_like), so that the backward reads back what
+    the forward computed; the layer's own dtype on CUDA. The outputs and states are the
+    caller's dtype either way. A backward given the kept tensors rounded to the layer's dtype
+    refuses them, naming the dtype it needs."""
+    lib = torch.ops.fusedrnn
+    kept = torch.float32 if device == "cpu" else dtype
+    args = _layer_args("lstm", 5, 2, 3, 4, device, dtype)
+    output, hn, cn, gates, cells, _ = lib.lstm_forward(*args, False, True)
+    assert (output.dtype, hn.dtype, cn.dtype) == (dtype,) * 3
+    assert (gates.dtype, cells.dtype) == (kept, kept)
+    x, h0, c0, w_ih, w_hh, _, _ = args
+    backward_args = [torch.ones_like(output), None, None, x, h0, c0, w_ih, w_hh, output, gates,
+                     cells, True, False]
+    assert all(g.dtype == dtype for g in lib.lstm_backward(*backward_args) if g.numel())
+    if device == "cpu":
+        backward_args[9] = gates.to(dtype)
+        name = {torch.bfloat16: "BFloat16", torch.float16: "Half"}[dtype]
+        with pytest.raises(RuntimeError, match=f"gates has dtype {name} but a {name} layer keeps"):
+            lib.lstm_backward(*backward_args)
+    args = _layer_args("gru", 5, 2, 3, 4, device, dtype)
+    output, hn, saved = lib.gru_forward(*args, False, True)
+    assert (output.dtype, hn.dtype, saved.dtype) == (dtype, dtype, kept)
 
 
 @pytest.mark.parametrize("device", DEVICES)
