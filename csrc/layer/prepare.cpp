@@ -7,11 +7,15 @@
 namespace fusedrnn {
 namespace {
 
+void check_device(const char* op, const char* name, const Tensor& t, c10::Device device) {
+  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but input is on ",
+              device);
+}
+
 // t on the input's device and of the caller's input dtype.
 void check_like(const char* op, const char* name, const Tensor& t, c10::Device device,
                 at::ScalarType dtype) {
-  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but input is on ",
-              device);
+  check_device(op, name, t, device);
   TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " has dtype ", t.scalar_type(),
               " but input has dtype ", dtype);
 }
@@ -112,8 +116,7 @@ Tensor LayerCall::argument(const char* name, const Tensor& t, at::IntArrayRef sh
 
 Tensor LayerCall::workspace(const char* name, const Tensor& t, at::IntArrayRef shape) const {
   check_shape(op, name, t, shape);
-  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
-              " but input is on ", input.device());
+  check_device(op, name, t, input.device());
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
               t.scalar_type(), " but a ", caller_dtype_, " layer keeps ", input.scalar_type(),
               " on ", input.device(), ": pass what the forward op returned");
