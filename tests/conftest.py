@@ -1,4 +1,5 @@
 """Shared helpers: device and dtype parameters, model pairs, and the comparison rules."""
+import contextlib
 import copy
 import statistics
 
@@ -173,6 +174,17 @@ def assert_matches(cell, fused, ref, x, hx, dtype):
     exact = run_and_grad(ref64, x.double(), as_double)
     worse = {k: (rel_err(ours[k], exact[k]), rel_err(theirs[k], exact[k])) for k in off}
     assert all(e_ours <= 2 * e_torch + 1e-6 for e_ours, e_torch in worse.values()), worse
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """torch's CPU threads set to n for the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # Gate blocks of each cell.

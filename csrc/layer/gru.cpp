@@ -4,6 +4,7 @@
 
 #include <tuple>
 
+#include "beside_loop.h"
 #include "layer.h"
 #include "prepare.h"
 #include "projections.h"
@@ -76,6 +77,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                   dh.data_ptr(), at_row(d_x_gates, first),
                                   at_row(d_h_gates, first), rows, H}};
   };
+  if (grads_beside_loop(L, weight_grads)) {
+    const GradsBesideLoop grads = run_beside_loop(
+        L, d_x_gates, d_h_gates, output, has_bias, [&](const cpu::StepDone& done) {
+          recurrence.loop_back(pass, d_h_gates, dh.data_ptr(), plan, h0_grad, done);
+        });
+    if (!h0_grad) dh = fresh({0}, L.options());
+    const auto bias = [&](const Tensor& b) { return has_bias ? b : fresh({0}, L.options()); };
+    return L.results(std::tuple{grads.input, dh, grads.w_ih, grads.w_hh, bias(grads.bias_x),
+                                bias(grads.bias_h)});
+  }
   recurrence.loop_back(pass, d_h_gates, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_x_gates, weight_grads);

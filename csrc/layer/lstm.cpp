@@ -5,6 +5,7 @@
 #include <tuple>
 #include <utility>
 
+#include "beside_loop.h"
 #include "gemm.h"
 #include "layer.h"
 #include "prepare.h"
@@ -128,6 +129,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                   {at_row(gates, first), at_row(cells, first), c_prev, dy, d_cell,
                                    dc.data_ptr(), at_row(d_gates, first), rows, H}};
   };
+  if (!w_hr.defined() && grads_beside_loop(L, weight_grads)) {
+    const GradsBesideLoop grads =
+        run_beside_loop(L, d_gates, d_gates, output, has_bias, [&](const cpu::StepDone& done) {
+          recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan, h0_grad, done);
+        });
+    if (!h0_grad) dh = fresh({0}, L.options());
+    return L.results(std::tuple{grads.input, dh, dc, grads.w_ih, grads.w_hh,
+                                has_bias ? grads.bias_x : fresh({0}, L.options()),
+                                fresh({0}, L.options())});
+  }
   recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
   const Tensor d_operand = gemm_operand(L, d_gates);

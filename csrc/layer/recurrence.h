@@ -102,10 +102,11 @@ class Recurrence {
   // own rows of d_pre; a last product gives the gradient of h0, unless `to_h0` is false (dh is
   // then left without it). plan(step, after, rows_after) -> Step<Args>, where (after,
   // rows_after) are the rows the step's product reads: passed on as its `in`, or multiplied by
-  // plan itself where other work must come between (then in = null).
+  // plan itself where other work must come between (then in = null). done(s), where given, once
+  // the s-th step processed (the last first) has written its rows.
   template <typename Plan>
   void loop_back(const Pass& pass, const Tensor& d_pre, void* dh, const Plan& plan,
-                 bool to_h0 = true) const {
+                 bool to_h0 = true, const cpu::StepDone& done = {}) const {
     const void* after = nullptr;
     int64_t rows_after = 0;
     const auto last_first = [&](int64_t s) {
@@ -114,7 +115,9 @@ class Recurrence {
       after = at_row(d_pre, pass.first_row(step)), rows_after = pass.batch(step);
       return planned;
     };
-    loop(pass, last_first, [](int64_t) {});
+    loop(pass, last_first, [&](int64_t s) {
+      if (done) done(s);
+    });
     if (to_h0) product(after, rows_after, dh);
   }
 

@@ -2,6 +2,7 @@
 // core/gates.h (rnn_forward, rnn_backward); the per-step kernels core/elements.h.
 #include <ATen/ATen.h>
 
+#include "beside_loop.h"
 #include "layer.h"
 #include "prepare.h"
 #include "projections.h"
@@ -60,6 +61,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
                                  {at_row(output, first), at_row(grad_output, first),
                                   dh.data_ptr(), at_row(d_pre, first), rows, H, relu}};
   };
+  if (grads_beside_loop(L, weight_grads)) {
+    const GradsBesideLoop grads =
+        run_beside_loop(L, d_pre, d_pre, output, has_bias, [&](const cpu::StepDone& done) {
+          recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan, h0_grad, done);
+        });
+    if (!h0_grad) dh = fresh({0}, L.options());
+    return L.results(std::tuple{grads.input, dh, grads.w_ih, grads.w_hh,
+                                has_bias ? grads.bias_x : fresh({0}, L.options())});
+  }
   recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
   const Tensor d_operand = gemm_operand(L, d_pre);

@@ -1,0 +1,83 @@
+"""The backward's whole-sequence GEMMs beside its loop (csrc/layer/beside_loop.cpp): on two
+threads, one runs the loop while the other computes the input's, the weights' and the biases'
+gradients from chunks of finished steps."""
+import collections
+
+import pytest
+import torch
+
+from conftest import GATES, TOLERANCE, apply_layer, assert_matches, layer_args, make_pair, \
+    num_threads, random_state
+
+CHUNK_ROWS = 128  # kChunkRows
+
+
+def _gradients(cell, args, reverse):
+    args = [a.detach().requires_grad_() if a is not None else None for a in args]
+    outputs = apply_layer(cell, args, reverse)
+    gen = torch.Generator().manual_seed(7)
+    probes = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outputs]
+    inputs = [a for a in args if a is not None]
+    with torch.profiler.profile() as profile:
+        grads = torch.autograd.grad(outputs, inputs, probes)
+    gemms = collections.Counter(e.name for e in profile.events())
+    return grads, gemms["aten::mm"] + gemms["aten::addmm_"]
+
+
+# (T, B, I, H): chunks of several steps with a shorter last one, of one step (B > 128 rows),
+# of many steps at a small batch.
+# Each above the work below which the GEMMs stay after the loop, for every cell.
+SHAPES = [(17, 33, 64, 96), (5, 300, 40, 64), (131, 7, 65, 63), (48, 32, 128, 128)]
+MIN_WORK = 1 << 20  # multiply-adds of the GEMMs, kMinWork
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_matches_the_gemms_after_the_loop(cell, reverse, bias, dtype):
+    """Every gradient as one thread computes it (the loop, then each GEMM over the whole
+    sequence), in one GEMM call per chunk and gradient, the same on a second run to the bit."""
+    for T, B, I, H in SHAPES:
+        assert T * B * H * (I + H) >= MIN_WORK
+        args = layer_args(cell, T, B, I, H, "cpu", dtype, bias=bias, seed=T + B)
+        with num_threads(1):
+            after, after_gemms = _gradients(cell, args, reverse)
+        with num_threads(2):
+            beside, gemms = _gradients(cell, args, reverse)
+            again, _ = _gradients(cell, args, reverse)
+        steps = max(1, CHUNK_ROWS // B)
+        chunks = -(-T // steps)
+        # Per chunk: the input's gradient and both weight gradients; the first step's pairs with
+        # h0 in a GEMM of its own, apart from the other steps of its chunk.
+        paired_apart = T - (chunks - 1) * steps > 1
+        assert gemms == 3 * chunks + paired_apart and after_gemms <= 5, (T, B, gemms, after_gemms)
+        for name, a, b, c in zip(range(len(after)), beside, after, again):
+            assert torch.equal(a, c), (T, B, name)
+            err = ((a - b).norm() / b.norm()).item()
+            assert err <= TOLERANCE[dtype], (T, B, name, err)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_matches_torch_nn(cell):
+    """Against torch.nn, every output and gradient, at shapes where the path runs."""
+    for T, B, I, H in SHAPES[:3]:
+        ref, fused = make_pair(cell, I, H, "cpu", torch.float64, seed=B)
+        gen = torch.Generator().manual_seed(T)
+        x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
+        hx = random_state(cell, ref, B, "cpu", torch.float64, gen)
+        with num_threads(2):
+            assert_matches(cell, fused, ref, x, hx, torch.float64)
+
+
+def test_not_below_its_work_or_rows():
+    """Too little work (1M multiply-adds) or too few rows (two chunks) keeps the GEMMs after the
+    loop: a handful of calls over the whole sequence."""
+    for T, B, I, H in [(3, 64, 40, 40), (48, 32, 8, 8), (100, 2, 128, 128)]:
+        args = layer_args("lstm", T, B, I, H, "cpu", torch.float64)
+        work = T * B * GATES["lstm"] * H * (I + H)
+        assert T * B < 2 * CHUNK_ROWS or work < MIN_WORK
+        with num_threads(2):
+            _, gemms = _gradients("lstm", args, False)
+        assert gemms <= 5, (T, B, gemms)
+
