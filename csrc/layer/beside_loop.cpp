@@ -12,7 +12,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cpu/isa.h"
 #include "gemm.h"
+#include "projections.h"
 
 namespace fusedrnn {
 namespace {
@@ -117,6 +119,42 @@ bool beside_applies(const LayerCall& call) {
 
 bool grads_beside_loop(const LayerCall& call, bool weight_grads) {
   return weight_grads && beside_applies(call);
+}
+
+bool projection_beside_loop(const LayerCall& call) {
+  const int64_t weights = call.w_hh.numel() * call.w_hh.element_size();
+  return beside_applies(call) && call.input.scalar_type() == at::kFloat &&
+         projects_by_rows(call) && 4 * weights <= 3 * cpu::l2_cache_bytes();
+}
+
+void run_projection_beside_loop(const LayerCall& call,
+                                const std::function<void(int64_t row, int64_t rows)>& project,
+                                const std::function<void(const cpu::StepDone&)>& loop) {
+  const Chunks chunks(call.pass(), false);
+  std::atomic<int64_t> projected{0};  // chunks
+  std::atomic<bool> failed{false};
+  on_two_threads([&](int64_t t) {
+    if (t == 0) {
+      guarded(failed, [&] {
+        for (int64_t c = 0; c < chunks.count && !failed.load(std::memory_order_relaxed); ++c) {
+          const Chunks::Chunk k = chunks[c];
+          project(k.row, k.rows);
+          projected.store(c + 1, std::memory_order_release);
+        }
+      });
+      return;
+    }
+    guarded(failed, [&] {
+      loop([&](int64_t s) {
+        int64_t idle = 0;
+        while (projected.load(std::memory_order_acquire) <= s / chunks.steps) {
+          TORCH_CHECK(!failed.load(std::memory_order_relaxed),
+                      "fusedrnn: the input projection beside the loop failed");
+          pause(idle);
+        }
+      });
+    });
+  });
 }
 
 GradsBesideLoop run_beside_loop(const LayerCall& call, const Tensor& d_x, const Tensor& d_h,

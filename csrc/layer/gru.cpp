@@ -25,8 +25,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 
   Scratch scratch(input);
   // b_hh stays out: the step adds it to h W_hh^T, inside r * (h W_hn^T + b_hn).
-  const Tensor x_gates = project_input(L, L.b_ih, std::nullopt,
-                                       scratch.take(sequence_sizes(input, 3 * H)));
+  const bool beside = projection_beside_loop(L);
+  Tensor x_gates = scratch.take(sequence_sizes(input, 3 * H));
+  if (!beside) project_input(L, L.b_ih, std::nullopt, x_gates);
   Tensor h_gates = fresh({B, 3 * H}, L.options());  // h_{t-1} W_hh^T
   Tensor output = L.result_like(H);
   Tensor saved = training ? L.workspace_like(4 * H) : fresh({0}, L.options());
@@ -43,7 +44,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
         {at_row(x_gates, first), h_gates.data_ptr(), b_hh, h_prev, h,
          training ? at_row(saved, first) : nullptr, rows, H}};
   };
-  recurrence.loop(pass, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
+  const auto done = [&](int64_t step) { pass.keep_final(step, h, hn); };
+  const auto project = [&](int64_t row, int64_t rows) {
+    project_input_rows(L, L.b_ih, std::nullopt, x_gates, row, rows);
+  };
+  if (beside) loop_beside_projection(L, recurrence, project, plan, done);
+  else recurrence.loop(pass, plan, done);
   return std::tuple_cat(L.results(std::tuple{output, hn}), std::tuple{saved});
 }
 

@@ -35,8 +35,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor gates = training     ? L.workspace_like(4 * H)
                  : gate_slots ? fresh({2 * B, 4 * H}, L.options())
                               : scratch.take(sequence_sizes(input, 4 * H));
-  if (!recurrence.projects_input())
-    project_input(L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh, gates);
+  const OptionalTensor bias = in_loop ? std::nullopt : L.b_ih;
+  const OptionalTensor bias_2 = in_loop ? std::nullopt : L.b_hh;
+  const bool beside = !recurrence.projects_input() && projection_beside_loop(L);
+  if (!recurrence.projects_input() && !beside) project_input(L, bias, bias_2, gates);
   Tensor output = L.result_like(P);
   // Training keeps every c_t; inference alternates between two [B, H] buffers.
   Tensor cells = training ? L.workspace_like(H) : fresh({2 * B, H}, L.options());
@@ -65,7 +67,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     pass.keep_final(step, h, hn);
     pass.keep_final(step, c, cn);
   };
-  recurrence.loop(pass, plan, done);
+  const auto project = [&](int64_t row, int64_t rows) {
+    project_input_rows(L, bias, bias_2, gates, row, rows);
+  };
+  if (beside) loop_beside_projection(L, recurrence, project, plan, done);
+  else recurrence.loop(pass, plan, done);
   if (!training) {  // inference returns none of them
     gates = fresh({0}, L.options());
     cells = fresh({0}, L.options());

@@ -173,6 +173,27 @@ Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
   return out;
 }
 
+bool projects_by_rows(const LayerCall& call) { return !projects_on_panels(call); }
+
+void project_input_rows(const LayerCall& call, const OptionalTensor& bias,
+                        const OptionalTensor& bias_2, const Tensor& out, int64_t row,
+                        int64_t rows) {
+  const Tensor &input = call.input, &w_ih = call.w_ih;
+  const int64_t G_H = w_ih.size(0);
+  const c10::NoGradGuard no_grad;  // as project_input
+  if (bias) {
+    const Tensor first = bias->contiguous();
+    const Tensor second = bias_2 ? bias_2->contiguous() : Tensor();
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "project_input_rows", [&] {
+      biases_by_rows(static_cast<scalar_t*>(at_row(out, row)), rows, G_H,
+                     first.data_ptr<scalar_t>(),
+                     second.defined() ? second.data_ptr<scalar_t>() : nullptr);
+    });
+  }
+  gemm(input, Gemm{rows, G_H, input.size(-1), at_row(input, row), false, w_ih.data_ptr(), true,
+                   at_row(out, row), bias.has_value()});
+}
+
 Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& output) {
   const Pass pass = call.pass();
   const Layout& L = pass.steps;

@@ -31,6 +31,16 @@ bool projects_in_loop(const LayerCall& call, bool gates_kept);
 Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
                      const OptionalTensor& bias_2, Tensor out);
 
+// Whether project_input may run in chunks of rows, project_input_rows (beside_loop.h: beside
+// the loop): where it runs on the BLAS, so that a chunk costs what its rows do (the fused
+// product's kernels pack W_ih for each call).
+bool projects_by_rows(const LayerCall& call);
+
+// project_input for rows [row, row + rows) of the input and `out` alone, where projects_by_rows.
+void project_input_rows(const LayerCall& call, const OptionalTensor& bias,
+                        const OptionalTensor& bias_2, const Tensor& out, int64_t row,
+                        int64_t rows);
+
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], for d_pre the gradient of h_{t-1} W_hh^T laid
 // out like the output, h_{t-1} the call's h0 or a row of `output`.
 Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& output);

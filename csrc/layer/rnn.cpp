@@ -24,8 +24,10 @@ std::tuple<Tensor, Tensor> rnn_forward(
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
   Tensor output = L.result_like(H);
-  if (!recurrence.projects_input())
-    project_input(L, in_loop ? std::nullopt : L.b_ih, in_loop ? std::nullopt : L.b_hh, output);
+  const OptionalTensor bias = in_loop ? std::nullopt : L.b_ih;
+  const OptionalTensor bias_2 = in_loop ? std::nullopt : L.b_hh;
+  const bool beside = !recurrence.projects_input() && projection_beside_loop(L);
+  if (!recurrence.projects_input() && !beside) project_input(L, bias, bias_2, output);
   Tensor hn = fresh({B, H}, L.options()), h_join;
   void* h = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
@@ -34,7 +36,12 @@ std::tuple<Tensor, Tensor> rnn_forward(
     h = at_row(output, pass.first_row(step));
     return Step<RNNForwardStep>{h_prev, rows, h, {h, rows, H, relu}};
   };
-  recurrence.loop(pass, plan, [&](int64_t step) { pass.keep_final(step, h, hn); });
+  const auto done = [&](int64_t step) { pass.keep_final(step, h, hn); };
+  const auto project = [&](int64_t row, int64_t rows) {
+    project_input_rows(L, bias, bias_2, output, row, rows);
+  };
+  if (beside) loop_beside_projection(L, recurrence, project, plan, done);
+  else recurrence.loop(pass, plan, done);
   return L.results(std::tuple{output, hn});
 }
 

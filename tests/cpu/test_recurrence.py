@@ -12,8 +12,8 @@ import torch
 import fusedrnn
 
 from conftest import (CELLS, GATES, TOLERANCE, assert_close_by_name, assert_half_rule,
-                      assert_matches, half_rule_draws, make_pair, random_state, rel_err,
-                      run_and_grad, run_packed_and_grad)
+                      assert_matches, half_rule_draws, make_pair, num_threads, random_state,
+                      rel_err, run_and_grad, run_packed_and_grad)
 
 pytestmark = pytest.mark.usefixtures("isa")
 
@@ -369,7 +369,8 @@ def test_large_gemms_leave_at_mm_for_onednn(isa):
     """No silent fallback: with oneDNN on, a float32 input projection of 8M multiply-adds and
     more does not reach ATen's mm (a plain mm here: the fused loop adds the biases itself),
     where torch's oneDNN matmul takes float32 on this CPU (backends.cpu_gemm(); torch 2.14
-    refuses it without AVX-512)."""
+    refuses it without AVX-512). On one thread: on two, the projection runs beside the loop,
+    in chunks that go to at::mm on purpose (layer/gemm.cpp, tests/layer/test_beside_loop.py)."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     if "avx512" in fusedrnn.backends.cpu_isas():
@@ -381,7 +382,7 @@ def test_large_gemms_leave_at_mm_for_onednn(isa):
     x = torch.randn(12, 24, 300)
 
     def gemm_ops(onednn):
-        with torch.backends.mkldnn.flags(enabled=onednn), torch.no_grad():
+        with torch.backends.mkldnn.flags(enabled=onednn), torch.no_grad(), num_threads(1):
             fused(x)  # the first call checks oneDNN once, with a 2x2 at::mm
             with torch.profiler.profile() as profile:
                 fused(x)

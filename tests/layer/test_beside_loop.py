@@ -1,6 +1,6 @@
-"""The backward's whole-sequence GEMMs beside its loop (csrc/layer/beside_loop.cpp): on two
-threads, one runs the loop while the other computes the input's, the weights' and the biases'
-gradients from chunks of finished steps."""
+"""The whole-sequence GEMMs beside the loop (csrc/layer/beside_loop.cpp): on two threads, one
+runs the loop while the other projects the forward's input ahead of it, or computes the
+backward's gradients (the input's, the weights', the biases') from chunks of finished steps."""
 import collections
 
 import pytest
@@ -81,3 +81,29 @@ def test_not_below_its_work_or_rows():
             _, gemms = _gradients("lstm", args, False)
         assert gemms <= 5, (T, B, gemms)
 
+
+def _forward(cell, args, reverse):
+    with torch.profiler.profile() as profile:
+        outputs = apply_layer(cell, args, reverse)
+    gemms = collections.Counter(e.name for e in profile.events())
+    return outputs, gemms["aten::mm"] + gemms["aten::addmm_"]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_projection_beside_the_loop(cell, reverse):
+    """A float32 forward on two threads, where its loop does not project the input itself:
+    every output as one thread computes it, to rounding (the loop's steps are the same; the
+    projection's GEMM runs in chunks). The GRU, whose loop never projects its input and whose
+    W_hh here fits every L2 seen, projects in one GEMM per chunk."""
+    for T, B, I, H in [(17, 33, 96, 64), (48, 32, 128, 128), (300, 1, 80, 64)]:
+        args = layer_args(cell, T, B, I, H, "cpu", torch.float32, seed=T)
+        with num_threads(1):
+            alone, _ = _forward(cell, args, reverse)
+        with num_threads(2):
+            beside, gemms = _forward(cell, args, reverse)
+        for a, b in zip(beside, alone):
+            err = ((a - b).norm() / b.norm()).item()
+            assert err <= TOLERANCE[torch.float32], (T, B, err)
+        if cell == "gru":
+            assert gemms == -(-T // max(1, CHUNK_ROWS // B)), (T, B, gemms)
