@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <exception>
 #include <thread>
 #include <type_traits>
 #include <vector>
