@@ -10,6 +10,7 @@
 #include "layer/direct.h"
 #include "layer/gemm.h"
 #include "layer/layer.h"
+#include "layer/packed_weights.h"
 #include "layer/persistent.h"
 #include "layer/scratch.h"
 #include "layer/second_order.h"
@@ -226,7 +227,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scratch_held_bytes", &fusedrnn::scratch::held_bytes);
   m.def("scratch_limit_bytes", &fusedrnn::scratch::limit_bytes);
   m.def("set_scratch_limit_bytes", &fusedrnn::scratch::set_limit_bytes);
-  m.def("empty_cache", &fusedrnn::scratch::empty_cache);
+  // The fused product's packed weights kept between calls (packed_weights.h).
+  m.def("packed_weights_stats", [] {
+    const auto s = fusedrnn::packed_cache::stats();
+    return std::map<std::string, int64_t>{{"held", s.held_bytes}, {"limit", s.limit_bytes},
+                                          {"entries", s.entries}, {"hits", s.hits},
+                                          {"misses", s.misses}};
+  });
+  m.def("set_packed_weights_limit_bytes", &fusedrnn::packed_cache::set_limit_bytes);
+  m.def("empty_cache", [] {
+    fusedrnn::scratch::empty_cache();
+    fusedrnn::packed_cache::clear();
+  });
 #ifdef FUSEDRNN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

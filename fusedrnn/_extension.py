@@ -32,7 +32,8 @@ TORCH_VERSION: str = _C.torch_version
 
 
 def empty_cache() -> None:
-    """Frees the CPU temporaries that fusedrnn keeps between calls (see scratch_memory)."""
+    """Frees what fusedrnn keeps between calls on the CPU: its temporaries (scratch_memory) and
+    its packed weights (packed_weights_memory)."""
     _C.empty_cache()
 
 
@@ -48,3 +49,20 @@ def set_scratch_limit(nbytes: int) -> None:
     """Keeps at most `nbytes` of CPU temporaries between calls (0: keep none), freeing what is
     kept beyond it now."""
     _C.set_scratch_limit_bytes(int(nbytes))
+
+
+def packed_weights_memory() -> dict:
+    """The CPU loops' weights, packed for their product and kept between calls, each beside a
+    copy of the weights it was packed from: a call reuses a packing only where its weights'
+    bytes equal that copy, so optimizer steps, `load_state_dict` and `param.data` edits all
+    take effect. `held`: bytes kept now (packings and copies); `limit`: the most kept
+    (FUSEDRNN_PACKED_WEIGHTS_LIMIT_MB in the environment, default 64 MB;
+    set_packed_weights_limit), least recently used dropped first; `entries`; `hits` and
+    `misses`: calls that found their packing, or packed anew, since the process started."""
+    return dict(_C.packed_weights_stats())
+
+
+def set_packed_weights_limit(nbytes: int) -> None:
+    """Keeps at most `nbytes` of packed weights between calls (0: keep none, every call packs
+    its own), dropping what is kept beyond it now."""
+    _C.set_packed_weights_limit_bytes(int(nbytes))

@@ -8,7 +8,7 @@ import platform
 import torch
 
 from . import __version__, backends
-from ._extension import CUDA_ARCHS, TORCH_VERSION, WITH_CUDA, scratch_memory
+from ._extension import CUDA_ARCHS, TORCH_VERSION, WITH_CUDA, packed_weights_memory, scratch_memory
 
 
 def _cpu_model():
@@ -59,6 +59,9 @@ def lines():
     pool = scratch_memory()
     out.append(f"scratch pool: {pool['held'] / 2**20:.0f} MB kept, limit "
                f"{pool['limit'] / 2**20:.0f} MB")
+    packed = packed_weights_memory()
+    out.append(f"packed weights: {packed['held'] / 2**20:.0f} MB kept in {packed['entries']} "
+               f"entries, limit {packed['limit'] / 2**20:.0f} MB")
     return out
 
 

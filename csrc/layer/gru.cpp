@@ -33,7 +33,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   Tensor saved = training ? L.workspace_like(4 * H) : fresh({0}, L.options());
   Tensor hn = fresh({B, H}, L.options()), h_join;
   const void* b_hh = L.b_hh ? L.b_hh->data_ptr() : nullptr;  // read by the step kernel
-  const Recurrence recurrence(L, L.w_hh, 3, true, false);
+  const Recurrence recurrence(L, L.w_hh, 3, true, false, {.keep_packed = true});
   void* h = nullptr;  // the latest step's
   const auto plan = [&](int64_t step) {
     const int64_t rows = pass.batch(step), first = pass.first_row(step);

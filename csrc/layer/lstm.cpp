@@ -26,7 +26,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor &input = L.input, &h0 = L.h0, &w_hr = L.w_hr;
   const Pass pass = L.pass();
 
-  const Recurrence recurrence(L, L.w_hh, 4, true, true, L.b_ih, L.b_hh, true, training);
+  const Recurrence recurrence(L, L.w_hh, 4, true, true,
+                              {.bias = L.b_ih, .bias_2 = L.b_hh, .input_in_loop = true,
+                               .gates_kept = training, .keep_packed = true});
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Like input, 4H wide; in training the activated gates, kept for the backward.
   Scratch scratch(input);

@@ -10,6 +10,7 @@
 #include "../cpu/isa.h"
 #include "../cpu/recurrence.h"
 #include "gemm.h"
+#include "packed_weights.h"
 #include "recurrence.h"
 
 namespace fusedrnn {
@@ -151,7 +152,7 @@ Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
   if (projects_on_panels(call)) {
     const cpu::Panels panels =
         cpu::panels_for(call.product_dtype, G_H / call.H, call.H, call.I);
-    const Tensor packed = packed_weights(panels, w_ih, true);
+    const Tensor packed = packed_weights(panels, w_ih, true, /*keep=*/true);
     const Tensor biases = bias && bias_2 ? *bias + *bias_2 : bias ? *bias : Tensor();
     const void* start = biases.defined() ? biases.data_ptr() : nullptr;
     cpu::fused_product(Dtype::kFloat32, cpu::Product{&panels, packed.data_ptr(), input.data_ptr(),

@@ -27,7 +27,8 @@ namespace fusedrnn {
 bool projects_in_loop(const LayerCall& call, bool gates_kept);
 
 // x W_ih^T + bias (+ bias_2) for all time steps at once, for x and W_ih the call's input and
-// w_ih, into `out` (laid out like the input, G*H wide).
+// w_ih, into `out` (laid out like the input, G*H wide). Where the product runs on packed W_ih,
+// the packing comes from the cache of packed weights (packed_weights.h).
 Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
                      const OptionalTensor& bias_2, Tensor out);
 

@@ -8,6 +8,7 @@
 #endif
 
 #include "gemm.h"
+#include "packed_weights.h"
 #include "projections.h"
 
 namespace fusedrnn {
@@ -36,29 +37,21 @@ void step_on_device(const Tensor& like, const Args& args) {
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DEFINE_RUN_STEP)
 #undef FUSEDRNN_DEFINE_RUN_STEP
 
-Tensor packed_weights(const cpu::Panels& panels, const Tensor& w, bool transposed) {
-  Tensor packed = fresh({panels.size()},
-                        w.options().dtype(panels.bf16 ? at::kBFloat16 : w.scalar_type()));
-  cpu::pack(dtype_of(w), panels, w.data_ptr(), transposed, packed.data_ptr());
-  return packed;
-}
-
 Recurrence::Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
-                       bool accumulate, const OptionalTensor& bias, const OptionalTensor& bias_2,
-                       bool input_in_loop, bool gates_kept)
+                       bool accumulate, const ForwardLoop& forward)
     : w_(w), backend_(call.backend), gates_(gates), transposed_(transposed),
       accumulate_(accumulate) {
   if (backend_ == Backend::kCpuFused) {
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
     panels_ = cpu::panels_for(call.product_dtype, gates, N / gates, K);
-    packed_ = packed_weights(panels_, w, transposed);
+    packed_ = packed_weights(panels_, w, transposed, forward.keep_packed);
     // The biases start each step's accumulators: no pass over the input projection to add them
     // (4% of an LSTM at T=100 B=64 H=32).
-    if (bias && bias_2) bias_ = *bias + *bias_2;  // the ops take both or neither
-    if (input_in_loop && projects_in_loop(call, gates_kept)) {
+    if (forward.bias && forward.bias_2) bias_ = *forward.bias + *forward.bias_2;  // both or none
+    if (forward.input_in_loop && projects_in_loop(call, forward.gates_kept)) {
       input_ = call.input;
       input_panels_ = cpu::panels_for(call.product_dtype, gates, N / gates, call.I);
-      input_packed_ = packed_weights(input_panels_, call.w_ih, true);
+      input_packed_ = packed_weights(input_panels_, call.w_ih, true, forward.keep_packed);
     }
     return;
   }

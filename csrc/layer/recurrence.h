@@ -20,9 +20,21 @@ class StepGemm;
 }
 #endif
 
-// w packed into `panels` for the fused CPU product (cpu/recurrence.h: W = w^T for w [N, K] when
-// `transposed`, else W = w [K, N]), as bfloat16 pairs where the panels say so.
-Tensor packed_weights(const cpu::Panels& panels, const Tensor& w, bool transposed);
+// What a forward's loop may take on beside its recurrent product.
+struct ForwardLoop {
+  // The layer's biases (LSTM and RNN), which the fused CPU loop adds in its product
+  // (adds_biases()); elsewhere the caller adds them to the input projection.
+  OptionalTensor bias, bias_2;
+  // Whether the loop may compute the input projection itself (a forward whose product adds up
+  // x W_ih^T and h W_hh^T); projects_input() says whether it does, by projects_in_loop
+  // (projections.h), for which gates_kept says whether the loop writes every step's gates.
+  bool input_in_loop = false, gates_kept = true;
+  // Whether the packed weights come from, and go to, the cache of packed weights
+  // (packed_weights.h): a forward's do, as inference reuses them from call to call and a
+  // training step pays one copy of weights that changed (level with packing for the call alone,
+  // interleaved, LSTM and RNN with an optimizer step); the backward's products pack for the call.
+  bool keep_packed = false;
+};
 
 // Runs one per-step kernel on the device of `like`, on PyTorch's current stream.
 #define FUSEDRNN_DECLARE_RUN_STEP(Args) void run_step(const Tensor& like, const Args& args);
@@ -40,17 +52,10 @@ FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_DECLARE_RUN_STEP)
 class Recurrence {
  public:
   // gates: G of the product's output (the cell's for the forward, 1 for the gradient of h).
-  // bias, bias_2: the layer's biases (LSTM and RNN forward), which the fused CPU loop adds in its
-  // product (adds_biases()); elsewhere the caller adds them to the input projection.
-  // The loop of `call`'s pass, on its backend, with products in its product_dtype.
-  // input_in_loop: whether the loop may compute the input projection itself (a forward whose
-  // product adds up x W_ih^T and h W_hh^T); projects_input() says whether it does, by
-  // projects_in_loop (projections.h), for which gates_kept says whether the loop writes every
-  // step's gates to memory.
+  // The loop of `call`'s pass, on its backend, with products in its product_dtype; a forward's
+  // loop as `forward` says.
   Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bool transposed,
-             bool accumulate, const OptionalTensor& bias = std::nullopt,
-             const OptionalTensor& bias_2 = std::nullopt, bool input_in_loop = false,
-             bool gates_kept = true);
+             bool accumulate, const ForwardLoop& forward = {});
   ~Recurrence();
 
   bool adds_biases() const { return bias_.defined(); }

@@ -20,7 +20,9 @@ std::tuple<Tensor, Tensor> rnn_forward(
   const int64_t B = L.B, H = L.H;
   const Pass pass = L.pass();
 
-  const Recurrence recurrence(L, L.w_hh, 1, true, true, L.b_ih, L.b_hh, true);
+  const Recurrence recurrence(L, L.w_hh, 1, true, true,
+                              {.bias = L.b_ih, .bias_2 = L.b_hh, .input_in_loop = true,
+                               .keep_packed = true});
   const bool in_loop = recurrence.adds_biases();  // else they go in with the projection
   // Each step's rows of output hold the pre-activation until the step turns them into h_t.
   Tensor output = L.result_like(H);

@@ -15,16 +15,6 @@ namespace {
 // free lists without faulting pages in.
 constexpr int64_t kMinPooledBytes = int64_t{1} << 20;
 
-int64_t limit_from_environment() {
-  const char* text = std::getenv("FUSEDRNN_SCRATCH_LIMIT_MB");
-  if (text && *text) {
-    char* end = nullptr;
-    const long long megabytes = std::strtoll(text, &end, 10);
-    if (end && *end == '\0' && megabytes >= 0) return megabytes << 20;
-  }
-  return int64_t{256} << 20;
-}
-
 class Pool {
  public:
   // The smallest kept block of at least `bytes` and at most twice that (a much larger one stays
@@ -94,7 +84,7 @@ class Pool {
   std::mutex mutex_;
   std::deque<at::Tensor> blocks_;  // bytes, oldest first
   int64_t held_ = 0;
-  int64_t limit_ = limit_from_environment();
+  int64_t limit_ = bytes_from_environment("FUSEDRNN_SCRATCH_LIMIT_MB", 256);
 };
 
 Pool& pool() {
@@ -103,6 +93,16 @@ Pool& pool() {
 }
 
 }  // namespace
+
+int64_t bytes_from_environment(const char* name, int64_t default_megabytes) {
+  const char* text = std::getenv(name);
+  if (text && *text) {
+    char* end = nullptr;
+    const long long megabytes = std::strtoll(text, &end, 10);
+    if (end && *end == '\0' && megabytes >= 0) return megabytes << 20;
+  }
+  return default_megabytes << 20;
+}
 
 Scratch::~Scratch() {
   for (at::Tensor& block : blocks_) pool().release(std::move(block));

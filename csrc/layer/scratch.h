@@ -36,6 +36,10 @@ class Scratch {
   std::vector<at::Tensor> blocks_;  // taken from the pool, given back by the destructor
 };
 
+// A memory limit from the environment variable `name`, in megabytes (a whole number, 0 and up),
+// else the default; in bytes.
+int64_t bytes_from_environment(const char* name, int64_t default_megabytes);
+
 namespace scratch {
 // A buffer that leaves its call (what a forward keeps for its backward), from the same pool on
 // the CPU: its block goes back to the pool once the last tensor on it is freed, so that the next
