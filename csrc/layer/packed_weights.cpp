@@ -20,8 +20,8 @@ bool same_panels(const cpu::Panels& a, const cpu::Panels& b) {
          a.lanes == b.lanes && a.blocks == b.blocks && a.count == b.count && a.bf16 == b.bf16;
 }
 
-// One kept packing: where its weights were, how they were packed, a copy of their bytes.
-// Never changed once kept, so a call may read it after the lock is released.
+// One kept packing: where the caller's weights were, how they were packed, a copy of their
+// bytes. Never changed once kept, so a call may read it after the lock is released.
 struct Entry {
   const void* data;
   at::ScalarType dtype;
@@ -130,19 +130,21 @@ at::Tensor pack(const cpu::Panels& panels, const at::Tensor& w, bool transposed)
 }  // namespace
 
 at::Tensor packed_weights(const cpu::Panels& panels, const at::Tensor& w, bool transposed,
-                          bool keep) {
-  if (!keep) return pack(panels, w, transposed);
-  if (const auto found = cache().find(w, panels, transposed); found && found->holds_bytes_of(w)) {
+                          const std::optional<at::Tensor>& passed) {
+  if (!passed || !passed->is_contiguous()) return pack(panels, w, transposed);
+  const at::Tensor& source = *passed;
+  if (const auto found = cache().find(source, panels, transposed);
+      found && found->holds_bytes_of(source)) {
     cache().count(true);
     return found->packed;
   }
   cache().count(false);
   const at::Tensor packed = pack(panels, w, transposed);
-  if (int64_t(w.nbytes() + packed.nbytes()) > cache().limit()) return packed;  // not kept: no copy
-  auto entry = std::make_shared<Entry>(Entry{w.data_ptr(), w.scalar_type(), w.sizes().vec(),
-                                             transposed, panels, fresh(w.sizes(), w.options()),
-                                             packed});
-  std::memcpy(entry->copy.data_ptr(), w.data_ptr(), w.nbytes());
+  if (int64_t(source.nbytes() + packed.nbytes()) > cache().limit()) return packed;  // no copy
+  auto entry = std::make_shared<Entry>(
+      Entry{source.data_ptr(), source.scalar_type(), source.sizes().vec(), transposed, panels,
+            fresh(source.sizes(), source.options()), packed});
+  std::memcpy(entry->copy.data_ptr(), source.data_ptr(), source.nbytes());
   cache().keep(std::move(entry));
   return packed;
 }

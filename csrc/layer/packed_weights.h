@@ -16,17 +16,20 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "../cpu/recurrence.h"
 
 namespace fusedrnn {
 
 // w packed into `panels` (W = w^T for w [N, K] when `transposed`, else W = w [K, N]), as
-// bfloat16 pairs where the panels say so; w contiguous. With `keep`, taken from the cache when
-// an earlier call packed bytes equal to w's the same way, else packed and kept there; without,
-// packed for this call alone.
+// bfloat16 pairs where the panels say so; w contiguous. Given `passed`, the caller's tensor that
+// w was prepared from (w itself, or a float32 widening of a half-precision one), and where it is
+// contiguous: taken from the cache when an earlier call packed from a tensor at the same
+// address, of the same shape and dtype and with bytes equal to passed's, the same way; else
+// packed and kept there. Otherwise packed for this call alone.
 at::Tensor packed_weights(const cpu::Panels& panels, const at::Tensor& w, bool transposed,
-                          bool keep);
+                          const std::optional<at::Tensor>& passed);
 
 namespace packed_cache {
 struct Stats {

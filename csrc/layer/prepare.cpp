@@ -85,6 +85,7 @@ LayerCall::LayerCall(const char* op_, int64_t gates, const Tensor& input_,
     check_like(op, "b_hh", *b_hh_, device, caller_dtype_);
   }
   input = prepared(input_), h0 = prepared(h0_), w_ih = prepared(w_ih_), w_hh = prepared(w_hh_);
+  w_ih_passed = w_ih_, w_hh_passed = w_hh_;
   if (w_hr_) w_hr = prepared(*w_hr_);
   if (b_ih_) b_ih = prepared(*b_ih_), b_hh = prepared(*b_hh_);
   product_dtype = input_.is_cpu() && caller_dtype_ == at::kBFloat16 && cpu::has_bf16_products()

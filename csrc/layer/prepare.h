@@ -84,6 +84,9 @@ class LayerCall {
   int64_t P;  // width of the hidden state: the LSTM's projection size, else H
   bool reverse;
   Tensor input, h0, w_ih, w_hh, w_hr;  // w_hr: undefined without a projection
+  // The caller's w_ih and w_hh as passed, before widening or a contiguous copy: what the cache
+  // of packed weights compares (packed_weights.h), as a copy made for the call is new each time.
+  Tensor w_ih_passed, w_hh_passed;
   OptionalTensor b_ih, b_hh;
   Backend backend;  // runs the loop over time
   // What the large products take their operands in: bfloat16 for bfloat16 calls on a CPU with

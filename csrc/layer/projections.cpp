@@ -152,7 +152,7 @@ Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
   if (projects_on_panels(call)) {
     const cpu::Panels panels =
         cpu::panels_for(call.product_dtype, G_H / call.H, call.H, call.I);
-    const Tensor packed = packed_weights(panels, w_ih, true, /*keep=*/true);
+    const Tensor packed = packed_weights(panels, w_ih, true, call.w_ih_passed);
     const Tensor biases = bias && bias_2 ? *bias + *bias_2 : bias ? *bias : Tensor();
     const void* start = biases.defined() ? biases.data_ptr() : nullptr;
     cpu::fused_product(Dtype::kFloat32, cpu::Product{&panels, packed.data_ptr(), input.data_ptr(),

@@ -44,14 +44,19 @@ Recurrence::Recurrence(const LayerCall& call, const Tensor& w, int64_t gates, bo
   if (backend_ == Backend::kCpuFused) {
     const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
     panels_ = cpu::panels_for(call.product_dtype, gates, N / gates, K);
-    packed_ = packed_weights(panels_, w, transposed, forward.keep_packed);
+    // A forward multiplies by the call's w_hh: the cache compares the caller's.
+    TORCH_INTERNAL_ASSERT(!forward.keep_packed || w.is_same(call.w_hh));
+    const auto passed = [&](const Tensor& t) {
+      return forward.keep_packed ? OptionalTensor(t) : std::nullopt;
+    };
+    packed_ = packed_weights(panels_, w, transposed, passed(call.w_hh_passed));
     // The biases start each step's accumulators: no pass over the input projection to add them
     // (4% of an LSTM at T=100 B=64 H=32).
     if (forward.bias && forward.bias_2) bias_ = *forward.bias + *forward.bias_2;  // both or none
     if (forward.input_in_loop && projects_in_loop(call, forward.gates_kept)) {
       input_ = call.input;
       input_panels_ = cpu::panels_for(call.product_dtype, gates, N / gates, call.I);
-      input_packed_ = packed_weights(input_panels_, call.w_ih, true, forward.keep_packed);
+      input_packed_ = packed_weights(input_panels_, call.w_ih, true, passed(call.w_ih_passed));
     }
     return;
   }

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import fusedrnn
-from conftest import CPU_ISAS, assert_close_by_name, make_pair, rel_err, run_and_grad
+from conftest import (CPU_ISAS, assert_close_by_name, layer_args, make_pair, rel_err,
+                      run_and_grad)
 
 MB = 1 << 20
 # B=1: the loop packs W_hh; B=32 I=H=48: on AVX-512 the loop also packs W_ih (it projects the
@@ -113,6 +114,41 @@ def test_changed_weights_take_effect_at_the_next_call(vector_isa, shape, cell, c
     fusedrnn.empty_cache()
     with torch.inference_mode():
         assert torch.equal(fused(x)[0], after)  # bit for bit what a fresh packing gives
+
+
+@pytest.mark.parametrize("change", ["optimizer_step", "param_data_copy"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_half_precision_layers_compare_the_weights_they_were_given(cell, dtype, change):
+    """A half-precision layer widens its weights into a new float32 buffer each call; the cache
+    compares the caller's weights, so it serves these layers too, and sees their changes."""
+    _, fused = make_pair(cell, 48, 64, dtype=dtype, seed=8)
+    x = torch.randn(10, 16, 48).to(dtype)
+    with torch.inference_mode():
+        first = fused(x)[0]
+        hits = _stats()["hits"]
+        assert torch.equal(fused(x)[0], first)
+    assert _stats()["hits"] > hits
+    assert _stats()["entries"] <= 2  # W_hh, and W_ih where the loop projects the input
+    CHANGES[change](fused)
+    with torch.inference_mode():
+        after = fused(x)[0]
+        fusedrnn.empty_cache()
+        assert torch.equal(fused(x)[0], after)
+    assert not torch.equal(after, first)
+
+
+def test_weights_not_contiguous_are_packed_for_the_call_alone():
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args("lstm", 9, 4, 32, 64, "cpu", torch.float32)
+    strided = w_hh.t().contiguous().t()  # the same values, column-major
+    assert not strided.is_contiguous()
+    lib = torch.ops.fusedrnn
+    for _ in range(2):
+        got = lib.lstm_forward(x, h0, c0, w_ih, strided, b_ih, b_hh, False, False)[0]
+    assert _stats()["entries"] == 0
+    expected = lib.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False, False)[0]
+    assert _stats()["entries"] == 1
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
