@@ -57,7 +57,8 @@ def packed_weights_memory() -> dict:
     bytes equal that copy, so optimizer steps, `load_state_dict` and `param.data` edits all
     take effect. `held`: bytes kept now (packings and copies); `limit`: the most kept
     (FUSEDRNN_PACKED_WEIGHTS_LIMIT_MB in the environment, default 64 MB;
-    set_packed_weights_limit), least recently used dropped first; `entries`; `hits` and
+    set_packed_weights_limit), a packing dropped when its weights are freed, or for a new one
+    when it has gone unused a while, least recently used first; `entries`; `hits` and
     `misses`: calls that found their packing, or packed anew, since the process started."""
     return dict(_C.packed_weights_stats())
 

@@ -10,7 +10,9 @@
 // edits (`p.data.copy_(x)` leaves p._version as it was). Comparing with the copy reads the
 // weights once; packing read them with a transposition and wrote a new buffer. The cache keeps
 // at most a limit of bytes (copies and packings; FUSEDRNN_PACKED_WEIGHTS_LIMIT_MB, default 64),
-// dropping the least recently used first; fusedrnn.empty_cache() frees it.
+// dropping packings whose weights were freed, and for new ones the least recently used among
+// those left unused a while (so that weights beyond the limit do not thrash it);
+// fusedrnn.empty_cache() frees it.
 #pragma once
 
 #include <ATen/core/Tensor.h>

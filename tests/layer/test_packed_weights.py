@@ -2,6 +2,7 @@
 hold the same bytes, repacked after every kind of change to them (optimizer steps,
 load_state_dict, `param.data` edits, which leave the version counter alone), bounded by their
 limit, and invisible in the results."""
+import gc
 import os
 import subprocess
 import sys
@@ -203,21 +204,62 @@ def test_limit_bounds_what_is_kept_and_results_do_not_change():
         fusedrnn.set_packed_weights_limit(-1)
 
 
-def test_least_recently_used_is_dropped_first():
-    models = [make_pair("rnn_tanh", 32, 64, seed=s)[1] for s in range(3)]
+def _kept_models(count, limit_in_models):
+    """`count` small RNNs, the limit set to hold `limit_in_models` of their packings."""
+    models = [make_pair("rnn_tanh", 32, 64, seed=s)[1] for s in range(count)]
     x = torch.randn(8, 1, 32)
     with torch.inference_mode():
         models[0](x)
-        one = _stats()["held"]
-        fusedrnn.set_packed_weights_limit(2 * one)
+    one = _stats()["held"]
+    fusedrnn.set_packed_weights_limit(limit_in_models * one)
+    return models, x
+
+
+def _hits(model, x):
+    before = _stats()["hits"]
+    with torch.inference_mode():
+        model(x)
+    return _stats()["hits"] - before
+
+
+def test_weights_beyond_the_limit_do_not_thrash_it():
+    """Three models called in turn, room for two: the two kept first keep hitting; the third is
+    packed per call and kept nowhere (plain LRU dropped, at every call, the packing the next
+    call needed)."""
+    models, x = _kept_models(3, 2)
+    with torch.inference_mode():
+        expected = [m(x)[0] for m in models]
+        kept = _stats()
+        for _ in range(5):
+            assert [_hits(m, x) > 0 for m in models] == [True, True, False]
+            assert _stats()["held"] == kept["held"] and _stats()["entries"] == kept["entries"]
+            for m, e in zip(models, expected):
+                assert torch.equal(m(x)[0], e)
+
+
+def test_packings_left_unused_give_way_least_recently_used_first():
+    models, x = _kept_models(3, 2)
+    with torch.inference_mode():
         models[1](x)
-        models[0](x)  # now the most recently used
-        models[2](x)  # drops models[1]'s
-        hits = _stats()["hits"]
-        models[0](x)
-        assert _stats()["hits"] == hits + 1
-        models[1](x)
-        assert _stats()["hits"] == hits + 1
+        models[0](x)  # models[1]'s is now the least recently used
+        calls = 0
+        while _hits(models[2], x) == 0:  # kept once the others have gone unused a while
+            calls += 1
+            assert calls < 5000
+            models[0](x)
+        assert calls >= 10  # not at once: models[1]'s was used a moment ago
+        assert _hits(models[0], x) > 0 and _hits(models[1], x) == 0
+
+
+def test_freed_weights_free_their_packing():
+    models, x = _kept_models(2, 1)
+    first, second = models
+    del models
+    assert _hits(second, x) == 0 and _hits(second, x) == 0  # no room: first's is kept
+    del first
+    gc.collect()
+    assert _hits(second, x) == 0  # packed once more, now kept in the freed one's place
+    assert _hits(second, x) > 0
 
 
 def test_threads_with_their_own_models_get_their_own_results():
