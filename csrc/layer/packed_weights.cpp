@@ -31,8 +31,7 @@ struct Entry {
   bool transposed;
   cpu::Panels panels;
   at::Tensor packed;
-  int64_t copy_bytes;
-  at::Tensor copy;  // copy_bytes, allocated and filled once the cache will keep the entry
+  at::Tensor copy;  // allocated and filled once the cache will keep the entry
 
   bool packs(const at::Tensor& w, const cpu::Panels& p, bool t) const {
     return data == w.data_ptr() && dtype == w.scalar_type() && w.sizes().equals(sizes) &&
@@ -45,7 +44,10 @@ struct Entry {
   bool holds_bytes_of(const at::Tensor& w) const {
     return std::memcmp(copy.data_ptr(), w.data_ptr(), copy.nbytes()) == 0;
   }
-  int64_t bytes() const { return copy_bytes + int64_t(packed.nbytes()); }
+  int64_t bytes() const {  // the copy's counted before it is made
+    return c10::multiply_integers(sizes) * int64_t(c10::elementSize(dtype)) +
+           int64_t(packed.nbytes());
+  }
 };
 
 // Lookups within which a kept packing that was used is not dropped for a new one. Plain LRU
@@ -88,11 +90,7 @@ class Cache {
     drop_freed(dropped);
     const int64_t droppable = room_for(*entry);
     if (droppable < 0) return;
-    for (auto it = entries_.begin(); it != entries_.end();) {
-      const auto next = std::next(it);
-      if (it->entry->packs_same(*entry)) drop(it, dropped);
-      it = next;
-    }
+    drop_if([&](const Entry& kept) { return kept.packs_same(*entry); }, dropped);
     for (int64_t i = 0; i < droppable; ++i) drop(std::prev(entries_.end()), dropped);
     held_ += entry->bytes();
     entries_.push_front({std::move(entry), lookups_});
@@ -111,12 +109,12 @@ class Cache {
     Entries dropped;
     std::lock_guard<std::mutex> lock(mutex_);
     limit_ = bytes;
-    while (held_ > limit_) drop(std::prev(entries_.end()), dropped);
+    drop_to(limit_, dropped);
   }
   void clear() {
     Entries dropped;
     std::lock_guard<std::mutex> lock(mutex_);
-    while (!entries_.empty()) drop(std::prev(entries_.end()), dropped);
+    drop_to(0, dropped);
   }
 
  private:
@@ -145,12 +143,19 @@ class Cache {
     held_ -= it->entry->bytes();
     dropped.splice(dropped.end(), entries_, it);
   }
-  void drop_freed(Entries& dropped) {
+  void drop_to(int64_t bytes, Entries& dropped) {
+    while (held_ > bytes) drop(std::prev(entries_.end()), dropped);
+  }
+  template <typename Predicate>
+  void drop_if(const Predicate& predicate, Entries& dropped) {
     for (auto it = entries_.begin(); it != entries_.end();) {
       const auto next = std::next(it);
-      if (it->entry->storage.expired()) drop(it, dropped);
+      if (predicate(*it->entry)) drop(it, dropped);
       it = next;
     }
+  }
+  void drop_freed(Entries& dropped) {
+    drop_if([](const Entry& kept) { return kept.storage.expired(); }, dropped);
   }
 
   std::mutex mutex_;
@@ -186,7 +191,7 @@ at::Tensor packed_weights(const cpu::Panels& panels, const at::Tensor& w, bool t
   const at::Tensor packed = pack(panels, w, transposed);
   auto entry = std::make_shared<Entry>(
       Entry{source.storage().getWeakStorageImpl(), source.data_ptr(), source.scalar_type(),
-            source.sizes().vec(), transposed, panels, packed, int64_t(source.nbytes()), {}});
+            source.sizes().vec(), transposed, panels, packed, {}});
   if (!cache().would_keep(*entry)) return packed;
   entry->copy = fresh(source.sizes(), source.options());
   std::memcpy(entry->copy.data_ptr(), source.data_ptr(), source.nbytes());
