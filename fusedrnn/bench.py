@@ -3,7 +3,8 @@
 Each case builds a torch.nn module and a fusedrnn module with identical weights, draws one set
 of random inputs and initial states (fixed seed, never zero), and times the two modules
 interleaved in one process (torch, fused, torch, fused, ...), the same number of times each,
-so that a noisy machine slows both alike. The table reports medians and their ratio.
+so that a noisy machine slows both alike. The table reports medians and their ratio, and
+beside it the middle half of the single rounds' ratios: how far the ratio moved within the run.
 
 Modes: `inference` is a forward under torch.no_grad(); `training` is a forward and the
 backward of out.float().sum() + h_n.float().sum() (input, initial states and weights all
@@ -47,7 +48,7 @@ from . import GRU, LSTM, RNN, WITH_CUDA, info
 from .bench_cases import (CELLS, DEFAULT_BUDGET_S, DTYPES, FLOP_NOTE, GRIDS, MAX_REPS,  # noqa: F401
                           MIN_REPS, MODES, PEAK_MATMUL_N, PEAK_MATMUL_REPS, QUICK_BUDGET_S, SEED,
                           WARMUP_ROUNDS, Case, case_flops)
-from .bench_report import environment, format_ms, markdown_table, save_plot
+from .bench_report import environment, format_ms, markdown_table, save_plot, speedup_text
 
 def build_modules(case: Case, device):
     """-> (torch.nn module, fusedrnn module) with the same weights (torch.nn's init, SEED)."""
@@ -239,6 +240,14 @@ def measure_peak_flops(device, dtype, timer) -> float:
     return 2 * n ** 3 / (ms * 1e-3)
 
 
+def round_speedup_quartiles(baseline_ms, fused_ms) -> list:
+    """[first, third] quartile of the speedups of single rounds (baseline / fused, the two timed
+    back to back in the same round): how far the ratio moved within the run, which the ratio of
+    the medians does not show."""
+    return statistics.quantiles([b / f for b, f in zip(baseline_ms, fused_ms, strict=True)],
+                                n=4)[::2]
+
+
 def run_case(case: Case, device, timer, budget_s, peak_flop_per_s, onnxruntime=False) -> dict:
     """Builds, times and summarises one case; with `onnxruntime`, ONNX Runtime too where
     runs_on_onnxruntime. -> a JSON-ready result."""
@@ -264,6 +273,8 @@ def run_case(case: Case, device, timer, budget_s, peak_flop_per_s, onnxruntime=F
         "median_ms": median,
         "quartiles_ms": {name: statistics.quantiles(ms, n=4)[::2] for name, ms in samples.items()},
         "speedup": {name: median[name] / median["fused"] for name in median if name != "fused"},
+        "speedup_quartiles": {name: round_speedup_quartiles(ms, samples["fused"])
+                              for name, ms in samples.items() if name != "fused"},
         "fused_flop_per_s": fused_flop_per_s,
         "fused_pct_of_peak": 100 * fused_flop_per_s / peak_flop_per_s,
         **notes,
@@ -371,10 +382,10 @@ def _progress(index, total, case, result, seconds):
     else:
         median = result["median_ms"]
         line += (f"torch {format_ms(median['torch'])} ms, fused {format_ms(median['fused'])} ms, "
-                 f"{result['speedup']['torch']:.2f}x")
+                 f"{speedup_text(result, 'torch')}")
         if "onnxruntime" in median:
             line += (f"; ONNX Runtime {format_ms(median['onnxruntime'])} ms, "
-                     f"{result['speedup']['onnxruntime']:.2f}x")
+                     f"{speedup_text(result, 'onnxruntime')}")
         line += f" ({result['reps']} reps, {seconds:.1f} s)"
     print(line, file=sys.stderr, flush=True)
 

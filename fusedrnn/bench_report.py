@@ -63,7 +63,8 @@ def markdown_table(report: dict) -> str:
         f"- CPU instruction set: fusedrnn's kernels {report.get('cpu_isa', '?')}, torch's "
         f"{report.get('torch_cpu_capability', '?')}.",
         "- Medians over `reps` interleaved repetitions. speedup = baseline ms / fused ms "
-        "(> 1: fused is faster).",
+        "(> 1: fused is faster); in brackets the first and third quartiles of the single "
+        "rounds' speedups (both sides timed back to back), how far it moved within the run.",
         f"- FLOP count: {FLOP_NOTE}",
         f"- Peak: median of {report['peak_matmul_n']}^3 matmuls: {peaks}.",
         "- Packed cases: a PackedSequence of B sequences of mixed lengths (1 to T, unsorted); "
@@ -89,13 +90,14 @@ def markdown_table(report: dict) -> str:
             failures.append(f"- {Case(**_case_fields(result)).label()}: {result['error']}")
             row += ["failed"] * (len(columns) - len(row))
         else:
-            median, speedup = result["median_ms"], result["speedup"]
+            median = result["median_ms"]
             row += [format_ms(median["torch"]), format_ms(median["fused"]),
-                    f"{speedup['torch']:.2f}x"]
+                    speedup_text(result, "torch")]
             if cuda:
-                row += [format_ms(median["torch_no_cudnn"]), f"{speedup['torch_no_cudnn']:.2f}x"]
+                row += [format_ms(median["torch_no_cudnn"]),
+                        speedup_text(result, "torch_no_cudnn")]
             if onnxruntime:
-                row += ([format_ms(median["onnxruntime"]), f"{speedup['onnxruntime']:.2f}x"]
+                row += ([format_ms(median["onnxruntime"]), speedup_text(result, "onnxruntime")]
                         if "onnxruntime" in median else ["-", "-"])
             if "onnxruntime_error" in result:
                 failures.append(f"- {Case(**_case_fields(result)).label()}: no ONNX Runtime "
@@ -106,6 +108,14 @@ def markdown_table(report: dict) -> str:
     if failures:
         lines += ["", "Failed cases and missing baselines:", *failures]
     return "\n".join(lines)
+
+
+def speedup_text(result: dict, baseline: str) -> str:
+    """'1.23x (1.15-1.31)': the speedup over `baseline`, and the quartiles of its single rounds
+    where the result has them (reports written before they were kept have none)."""
+    text = f"{result['speedup'][baseline]:.2f}x"
+    quartiles = result.get("speedup_quartiles", {}).get(baseline)
+    return text + (f" ({quartiles[0]:.2f}-{quartiles[1]:.2f})" if quartiles else "")
 
 
 def _case_fields(result: dict) -> dict:
@@ -129,14 +139,20 @@ def save_plot(report: dict, path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(10, 1.5 + 0.3 * len(results) * len(baselines)))
     for index, baseline in enumerate(baselines):
         rows = [row for row, result in enumerate(results) if baseline in result["speedup"]]
-        axes.barh([row + index * bar for row in rows],
-                  [results[row]["speedup"][baseline] for row in rows], height=bar,
-                  label=f"vs {BASELINES[baseline]}")
+        speedups = [results[row]["speedup"][baseline] for row in rows]
+        # The single rounds' quartiles as whiskers, where the results have them.
+        quartiles = [results[row].get("speedup_quartiles", {}).get(baseline) for row in rows]
+        whiskers = None if None in quartiles else [
+            [max(0.0, s - q[0]) for s, q in zip(speedups, quartiles)],
+            [max(0.0, q[1] - s) for s, q in zip(speedups, quartiles)]]
+        axes.barh([row + index * bar for row in rows], speedups, height=bar, xerr=whiskers,
+                  error_kw={"elinewidth": 0.8}, label=f"vs {BASELINES[baseline]}")
     axes.set_yticks([row + bar * (len(baselines) - 1) / 2 for row in range(len(results))],
                     [Case(**_case_fields(result)).label() for result in results], fontsize=7)
     axes.invert_yaxis()
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
+    axes.xaxis.set_minor_formatter(FormatStrFormatter("%gx"))
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.set_xlabel("speedup of fusedrnn (baseline ms / fused ms; > 1 is faster)")
     axes.set_title(f"fusedrnn on {report['device_name']}, torch {report['torch']}")

@@ -17,9 +17,29 @@ def test_bench_reports_every_baseline(tmp_path, capsys):
     for result in report["results"]:
         expected = {"torch", "onnxruntime"} if result["mode"] == "inference" else {"torch"}
         assert set(result["speedup"]) == expected, result
+        assert set(result["speedup_quartiles"]) == expected, result
+        assert all(q1 <= q3 for q1, q3 in result["speedup_quartiles"].values()), result
         assert all(ms > 0 for ms in result["median_ms"].values())
     table = capsys.readouterr().out
     assert "speedup vs ONNX Runtime" in table and "CPU instruction set" in table
+    first = report["results"][0]
+    assert bench.speedup_text(first, "torch") in table
+
+
+def test_speedup_quartiles_pair_each_round():
+    # Rounds alternate between a fast and a slow machine; each round's ratio is 1/10 or 10,
+    # which quartiles of the two sides' times taken apart would call 1.
+    baseline, fused = [1.0, 10.0] * 4, [10.0, 1.0] * 4
+    assert bench.round_speedup_quartiles(baseline, fused) == [0.1, 10.0]
+    assert bench.round_speedup_quartiles([2.0] * 5, [1.0] * 5) == [2.0, 2.0]
+    with pytest.raises(ValueError):
+        bench.round_speedup_quartiles([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_speedup_text_reads_reports_without_quartiles():
+    result = {"speedup": {"torch": 1.234}, "speedup_quartiles": {"torch": [1.1, 1.3]}}
+    assert bench.speedup_text(result, "torch") == "1.23x (1.10-1.30)"
+    assert bench.speedup_text({"speedup": {"torch": 1.234}}, "torch") == "1.23x"
 
 
 def test_onnxruntime_step_matches_torch_nn_or_raises():
