@@ -1,5 +1,8 @@
 """fusedrnn.bench end to end on a tiny shape: the report's columns, ONNX Runtime's included."""
+import importlib.util
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,3 +57,20 @@ def test_onnxruntime_step_matches_torch_nn_or_raises():
         reference.weight_hh_l0.add_(1)
     with pytest.raises(RuntimeError, match="differs from torch.nn"):
         step.check(reference, inputs)
+
+
+def test_against_int8_compares_the_three_layers():
+    """benchmarks/against_int8.py's case, tiny: torch's int8 module is made from the reverted
+    fused module, and fusedrnn's float32 output stays at float32 rounding."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "against_int8.py"
+    spec = importlib.util.spec_from_file_location("against_int8", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notes
+        row = script.measure("lstm", 3, 2, 5, 8, seconds=0.0)
+    assert set(row["ms"]) == {"torch_f32", "torch_int8", "fused_f32"}
+    assert all(ms > 0 for ms in row["ms"].values())
+    errors = row["rel_err_vs_float64"]
+    assert errors["fused_f32"] < 1e-5 and errors["torch_f32"] < 1e-5
+    assert 1e-5 < errors["torch_int8"] < 0.2  # quantized, but not garbage
