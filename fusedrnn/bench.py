@@ -346,6 +346,10 @@ def _parse_args(argv):
                         f"{DEFAULT_BUDGET_S['cpu']:g} on CPU")
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 for float32 in cuBLAS and cuDNN (CUDA only; default off)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for every side (torch.set_num_threads; ONNX Runtime "
+                        "takes as many), as a server of one-thread workers sets them; default: "
+                        "torch's")
     parser.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
                         help="CPU: leave out the ONNX Runtime column (default: on where "
                         "onnxruntime and onnx are installed)")
@@ -357,6 +361,8 @@ def _parse_args(argv):
                      "CUDA")
     if args.budget is not None and args.budget <= 0:
         parser.error("--budget must be positive")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     return args
 
 
@@ -391,8 +397,19 @@ def _progress(index, total, case, result, seconds):
 
 
 def main(argv=None) -> int:
-    """Runs the cases; progress on stderr, the markdown table on stdout. -> 1 if a case failed."""
+    """Runs the cases; progress on stderr, the markdown table on stdout. -> 1 if a case failed.
+    With --threads, torch's thread count is restored on return."""
     args = _parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
     device = torch.device(args.device)
     cases = select_cases(args, device)
     if not cases:

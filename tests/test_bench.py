@@ -45,6 +45,18 @@ def test_speedup_text_reads_reports_without_quartiles():
     assert bench.speedup_text({"speedup": {"torch": 1.234}}, "torch") == "1.23x"
 
 
+def test_bench_threads_option_sets_and_restores_torch_threads(tmp_path):
+    threads = torch.get_num_threads()
+    code = bench.main(["--device", "cpu", "--shapes", "T=2,B=1,I=3,H=4", "--cells", "gru",
+                       "--modes", "inference", "--budget", "0.02", "--no-onnxruntime",
+                       "--threads", "1", "--out", str(tmp_path)])
+    assert code == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["threads"] == 1
+    assert torch.get_num_threads() == threads
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "0"])
+
+
 def test_onnxruntime_step_matches_torch_nn_or_raises():
     pytest.importorskip("onnxruntime")
     case = bench.Case("lstm", T=4, B=3, I=5, H=6)
