@@ -157,6 +157,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("direct_cell_forward", &fusedrnn::direct_cell_forward,
         py::call_guard<py::gil_scoped_release>());
+  m.def("direct_cell_step", &fusedrnn::direct_cell_step,
+        py::call_guard<py::gil_scoped_release>());
   // The double backward's loops over time (layer/second_order.h), internals of
   // fusedrnn/second_order.py.
   m.def("lstm_tangent_steps", &fusedrnn::lstm_tangent_steps,

@@ -42,21 +42,24 @@ class _FusedCell(nn.RNNCellBase):
         """_step without autograd: the layer op itself."""
         raise NotImplementedError
 
-    def _inference(self, input, hx):
-        """The leanest path, as the modules' (modules._FusedRNNBase._direct), for calls that need
-        no gradient: a CPU call, batched or not, runs in one C++ call past the dispatcher
-        (csrc/layer/direct.h), another batched one without grad mode goes straight to the layer
-        op, with the op's own checks. Any error defers to the general path for torch.nn's
-        messages. -> the new states, or None."""
+    def _direct(self, input, hx):
+        """The leanest paths, as the modules' (modules._FusedRNNBase._direct). A CPU call, batched
+        or not, runs in one C++ call past the dispatcher (csrc/layer/direct.h): without a
+        gradient, the step alone; where one may follow, the step as one autograd node in C++,
+        in place of the ops' Python autograd.Function. Another batched one without grad mode goes
+        straight to the layer op, with the op's own checks. Any error defers to the general path
+        for torch.nn's messages. -> the new states, or None."""
         states = () if hx is None else modules.state_tensors(hx, self._states)
         if states is None:
             return None
         weights = self._weights()
         # A function mode, or a tensor subclass with __torch_function__, would see the op calls.
         if not torch._C._has_torch_function((*states, *weights)):
+            given = weights if self.bias else weights[:2]
             try:
-                done = _C.direct_cell_forward(self._mode, input, states,
-                                              weights if self.bias else weights[:2])
+                done = _C.direct_cell_forward(self._mode, input, states, given)
+                if done is None and torch.is_grad_enabled():
+                    done = _C.direct_cell_step(self._mode, input, states, given)
             except (RuntimeError, ValueError):
                 return None
             if done is not None:
@@ -75,7 +78,7 @@ class _FusedCell(nn.RNNCellBase):
 
     def forward(self, input, hx=None):
         if modules.direct_path_applies(input, (1, 2)):
-            new_states = self._inference(input, hx)
+            new_states = self._direct(input, hx)
             if new_states is not None:
                 return new_states if self._states == 2 else new_states[0]
         # torch.nn runs a cell without hidden units and returns empty states; there is nothing

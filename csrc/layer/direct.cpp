@@ -1,11 +1,14 @@
-// The direct calls without a gradient (direct.h): the layer loop of modules.py's
-// _run_layers, in C++, on the layer functions of layer.h.
+// The direct calls (direct.h): the layer loop of modules.py's _run_layers, in C++, on the layer
+// functions of layer.h; and a cell's step as an autograd node of its own. The one file of
+// layer/ that uses torch's autograd API (torch/csrc/autograd), for that node.
 #include "direct.h"
 
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 
@@ -28,26 +31,31 @@ Cell cell_named(const std::string& name) {
 
 size_t state_count(Cell cell) { return cell == Cell::kLstm ? 2 : 1; }  // h, and c
 
-// Whether the call may skip the dispatcher (direct.h): nothing watches or transforms ops, no
-// gradient can follow, and every tensor is a plain strided CPU tensor (no subclass with a
-// dispatch key of its own, no lazy negation, no functorch wrapper).
+// A plain strided CPU tensor: no subclass with a dispatch key of its own, no lazy negation, no
+// functorch wrapper.
+bool plain_cpu_tensor(const Tensor& t) {
+  using c10::DispatchKey;
+  static const c10::DispatchKeySet plain{DispatchKey::CPU, DispatchKey::AutogradCPU,
+                                         DispatchKey::ADInplaceOrView, DispatchKey::AutocastCPU};
+  return t.is_cpu() && t.layout() == at::kStrided && (t.key_set() | plain) == plain;
+}
+
+// Whether the call may skip the dispatcher (direct.h): nothing watches or transforms ops, every
+// tensor is plain (plain_cpu_tensor), and no gradient can follow, unless `gradient_may_follow`.
 bool may_skip_dispatcher(const Tensor& input, const std::vector<Tensor>& hx,
-                         const std::vector<Tensor>& weights) {
+                         const std::vector<Tensor>& weights, bool gradient_may_follow = false) {
   using c10::DispatchKey;
   // What eager calls always hold: a dispatch mode, a functorch level or the Python dispatcher
   // adds to the included keys; autocast removes its key from the excluded ones.
   static const c10::DispatchKeySet quiet{DispatchKey::BackendSelect,
                                          DispatchKey::ADInplaceOrView};
-  static const c10::DispatchKeySet plain{DispatchKey::CPU, DispatchKey::AutogradCPU,
-                                         DispatchKey::ADInplaceOrView, DispatchKey::AutocastCPU};
   const auto thread = c10::impl::tls_local_dispatch_key_set();
   if ((thread.included_ | quiet) != quiet || !thread.excluded_.has(DispatchKey::AutocastCPU) ||
       at::hasCallbacks())
     return false;
-  const bool grad_mode = c10::GradMode::is_enabled();
+  const bool grad_mode = c10::GradMode::is_enabled() && !gradient_may_follow;
   const auto plain_tensor = [&](const Tensor& t) {
-    return t.is_cpu() && t.layout() == at::kStrided && (t.key_set() | plain) == plain &&
-           !(grad_mode && t.requires_grad());
+    return plain_cpu_tensor(t) && !(grad_mode && t.requires_grad());
   };
   return plain_tensor(input) && std::all_of(hx.begin(), hx.end(), plain_tensor) &&
          std::all_of(weights.begin(), weights.end(), plain_tensor);
@@ -76,6 +84,13 @@ Tensor with_batch_of_one(const Tensor& t) {
   sizes.insert(sizes.end() - 1, 1);
   strides.insert(strides.end() - 1, t.size(-1) * t.stride(-1));
   return read_only_alias(t, sizes, strides, t.storage_offset());
+}
+
+// rows [B, I] as the one step of a sequence, [1, B, I].
+Tensor one_step(const Tensor& rows) {
+  return read_only_alias(rows, {1, rows.size(0), rows.size(1)},
+                         {rows.size(0) * rows.stride(0), rows.stride(0), rows.stride(1)},
+                         rows.storage_offset());
 }
 
 // A result under other sizes of the same elements, as torch.nn's unsqueeze or squeeze give it:
@@ -170,6 +185,184 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
 
 }  // namespace
 
+// One step of a cell where a gradient may follow, as one autograd node in C++
+// (direct_cell_step). Its tensors, in order: x [B, I] or [I], h (and c for the LSTM), w_ih,
+// w_hh (and b_ih, b_hh where has_bias); the LSTM's zero states, where the call gave none, as
+// tensors that need no gradient. -> the new h (and c), shaped as x is.
+struct CellStep : torch::autograd::Function<CellStep> {
+  using Context = torch::autograd::AutogradContext;
+  using Variables = torch::autograd::variable_list;
+
+  static Variables forward(Context* ctx, int64_t cell_index, bool has_bias,
+                           at::TensorList tensors) {
+    const Cell cell = static_cast<Cell>(cell_index);
+    const size_t count = state_count(cell);
+    const bool batched = tensors[0].dim() == 2;
+    const auto rows = [&](const Tensor& t) { return batched ? t : with_batch_of_one(t); };
+    const Tensor step = one_step(rows(tensors[0]));
+    std::vector<Tensor> states;
+    for (size_t k = 0; k < count; ++k) states.push_back(rows(tensors[1 + k]));
+    const std::vector<OptionalTensor> w = layer_weights(&tensors[1 + count], has_bias, false);
+    std::vector<Tensor> results, kept;  // kept: what the backward reads beside the inputs
+    switch (cell) {
+      case Cell::kLstm: {
+        auto [output, hn, cn, gates, cells, unprojected] =
+            lstm_forward(step, states[0], states[1], *w[0], *w[1], w[2], w[3], false, true,
+                         std::nullopt, std::nullopt);
+        results = {hn, cn}, kept = {output, gates, cells};
+        break;
+      }
+      case Cell::kGru: {
+        auto [output, hn, saved] =
+            gru_forward(step, states[0], *w[0], *w[1], w[2], w[3], false, true, std::nullopt);
+        results = {hn}, kept = {output, saved};
+        break;
+      }
+      default: {
+        auto [output, hn] = rnn_forward(step, states[0], *w[0], *w[1], w[2], w[3],
+                                        cell == Cell::kRnnRelu, false, std::nullopt);
+        results = {hn}, kept = {output};
+      }
+    }
+    std::vector<Tensor> saved(tensors.begin(), tensors.end());
+    saved.insert(saved.end(), kept.begin(), kept.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["cell"] = cell_index;
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
+    ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
+    if (!batched)
+      for (Tensor& result : results) result = reshaped(std::move(result), {result.size(1)});
+    return results;
+  }
+
+  // grads: those of the new h (and c), undefined where none flows. -> one per forward argument.
+  static Variables backward(Context* ctx, Variables grads) {
+    const Cell cell = static_cast<Cell>(ctx->saved_data["cell"].toInt());
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const Variables saved = ctx->get_saved_variables();
+    const size_t inputs = ctx->saved_data["inputs"].toInt();
+    std::vector<bool> needed(inputs);
+    for (size_t i = 0; i < inputs; ++i) needed[i] = ctx->needs_input_grad(i);
+    const bool any_grad = std::any_of(grads.begin(), grads.end(),
+                                      [](const Tensor& g) { return g.defined(); });
+    // A create_graph backward needs gradients that are differentiable, and one under vmap
+    // (batched gradients) gets tensors the fused ops cannot take: both take torch's own cell.
+    const bool by_reference =
+        c10::GradMode::is_enabled() ||
+        std::any_of(grads.begin(), grads.end(),
+                    [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
+    Variables input_grads = !any_grad   ? Variables(inputs)
+                            : by_reference ? through_reference(cell, saved, inputs, grads, needed)
+                                           : fused(cell, has_bias, saved, grads, needed);
+    Variables result{Tensor(), Tensor()};  // none for cell_index and has_bias
+    result.insert(result.end(), input_grads.begin(), input_grads.end());
+    return result;
+  }
+
+ private:
+  // The fused backward op's gradients, one per input (undefined where not needed).
+  static Variables fused(Cell cell, bool has_bias, const Variables& saved, const Variables& grads,
+                         const std::vector<bool>& needed) {
+    const size_t count = state_count(cell), inputs = needed.size();
+    const Tensor& x = saved[0];
+    const bool batched = x.dim() == 2;
+    const auto rows = [&](const Tensor& t) { return batched ? t : with_batch_of_one(t); };
+    const auto grad_of = [&](size_t k) {
+      return k < grads.size() && grads[k].defined() ? OptionalTensor(rows(grads[k]))
+                                                    : std::nullopt;
+    };
+    const Tensor step = one_step(rows(x)), h0 = rows(saved[1]);
+    const Tensor &w_ih = saved[1 + count], &w_hh = saved[2 + count];
+    const Tensor* kept = &saved[inputs];
+    const bool weight_grads =
+        std::any_of(needed.begin() + 1 + count, needed.end(), [](bool n) { return n; });
+    const bool h0_grad = needed[1];
+    std::vector<Tensor> got;  // x, the states, then the weights as the ops give them
+    switch (cell) {
+      case Cell::kLstm: {
+        auto [dx, dh, dc, dw_ih, dw_hh, d_bias, unused] = lstm_backward(
+            std::nullopt, grad_of(0), grad_of(1), step, h0, rows(saved[2]), w_ih, w_hh,
+            kept[0], kept[1], kept[2], has_bias, false, std::nullopt, std::nullopt,
+            std::nullopt, weight_grads, h0_grad);
+        got = {dx, dh, dc, dw_ih, dw_hh, d_bias, d_bias};
+        break;
+      }
+      case Cell::kGru: {
+        auto [dx, dh, dw_ih, dw_hh, db_ih, db_hh] =
+            gru_backward(std::nullopt, grad_of(0), step, h0, w_ih, w_hh, kept[0], kept[1],
+                         has_bias, false, std::nullopt, weight_grads, h0_grad);
+        got = {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
+        break;
+      }
+      default: {
+        auto [dx, dh, dw_ih, dw_hh, d_bias] =
+            rnn_backward(std::nullopt, grad_of(0), step, h0, w_ih, w_hh, kept[0], has_bias,
+                         cell == Cell::kRnnRelu, false, std::nullopt, weight_grads, h0_grad);
+        got = {dx, dh, dw_ih, dw_hh, d_bias, d_bias};
+      }
+    }
+    Variables result(inputs);
+    for (size_t i = 0; i < inputs; ++i) {
+      if (!needed[i]) continue;
+      // x's and the states' as the caller gave them (unbatched: [I], [H]); the weights' as is.
+      result[i] = i <= count ? got[i].view(saved[i].sizes()) : got[i];
+    }
+    return result;
+  }
+
+  // The gradients through torch's own cell (at::lstm_cell, ...), recomputed on the saved
+  // inputs: differentiable under create_graph, and batched under vmap where grads are.
+  static Variables through_reference(Cell cell, const Variables& saved, size_t inputs,
+                                     const Variables& grads, const std::vector<bool>& needed) {
+    const bool create_graph = c10::GradMode::is_enabled();
+    const at::AutoGradMode grad_mode(true);
+    // The cell runs on an alias of each input whose gradient is wanted, and the gradients are
+    // taken with respect to those: an input computed from another (c = 2 * h) would otherwise
+    // pass its gradient on to that one here, through the caller's graph (which would then add
+    // it again, and find its buffers freed when it got there). Every operand stays attached to
+    // the caller's graph, so that gradients taken with create_graph depend on all the inputs:
+    // a penalty on x's gradient differentiates it with respect to the weights too.
+    Variables operands(inputs);
+    for (size_t i = 0; i < inputs; ++i)
+      operands[i] = needed[i] ? saved[i].view_as(saved[i]) : saved[i];
+    const size_t count = state_count(cell);
+    const bool batched = operands[0].dim() == 2;
+    const auto rows = [&](const Tensor& t) { return batched ? t : t.unsqueeze(0); };
+    const Tensor x = rows(operands[0]), h0 = rows(operands[1]);
+    const Tensor &w_ih = operands[1 + count], &w_hh = operands[2 + count];
+    const bool has_bias = inputs == 5 + count;
+    const OptionalTensor b_ih = has_bias ? OptionalTensor(operands[3 + count]) : std::nullopt;
+    const OptionalTensor b_hh = has_bias ? OptionalTensor(operands[4 + count]) : std::nullopt;
+    std::vector<Tensor> outputs;
+    switch (cell) {
+      case Cell::kLstm: {
+        auto [h, c] = at::lstm_cell(x, {h0, rows(operands[2])}, w_ih, w_hh, b_ih, b_hh);
+        outputs = {h, c};
+        break;
+      }
+      case Cell::kGru: outputs = {at::gru_cell(x, h0, w_ih, w_hh, b_ih, b_hh)}; break;
+      case Cell::kRnnTanh: outputs = {at::rnn_tanh_cell(x, h0, w_ih, w_hh, b_ih, b_hh)}; break;
+      default: outputs = {at::rnn_relu_cell(x, h0, w_ih, w_hh, b_ih, b_hh)};
+    }
+    Variables from, with, wrt;
+    for (size_t k = 0; k < outputs.size(); ++k) {
+      if (!grads[k].defined()) continue;
+      from.push_back(batched ? outputs[k] : outputs[k].squeeze(0));
+      with.push_back(grads[k]);
+    }
+    for (size_t i = 0; i < inputs; ++i)
+      if (needed[i]) wrt.push_back(operands[i]);
+    Variables result(inputs);
+    if (wrt.empty()) return result;
+    const Variables got = torch::autograd::grad(from, wrt, with, /*retain_graph=*/std::nullopt,
+                                                create_graph, /*allow_unused=*/true);
+    for (size_t i = 0, j = 0; i < inputs; ++i)
+      if (needed[i]) result[i] = got[j++];
+    return result;
+  }
+};
+
 std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
     const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
     const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
@@ -263,16 +456,39 @@ std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_n
   }
   if (states.empty()) states = zero_states(cell, rows.size(0), weights[1], input.options());
   const std::vector<OptionalTensor> w = layer_weights(weights.data(), weights.size() == 4, false);
-  const Tensor step = read_only_alias(  // [1, B, I]
-      rows, {1, rows.size(0), rows.size(1)},
-      {rows.size(0) * rows.stride(0), rows.stride(0), rows.stride(1)}, rows.storage_offset());
-  std::vector<Tensor> results = one_direction(cell, step, states, w, false).second;
+  std::vector<Tensor> results = one_direction(cell, one_step(rows), states, w, false).second;
   if (!batched)
     for (Tensor& result : results) {
       const int64_t width = result.size(1);
       result = reshaped(std::move(result), {width});
     }
   return results;
+}
+
+std::optional<std::vector<Tensor>> direct_cell_step(const std::string& cell_name,
+                                                    const Tensor& input,
+                                                    const std::vector<Tensor>& hx,
+                                                    const std::vector<Tensor>& weights) {
+  if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  const size_t count = state_count(cell);
+  TORCH_CHECK(input.dim() == 1 || input.dim() == 2,
+              "fusedrnn: a cell's input must be 1-D or 2-D");
+  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
+  TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
+  for (const Tensor& state : hx)
+    TORCH_CHECK(state.dim() == input.dim(), "fusedrnn: a cell's state must be as its input");
+  std::vector<Tensor> tensors{input};
+  if (hx.empty()) {  // zeros shaped as the input, one tensor each (the node returns neither)
+    const int64_t width = weights[1].size(1);
+    const auto sizes = input.dim() == 2 ? std::vector<int64_t>{input.size(0), width}
+                                        : std::vector<int64_t>{width};
+    for (size_t k = 0; k < count; ++k) tensors.push_back(at::zeros(sizes, input.options()));
+  } else {
+    tensors.insert(tensors.end(), hx.begin(), hx.end());
+  }
+  tensors.insert(tensors.end(), weights.begin(), weights.end());
+  return CellStep::apply(static_cast<int64_t>(cell), weights.size() == 4, at::TensorList(tensors));
 }
 
 }  // namespace fusedrnn

@@ -1,5 +1,6 @@
 // The modules' and cells' calls that need no gradient, from Python straight to the layer
-// functions (layer.h) in one call, without the dispatcher. A small call's cost is its Python
+// functions (layer.h) in one call, without the dispatcher; and a cell's step that may need one,
+// as a single autograd node in C++ (direct_cell_step). A small call's cost is its Python
 // and its boxed op calls, not its math: at T=1 B=1 H=64 the LSTM's products take 1.5 us of a
 // 20 us module call (benchmarks/NOTES.md). These run the same functions the ops do, so their
 // results are the ops' bit for bit.
@@ -41,5 +42,18 @@ std::optional<std::vector<at::Tensor>> direct_cell_forward(const std::string& ce
                                                            const at::Tensor& input,
                                                            const std::vector<at::Tensor>& hx,
                                                            const std::vector<at::Tensor>& weights);
+
+// One step of a cell where a gradient may follow (grad mode on, a tensor that requires it), as
+// one autograd node in C++ around the layer functions, where the Python autograd.Function
+// around the ops cost more than a small step's math (benchmarks/NOTES.md). Arguments and
+// result as direct_cell_forward's; nullopt where the call must go through the dispatcher, as
+// above but for the gradient, and the caller must also route forward-mode AD, torch.func and
+// compilers to the ops (modules.py's direct_path_applies). The node's backward runs the fused
+// backward op; under create_graph, or with batched gradients (vmap), it differentiates torch's
+// own cell (at::lstm_cell, ...) instead, recomputed on the saved inputs.
+std::optional<std::vector<at::Tensor>> direct_cell_step(const std::string& cell,
+                                                        const at::Tensor& input,
+                                                        const std::vector<at::Tensor>& hx,
+                                                        const std::vector<at::Tensor>& weights);
 
 }  // namespace fusedrnn

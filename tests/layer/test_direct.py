@@ -60,7 +60,8 @@ def _fail(*args, **kwargs):
 def _without_direct_calls(monkeypatch):
     """Makes the direct calls decline, so that the calls take the dispatcher's path."""
     declining = types.SimpleNamespace(direct_module_forward=lambda *args: None,
-                                      direct_cell_forward=lambda *args: None)
+                                      direct_cell_forward=lambda *args: None,
+                                      direct_cell_step=lambda *args: None)
     monkeypatch.setattr(modules, "_C", declining)
     monkeypatch.setattr(cells, "_C", declining)
 
@@ -368,3 +369,129 @@ def test_unbatched_cell_calls(cell, bias, with_state, monkeypatch):
     assert [t.shape for t in direct] == [t.shape for t in expected] == [(7,)] * len(expected)
     assert_close_by_name(dict(enumerate(direct)), dict(enumerate(expected)), 1e-10)
     _assert_equal(direct, dispatched)
+
+
+# ---- a cell's step where a gradient may follow: one autograd node in C++ ---------------------
+def _node_name(states):
+    return states[0].grad_fn.name()
+
+
+def _step_and_gradients(fused, x, hx, seed=9):
+    """One step, and the gradients of a random projection of its states with respect to x, the
+    states and every parameter that requires grad. -> (states, the node's name, gradients by
+    name)."""
+    out = _states_of(fused(x, hx))
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((s * torch.randn(s.shape, generator=gen, dtype=s.dtype)).sum() for s in out)
+    states = [] if hx is None else _states_of(hx)
+    given = {"x": x, **{f"hx{k}": s for k, s in enumerate(states)},
+             **dict(fused.named_parameters())}
+    wrt = {name: t for name, t in given.items() if t.requires_grad}
+    grads = torch.autograd.grad(loss, list(wrt.values()))
+    return [s.detach() for s in out], _node_name(out), dict(zip(wrt, grads))
+
+
+@pytest.mark.parametrize("frozen", ["none", "weights", "input"])
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("shape", [(3, 7, 11, True), (1, 3, 4, True), (5, 13, 17, False),
+                                   (None, 6, 9, True)],
+                         ids=lambda s: f"B{s[0]}-I{s[1]}-H{s[2]}" + ("" if s[3] else "-no-bias"))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_step_with_gradients_matches_torch_nn_and_the_dispatcher_path(
+        cell, shape, with_state, frozen, monkeypatch):
+    """Where a gradient may follow, a CPU cell's step is one C++ autograd node (B None:
+    unbatched). Its states and gradients are torch.nn's, and the Python autograd.Function's bit
+    for bit (the same fused ops), whichever inputs require grad."""
+    B, I, H, bias = shape
+    ref, fused = _cell_pair(cell, I, H, bias)
+    gen = torch.Generator().manual_seed(8)
+    batch = () if B is None else (B,)
+    x = torch.randn(*batch, I, generator=gen, dtype=torch.float64)
+    states = [torch.randn(*batch, H, generator=gen, dtype=torch.float64).requires_grad_()
+              for _ in range(2)]
+    hx = (tuple(states) if cell == "lstm" else states[0]) if with_state else None
+    x.requires_grad_(frozen != "input")
+    for model in (ref, fused):
+        model.requires_grad_(frozen != "weights")
+
+    expected_states, _, expected = _step_and_gradients(ref, x, hx)
+    (states_, name, grads), (dispatched_states, dispatched_name, dispatched) = \
+        _direct_and_dispatched(lambda: _step_and_gradients(fused, x, hx), fused,
+                               ("_step", "_inference_step"), monkeypatch)
+    assert "CellStep" in name and "CellStep" not in dispatched_name
+    assert grads.keys() == expected.keys() == dispatched.keys()
+    assert_close_by_name(dict(enumerate(states_)), dict(enumerate(expected_states)), 1e-10)
+    assert_close_by_name(grads, expected, 1e-10)
+    _assert_equal(states_, dispatched_states)
+    _assert_equal(list(grads.values()), list(dispatched.values()))
+    assert all(grads[name].shape == expected[name].shape for name in expected)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_step_node_gradcheck_batched_and_twice(cell):
+    """The node's gradients in float64 against finite differences, batched (vmap over the
+    backward, which routes to torch's own cell) and differentiated again; c computed from h,
+    so that a gradient passed on twice would show."""
+    _, fused = _cell_pair(cell, 3, 4, True)
+    names = [name for name, _ in fused.named_parameters()]
+    gen = torch.Generator().manual_seed(10)
+    x, h = (torch.randn(2, n, generator=gen, dtype=torch.float64, requires_grad=True)
+            for n in (3, 4))
+    parameters = [p.detach().clone().requires_grad_() for p in fused.parameters()]
+
+    def step(x, h, *parameters):
+        hx = (h, 2 * h) if cell == "lstm" else h
+        out = torch.func.functional_call(fused, dict(zip(names, parameters)), (x, hx))
+        assert "CellStep" in _node_name(_states_of(out))
+        return out
+
+    assert torch.autograd.gradcheck(step, (x, h, *parameters), check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(step, (x, h, *parameters), check_batched_grad=True)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_steps_in_a_loop_train_as_torch_nn(cell):
+    """A cell run over a sequence in a Python loop (a decoder, a control policy), its loss
+    summed over the steps and differentiated: torch.nn's gradients, in float32 too."""
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        ref, fused = make_pair(cell, 5, 16, dtype=dtype, classes=CELL_CLASSES)
+        gen = torch.Generator().manual_seed(11)
+        xs = torch.randn(12, 3, 5, generator=gen).to(dtype)
+        results = []
+        for model in (ref, fused):
+            x = xs.clone().requires_grad_()
+            hx, loss = None, 0
+            for t in range(xs.size(0)):
+                hx = model(x[t], hx)
+                loss = loss + _states_of(hx)[0].pow(2).sum()
+            grads = torch.autograd.grad(loss, [x, *model.parameters()])
+            results.append(dict(zip(["x", *dict(model.named_parameters())], grads)))
+        assert_close_by_name(results[1], results[0], tol)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_step_node_keeps_torch_nns_rules(cell):
+    """In-place edits of the new states are allowed, as torch.nn's LSTMCell and GRUCell allow
+    them; a second backward without retain_graph raises; saved-tensor hooks see what the node
+    keeps."""
+    _, fused = _cell_pair(cell, 3, 4, True)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        out = _states_of(fused(x))
+    assert "CellStep" in _node_name(out) and packed
+    out[0].mul_(2)
+    out[0].sum().backward(retain_graph=True)
+    out[0].sum().backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        out[0].sum().backward()
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_steps_with_gradients_that_are_watched_go_through_the_dispatcher(cell):
+    """Dispatch modes, function modes and the profiler see the ops of a step that may need a
+    gradient too."""
+    _, fused_cell = _cell_pair(cell, 4, 5, True)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    for watcher, names in _seen_ops(lambda: fused_cell(x)).items():
+        assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
