@@ -92,21 +92,26 @@ bool runs_on_onednn(const Tensor& like, const Gemm& g) {
 // T=3, B=2, H=4) are made of nothing but such products.
 constexpr int64_t kTinyWork = int64_t{1} << 12;
 
-// C (+)= op(A) op(B) in plain loops, each element of C summed in order of k.
+// C (+)= op(A) op(B) in plain loops, each element of C summed in order of k. A row of C at a
+// time, each k adding a_mk times a row of B across it, so that the loop along a row of C runs on
+// vectors where B is not transposed (a step's weight gradients, d^T x: at B=1 H=64 the loop
+// over k innermost took 20 us a product, most of a cell's backward).
 template <typename T>
 void tiny_gemm(const Gemm& g) {
   const T* a = static_cast<const T*>(g.a);
   const T* b = static_cast<const T*>(g.b);
   T* c = static_cast<T*>(g.c);
   for (int64_t m = 0; m < g.M; ++m) {
-    for (int64_t n = 0; n < g.N; ++n) {
-      T sum = g.accumulate ? c[m * g.N + n] : T(0);
-      for (int64_t k = 0; k < g.K; ++k) {
-        const T a_mk = g.a_transposed ? a[k * g.M + m] : a[m * g.K + k];
-        const T b_kn = g.b_transposed ? b[n * g.K + k] : b[k * g.N + n];
-        sum += a_mk * b_kn;
+    T* c_row = c + m * g.N;
+    if (!g.accumulate) std::fill_n(c_row, g.N, T(0));
+    for (int64_t k = 0; k < g.K; ++k) {
+      const T a_mk = g.a_transposed ? a[k * g.M + m] : a[m * g.K + k];
+      if (g.b_transposed) {
+        for (int64_t n = 0; n < g.N; ++n) c_row[n] += a_mk * b[n * g.K + k];
+      } else {
+        const T* b_row = b + k * g.N;
+        for (int64_t n = 0; n < g.N; ++n) c_row[n] += a_mk * b_row[n];
       }
-      c[m * g.N + n] = sum;
     }
   }
 }
