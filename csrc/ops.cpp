@@ -159,6 +159,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("direct_cell_step", &fusedrnn::direct_cell_step,
         py::call_guard<py::gil_scoped_release>());
+  m.def("direct_layer_step", &fusedrnn::direct_layer_step,
+        py::call_guard<py::gil_scoped_release>());
   // The double backward's loops over time (layer/second_order.h), internals of
   // fusedrnn/second_order.py.
   m.def("lstm_tangent_steps", &fusedrnn::lstm_tangent_steps,

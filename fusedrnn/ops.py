@@ -887,11 +887,31 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _single_step(mode, input, states, weights, batch_sizes, w_hr=None):
+    """A layer's CPU call at T=1 that may need a gradient (nn.LSTM stepped one step at a time, in
+    a decoder), as one autograd node in C++ (csrc/layer/direct.h, direct_layer_step), as the
+    cells' steps: the Function costs more than a small step's math. Either direction is the same
+    step. -> the results, or None where the node does not apply (then the Function runs, and
+    raises any error)."""
+    if (batch_sizes is not None or w_hr is not None or input.dim() != 3 or input.size(0) != 1
+            or torch.compiler.is_compiling() or transform_active()
+            or torch._C._has_torch_function((input, *states, *weights))):
+        return None
+    try:
+        return _C.direct_layer_step(mode, input, states,
+                                    weights if weights[2] is not None else weights[:2])
+    except (RuntimeError, ValueError):
+        return None
+
+
 def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
                batch_sizes=None, w_hr=None):
     """-> output [T, B, P], h_n [B, P], c_n [B, H], where P is w_hr's projection size (H without
     one). Saves nothing when no gradient is needed."""
     if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        step = _single_step("LSTM", input, (h0, c0), (w_ih, w_hh, b_ih, b_hh), batch_sizes, w_hr)
+        if step is not None:
+            return tuple(step)
         return _apply(LSTMFunction, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes,
                       w_hr)[:3]
     output, hn, cn, _, _, _ = _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
@@ -902,6 +922,9 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
 def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_sizes=None):
     """-> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
+        step = _single_step("GRU", input, (h0,), (w_ih, w_hh, b_ih, b_hh), batch_sizes)
+        if step is not None:
+            return tuple(step)
         return _apply(GRUFunction, input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes)[:2]
     output, hn, _ = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False,
                                      batch_sizes)
@@ -912,6 +935,10 @@ def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=F
               batch_sizes=None):
     """Elman RNN, tanh (or relu). -> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
+        step = _single_step("RNN_RELU" if relu else "RNN_TANH", input, (h0,),
+                            (w_ih, w_hh, b_ih, b_hh), batch_sizes)
+        if step is not None:
+            return tuple(step)
         return _apply(RNNFunction, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
                       batch_sizes)[:2]
     return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)

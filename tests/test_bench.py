@@ -86,3 +86,27 @@ def test_against_int8_compares_the_three_layers():
     errors = row["rel_err_vs_float64"]
     assert errors["fused_f32"] < 1e-5 and errors["torch_f32"] < 1e-5
     assert 1e-5 < errors["torch_int8"] < 0.2  # quantized, but not garbage
+
+
+def _script(name):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRU"])
+def test_cell_loops_times_the_node_and_the_function(cell):
+    """benchmarks/cell_loops.py's case, tiny: training times torch.nn, the C++ node and the
+    Function, and leaves the node switched back on."""
+    from fusedrnn._extension import _C
+    nodes = (_C.direct_cell_step, _C.direct_layer_step)
+    script = _script("cell_loops")
+    row = script.measure(cell, 3, 2, 4, "training", seconds=0.0)
+    assert set(row["ms"]) == {"torch", "fused", "fused_function"}
+    assert all(ms > 0 for ms in row["ms"].values())
+    assert len(row["torch_over_fused_function_quartiles"]) == 2
+    assert (_C.direct_cell_step, _C.direct_layer_step) == nodes
+    assert set(script.measure(cell, 3, 2, 4, "inference", seconds=0.0)["ms"]) == {"torch",
+                                                                                 "fused"}

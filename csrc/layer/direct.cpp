@@ -186,20 +186,21 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
 }  // namespace
 
 // One step of a cell where a gradient may follow, as one autograd node in C++
-// (direct_cell_step). Its tensors, in order: x [B, I] or [I], h (and c for the LSTM), w_ih,
-// w_hh (and b_ih, b_hh where has_bias); the LSTM's zero states, where the call gave none, as
-// tensors that need no gradient. -> the new h (and c), shaped as x is.
+// (direct_cell_step), or a layer's single step (`layer`, direct_layer_step). Its tensors, in
+// order: x [B, I] or [I] (a layer's: [1, B, I]), h (and c for the LSTM), w_ih, w_hh (and b_ih,
+// b_hh where has_bias); the LSTM's zero states, where the call gave none, as tensors that need
+// no gradient. -> the new h (and c), shaped as x is; a layer's output [1, B, H] before them.
 struct CellStep : torch::autograd::Function<CellStep> {
   using Context = torch::autograd::AutogradContext;
   using Variables = torch::autograd::variable_list;
 
-  static Variables forward(Context* ctx, int64_t cell_index, bool has_bias,
+  static Variables forward(Context* ctx, int64_t cell_index, bool has_bias, bool layer,
                            at::TensorList tensors) {
     const Cell cell = static_cast<Cell>(cell_index);
     const size_t count = state_count(cell);
-    const bool batched = tensors[0].dim() == 2;
+    const bool batched = layer || tensors[0].dim() == 2;
     const auto rows = [&](const Tensor& t) { return batched ? t : with_batch_of_one(t); };
-    const Tensor step = one_step(rows(tensors[0]));
+    const Tensor step = layer ? tensors[0] : one_step(rows(tensors[0]));
     std::vector<Tensor> states;
     for (size_t k = 0; k < count; ++k) states.push_back(rows(tensors[1 + k]));
     const std::vector<OptionalTensor> w = layer_weights(&tensors[1 + count], has_bias, false);
@@ -224,11 +225,16 @@ struct CellStep : torch::autograd::Function<CellStep> {
         results = {hn}, kept = {output};
       }
     }
+    if (layer) {  // the output returned, and a copy kept: the caller may edit it in place
+      results.insert(results.begin(), kept[0]);
+      kept[0] = kept[0].clone();
+    }
     std::vector<Tensor> saved(tensors.begin(), tensors.end());
     saved.insert(saved.end(), kept.begin(), kept.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["cell"] = cell_index;
     ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["layer"] = layer;
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
     if (!batched)
@@ -236,10 +242,11 @@ struct CellStep : torch::autograd::Function<CellStep> {
     return results;
   }
 
-  // grads: those of the new h (and c), undefined where none flows. -> one per forward argument.
+  // grads: those of the results, undefined where none flows. -> one per forward argument.
   static Variables backward(Context* ctx, Variables grads) {
     const Cell cell = static_cast<Cell>(ctx->saved_data["cell"].toInt());
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const bool layer = ctx->saved_data["layer"].toBool();
     const Variables saved = ctx->get_saved_variables();
     const size_t inputs = ctx->saved_data["inputs"].toInt();
     std::vector<bool> needed(inputs);
@@ -253,26 +260,30 @@ struct CellStep : torch::autograd::Function<CellStep> {
         std::any_of(grads.begin(), grads.end(),
                     [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
     Variables input_grads = !any_grad   ? Variables(inputs)
-                            : by_reference ? through_reference(cell, saved, inputs, grads, needed)
-                                           : fused(cell, has_bias, saved, grads, needed);
-    Variables result{Tensor(), Tensor()};  // none for cell_index and has_bias
+                            : by_reference
+                                ? through_reference(cell, layer, saved, inputs, grads, needed)
+                                : fused(cell, has_bias, layer, saved, grads, needed);
+    Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
     return result;
   }
 
  private:
   // The fused backward op's gradients, one per input (undefined where not needed).
-  static Variables fused(Cell cell, bool has_bias, const Variables& saved, const Variables& grads,
-                         const std::vector<bool>& needed) {
+  static Variables fused(Cell cell, bool has_bias, bool layer, const Variables& saved,
+                         const Variables& grads, const std::vector<bool>& needed) {
     const size_t count = state_count(cell), inputs = needed.size();
     const Tensor& x = saved[0];
-    const bool batched = x.dim() == 2;
+    const bool batched = layer || x.dim() == 2;
     const auto rows = [&](const Tensor& t) { return batched ? t : with_batch_of_one(t); };
-    const auto grad_of = [&](size_t k) {
+    // The gradient of result k: the output's (a layer's), then the states'.
+    const auto result_grad = [&](size_t k) {
       return k < grads.size() && grads[k].defined() ? OptionalTensor(rows(grads[k]))
                                                     : std::nullopt;
     };
-    const Tensor step = one_step(rows(x)), h0 = rows(saved[1]);
+    const OptionalTensor grad_output = layer ? result_grad(0) : std::nullopt;
+    const auto grad_of = [&](size_t state) { return result_grad(state + (layer ? 1 : 0)); };
+    const Tensor step = layer ? x : one_step(rows(x)), h0 = rows(saved[1]);
     const Tensor &w_ih = saved[1 + count], &w_hh = saved[2 + count];
     const Tensor* kept = &saved[inputs];
     const bool weight_grads =
@@ -282,7 +293,7 @@ struct CellStep : torch::autograd::Function<CellStep> {
     switch (cell) {
       case Cell::kLstm: {
         auto [dx, dh, dc, dw_ih, dw_hh, d_bias, unused] = lstm_backward(
-            std::nullopt, grad_of(0), grad_of(1), step, h0, rows(saved[2]), w_ih, w_hh,
+            grad_output, grad_of(0), grad_of(1), step, h0, rows(saved[2]), w_ih, w_hh,
             kept[0], kept[1], kept[2], has_bias, false, std::nullopt, std::nullopt,
             std::nullopt, weight_grads, h0_grad);
         got = {dx, dh, dc, dw_ih, dw_hh, d_bias, d_bias};
@@ -290,14 +301,14 @@ struct CellStep : torch::autograd::Function<CellStep> {
       }
       case Cell::kGru: {
         auto [dx, dh, dw_ih, dw_hh, db_ih, db_hh] =
-            gru_backward(std::nullopt, grad_of(0), step, h0, w_ih, w_hh, kept[0], kept[1],
+            gru_backward(grad_output, grad_of(0), step, h0, w_ih, w_hh, kept[0], kept[1],
                          has_bias, false, std::nullopt, weight_grads, h0_grad);
         got = {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
         break;
       }
       default: {
         auto [dx, dh, dw_ih, dw_hh, d_bias] =
-            rnn_backward(std::nullopt, grad_of(0), step, h0, w_ih, w_hh, kept[0], has_bias,
+            rnn_backward(grad_output, grad_of(0), step, h0, w_ih, w_hh, kept[0], has_bias,
                          cell == Cell::kRnnRelu, false, std::nullopt, weight_grads, h0_grad);
         got = {dx, dh, dw_ih, dw_hh, d_bias, d_bias};
       }
@@ -313,8 +324,9 @@ struct CellStep : torch::autograd::Function<CellStep> {
 
   // The gradients through torch's own cell (at::lstm_cell, ...), recomputed on the saved
   // inputs: differentiable under create_graph, and batched under vmap where grads are.
-  static Variables through_reference(Cell cell, const Variables& saved, size_t inputs,
-                                     const Variables& grads, const std::vector<bool>& needed) {
+  static Variables through_reference(Cell cell, bool layer, const Variables& saved,
+                                     size_t inputs, const Variables& grads,
+                                     const std::vector<bool>& needed) {
     const bool create_graph = c10::GradMode::is_enabled();
     const at::AutoGradMode grad_mode(true);
     // The cell runs on an alias of each input whose gradient is wanted, and the gradients are
@@ -327,9 +339,10 @@ struct CellStep : torch::autograd::Function<CellStep> {
     for (size_t i = 0; i < inputs; ++i)
       operands[i] = needed[i] ? saved[i].view_as(saved[i]) : saved[i];
     const size_t count = state_count(cell);
-    const bool batched = operands[0].dim() == 2;
+    const bool batched = layer || operands[0].dim() == 2;
     const auto rows = [&](const Tensor& t) { return batched ? t : t.unsqueeze(0); };
-    const Tensor x = rows(operands[0]), h0 = rows(operands[1]);
+    const Tensor x = layer ? operands[0].select(0, 0) : rows(operands[0]);
+    const Tensor h0 = rows(operands[1]);
     const Tensor &w_ih = operands[1 + count], &w_hh = operands[2 + count];
     const bool has_bias = inputs == 5 + count;
     const OptionalTensor b_ih = has_bias ? OptionalTensor(operands[3 + count]) : std::nullopt;
@@ -345,10 +358,13 @@ struct CellStep : torch::autograd::Function<CellStep> {
       case Cell::kRnnTanh: outputs = {at::rnn_tanh_cell(x, h0, w_ih, w_hh, b_ih, b_hh)}; break;
       default: outputs = {at::rnn_relu_cell(x, h0, w_ih, w_hh, b_ih, b_hh)};
     }
+    if (layer) outputs.insert(outputs.begin(), outputs[0].unsqueeze(0));  // the output
+    else if (!batched)
+      for (Tensor& output : outputs) output = output.squeeze(0);
     Variables from, with, wrt;
     for (size_t k = 0; k < outputs.size(); ++k) {
-      if (!grads[k].defined()) continue;
-      from.push_back(batched ? outputs[k] : outputs[k].squeeze(0));
+      if (k >= grads.size() || !grads[k].defined()) continue;
+      from.push_back(outputs[k]);
       with.push_back(grads[k]);
     }
     for (size_t i = 0; i < inputs; ++i)
@@ -465,6 +481,22 @@ std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_n
   return results;
 }
 
+namespace {
+
+// The step's node over x, its states and weights (CellStep's tensors).
+std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
+                              const std::vector<Tensor>& states,
+                              const std::vector<Tensor>& weights) {
+  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
+  std::vector<Tensor> tensors{input};
+  tensors.insert(tensors.end(), states.begin(), states.end());
+  tensors.insert(tensors.end(), weights.begin(), weights.end());
+  return CellStep::apply(static_cast<int64_t>(cell), weights.size() == 4, layer,
+                         at::TensorList(tensors));
+}
+
+}  // namespace
+
 std::optional<std::vector<Tensor>> direct_cell_step(const std::string& cell_name,
                                                     const Tensor& input,
                                                     const std::vector<Tensor>& hx,
@@ -474,21 +506,33 @@ std::optional<std::vector<Tensor>> direct_cell_step(const std::string& cell_name
   const size_t count = state_count(cell);
   TORCH_CHECK(input.dim() == 1 || input.dim() == 2,
               "fusedrnn: a cell's input must be 1-D or 2-D");
-  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
   TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
   for (const Tensor& state : hx)
     TORCH_CHECK(state.dim() == input.dim(), "fusedrnn: a cell's state must be as its input");
-  std::vector<Tensor> tensors{input};
-  if (hx.empty()) {  // zeros shaped as the input, one tensor each (the node returns neither)
-    const int64_t width = weights[1].size(1);
-    const auto sizes = input.dim() == 2 ? std::vector<int64_t>{input.size(0), width}
-                                        : std::vector<int64_t>{width};
-    for (size_t k = 0; k < count; ++k) tensors.push_back(at::zeros(sizes, input.options()));
-  } else {
-    tensors.insert(tensors.end(), hx.begin(), hx.end());
-  }
-  tensors.insert(tensors.end(), weights.begin(), weights.end());
-  return CellStep::apply(static_cast<int64_t>(cell), weights.size() == 4, at::TensorList(tensors));
+  if (!hx.empty()) return step_node(cell, false, input, hx, weights);
+  // Zeros shaped as the input, one tensor each (the node returns neither).
+  TORCH_CHECK(weights.size() >= 2, "fusedrnn: expected 2 or 4 weights");
+  const int64_t width = weights[1].size(1);
+  const auto sizes = input.dim() == 2 ? std::vector<int64_t>{input.size(0), width}
+                                      : std::vector<int64_t>{width};
+  std::vector<Tensor> zeros;
+  for (size_t k = 0; k < count; ++k) zeros.push_back(at::zeros(sizes, input.options()));
+  return step_node(cell, false, input, zeros, weights);
+}
+
+std::optional<std::vector<Tensor>> direct_layer_step(const std::string& cell_name,
+                                                     const Tensor& input,
+                                                     const std::vector<Tensor>& hx,
+                                                     const std::vector<Tensor>& weights) {
+  if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  TORCH_CHECK(input.dim() == 3 && input.size(0) == 1,
+              "fusedrnn: a layer's single step takes input [1, B, I]");
+  TORCH_CHECK(hx.size() == state_count(cell), "fusedrnn: expected ", state_count(cell),
+              " states");
+  for (const Tensor& state : hx)
+    TORCH_CHECK(state.dim() == 2, "fusedrnn: a layer's state must be [B, H]");
+  return step_node(cell, true, input, hx, weights);
 }
 
 }  // namespace fusedrnn

@@ -56,4 +56,13 @@ std::optional<std::vector<at::Tensor>> direct_cell_step(const std::string& cell,
                                                         const std::vector<at::Tensor>& hx,
                                                         const std::vector<at::Tensor>& weights);
 
+// A one-direction layer's call at T=1 where a gradient may follow (a decoder stepping nn.LSTM
+// one step at a time), as the same node: input [1, B, I], hx its h0 (and c0) [B, H], weights
+// w_ih, w_hh (and b_ih, b_hh). -> output [1, B, H] (memory of its own), hn (and cn); nullopt as
+// direct_cell_step.
+std::optional<std::vector<at::Tensor>> direct_layer_step(const std::string& cell,
+                                                         const at::Tensor& input,
+                                                         const std::vector<at::Tensor>& hx,
+                                                         const std::vector<at::Tensor>& weights);
+
 }  // namespace fusedrnn

@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedrnn
-from fusedrnn import cells, modules
+from fusedrnn import cells, modules, ops
 from conftest import CELLS, assert_close_by_name, make_pair, random_state
 
 ALL_CELLS = list(CELLS)
@@ -64,6 +64,7 @@ def _without_direct_calls(monkeypatch):
                                       direct_cell_step=lambda *args: None)
     monkeypatch.setattr(modules, "_C", declining)
     monkeypatch.setattr(cells, "_C", declining)
+    monkeypatch.setattr(ops._C, "direct_layer_step", lambda *args: None)
 
 
 def _direct_and_dispatched(call, model, slow_paths, monkeypatch):
@@ -376,6 +377,19 @@ def _node_name(states):
     return states[0].grad_fn.name()
 
 
+def _graph_names(tensor):
+    """The names of every node of the graph behind tensor."""
+    names, seen, todo = [], set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
 def _step_and_gradients(fused, x, hx, seed=9):
     """One step, and the gradients of a random projection of its states with respect to x, the
     states and every parameter that requires grad. -> (states, the node's name, gradients by
@@ -495,3 +509,68 @@ def test_cell_steps_with_gradients_that_are_watched_go_through_the_dispatcher(ce
     x = torch.randn(2, 4, dtype=torch.float64)
     for watcher, names in _seen_ops(lambda: fused_cell(x)).items():
         assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("config", [(1, 3, 7, 11, {}), (1, 1, 3, 4, {"bias": False}),
+                                    (1, 2, 5, 6, {"num_layers": 2, "batch_first": True})],
+                         ids=_config_id)
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_single_step_with_gradients_is_one_node_per_layer(cell, config, with_state,
+                                                                 monkeypatch):
+    """A module called one step at a time in training (T=1, one direction): each layer is the
+    cells' C++ node. Output, final states and every gradient are torch.nn's, and the
+    Function's bit for bit; the output has memory of its own, as torch.nn's."""
+    ref, fused, x, hx = _case(cell, config)
+    hx = hx if with_state else None
+    x.requires_grad_()
+
+    def run(model):
+        output, states = model(x, hx)
+        results = [output, *(states if isinstance(states, tuple) else (states,))]
+        gen = torch.Generator().manual_seed(12)
+        loss = sum((r * torch.randn(r.shape, generator=gen, dtype=r.dtype)).sum()
+                   for r in results)
+        wrt = [x, *model.parameters()]
+        names = ["x", *dict(model.named_parameters())]
+        grads = dict(zip(names, torch.autograd.grad(loss, wrt)))
+        return [r.detach() for r in results], " ".join(_graph_names(output)), grads
+
+    expected, _, expected_grads = run(ref)
+    (results, name, grads), (dispatched, dispatched_name, dispatched_grads) = \
+        _direct_and_dispatched(lambda: run(fused), fused, (), monkeypatch)
+    assert "CellStep" in name and "CellStep" not in dispatched_name
+    assert_close_by_name(dict(enumerate(results)), dict(enumerate(expected)), 1e-10)
+    assert_close_by_name(grads, expected_grads, 1e-10)
+    _assert_equal(results, dispatched)
+    _assert_equal(list(grads.values()), list(dispatched_grads.values()))
+    output, states = fused(x, hx)
+    first = states[0] if isinstance(states, tuple) else states
+    assert output.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_single_step_node_gradcheck_and_in_place_output(cell):
+    """The layer step's node against finite differences, batched and twice; and an output
+    edited in place before the backward, as torch.nn allows."""
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+    names = [name for name, _ in fused.named_parameters()]
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(1, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    parameters = [p.detach().clone().requires_grad_() for p in fused.parameters()]
+
+    def step(x, h, *parameters):
+        hx = (h, h.cos()) if cell == "lstm" else h
+        output, states = torch.func.functional_call(fused, dict(zip(names, parameters)), (x, hx))
+        assert "CellStep" in output.grad_fn.name()
+        return (output, *states) if isinstance(states, tuple) else (output, states)
+
+    assert torch.autograd.gradcheck(step, (x, h, *parameters), check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(step, (x, h, *parameters), check_batched_grad=True)
+    grads = []
+    for model in (ref, fused):
+        output, _ = model(x, (h, h.cos()) if cell == "lstm" else h)
+        output.mul_(3)
+        grads.append(torch.autograd.grad(output.pow(2).sum(), [x, *model.parameters()]))
+    assert_close_by_name(dict(enumerate(grads[1])), dict(enumerate(grads[0])), 1e-10)

@@ -1,0 +1,116 @@
+"""Cells, and layers one step at a time, stepped in a Python loop, as decoders, control policies
+and custom recurrences run them: a training step (T steps, a loss summed over them, backward)
+and the same loop without a gradient, CPU, torch.nn against fusedrnn.
+
+fusedrnn's steps take one of two routes where a gradient may follow: one autograd node in C++
+(csrc/layer/direct.h, direct_cell_step and direct_layer_step), or the ops' Python
+autograd.Function, where the node steps aside (transforms, dispatch modes, ...). Both are timed
+("fused", "fused_function"), so that the node's gain is measured in the same process. Timed as fusedrnn.bench times its sides:
+interleaved rounds, medians, the single rounds' quartiles of torch.nn time / fused time.
+
+    python benchmarks/cell_loops.py [SECONDS_PER_CASE] [OUT.json]
+"""
+import json
+import statistics
+import sys
+
+import torch
+
+import fusedrnn
+from fusedrnn import bench
+from fusedrnn._extension import _C
+from fusedrnn.bench_report import environment
+
+# cell or module, T, B, H (I = H): one sample, a small batch, a wide layer.
+CASES = [(cell, 50, B, H) for cell in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN")
+         for B, H in ((1, 64), (32, 128), (64, 512))]
+
+_NODES = ("direct_cell_step", "direct_layer_step")
+
+
+class CellLoop:
+    """T steps of `cell` (a cell, or a module given [1, B, H] a step) over fixed random inputs,
+    from a random state; in training, the sum of the squared hidden states differentiated with
+    respect to the input and the parameters. With `function`, fusedrnn declines the C++ node
+    and takes the Python autograd.Function."""
+
+    def __init__(self, cell, x, hx, training, function=False):
+        self.cell, self.x, self.hx, self.training, self.function = cell, x, hx, training, function
+        self.module = not isinstance(cell, torch.nn.RNNCellBase)
+
+    def reset(self):
+        self.cell.zero_grad(set_to_none=True)
+        self.x.grad = None
+
+    def __call__(self):
+        saved = {name: getattr(_C, name) for name in _NODES}
+        if self.function:
+            for name in _NODES:
+                setattr(_C, name, lambda *args: None)
+        try:
+            with torch.set_grad_enabled(self.training):
+                hx, loss = self.hx, 0
+                for t in range(self.x.size(0)):
+                    if self.module:
+                        h, hx = self.cell(self.x[t:t + 1], hx)
+                    else:
+                        hx = self.cell(self.x[t], hx)
+                        h = hx[0] if isinstance(hx, tuple) else hx
+                    loss = loss + h.pow(2).sum()
+                if self.training:
+                    loss.backward()
+        finally:
+            for name, function in saved.items():
+                setattr(_C, name, function)
+
+
+def measure(cell, T, B, H, mode, seconds):
+    """-> one row: medians in ms, and torch.nn time / fused time with its single rounds'
+    quartiles, for the node and the Function."""
+    torch.manual_seed(0)
+    reference = getattr(torch.nn, cell)(H, H)
+    fused = getattr(fusedrnn, cell)(H, H)
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(T, B, H, requires_grad=mode == "training")
+    shape = (B, H) if cell.endswith("Cell") else (1, B, H)
+    h = torch.randn(shape)
+    hx = (h, torch.randn(shape)) if cell.startswith("LSTM") else h
+    training = mode == "training"
+    loops = {"torch": CellLoop(reference, x, hx, training),
+             "fused": CellLoop(fused, x, hx, training)}
+    if training:
+        loops["fused_function"] = CellLoop(fused, x, hx, training, function=True)
+    samples = bench.measure(loops, bench.Timer(torch.device("cpu")), seconds,
+                            bench.WARMUP_ROUNDS["cpu"])
+    ms = {name: statistics.median(times) for name, times in samples.items()}
+    row = dict(cell=cell, T=T, B=B, H=H, mode=mode, rounds=len(samples["fused"]), ms=ms)
+    for name in loops.keys() - {"torch"}:
+        row[f"torch_over_{name}"] = ms["torch"] / ms[name]
+        row[f"torch_over_{name}_quartiles"] = bench.round_speedup_quartiles(samples["torch"],
+                                                                            samples[name])
+    return row
+
+
+def main():
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
+    rows = []
+    for case in CASES:
+        for mode in ("training", "inference"):
+            row = measure(*case, mode, seconds)
+            rows.append(row)
+            text = [f"{row['cell']} T={row['T']} B={row['B']} H={row['H']} {mode}: torch "
+                    f"{row['ms']['torch']:.2f} ms"]
+            for name in ("fused", "fused_function"):
+                if name in row["ms"]:
+                    q = row[f"torch_over_{name}_quartiles"]
+                    text.append(f"{name} {row['ms'][name]:.2f} ms "
+                                f"{row[f'torch_over_{name}']:.2f}x ({q[0]:.2f}-{q[1]:.2f})")
+            print(", ".join(text), flush=True)
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "w") as out:
+            json.dump(dict(environment=environment(torch.device("cpu")),
+                           threads=torch.get_num_threads(), rows=rows), out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
