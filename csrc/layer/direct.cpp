@@ -238,7 +238,10 @@ struct CellStep : torch::autograd::Function<CellStep> {
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
     if (!batched)
-      for (Tensor& result : results) result = reshaped(std::move(result), {result.size(1)});
+      for (Tensor& result : results) {
+        const int64_t width = result.size(1);  // read before the move
+        result = reshaped(std::move(result), {width});
+      }
     return results;
   }
 
