@@ -124,25 +124,33 @@ std::vector<Tensor> zero_states(Cell cell, int64_t batch, const Tensor& w_hh,
 }
 
 // One layer in one direction. states: h0 (and c0); weights: w_ih, w_hh, b_ih, b_hh (undefined
-// without bias), w_hr (undefined without a projection). -> output, new states.
+// without bias), w_hr (undefined without a projection). With `kept`, the layer runs in training
+// and kept receives what its backward reads beside the inputs and the output (the LSTM's gates
+// and cells, the GRU's saved activations; nothing for the RNN). -> output, new states.
 std::pair<Tensor, std::vector<Tensor>> one_direction(Cell cell, const Tensor& x,
                                                      const std::vector<Tensor>& states,
                                                      const std::vector<OptionalTensor>& w,
-                                                     bool reverse) {
+                                                     bool reverse,
+                                                     std::vector<Tensor>* kept = nullptr) {
+  const bool training = kept != nullptr;
   switch (cell) {
     case Cell::kLstm: {
-      auto [output, hn, cn, gates, cells, unprojected] = lstm_forward(
-          x, states[0], states[1], *w[0], *w[1], w[2], w[3], reverse, false, std::nullopt, w[4]);
+      auto [output, hn, cn, gates, cells, unprojected] =
+          lstm_forward(x, states[0], states[1], *w[0], *w[1], w[2], w[3], reverse, training,
+                       std::nullopt, w[4]);
+      if (training) *kept = {gates, cells};
       return {output, {hn, cn}};
     }
     case Cell::kGru: {
       auto [output, hn, saved] =
-          gru_forward(x, states[0], *w[0], *w[1], w[2], w[3], reverse, false, std::nullopt);
+          gru_forward(x, states[0], *w[0], *w[1], w[2], w[3], reverse, training, std::nullopt);
+      if (training) *kept = {saved};
       return {output, {hn}};
     }
     default: {
       auto [output, hn] = rnn_forward(x, states[0], *w[0], *w[1], w[2], w[3],
                                       cell == Cell::kRnnRelu, reverse, std::nullopt);
+      if (training) kept->clear();
       return {output, {hn}};
     }
   }
@@ -204,27 +212,10 @@ struct CellStep : torch::autograd::Function<CellStep> {
     std::vector<Tensor> states;
     for (size_t k = 0; k < count; ++k) states.push_back(rows(tensors[1 + k]));
     const std::vector<OptionalTensor> w = layer_weights(&tensors[1 + count], has_bias, false);
-    std::vector<Tensor> results, kept;  // kept: what the backward reads beside the inputs
-    switch (cell) {
-      case Cell::kLstm: {
-        auto [output, hn, cn, gates, cells, unprojected] =
-            lstm_forward(step, states[0], states[1], *w[0], *w[1], w[2], w[3], false, true,
-                         std::nullopt, std::nullopt);
-        results = {hn, cn}, kept = {output, gates, cells};
-        break;
-      }
-      case Cell::kGru: {
-        auto [output, hn, saved] =
-            gru_forward(step, states[0], *w[0], *w[1], w[2], w[3], false, true, std::nullopt);
-        results = {hn}, kept = {output, saved};
-        break;
-      }
-      default: {
-        auto [output, hn] = rnn_forward(step, states[0], *w[0], *w[1], w[2], w[3],
-                                        cell == Cell::kRnnRelu, false, std::nullopt);
-        results = {hn}, kept = {output};
-      }
-    }
+    // kept: what the backward reads beside the inputs, the output first.
+    std::vector<Tensor> kept;
+    auto [output, results] = one_direction(cell, step, states, w, false, &kept);
+    kept.insert(kept.begin(), output);
     if (layer) {  // the output returned, and a copy kept: the caller may edit it in place
       results.insert(results.begin(), kept[0]);
       kept[0] = kept[0].clone();
@@ -233,7 +224,6 @@ struct CellStep : torch::autograd::Function<CellStep> {
     saved.insert(saved.end(), kept.begin(), kept.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["cell"] = cell_index;
-    ctx->saved_data["has_bias"] = has_bias;
     ctx->saved_data["layer"] = layer;
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
@@ -248,10 +238,10 @@ struct CellStep : torch::autograd::Function<CellStep> {
   // grads: those of the results, undefined where none flows. -> one per forward argument.
   static Variables backward(Context* ctx, Variables grads) {
     const Cell cell = static_cast<Cell>(ctx->saved_data["cell"].toInt());
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const bool layer = ctx->saved_data["layer"].toBool();
     const Variables saved = ctx->get_saved_variables();
     const size_t inputs = ctx->saved_data["inputs"].toInt();
+    const bool has_bias = inputs == 5 + state_count(cell);  // x, states, w_ih, w_hh, b_ih, b_hh
     std::vector<bool> needed(inputs);
     for (size_t i = 0; i < inputs; ++i) needed[i] = ctx->needs_input_grad(i);
     const bool any_grad = std::any_of(grads.begin(), grads.end(),
@@ -264,7 +254,7 @@ struct CellStep : torch::autograd::Function<CellStep> {
                     [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
     Variables input_grads = !any_grad   ? Variables(inputs)
                             : by_reference
-                                ? through_reference(cell, layer, saved, inputs, grads, needed)
+                                ? through_reference(cell, has_bias, layer, saved, grads, needed)
                                 : fused(cell, has_bias, layer, saved, grads, needed);
     Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
@@ -327,9 +317,10 @@ struct CellStep : torch::autograd::Function<CellStep> {
 
   // The gradients through torch's own cell (at::lstm_cell, ...), recomputed on the saved
   // inputs: differentiable under create_graph, and batched under vmap where grads are.
-  static Variables through_reference(Cell cell, bool layer, const Variables& saved,
-                                     size_t inputs, const Variables& grads,
+  static Variables through_reference(Cell cell, bool has_bias, bool layer,
+                                     const Variables& saved, const Variables& grads,
                                      const std::vector<bool>& needed) {
+    const size_t inputs = needed.size();
     const bool create_graph = c10::GradMode::is_enabled();
     const at::AutoGradMode grad_mode(true);
     // The cell runs on an alias of each input whose gradient is wanted, and the gradients are
@@ -347,7 +338,6 @@ struct CellStep : torch::autograd::Function<CellStep> {
     const Tensor x = layer ? operands[0].select(0, 0) : rows(operands[0]);
     const Tensor h0 = rows(operands[1]);
     const Tensor &w_ih = operands[1 + count], &w_hh = operands[2 + count];
-    const bool has_bias = inputs == 5 + count;
     const OptionalTensor b_ih = has_bias ? OptionalTensor(operands[3 + count]) : std::nullopt;
     const OptionalTensor b_hh = has_bias ? OptionalTensor(operands[4 + count]) : std::nullopt;
     std::vector<Tensor> outputs;
@@ -490,7 +480,6 @@ namespace {
 std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
                               const std::vector<Tensor>& states,
                               const std::vector<Tensor>& weights) {
-  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
   std::vector<Tensor> tensors{input};
   tensors.insert(tensors.end(), states.begin(), states.end());
   tensors.insert(tensors.end(), weights.begin(), weights.end());
@@ -507,19 +496,17 @@ std::optional<std::vector<Tensor>> direct_cell_step(const std::string& cell_name
   if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
   const size_t count = state_count(cell);
-  TORCH_CHECK(input.dim() == 1 || input.dim() == 2,
-              "fusedrnn: a cell's input must be 1-D or 2-D");
+  const bool batched = input.dim() == 2;  // else [I], unbatched
+  TORCH_CHECK(batched || input.dim() == 1, "fusedrnn: a cell's input must be 1-D or 2-D");
+  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
   TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
   for (const Tensor& state : hx)
     TORCH_CHECK(state.dim() == input.dim(), "fusedrnn: a cell's state must be as its input");
   if (!hx.empty()) return step_node(cell, false, input, hx, weights);
-  // Zeros shaped as the input, one tensor each (the node returns neither).
-  TORCH_CHECK(weights.size() >= 2, "fusedrnn: expected 2 or 4 weights");
-  const int64_t width = weights[1].size(1);
-  const auto sizes = input.dim() == 2 ? std::vector<int64_t>{input.size(0), width}
-                                      : std::vector<int64_t>{width};
-  std::vector<Tensor> zeros;
-  for (size_t k = 0; k < count; ++k) zeros.push_back(at::zeros(sizes, input.options()));
+  std::vector<Tensor> zeros =  // shaped as the input's rows (the node returns neither)
+      zero_states(cell, batched ? input.size(0) : 1, weights[1], input.options());
+  if (!batched)
+    for (Tensor& zero : zeros) zero = zero.view({zero.size(1)});
   return step_node(cell, false, input, zeros, weights);
 }
 
@@ -531,6 +518,7 @@ std::optional<std::vector<Tensor>> direct_layer_step(const std::string& cell_nam
   const Cell cell = cell_named(cell_name);
   TORCH_CHECK(input.dim() == 3 && input.size(0) == 1,
               "fusedrnn: a layer's single step takes input [1, B, I]");
+  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
   TORCH_CHECK(hx.size() == state_count(cell), "fusedrnn: expected ", state_count(cell),
               " states");
   for (const Tensor& state : hx)
