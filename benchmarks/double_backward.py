@@ -12,6 +12,8 @@ Two workloads:
   ||d(output^2).sum() / d input||^2, backward to the input and every parameter, padded and
   through a PackedSequence of random lengths; and the same step on a larger layer (T=100, B=64,
   I=H=256), where the matrix products decide.
+- the same penalty step through one step of a cell (and of a layer given one step), at B=1 H=64
+  and B=16 H=128: per-step costs decide.
 And torch.func.grad of output.pow(2).sum() over the parameters (T=50, B=16, I=H=128, float32),
 a functional training step: fusedrnn's fused backward, as nothing differentiates the gradients
 again (ops._differentiated_once).
@@ -41,6 +43,10 @@ GRADGRADCHECK_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("GRU", {"bias": 
 PENALTY_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("LSTM", {"bidirectional": True}),
                  ("LSTM", {"packed": True}), ("GRU", {"packed": True})]
 LARGE_PENALTY_CASES = [("LSTM", {}), ("GRU", {}), ("RNN", {})]
+CELLS = {"LSTMCell": (nn.LSTMCell, fusedrnn.LSTMCell), "GRUCell": (nn.GRUCell, fusedrnn.GRUCell),
+         "RNNCell": (nn.RNNCell, fusedrnn.RNNCell)}
+STEP_PENALTY_CASES = ["LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU"]
+PARTS = ["gradgradcheck", "penalty", "steps", "func"]
 
 
 def pair(kind, input_size, hidden_size, dtype, options):
@@ -76,6 +82,25 @@ def penalty_step(module, x, packed=False):
         output = module(x)[0]
     (grad_x,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
     (output.sum() + grad_x.pow(2).sum()).backward()
+
+
+def step_penalty_step(module, x, hx):
+    """The penalty step through one step of a cell (x [B, I]) or of a layer (x [1, B, I])."""
+    x = x.detach().requires_grad_()
+    output = module(x, hx)
+    h = output[0] if isinstance(output, tuple) else output
+    (grad_x,) = torch.autograd.grad(h.pow(2).sum(), x, create_graph=True)
+    (h.sum() + grad_x.pow(2).sum()).backward()
+
+
+def step_pair(kind, hidden_size):
+    if kind in CELLS:
+        torch.manual_seed(0)
+        reference = CELLS[kind][0](hidden_size, hidden_size)
+        fused = CELLS[kind][1](hidden_size, hidden_size)
+        fused.load_state_dict(reference.state_dict())
+        return reference, fused
+    return pair(kind, hidden_size, hidden_size, torch.float32, {})
 
 
 def func_grad(module, x):
@@ -148,12 +173,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS,
+                        help="the workloads to run on the CPU (all by default)")
     args = parser.parse_args()
     rounds = args.rounds
     if args.device == "cuda":
         return cuda_penalty_steps(rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{rounds} interleaved rounds; medians in ms; ratio = torch.nn / fusedrnn")
+    if "gradgradcheck" in args.parts:
+        gradgradchecks(rounds)
+    if "penalty" in args.parts:
+        penalty_steps(rounds)
+    if "steps" in args.parts:
+        step_penalty_steps(rounds)
+    if "func" in args.parts:
+        func_grads(rounds)
+
+
+def gradgradchecks(rounds):
     print("\n| gradgradcheck (T=3 B=2 I=3 H=4, float64) | torch.nn | fusedrnn | ratio |")
     print("|---|---|---|---|")
     for kind, options in GRADGRADCHECK_CASES:
@@ -162,6 +200,9 @@ def main():
                                                                   options), x, rounds)
         print(f"| {name(kind, options)} | {torch_time * 1e3:.0f} | {fused_time * 1e3:.0f} | "
               f"{torch_time / fused_time:.2f}x |", flush=True)
+
+
+def penalty_steps(rounds):
     for (T, B, H), cases, repeats in (((50, 16, 128), PENALTY_CASES, 3 * rounds),
                                       ((100, 64, 256), LARGE_PENALTY_CASES, rounds)):
         print(f"\n| gradient-penalty step (T={T} B={B} I=H={H}, float32) | torch.nn | fusedrnn "
@@ -175,6 +216,26 @@ def main():
                 *pair(kind, H, H, torch.float32, options), x, repeats)
             print(f"| {name(kind, options)} | {torch_time * 1e3:.1f} | {fused_time * 1e3:.1f} | "
                   f"{torch_time / fused_time:.2f}x |", flush=True)
+
+
+def step_penalty_steps(rounds):
+    for B, H in ((1, 64), (16, 128)):
+        print(f"\n| gradient-penalty step, one step (B={B} I=H={H}, float32) | torch.nn (us) | "
+              "fusedrnn (us) | ratio |")
+        print("|---|---|---|---|")
+        for kind in STEP_PENALTY_CASES:
+            layer = kind not in CELLS
+            x = torch.randn(*((1,) if layer else ()), B, H)
+            h = torch.randn(*((1,) if layer else ()), B, H)
+            hx = (h, torch.randn_like(h)) if kind.startswith("LSTM") else h
+            torch_time, fused_time = interleaved(
+                lambda module, x: step_penalty_step(module, x, hx), *step_pair(kind, H), x,
+                50 * rounds)
+            print(f"| {kind} | {torch_time * 1e6:.0f} | {fused_time * 1e6:.0f} | "
+                  f"{torch_time / fused_time:.2f}x |", flush=True)
+
+
+def func_grads(rounds):
     print("\n| torch.func.grad (T=50 B=16 I=H=128, float32) | torch.nn | fusedrnn | ratio |")
     print("|---|---|---|---|")
     for kind in ("LSTM", "GRU"):

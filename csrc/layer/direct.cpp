@@ -31,6 +31,12 @@ Cell cell_named(const std::string& name) {
 
 size_t state_count(Cell cell) { return cell == Cell::kLstm ? 2 : 1; }  // h, and c
 
+// Where a step's activations lie in what CellStep keeps: the output [1, B, H], then the LSTM's
+// gates (i, f, g, o) and cells, or the GRU's r, z, n and h W_hn^T + b_hn; the RNN's are its output.
+size_t activations_at(Cell cell) {
+  return cell == Cell::kLstm || cell == Cell::kGru ? 1 : 0;
+}
+
 // A plain strided CPU tensor: no subclass with a dispatch key of its own, no lazy negation, no
 // functorch wrapper.
 bool plain_cpu_tensor(const Tensor& t) {
@@ -193,11 +199,36 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
 
 }  // namespace
 
+// The gradients of one step's inputs (x [B, I], h0 [B, H], w_ih, w_hh, and b_ih, b_hh where
+// there are) from those of its products' sums x W_ih^T + b_ih and h0 W_hh^T + b_hh, in ATen's
+// ops (which record their graph under create_graph). -> one per step tensor, undefined unless
+// needed.
+std::vector<Tensor> through_products(const Tensor& to_input, const Tensor& to_hidden,
+                                     at::TensorList step, const std::vector<bool>& needed) {
+  const Tensor &x = step[0], &h0 = step[1], &w_ih = step[2], &w_hh = step[3];
+  const bool has_bias = step.size() > 4;
+  return {needed[0] ? to_input.mm(w_ih) : Tensor(),
+          needed[1] ? to_hidden.mm(w_hh) : Tensor(),
+          needed[2] ? to_input.t().mm(x) : Tensor(),
+          needed[3] ? to_hidden.t().mm(h0) : Tensor(),
+          has_bias && needed[4] ? to_input.sum(0) : Tensor(),
+          has_bias && needed[5] ? to_hidden.sum(0) : Tensor()};
+}
+
+// a + b, where either may be undefined (no gradient).
+Tensor sum_of(const Tensor& a, const Tensor& b) {
+  return !a.defined() ? b : !b.defined() ? a : a + b;
+}
+
 // One step of a cell where a gradient may follow, as one autograd node in C++
 // (direct_cell_step), or a layer's single step (`layer`, direct_layer_step). Its tensors, in
 // order: x [B, I] or [I] (a layer's: [1, B, I]), h (and c for the LSTM), w_ih, w_hh (and b_ih,
 // b_hh where has_bias); the LSTM's zero states, where the call gave none, as tensors that need
-// no gradient. -> the new h (and c), shaped as x is; a layer's output [1, B, H] before them.
+// no gradient. -> the new h (and c), shaped as x is; a layer's output [1, B, H] before them;
+// last, the activations (activations_at) [1, B, 4H] or [1, B, H], which the caller drops.
+// Saved as an output, they are differentiable in a create_graph backward: the backward of that
+// backward comes back to this node once, with the states' gradients (one set of products, as
+// torch.nn's graph takes), not through a node of their own.
 struct CellStep : torch::autograd::Function<CellStep> {
   using Context = torch::autograd::AutogradContext;
   using Variables = torch::autograd::variable_list;
@@ -220,6 +251,7 @@ struct CellStep : torch::autograd::Function<CellStep> {
       results.insert(results.begin(), kept[0]);
       kept[0] = kept[0].clone();
     }
+    results.push_back(kept[activations_at(cell)]);
     std::vector<Tensor> saved(tensors.begin(), tensors.end());
     saved.insert(saved.end(), kept.begin(), kept.end());
     ctx->save_for_backward(saved);
@@ -228,9 +260,9 @@ struct CellStep : torch::autograd::Function<CellStep> {
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
     if (!batched)
-      for (Tensor& result : results) {
-        const int64_t width = result.size(1);  // read before the move
-        result = reshaped(std::move(result), {width});
+      for (size_t k = 0; k + 1 < results.size(); ++k) {
+        const int64_t width = results[k].size(1);  // read before the move
+        results[k] = reshaped(std::move(results[k]), {width});
       }
     return results;
   }
@@ -246,15 +278,16 @@ struct CellStep : torch::autograd::Function<CellStep> {
     for (size_t i = 0; i < inputs; ++i) needed[i] = ctx->needs_input_grad(i);
     const bool any_grad = std::any_of(grads.begin(), grads.end(),
                                       [](const Tensor& g) { return g.defined(); });
-    // A create_graph backward needs gradients that are differentiable, and one under vmap
-    // (batched gradients) gets tensors the fused ops cannot take: both take torch's own cell.
-    const bool by_reference =
-        c10::GradMode::is_enabled() ||
+    // A create_graph backward needs gradients that are differentiable, one under vmap (batched
+    // gradients) gets tensors the fused ops cannot take, and the activations' gradient (the
+    // backward of such a backward) the fused ops do not take: all go through ATen's ops.
+    const bool in_aten =
+        c10::GradMode::is_enabled() || grads.back().defined() ||
         std::any_of(grads.begin(), grads.end(),
                     [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
     Variables input_grads = !any_grad   ? Variables(inputs)
-                            : by_reference
-                                ? through_reference(cell, has_bias, layer, saved, grads, needed)
+                            : in_aten
+                                ? differentiable(cell, layer, saved, grads, needed)
                                 : fused(cell, has_bias, layer, saved, grads, needed);
     Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
@@ -315,59 +348,83 @@ struct CellStep : torch::autograd::Function<CellStep> {
     return result;
   }
 
-  // The gradients through torch's own cell (at::lstm_cell, ...), recomputed on the saved
-  // inputs: differentiable under create_graph, and batched under vmap where grads are.
-  static Variables through_reference(Cell cell, bool has_bias, bool layer,
-                                     const Variables& saved, const Variables& grads,
-                                     const std::vector<bool>& needed) {
-    const size_t inputs = needed.size();
-    const bool create_graph = c10::GradMode::is_enabled();
-    const at::AutoGradMode grad_mode(true);
-    // The cell runs on an alias of each input whose gradient is wanted, and the gradients are
-    // taken with respect to those: an input computed from another (c = 2 * h) would otherwise
-    // pass its gradient on to that one here, through the caller's graph (which would then add
-    // it again, and find its buffers freed when it got there). Every operand stays attached to
-    // the caller's graph, so that gradients taken with create_graph depend on all the inputs:
-    // a penalty on x's gradient differentiates it with respect to the weights too.
-    Variables operands(inputs);
-    for (size_t i = 0; i < inputs; ++i)
-      operands[i] = needed[i] ? saved[i].view_as(saved[i]) : saved[i];
-    const size_t count = state_count(cell);
-    const bool batched = layer || operands[0].dim() == 2;
-    const auto rows = [&](const Tensor& t) { return batched ? t : t.unsqueeze(0); };
-    const Tensor x = layer ? operands[0].select(0, 0) : rows(operands[0]);
-    const Tensor h0 = rows(operands[1]);
-    const Tensor &w_ih = operands[1 + count], &w_hh = operands[2 + count];
-    const OptionalTensor b_ih = has_bias ? OptionalTensor(operands[3 + count]) : std::nullopt;
-    const OptionalTensor b_hh = has_bias ? OptionalTensor(operands[4 + count]) : std::nullopt;
-    std::vector<Tensor> outputs;
+  // The gradients in ATen's ops, on the saved inputs and the activations saved as this node's
+  // output: differentiable under create_graph with respect to every input (a penalty on x's
+  // gradient differentiates it with respect to the weights too), and batched under vmap where
+  // grads are. Gate functions by their own backward ops (sigmoid_backward, tanh_backward), which
+  // are differentiable, one op each.
+  static Variables differentiable(Cell cell, bool layer, const Variables& saved,
+                                  const Variables& grads, const std::vector<bool>& needed) {
+    const size_t inputs = needed.size(), count = state_count(cell);
+    // [B, W] from a layer's [1, B, W] or an unbatched [W]: views whose backward is a view.
+    const auto rows = [](const Tensor& t) {
+      return t.dim() == 3 ? t.squeeze(0) : t.dim() == 1 ? t.unsqueeze(0) : t;
+    };
+    const auto result_grad = [&](size_t k) {
+      return k < grads.size() && grads[k].defined() ? rows(grads[k]) : Tensor();
+    };
+    // The gradients of h (a layer's output is h too), of c, and of the activations (in the
+    // backward of a create_graph backward), each undefined where none came.
+    const Tensor d_h = layer ? sum_of(result_grad(0), result_grad(1)) : result_grad(0);
+    const Tensor d_c = cell == Cell::kLstm ? result_grad(layer ? 2 : 1) : Tensor();
+    const Tensor d_a = result_grad(grads.size() - 1);
+    const Tensor x = rows(saved[0]), h0 = rows(saved[1]);
+    const Tensor a = rows(saved[inputs + activations_at(cell)]);
+    const auto or_zeros = [&](const Tensor& t) { return t.defined() ? t : at::zeros_like(h0); };
+    const auto parts = [&](const Tensor& t) {
+      return t.defined() ? t.chunk(4, 1) : std::vector<Tensor>(4);
+    };
+    // The gradients of x W_ih^T + b_ih and h0 W_hh^T + b_hh; and what reaches the states
+    // besides: h0's through the GRU's z h0, c0's through the LSTM's f c0.
+    Tensor to_input, to_hidden, d_h0_direct, d_c0;
     switch (cell) {
-      case Cell::kLstm: {
-        auto [h, c] = at::lstm_cell(x, {h0, rows(operands[2])}, w_ih, w_hh, b_ih, b_hh);
-        outputs = {h, c};
+      case Cell::kLstm: {  // c = f c0 + i g, h = o tanh(c)
+        const auto gate = a.chunk(4, 1);  // i, f, g, o
+        const auto d_gate = parts(d_a);
+        const Tensor c0 = rows(saved[2]), tanh_c = (gate[1] * c0 + gate[0] * gate[2]).tanh();
+        const Tensor d_cell = or_zeros(
+            d_h.defined() ? sum_of(d_c, at::tanh_backward(d_h * gate[3], tanh_c)) : d_c);
+        const Tensor d_o = d_h.defined() ? d_h * tanh_c : Tensor();
+        to_input = to_hidden =
+            at::cat({at::sigmoid_backward(sum_of(d_cell * gate[2], d_gate[0]), gate[0]),
+                     at::sigmoid_backward(sum_of(d_cell * c0, d_gate[1]), gate[1]),
+                     at::tanh_backward(sum_of(d_cell * gate[0], d_gate[2]), gate[2]),
+                     at::sigmoid_backward(or_zeros(sum_of(d_o, d_gate[3])), gate[3])},
+                    1);
+        if (needed[2]) d_c0 = d_cell * gate[1];
         break;
       }
-      case Cell::kGru: outputs = {at::gru_cell(x, h0, w_ih, w_hh, b_ih, b_hh)}; break;
-      case Cell::kRnnTanh: outputs = {at::rnn_tanh_cell(x, h0, w_ih, w_hh, b_ih, b_hh)}; break;
-      default: outputs = {at::rnn_relu_cell(x, h0, w_ih, w_hh, b_ih, b_hh)};
+      case Cell::kGru: {  // n = tanh(x W_in^T + b_in + r hn), h = n + z (h0 - n)
+        const auto gate = a.chunk(4, 1);  // r, z, n, hn = h0 W_hn^T + b_hn
+        const auto d_gate = parts(d_a);
+        const Tensor d_new = or_zeros(d_h);
+        const Tensor to_n =
+            at::tanh_backward(sum_of(d_new * (1 - gate[1]), d_gate[2]), gate[2]);
+        const Tensor to_r = at::sigmoid_backward(sum_of(to_n * gate[3], d_gate[0]), gate[0]);
+        const Tensor to_z =
+            at::sigmoid_backward(sum_of(d_new * (h0 - gate[2]), d_gate[1]), gate[1]);
+        to_input = at::cat({to_r, to_z, to_n}, 1);
+        to_hidden = at::cat({to_r, to_z, sum_of(to_n * gate[0], d_gate[3])}, 1);
+        if (needed[1]) d_h0_direct = d_new * gate[1];
+        break;
+      }
+      case Cell::kRnnTanh:
+        to_input = to_hidden = at::tanh_backward(or_zeros(sum_of(d_h, d_a)), a);
+        break;
+      default: to_input = to_hidden = at::threshold_backward(or_zeros(sum_of(d_h, d_a)), a, 0);
     }
-    if (layer) outputs.insert(outputs.begin(), outputs[0].unsqueeze(0));  // the output
-    else if (!batched)
-      for (Tensor& output : outputs) output = output.squeeze(0);
-    Variables from, with, wrt;
-    for (size_t k = 0; k < outputs.size(); ++k) {
-      if (k >= grads.size() || !grads[k].defined()) continue;
-      from.push_back(outputs[k]);
-      with.push_back(grads[k]);
-    }
-    for (size_t i = 0; i < inputs; ++i)
-      if (needed[i]) wrt.push_back(operands[i]);
+    std::vector<Tensor> step{x, h0};
+    step.insert(step.end(), saved.begin() + 1 + count, saved.begin() + inputs);
+    std::vector<bool> step_needed{needed[0], needed[1]};
+    step_needed.insert(step_needed.end(), needed.begin() + 1 + count, needed.end());
+    step_needed.resize(6, false);
+    const std::vector<Tensor> got = through_products(to_input, to_hidden, step, step_needed);
     Variables result(inputs);
-    if (wrt.empty()) return result;
-    const Variables got = torch::autograd::grad(from, wrt, with, /*retain_graph=*/std::nullopt,
-                                                create_graph, /*allow_unused=*/true);
-    for (size_t i = 0, j = 0; i < inputs; ++i)
-      if (needed[i]) result[i] = got[j++];
+    const auto shaped = [&](const Tensor& t, size_t i) { return t.reshape(saved[i].sizes()); };
+    if (needed[0]) result[0] = shaped(got[0], 0);
+    if (needed[1]) result[1] = shaped(sum_of(got[1], d_h0_direct), 1);
+    if (cell == Cell::kLstm && needed[2]) result[2] = shaped(d_c0, 2);
+    for (size_t i = 1 + count; i < inputs; ++i) result[i] = got[i - count + 1];
     return result;
   }
 };
@@ -483,8 +540,10 @@ std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
   std::vector<Tensor> tensors{input};
   tensors.insert(tensors.end(), states.begin(), states.end());
   tensors.insert(tensors.end(), weights.begin(), weights.end());
-  return CellStep::apply(static_cast<int64_t>(cell), weights.size() == 4, layer,
-                         at::TensorList(tensors));
+  std::vector<Tensor> results = CellStep::apply(static_cast<int64_t>(cell), weights.size() == 4,
+                                                layer, at::TensorList(tensors));
+  results.pop_back();  // the activations, for the node's own create_graph backward
+  return results;
 }
 
 }  // namespace

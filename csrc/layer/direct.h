@@ -49,8 +49,9 @@ std::optional<std::vector<at::Tensor>> direct_cell_forward(const std::string& ce
 // result as direct_cell_forward's; nullopt where the call must go through the dispatcher, as
 // above but for the gradient, and the caller must also route forward-mode AD, torch.func and
 // compilers to the ops (modules.py's direct_path_applies). The node's backward runs the fused
-// backward op; under create_graph, or with batched gradients (vmap), it differentiates torch's
-// own cell (at::lstm_cell, ...) instead, recomputed on the saved inputs.
+// backward op; under create_graph, or with batched gradients (vmap), it takes the same
+// gradients in ATen's differentiable ops from the step's saved activations (no product runs
+// again), which the node keeps as an output of its own so that their gradient comes back to it.
 std::optional<std::vector<at::Tensor>> direct_cell_step(const std::string& cell,
                                                         const at::Tensor& input,
                                                         const std::vector<at::Tensor>& hx,

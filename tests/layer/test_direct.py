@@ -444,8 +444,8 @@ def test_cell_step_with_gradients_matches_torch_nn_and_the_dispatcher_path(
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_cell_step_node_gradcheck_batched_and_twice(cell):
     """The node's gradients in float64 against finite differences, batched (vmap over the
-    backward, which routes to torch's own cell) and differentiated again; c computed from h,
-    so that a gradient passed on twice would show."""
+    backward, which takes ATen's ops) and differentiated again; c computed from h, so that a
+    gradient passed on twice would show."""
     _, fused = _cell_pair(cell, 3, 4, True)
     names = [name for name, _ in fused.named_parameters()]
     gen = torch.Generator().manual_seed(10)
@@ -461,6 +461,38 @@ def test_cell_step_node_gradcheck_batched_and_twice(cell):
 
     assert torch.autograd.gradcheck(step, (x, h, *parameters), check_batched_grad=True)
     assert torch.autograd.gradgradcheck(step, (x, h, *parameters), check_batched_grad=True)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("batch", [(3,), ()], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cell_step_node_derivatives_to_the_third_match_torch_nn(cell, batch, bias):
+    """A gradient penalty through the node, and that differentiated once more: the node's
+    create_graph backward, on the activations it keeps as its own output, is differentiable
+    again, and every second and third derivative is torch.nn's."""
+    ref, fused = _cell_pair(cell, 5, 4, bias)
+    gen = torch.Generator().manual_seed(14)
+    x, h = (torch.randn(*batch, n, generator=gen, dtype=torch.float64) for n in (5, 4))
+    weights = [torch.randn(*batch, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    results = []
+    for model in (ref, fused):
+        inputs = [x.clone().requires_grad_(), h.clone().requires_grad_()]
+        hx = (inputs[1], inputs[1].sin()) if cell == "lstm" else inputs[1]
+        states = _states_of(model(*inputs[:1], hx))
+        loss = sum((s.pow(3) * w).sum() for s, w in zip(states, weights))
+        wrt = [*inputs, *model.parameters()]
+        first = torch.autograd.grad(loss, inputs, create_graph=True)
+        penalty = sum(g.pow(2).sum() for g in first) + states[0].sum()
+        second = torch.autograd.grad(penalty, wrt, create_graph=True)
+        third = torch.autograd.grad(sum((g * g.detach().cos()).sum() for g in second), wrt,
+                                    allow_unused=True)
+        names = ["x", "h", *dict(model.named_parameters())]
+        results.append({**{f"{n} second": g for n, g in zip(names, second)},
+                        **{f"{n} third": g for n, g in zip(names, third) if g is not None}})
+        results[-1]["node"] = _node_name(states)
+    assert "CellStep" in results[1].pop("node") and "CellStep" not in results[0].pop("node")
+    assert results[1].keys() == results[0].keys()
+    assert_close_by_name(results[1], results[0], 1e-10)
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
