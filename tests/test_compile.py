@@ -77,3 +77,62 @@ def test_compiled_packed_input(cell, enforce_sorted, given_state):
     assert_close_by_name({name.replace("_orig_mod.", ""): value for name, value in ours.items()},
                          run_and_grad(fused, x, hx, lengths=lengths,
                                       enforce_sorted=enforce_sorted), 1e-5)
+
+
+def _graph_node_names(tensor):
+    names, todo, seen = [], [tensor.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _stepped_loss(model, xs, cell_steps):
+    """A training loop's loss: a cell stepped over xs [T, B, I], or a module given one step at a
+    time, its states carried; the squared hidden states summed over the steps."""
+    hx, loss = None, 0
+    for x in xs:
+        if cell_steps:
+            hx = model(x, hx)
+            h = hx[0] if isinstance(hx, tuple) else hx
+        else:
+            h, hx = model(x.unsqueeze(0), hx)
+        loss = loss + h.pow(2).sum()
+    return loss
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("what", ["cell", "module-stepped", "module"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_compiled_autograd_matches_torch_nn(cell, what, device):
+    """Compiled autograd (the backward graph traced and compiled, the forward eager) over a
+    training loop: through the CPU's C++ step node (a cell stepped, a module given one step at a
+    time) and through the autograd.Function (a whole sequence), torch.nn's gradients."""
+    # Two steps: compiled autograd takes seconds a node to trace on 2 cores (torch.nn's too).
+    options = {"cell": {"classes": CELL_CLASSES}, "module": {"num_layers": 2}}.get(what, {})
+    ref, fused = make_pair(cell, 5, 6, device, torch.float64, **options)
+    gen = torch.Generator().manual_seed(9)
+    xs = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64).to(device)
+    grads = []
+    for model, compiled in ((ref, False), (fused, True)):
+        model.zero_grad()
+        x = xs.clone().requires_grad_()
+        if what == "module":
+            loss = model(x)[0].pow(2).sum()
+        else:
+            loss = _stepped_loss(model, x, what == "cell")
+        torch._dynamo.reset()
+        if compiled:
+            stepped_on_cpu = what != "module" and device == "cpu"
+            assert stepped_on_cpu == any("CellStep" in n for n in _graph_node_names(loss))
+            with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+                loss.backward()
+        else:
+            loss.backward()
+        grads.append({"x": x.grad, **{n: p.grad for n, p in model.named_parameters()}})
+    assert all(g is not None for g in grads[1].values())
+    assert_close_by_name(grads[1], grads[0], 1e-10)
