@@ -69,6 +69,19 @@ def make_pair(cell, input_size, hidden_size, device="cpu", dtype=torch.float32, 
     return ref, fused
 
 
+def graph_names(tensor):
+    """The names of every node of the graph behind tensor."""
+    names, seen, todo = [], set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
 def random_state(cell, model, batch, device, dtype, generator):
     layers = model.num_layers * (2 if model.bidirectional else 1)
     shape = (layers, batch, model.hidden_size)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from conftest import DEVICES, assert_close_by_name, make_pair, random_state, run_and_grad
+from conftest import DEVICES, assert_close_by_name, graph_names, make_pair, random_state, \
+    run_and_grad
 from test_cells import CELL_CLASSES, CellAsLayer, cell_inputs, make_cell_pair
 from test_double_backward import _OpNames
 
@@ -79,18 +80,6 @@ def test_compiled_packed_input(cell, enforce_sorted, given_state):
                                       enforce_sorted=enforce_sorted), 1e-5)
 
 
-def _graph_node_names(tensor):
-    names, todo, seen = [], [tensor.grad_fn], set()
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(node.name())
-        todo.extend(next_node for next_node, _ in node.next_functions)
-    return names
-
-
 def _stepped_loss(model, xs, cell_steps):
     """A training loop's loss: a cell stepped over xs [T, B, I], or a module given one step at a
     time, its states carried; the squared hidden states summed over the steps."""
@@ -128,7 +117,7 @@ def test_compiled_autograd_matches_torch_nn(cell, what, device):
         torch._dynamo.reset()
         if compiled:
             stepped_on_cpu = what != "module" and device == "cpu"
-            assert stepped_on_cpu == any("CellStep" in n for n in _graph_node_names(loss))
+            assert stepped_on_cpu == any("CellStep" in n for n in graph_names(loss))
             with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
                 loss.backward()
         else:

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedrnn
 from fusedrnn import cells, modules, ops
-from conftest import CELLS, assert_close_by_name, make_pair, random_state
+from conftest import CELLS, assert_close_by_name, graph_names, make_pair, random_state
 
 ALL_CELLS = list(CELLS)
 
@@ -377,19 +377,6 @@ def _node_name(states):
     return states[0].grad_fn.name()
 
 
-def _graph_names(tensor):
-    """The names of every node of the graph behind tensor."""
-    names, seen, todo = [], set(), [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(node.name())
-        todo += [next_node for next_node, _ in node.next_functions]
-    return names
-
-
 def _step_and_gradients(fused, x, hx, seed=9):
     """One step, and the gradients of a random projection of its states with respect to x, the
     states and every parameter that requires grad. -> (states, the node's name, gradients by
@@ -566,7 +553,7 @@ def test_module_single_step_with_gradients_is_one_node_per_layer(cell, config, w
         wrt = [x, *model.parameters()]
         names = ["x", *dict(model.named_parameters())]
         grads = dict(zip(names, torch.autograd.grad(loss, wrt)))
-        return [r.detach() for r in results], " ".join(_graph_names(output)), grads
+        return [r.detach() for r in results], " ".join(graph_names(output)), grads
 
     expected, _, expected_grads = run(ref)
     (results, name, grads), (dispatched, dispatched_name, dispatched_grads) = \
