@@ -356,9 +356,15 @@ struct CellStep : torch::autograd::Function<CellStep> {
   static Variables differentiable(Cell cell, bool layer, const Variables& saved,
                                   const Variables& grads, const std::vector<bool>& needed) {
     const size_t inputs = needed.size(), count = state_count(cell);
+    // In the activations' dtype: float32 for a half-precision LSTM or GRU, which keeps its gates
+    // in float32 (the RNN keeps its output, in the input's dtype).
+    const at::ScalarType dtype = saved[inputs + activations_at(cell)].scalar_type();
+    const auto in_dtype = [&](const Tensor& t) {
+      return t.scalar_type() == dtype ? t : t.to(dtype);
+    };
     // [B, W] from a layer's [1, B, W] or an unbatched [W]: views whose backward is a view.
-    const auto rows = [](const Tensor& t) {
-      return t.dim() == 3 ? t.squeeze(0) : t.dim() == 1 ? t.unsqueeze(0) : t;
+    const auto rows = [&](const Tensor& t) {
+      return in_dtype(t.dim() == 3 ? t.squeeze(0) : t.dim() == 1 ? t.unsqueeze(0) : t);
     };
     const auto result_grad = [&](size_t k) {
       return k < grads.size() && grads[k].defined() ? rows(grads[k]) : Tensor();
@@ -414,17 +420,22 @@ struct CellStep : torch::autograd::Function<CellStep> {
       default: to_input = to_hidden = at::threshold_backward(or_zeros(sum_of(d_h, d_a)), a, 0);
     }
     std::vector<Tensor> step{x, h0};
-    step.insert(step.end(), saved.begin() + 1 + count, saved.begin() + inputs);
+    for (size_t i = 1 + count; i < inputs; ++i) step.push_back(in_dtype(saved[i]));
     std::vector<bool> step_needed{needed[0], needed[1]};
     step_needed.insert(step_needed.end(), needed.begin() + 1 + count, needed.end());
     step_needed.resize(6, false);
     const std::vector<Tensor> got = through_products(to_input, to_hidden, step, step_needed);
     Variables result(inputs);
-    const auto shaped = [&](const Tensor& t, size_t i) { return t.reshape(saved[i].sizes()); };
+    const auto shaped = [&](const Tensor& t, size_t i) {
+      const Tensor reshaped = t.reshape(saved[i].sizes());
+      return t.scalar_type() == saved[i].scalar_type() ? reshaped
+                                                       : reshaped.to(saved[i].scalar_type());
+    };
     if (needed[0]) result[0] = shaped(got[0], 0);
     if (needed[1]) result[1] = shaped(sum_of(got[1], d_h0_direct), 1);
     if (cell == Cell::kLstm && needed[2]) result[2] = shaped(d_c0, 2);
-    for (size_t i = 1 + count; i < inputs; ++i) result[i] = got[i - count + 1];
+    for (size_t i = 1 + count; i < inputs; ++i)
+      if (needed[i]) result[i] = shaped(got[i - count + 1], i);
     return result;
   }
 };

@@ -482,6 +482,41 @@ def test_cell_step_node_derivatives_to_the_third_match_torch_nn(cell, batch, bia
     assert_close_by_name(results[1], results[0], 1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("layer", [False, True], ids=["cell", "layer"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_step_node_penalty_in_half_precision(cell, layer, dtype):
+    """A penalty step through the node in bfloat16 and float16, whose LSTM and GRU keep their
+    gates in float32: every gradient within a small multiple of torch.nn's own error against a
+    float64 reference."""
+    classes = CELLS if layer else CELL_CLASSES
+    ref, fused = make_pair(cell, 8, 16, dtype=torch.float64, classes=classes)
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(*((1,) if layer else ()), 3, 8, generator=gen, dtype=torch.float64)
+    states = [torch.randn(*((1,) if layer else ()), 3, 16, generator=gen, dtype=torch.float64)
+              for _ in range(2)]
+
+    def gradients(model, dtype):
+        model = model.to(dtype)
+        inputs = x.to(dtype).requires_grad_()
+        hx = [s.to(dtype) for s in states]
+        out = model(inputs, tuple(hx) if cell == "lstm" else hx[0])
+        h = (out[0] if isinstance(out, tuple) else out).float()
+        (d_x,) = torch.autograd.grad(h.pow(2).sum(), inputs, create_graph=True)
+        grads = torch.autograd.grad(h.sum() + d_x.float().pow(2).sum(),
+                                    [inputs, *model.parameters()])
+        return (out[0] if isinstance(out, tuple) else out).grad_fn.name(), \
+            [g.double() for g in grads]
+
+    _, expected = gradients(ref, torch.float64)
+    _, theirs = gradients(ref, dtype)
+    node, ours = gradients(fused, dtype)
+    assert "CellStep" in node
+    for name, a, b, e in zip(["x", *dict(fused.named_parameters())], ours, theirs, expected):
+        error, torch_error = ((a - e).norm() / e.norm()).item(), ((b - e).norm() / e.norm()).item()
+        assert error <= 3 * torch_error, (name, error, torch_error)
+
+
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_cell_steps_in_a_loop_train_as_torch_nn(cell):
     """A cell run over a sequence in a Python loop (a decoder, a control policy), its loss
