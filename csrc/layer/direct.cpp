@@ -197,8 +197,6 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
   return results;
 }
 
-}  // namespace
-
 // The gradients of one step's inputs (x [B, I], h0 [B, H], w_ih, w_hh, and b_ih, b_hh where
 // there are) from those of its products' sums x W_ih^T + b_ih and h0 W_hh^T + b_hh, in ATen's
 // ops (which record their graph under create_graph). -> one per step tensor, undefined unless
@@ -219,6 +217,8 @@ std::vector<Tensor> through_products(const Tensor& to_input, const Tensor& to_hi
 Tensor sum_of(const Tensor& a, const Tensor& b) {
   return !a.defined() ? b : !b.defined() ? a : a + b;
 }
+
+}  // namespace
 
 // One step of a cell where a gradient may follow, as one autograd node in C++
 // (direct_cell_step), or a layer's single step (`layer`, direct_layer_step). Its tensors, in
@@ -358,7 +358,8 @@ struct CellStep : torch::autograd::Function<CellStep> {
     const size_t inputs = needed.size(), count = state_count(cell);
     // In the activations' dtype: float32 for a half-precision LSTM or GRU, which keeps its gates
     // in float32 (the RNN keeps its output, in the input's dtype).
-    const at::ScalarType dtype = saved[inputs + activations_at(cell)].scalar_type();
+    const Tensor& activations = saved[inputs + activations_at(cell)];
+    const at::ScalarType dtype = activations.scalar_type();
     const auto in_dtype = [&](const Tensor& t) {
       return t.scalar_type() == dtype ? t : t.to(dtype);
     };
@@ -375,7 +376,7 @@ struct CellStep : torch::autograd::Function<CellStep> {
     const Tensor d_c = cell == Cell::kLstm ? result_grad(layer ? 2 : 1) : Tensor();
     const Tensor d_a = result_grad(grads.size() - 1);
     const Tensor x = rows(saved[0]), h0 = rows(saved[1]);
-    const Tensor a = rows(saved[inputs + activations_at(cell)]);
+    const Tensor a = rows(activations);
     const auto or_zeros = [&](const Tensor& t) { return t.defined() ? t : at::zeros_like(h0); };
     const auto parts = [&](const Tensor& t) {
       return t.defined() ? t.chunk(4, 1) : std::vector<Tensor>(4);
