@@ -50,10 +50,12 @@ PARTS = ["gradgradcheck", "penalty", "steps", "func"]
 
 
 def pair(kind, input_size, hidden_size, dtype, options):
+    """torch.nn's module or cell (kind: a key of MODULES or CELLS) and fusedrnn's, same weights."""
     options = {k: v for k, v in options.items() if k != "packed"}  # the input's, not the module's
+    classes = MODULES[kind] if kind in MODULES else CELLS[kind]
     torch.manual_seed(0)
-    reference = MODULES[kind][0](input_size, hidden_size, **options).to(dtype)
-    fused = MODULES[kind][1](input_size, hidden_size, **options).to(dtype)
+    reference = classes[0](input_size, hidden_size, **options).to(dtype)
+    fused = classes[1](input_size, hidden_size, **options).to(dtype)
     fused.load_state_dict(reference.state_dict())
     return reference, fused
 
@@ -91,16 +93,6 @@ def step_penalty_step(module, x, hx):
     h = output[0] if isinstance(output, tuple) else output
     (grad_x,) = torch.autograd.grad(h.pow(2).sum(), x, create_graph=True)
     (h.sum() + grad_x.pow(2).sum()).backward()
-
-
-def step_pair(kind, hidden_size):
-    if kind in CELLS:
-        torch.manual_seed(0)
-        reference = CELLS[kind][0](hidden_size, hidden_size)
-        fused = CELLS[kind][1](hidden_size, hidden_size)
-        fused.load_state_dict(reference.state_dict())
-        return reference, fused
-    return pair(kind, hidden_size, hidden_size, torch.float32, {})
 
 
 def func_grad(module, x):
@@ -229,8 +221,8 @@ def step_penalty_steps(rounds):
             h = torch.randn(*((1,) if layer else ()), B, H)
             hx = (h, torch.randn_like(h)) if kind.startswith("LSTM") else h
             torch_time, fused_time = interleaved(
-                lambda module, x: step_penalty_step(module, x, hx), *step_pair(kind, H), x,
-                50 * rounds)
+                lambda module, x: step_penalty_step(module, x, hx),
+                *pair(kind, H, H, torch.float32, {}), x, 50 * rounds)
             print(f"| {kind} | {torch_time * 1e6:.0f} | {fused_time * 1e6:.0f} | "
                   f"{torch_time / fused_time:.2f}x |", flush=True)
 
