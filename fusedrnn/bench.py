@@ -12,7 +12,9 @@ need gradients; gradients are dropped, untimed, before every step).
 
 Timing: warm-up rounds first (WARMUP_ROUNDS); then on CUDA, CUDA events around each call
 followed by a synchronize, on CPU time.perf_counter. Rounds repeat until the case has taken
-about --budget seconds, and at least MIN_REPS times.
+about --budget seconds, and at least MIN_REPS times. Before the first round, settle_malloc
+puts glibc's allocator where a long-running process has it, so that a case times the same
+whether it runs alone or after others; the report keeps each side's page faults per call.
 
 Baselines: torch.nn as it runs by default (cuDNN on CUDA, oneDNN for the LSTM on CPU); on
 CUDA also torch.nn with cuDNN disabled, whose native path launches a few kernels per time step
@@ -39,6 +41,11 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 import torch
 from torch import nn
@@ -207,26 +214,55 @@ class Timer:
         return self._start.elapsed_time(self._end)
 
 
-def measure(steps, timer, budget_s, warmup_rounds):
+# glibc's malloc serves a block of 128 KiB or more by mmap and returns it to the system when it is
+# freed, until a process frees such a block: then blocks up to that size (at most 32 MiB) stay in
+# the heap. A process that has run for a while has freed one; one that has not page-faults in
+# every large block it allocates, on every call (torch.nn's bidirectional LSTM at T=50 B=16
+# H=128 in training: 4,447 faults and a quarter of its time a step, fusedrnn's none, whose
+# buffers are pooled). Freeing a block just under 32 MiB once takes every case to the first
+# state, whatever ran before it.
+SETTLE_BYTES = (32 << 20) - (64 << 10)
+
+
+def settle_malloc():
+    """Allocates and frees one SETTLE_BYTES block, untouched: see SETTLE_BYTES."""
+    torch.empty(SETTLE_BYTES, dtype=torch.uint8)  # freed as soon as it is made
+
+
+def minor_faults() -> int:
+    """The process's minor page faults so far (0 where the resource module is missing)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def measure(steps, timer, budget_s, warmup_rounds, faults=None):
     """Times the steps interleaved, round after round, until budget_s has passed (warm-up
-    included) and at least MIN_REPS rounds are done.
+    included) and at least MIN_REPS rounds are done, malloc settled first (settle_malloc).
 
-    steps: {name: Step}. -> {name: [ms per repetition]}, the same count for each name.
+    steps: {name: Step}. -> {name: [ms per repetition]}, the same count for each name. With a
+    dict `faults`, faults[name] gets each timed repetition's minor page faults (the whole
+    process's: any thread's).
     """
-    def timed(step):
+    def timed(step, faulted=None):
         step.reset()
-        return timer(step)
+        before = minor_faults()
+        ms = timer(step)
+        if faulted is not None:
+            faulted.append(minor_faults() - before)
+        return ms
 
+    settle_malloc()
     began = time.perf_counter()
     for _ in range(warmup_rounds):
         for step in steps.values():
             timed(step)
     samples = {name: [] for name in steps}
+    if faults is not None:
+        faults.update({name: [] for name in steps})
     for reps in range(MAX_REPS):
         if reps >= MIN_REPS and time.perf_counter() - began >= budget_s:
             break
         for name, step in steps.items():
-            samples[name].append(timed(step))
+            samples[name].append(timed(step, None if faults is None else faults[name]))
     return samples
 
 
@@ -262,7 +298,8 @@ def run_case(case: Case, device, timer, budget_s, peak_flop_per_s, onnxruntime=F
             steps["onnxruntime"] = OnnxRuntimeStep(reference, inputs)
         except Exception as error:  # reported beside the row; torch.nn and fused still run
             notes["onnxruntime_error"] = f"{type(error).__name__}: {error}"
-    samples = measure(steps, timer, budget_s, WARMUP_ROUNDS[device.type])
+    faults = {}
+    samples = measure(steps, timer, budget_s, WARMUP_ROUNDS[device.type], faults)
     median = {name: statistics.median(ms) for name, ms in samples.items()}
     flop = case_flops(case)
     fused_flop_per_s = flop / (median["fused"] * 1e-3)
@@ -277,6 +314,8 @@ def run_case(case: Case, device, timer, budget_s, peak_flop_per_s, onnxruntime=F
                               for name, ms in samples.items() if name != "fused"},
         "fused_flop_per_s": fused_flop_per_s,
         "fused_pct_of_peak": 100 * fused_flop_per_s / peak_flop_per_s,
+        "minor_faults_per_call": {name: statistics.median(count)
+                                  for name, count in faults.items()},
         **notes,
     }
 

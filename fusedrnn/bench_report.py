@@ -69,6 +69,8 @@ def markdown_table(report: dict) -> str:
         f"- Peak: median of {report['peak_matmul_n']}^3 matmuls: {peaks}.",
         "- Packed cases: a PackedSequence of B sequences of mixed lengths (1 to T, unsorted); "
         "their FLOPs count the real tokens. Not covered: FlashRNN (no adapter).",
+        "- Memory: malloc settled before each case (bench.settle_malloc), so that a case times "
+        "the same alone or in a grid; calls that page-fault are listed under the table.",
         "",
     ]
     columns = ["cell", "L", "bidir", "T", "B", "I", "H", "dtype", "mode", "torch ms",
@@ -105,6 +107,12 @@ def markdown_table(report: dict) -> str:
             row += [f"{result['fused_flop_per_s'] / scale:.2f}",
                     f"{result['fused_pct_of_peak']:.1f}", result["reps"]]
         lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    faulting = [f"- {Case(**_case_fields(result)).label()}: " + ", ".join(
+        f"{name} {count:g}" for name, count in result["minor_faults_per_call"].items())
+        for result in report["results"]
+        if any(result.get("minor_faults_per_call", {}).values())]
+    if faulting:
+        lines += ["", "Minor page faults per call (median):", *faulting]
     if failures:
         lines += ["", "Failed cases and missing baselines:", *failures]
     return "\n".join(lines)

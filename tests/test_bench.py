@@ -1,6 +1,8 @@
 """fusedrnn.bench end to end on a tiny shape: the report's columns, ONNX Runtime's included."""
 import importlib.util
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,8 @@ def test_bench_reports_every_baseline(tmp_path, capsys):
         assert set(result["speedup_quartiles"]) == expected, result
         assert all(q1 <= q3 for q1, q3 in result["speedup_quartiles"].values()), result
         assert all(ms > 0 for ms in result["median_ms"].values())
+        assert set(result["minor_faults_per_call"]) == set(result["median_ms"]), result
+        assert all(count >= 0 for count in result["minor_faults_per_call"].values())
     table = capsys.readouterr().out
     assert "speedup vs ONNX Runtime" in table and "CPU instruction set" in table
     first = report["results"][0]
@@ -55,6 +59,31 @@ def test_bench_threads_option_sets_and_restores_torch_threads(tmp_path):
     assert torch.get_num_threads() == threads
     with pytest.raises(SystemExit):
         bench.main(["--threads", "0"])
+
+
+def test_settled_malloc_keeps_a_training_step_free_of_page_faults():
+    """After settle_malloc, the steady state of a step that allocates many blocks over 128 KiB
+    (torch.nn's bidirectional LSTM in training: thousands of page faults a step in a process
+    that has freed no such block) faults in no page. In a fresh process, whose malloc no test
+    before has settled."""
+    script = """
+import resource, statistics, torch
+from fusedrnn import bench
+bench.settle_malloc()
+torch.manual_seed(0)
+lstm = torch.nn.LSTM(128, 128, 2, bidirectional=True)
+x = torch.randn(50, 16, 128, requires_grad=True)
+faults = []
+for _ in range(12):
+    before = bench.minor_faults()
+    out, (h, c) = lstm(x)
+    (out.sum() + h.sum()).backward()
+    faults.append(bench.minor_faults() - before)
+print(statistics.median(faults[4:]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).parent.parent)
+    assert float(result.stdout) == 0, result.stdout
 
 
 def test_onnxruntime_step_matches_torch_nn_or_raises():
