@@ -3,14 +3,14 @@ and custom recurrences run them: a training step (T steps, a loss summed over th
 and the same loop without a gradient, CPU, torch.nn against fusedrnn.
 
 fusedrnn's steps take one of two routes where a gradient may follow: one autograd node in C++
-(csrc/layer/direct.h, direct_cell_step and direct_layer_step), or the ops' Python
+(csrc/layer/direct.h, direct_cell_step and direct_layer_node), or the ops' Python
 autograd.Function, where the node steps aside (transforms, dispatch modes, ...). Both are timed
-("fused", "fused_function"), so that the node's gain is measured in the same process. Timed as fusedrnn.bench times its sides:
-interleaved rounds, medians, the single rounds' quartiles of torch.nn time / fused time.
+("fused", "fused_function"), so that the node's gain is measured in the same process. Timed as
+fusedrnn.bench times its sides: interleaved rounds, medians, the single rounds' quartiles of
+torch.nn time / fused time.
 
     python benchmarks/cell_loops.py [SECONDS_PER_CASE] [OUT.json]
 """
-import json
 import statistics
 import sys
 
@@ -19,13 +19,13 @@ import torch
 import fusedrnn
 from fusedrnn import bench
 from fusedrnn._extension import _C
-from fusedrnn.bench_report import environment
+from fusedrnn.bench_report import save_cpu_rows
 
 # cell or module, T, B, H (I = H): one sample, a small batch, a wide layer.
 CASES = [(cell, 50, B, H) for cell in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN")
          for B, H in ((1, 64), (32, 128), (64, 512))]
 
-_NODES = ("direct_cell_step", "direct_layer_step")
+_NODES = ("direct_cell_step", "direct_layer_node")
 
 
 class CellLoop:
@@ -107,9 +107,7 @@ def main():
                                 f"{row[f'torch_over_{name}']:.2f}x ({q[0]:.2f}-{q[1]:.2f})")
             print(", ".join(text), flush=True)
     if len(sys.argv) > 2:
-        with open(sys.argv[2], "w") as out:
-            json.dump(dict(environment=environment(torch.device("cpu")),
-                           threads=torch.get_num_threads(), rows=rows), out, indent=1)
+        save_cpu_rows(sys.argv[2], rows)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 // and scratch-memory controls.
 // Fake kernels and autograd live in Python, beside the public wrappers (fusedrnn/ops.py).
 #include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/python_cpp_function.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -148,6 +149,26 @@ bool engine_uses_gradient(const at::Tensor& tensor) {
   return it != exec_info->end() && it->second.should_execute();
 }
 
+// The layer node's backward where it runs in Python (layer/direct.h): `backward`, called with
+// the GIL, gets the node as Python sees it (a grad_fn) and returns a gradient or None per input.
+void set_python_layer_backward(py::function backward) {
+  // Kept for the process's life, never released: the engine may call it from any thread, up
+  // to the interpreter's exit.
+  const auto* function = new py::function(std::move(backward));
+  fusedrnn::set_python_layer_backward(
+      [function](const char* cell, const c10::intrusive_ptr<torch::autograd::Node>& node,
+                 const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& grads,
+                 const std::vector<bool>& needed) {
+        py::gil_scoped_acquire gil;
+        const auto node_object =
+            py::reinterpret_steal<py::object>(torch::autograd::functionToPyObject(node));
+        std::vector<at::Tensor> results;
+        for (const py::handle g : (*function)(cell, node_object, saved, grads, needed))
+          results.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
+        return results;
+      });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -159,8 +180,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("direct_cell_step", &fusedrnn::direct_cell_step,
         py::call_guard<py::gil_scoped_release>());
-  m.def("direct_layer_step", &fusedrnn::direct_layer_step,
+  m.def("direct_layer_node", &fusedrnn::direct_layer_node,
         py::call_guard<py::gil_scoped_release>());
+  m.def("set_python_layer_backward", &set_python_layer_backward);
   // The double backward's loops over time (layer/second_order.h), internals of
   // fusedrnn/second_order.py.
   m.def("lstm_tangent_steps", &fusedrnn::lstm_tangent_steps,

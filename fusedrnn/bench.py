@@ -234,13 +234,15 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
-def measure(steps, timer, budget_s, warmup_rounds, faults=None):
+def measure(steps, timer, budget_s, warmup_rounds, faults=None, shuffle=None):
     """Times the steps interleaved, round after round, until budget_s has passed (warm-up
     included) and at least MIN_REPS rounds are done, malloc settled first (settle_malloc).
 
     steps: {name: Step}. -> {name: [ms per repetition]}, the same count for each name. With a
     dict `faults`, faults[name] gets each timed repetition's minor page faults (the whole
-    process's: any thread's).
+    process's: any thread's). With `shuffle` (a random.Random), each round runs the steps in an
+    order of its own, so that no step always follows the same one (a step run right after a
+    heavy one can read slower; with two steps each always follows the other).
     """
     def timed(step, faulted=None):
         step.reset()
@@ -261,8 +263,11 @@ def measure(steps, timer, budget_s, warmup_rounds, faults=None):
     for reps in range(MAX_REPS):
         if reps >= MIN_REPS and time.perf_counter() - began >= budget_s:
             break
-        for name, step in steps.items():
-            samples[name].append(timed(step, None if faults is None else faults[name]))
+        names = list(steps)
+        if shuffle is not None:
+            shuffle.shuffle(names)
+        for name in names:
+            samples[name].append(timed(steps[name], None if faults is None else faults[name]))
     return samples
 
 

@@ -1,6 +1,7 @@
 """What fusedrnn.bench reports: the environment of a run, the markdown table and the plot."""
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 from datetime import datetime, timezone
@@ -37,6 +38,13 @@ def environment(device) -> dict:
         "tf32": cuda and torch.backends.cudnn.allow_tf32,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def save_cpu_rows(path, rows):
+    """A CPU benchmark script's rows as JSON at `path`, with the environment they ran in."""
+    Path(path).write_text(json.dumps(dict(environment=environment(torch.device("cpu")),
+                                          threads=torch.get_num_threads(), rows=rows),
+                                     indent=1))
 
 
 def format_ms(value: float) -> str:

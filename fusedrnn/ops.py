@@ -15,6 +15,7 @@ output is packed the same way, [rows, H].
 """
 import inspect
 import os
+import weakref
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -354,8 +355,8 @@ def _leave_to_layer(node, key):
         node.left_passes = {}
     if (task, key) in node.left_passes:
         return False
-    try:
-        return torch._C._will_engine_execute_node(node)
+    try:  # a C++ layer node's context names its node (_NodeContext)
+        return torch._C._will_engine_execute_node(getattr(node, "graph_node", node))
     except RuntimeError:  # the engine refuses to say: run the pass whole
         return False
 
@@ -887,21 +888,76 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _single_step(mode, input, states, weights, batch_sizes, w_hr=None):
-    """A layer's CPU call at T=1 that may need a gradient (nn.LSTM stepped one step at a time, in
-    a decoder), as one autograd node in C++ (csrc/layer/direct.h, direct_layer_step), as the
-    cells' steps: the Function costs more than a small step's math. Either direction is the same
-    step. -> the results, or None where the node does not apply (then the Function runs, and
-    raises any error)."""
-    if (batch_sizes is not None or w_hr is not None or input.dim() != 3 or input.size(0) != 1
+def _layer_node(mode, input, states, weights, reverse, batch_sizes, w_hr=None):
+    """A one-direction layer's CPU call that may need a gradient, as one autograd node in C++
+    (csrc/layer/direct.h, direct_layer_node): a Python autograd.Function costs a few hundred
+    microseconds a training step, more than a small layer's math (a cell stepped in a loop, nn.LSTM
+    stepped one step at a time in a decoder, a batch of one). Any T in the forward direction; at
+    T=1 either direction, the same step. -> the results, or None where the node does not apply
+    (then the Function runs, and raises any error)."""
+    if (batch_sizes is not None or w_hr is not None or input.dim() != 3
+            or (reverse and input.size(0) != 1)
             or torch.compiler.is_compiling() or transform_active()
             or torch._C._has_torch_function((input, *states, *weights))):
         return None
     try:
-        return _C.direct_layer_step(mode, input, states,
+        return _C.direct_layer_node(mode, input, states,
                                     weights if weights[2] is not None else weights[:2])
     except (RuntimeError, ValueError):
         return None
+
+
+class _NodeContext:
+    """A Function's ctx as its backward reads it, for a C++ layer node whose backward runs the
+    Function's (_layer_node_backward). `graph_node`: the node, which the second-order pass asks
+    the engine about (_leave_to_layer)."""
+
+    def __init__(self, graph_node):
+        self.graph_node = graph_node
+
+
+# The contexts of the layer nodes whose create_graph backward ran in Python, by node: the
+# second-order pass of their gradients may leave its second half on one (_leave_to_layer), which
+# the node's next backward takes up. Held by that pass's graph alone (_Recomputation.layer).
+_node_contexts = weakref.WeakValueDictionary()
+
+
+def _layer_node_backward(cell, node, saved, grads, needed):
+    """The backward of the C++ layer node over a sequence where the fused op cannot give it alone
+    (grad mode on: create_graph or torch.func; batched gradients), and every backward of it after
+    a create_graph one: the Function's own, on a ctx built from what the node saved (its inputs,
+    then its copy of the output and the activations). `needed`: one per input. -> a gradient or
+    None per input."""
+    ctx = _node_contexts.get(node)
+    if ctx is None:
+        ctx = _NodeContext(node)
+        if torch.is_grad_enabled():
+            _node_contexts[node] = ctx
+    count = len(needed)
+    inputs, kept = list(saved[:count]), [k.detach() for k in saved[count:]]
+    weights = count - (3 if cell == "LSTM" else 2)  # w_ih, w_hh, and b_ih, b_hh where biased
+    if weights == 2:
+        inputs += [None, None]
+    needs = (*needed, *(False,) * (4 - weights))  # the biases' where absent
+    ctx.reverse, ctx.batch_sizes = False, None
+    if cell == "LSTM":
+        # No w_hr; the unprojected output empty, as lstm_forward gives it without one.
+        ctx.saved_tensors = (*inputs, None, *kept, kept[1].new_empty(0))
+        ctx.needs_input_grad = (*needs, False, False, False)
+        results = LSTMFunction.backward(ctx, *grads)[:7]
+    elif cell == "GRU":
+        ctx.saved_tensors = (*inputs, *kept)
+        ctx.needs_input_grad = (*needs, False, False)
+        results = GRUFunction.backward(ctx, *grads)[:6]
+    else:
+        ctx.relu = cell == "RNN_RELU"
+        ctx.saved_tensors = (*inputs, *kept)
+        ctx.needs_input_grad = (*needs, False, False, False)
+        results = RNNFunction.backward(ctx, *grads)[:6]
+    return results[:count]
+
+
+_C.set_python_layer_backward(_layer_node_backward)
 
 
 def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
@@ -909,9 +965,10 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
     """-> output [T, B, P], h_n [B, P], c_n [B, H], where P is w_hr's projection size (H without
     one). Saves nothing when no gradient is needed."""
     if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-        step = _single_step("LSTM", input, (h0, c0), (w_ih, w_hh, b_ih, b_hh), batch_sizes, w_hr)
-        if step is not None:
-            return tuple(step)
+        node = _layer_node("LSTM", input, (h0, c0), (w_ih, w_hh, b_ih, b_hh), reverse,
+                           batch_sizes, w_hr)
+        if node is not None:
+            return tuple(node)
         return _apply(LSTMFunction, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes,
                       w_hr)[:3]
     output, hn, cn, _, _, _ = _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
@@ -922,9 +979,9 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
 def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_sizes=None):
     """-> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
-        step = _single_step("GRU", input, (h0,), (w_ih, w_hh, b_ih, b_hh), batch_sizes)
-        if step is not None:
-            return tuple(step)
+        node = _layer_node("GRU", input, (h0,), (w_ih, w_hh, b_ih, b_hh), reverse, batch_sizes)
+        if node is not None:
+            return tuple(node)
         return _apply(GRUFunction, input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes)[:2]
     output, hn, _ = _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False,
                                      batch_sizes)
@@ -935,10 +992,10 @@ def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=F
               batch_sizes=None):
     """Elman RNN, tanh (or relu). -> output [T, B, H], h_n [B, H]."""
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
-        step = _single_step("RNN_RELU" if relu else "RNN_TANH", input, (h0,),
-                            (w_ih, w_hh, b_ih, b_hh), batch_sizes)
-        if step is not None:
-            return tuple(step)
+        node = _layer_node("RNN_RELU" if relu else "RNN_TANH", input, (h0,),
+                           (w_ih, w_hh, b_ih, b_hh), reverse, batch_sizes)
+        if node is not None:
+            return tuple(node)
         return _apply(RNNFunction, input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
                       batch_sizes)[:2]
     return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)

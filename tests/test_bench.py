@@ -1,6 +1,7 @@
 """fusedrnn.bench end to end on a tiny shape: the report's columns, ONNX Runtime's included."""
 import importlib.util
 import json
+import random
 import subprocess
 import sys
 import warnings
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from fusedrnn import bench
+from fusedrnn.bench_report import save_cpu_rows
 
 
 def test_bench_reports_every_baseline(tmp_path, capsys):
@@ -69,6 +71,7 @@ def test_settled_malloc_keeps_a_training_step_free_of_page_faults():
     script = """
 import resource, statistics, torch
 from fusedrnn import bench
+from fusedrnn.bench_report import save_cpu_rows
 bench.settle_malloc()
 torch.manual_seed(0)
 lstm = torch.nn.LSTM(128, 128, 2, bidirectional=True)
@@ -130,12 +133,55 @@ def test_cell_loops_times_the_node_and_the_function(cell):
     """benchmarks/cell_loops.py's case, tiny: training times torch.nn, the C++ node and the
     Function, and leaves the node switched back on."""
     from fusedrnn._extension import _C
-    nodes = (_C.direct_cell_step, _C.direct_layer_step)
+    nodes = (_C.direct_cell_step, _C.direct_layer_node)
     script = _script("cell_loops")
     row = script.measure(cell, 3, 2, 4, "training", seconds=0.0)
     assert set(row["ms"]) == {"torch", "fused", "fused_function"}
     assert all(ms > 0 for ms in row["ms"].values())
     assert len(row["torch_over_fused_function_quartiles"]) == 2
-    assert (_C.direct_cell_step, _C.direct_layer_step) == nodes
+    assert (_C.direct_cell_step, _C.direct_layer_node) == nodes
     assert set(script.measure(cell, 3, 2, 4, "inference", seconds=0.0)["ms"]) == {"torch",
                                                                                  "fused"}
+
+
+@pytest.mark.parametrize("step", ["training", "penalty"])
+def test_layer_node_times_the_node_and_the_function(step, tmp_path):
+    """benchmarks/layer_node.py's case, tiny: torch.nn, the layer's C++ node and the Function,
+    the node switched back on afterwards; the rows saved with their environment."""
+    from fusedrnn._extension import _C
+    node = _C.direct_layer_node
+    script = _script("layer_node")
+    row = script.measure("gru", 1, 4, 2, 3, step, seconds=0.0)
+    assert set(row["ms"]) == {"torch", "fused", "fused_function"}
+    assert all(ms > 0 for ms in row["ms"].values())
+    assert len(row["function_over_node_quartiles"]) == 2
+    assert _C.direct_layer_node is node
+    save_cpu_rows(tmp_path / "rows.json", [row])
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert saved["rows"] == [row] and saved["environment"]["cpu_isa"]
+
+
+def test_measure_in_shuffled_order_times_every_step_each_round():
+    """With `shuffle`, each round runs every step once, in orders that differ between rounds."""
+    order = []
+    steps = {name: _Called(lambda name=name: order.append(name)) for name in "abc"}
+    samples = bench.measure(steps, lambda step: step() or 1.0, 0.0, 0,
+                            shuffle=random.Random(0))
+    rounds = [order[i:i + 3] for i in range(0, len(order), 3)]
+    assert len(rounds) >= bench.MIN_REPS
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1
+    assert all(len(ms) == len(rounds) for ms in samples.values())
+
+
+class _Called:
+    """A step for bench.measure around a plain function."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def reset(self):
+        pass
+
+    def __call__(self):
+        self.function()

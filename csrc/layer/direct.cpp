@@ -21,12 +21,18 @@ namespace {
 
 enum class Cell { kLstm, kGru, kRnnTanh, kRnnRelu };
 
+// nn.RNNBase's modes, in Cell's order.
+constexpr const char* kCellNames[] = {"LSTM", "GRU", "RNN_TANH", "RNN_RELU"};
+
 Cell cell_named(const std::string& name) {
-  if (name == "LSTM") return Cell::kLstm;
-  if (name == "GRU") return Cell::kGru;
-  if (name == "RNN_TANH") return Cell::kRnnTanh;
-  TORCH_CHECK(name == "RNN_RELU", "fusedrnn: unknown cell '", name, "'");
-  return Cell::kRnnRelu;
+  for (int cell = 0; cell < 4; ++cell)
+    if (name == kCellNames[cell]) return static_cast<Cell>(cell);
+  TORCH_CHECK(false, "fusedrnn: unknown cell '", name, "'");
+}
+
+PythonLayerBackward& python_layer_backward() {
+  static PythonLayerBackward backward;
+  return backward;
 }
 
 size_t state_count(Cell cell) { return cell == Cell::kLstm ? 2 : 1; }  // h, and c
@@ -220,16 +226,16 @@ Tensor sum_of(const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
-// One step of a cell where a gradient may follow, as one autograd node in C++
-// (direct_cell_step), or a layer's single step (`layer`, direct_layer_step). Its tensors, in
-// order: x [B, I] or [I] (a layer's: [1, B, I]), h (and c for the LSTM), w_ih, w_hh (and b_ih,
-// b_hh where has_bias); the LSTM's zero states, where the call gave none, as tensors that need
-// no gradient. -> the new h (and c), shaped as x is; a layer's output [1, B, H] before them;
-// last, the activations (activations_at) [1, B, 4H] or [1, B, H], which the caller drops.
-// Saved as an output, they are differentiable in a create_graph backward: the backward of that
-// backward comes back to this node once, with the states' gradients (one set of products, as
-// torch.nn's graph takes), not through a node of their own.
-struct CellStep : torch::autograd::Function<CellStep> {
+// A cell's step where a gradient may follow, as one autograd node in C++ (direct_cell_step), or a
+// one-direction layer's whole call (`layer`, direct_layer_node: any T). Its tensors, in order:
+// x [B, I] or [I] (a layer's: [T, B, I]), h (and c for the LSTM), w_ih, w_hh (and b_ih, b_hh
+// where has_bias); the LSTM's zero states, where the call gave none, as tensors that need no
+// gradient. -> the new h (and c), shaped as x is; a layer's output [T, B, H] before them; last,
+// the activations (activations_at) [T, B, 4H] or [T, B, H], which the caller drops. Saved as an
+// output, they are differentiable in a create_graph backward of a single step: the backward of
+// that backward comes back to this node once, with the states' gradients (one set of products,
+// as torch.nn's graph takes), not through a node of their own.
+struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
   using Context = torch::autograd::AutogradContext;
   using Variables = torch::autograd::variable_list;
 
@@ -280,21 +286,47 @@ struct CellStep : torch::autograd::Function<CellStep> {
                                       [](const Tensor& g) { return g.defined(); });
     // A create_graph backward needs gradients that are differentiable, one under vmap (batched
     // gradients) gets tensors the fused ops cannot take, and the activations' gradient (the
-    // backward of such a backward) the fused ops do not take: all go through ATen's ops.
-    const bool in_aten =
+    // backward of such a backward) the fused ops do not take: a single step's go through ATen's
+    // ops, a sequence's through the Python Functions' backward (in_python).
+    const bool differentiated =
         c10::GradMode::is_enabled() || grads.back().defined() ||
         std::any_of(grads.begin(), grads.end(),
                     [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
-    Variables input_grads = !any_grad   ? Variables(inputs)
-                            : in_aten
-                                ? differentiable(cell, layer, saved, grads, needed)
-                                : fused(cell, has_bias, layer, saved, grads, needed);
+    const bool sequence = layer && saved[0].size(0) > 1;
+    Variables input_grads;
+    if (ctx->saved_data.count(kInPython) || (sequence && differentiated))
+      input_grads = in_python(ctx, cell, saved, grads, needed);
+    else if (!any_grad)
+      input_grads = Variables(inputs);
+    else if (differentiated)
+      input_grads = differentiable(cell, layer, saved, grads, needed);
+    else
+      input_grads = fused(cell, has_bias, layer, saved, grads, needed);
     Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
     return result;
   }
 
  private:
+  // Set once a create_graph backward of this node ran in Python: from then on every backward
+  // of it does, as its second-order pass may leave it the pass's second half (ops.py's
+  // _leave_to_layer), which only Python's backward takes up.
+  static constexpr const char* kInPython = "in_python";
+
+  // The backward of a layer's sequence by the Python Function's own (python_layer_backward),
+  // which differentiates the fused backward through fusedrnn/second_order.py's pass.
+  static Variables in_python(Context* ctx, Cell cell, const Variables& saved,
+                             const Variables& grads, const std::vector<bool>& needed) {
+    TORCH_CHECK(python_layer_backward(), "fusedrnn: the layer node's backward needs Python");
+    if (c10::GradMode::is_enabled()) ctx->saved_data[kInPython] = true;
+    // The node itself, alive while its backward runs (step_node keeps its address).
+    auto node = c10::intrusive_ptr<torch::autograd::Node>::reclaim_copy(
+        reinterpret_cast<torch::autograd::Node*>(ctx->saved_data["node"].toInt()));
+    Variables results(grads.begin(), grads.end() - 1);  // the activations' gradient: none here
+    return python_layer_backward()(kCellNames[static_cast<int>(cell)], node, saved, results,
+                                   needed);
+  }
+
   // The fused backward op's gradients, one per input (undefined where not needed).
   static Variables fused(Cell cell, bool has_bias, bool layer, const Variables& saved,
                          const Variables& grads, const std::vector<bool>& needed) {
@@ -552,8 +584,12 @@ std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
   std::vector<Tensor> tensors{input};
   tensors.insert(tensors.end(), states.begin(), states.end());
   tensors.insert(tensors.end(), weights.begin(), weights.end());
-  std::vector<Tensor> results = CellStep::apply(static_cast<int64_t>(cell), weights.size() == 4,
-                                                layer, at::TensorList(tensors));
+  std::vector<Tensor> results = RecurrenceNode::apply(
+      static_cast<int64_t>(cell), weights.size() == 4, layer, at::TensorList(tensors));
+  // The node's address, for a backward that hands it to Python (RecurrenceNode::in_python).
+  if (auto* node = dynamic_cast<torch::autograd::CppNode<RecurrenceNode>*>(
+          results.back().grad_fn().get()))
+    node->ctx_.saved_data["node"] = reinterpret_cast<int64_t>(node);
   results.pop_back();  // the activations, for the node's own create_graph backward
   return results;
 }
@@ -581,20 +617,24 @@ std::optional<std::vector<Tensor>> direct_cell_step(const std::string& cell_name
   return step_node(cell, false, input, zeros, weights);
 }
 
-std::optional<std::vector<Tensor>> direct_layer_step(const std::string& cell_name,
+std::optional<std::vector<Tensor>> direct_layer_node(const std::string& cell_name,
                                                      const Tensor& input,
                                                      const std::vector<Tensor>& hx,
                                                      const std::vector<Tensor>& weights) {
   if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
-  TORCH_CHECK(input.dim() == 3 && input.size(0) == 1,
-              "fusedrnn: a layer's single step takes input [1, B, I]");
+  TORCH_CHECK(input.dim() == 3 && input.size(0) > 0,
+              "fusedrnn: a layer takes input [T, B, I] with T > 0");
   TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
   TORCH_CHECK(hx.size() == state_count(cell), "fusedrnn: expected ", state_count(cell),
               " states");
   for (const Tensor& state : hx)
     TORCH_CHECK(state.dim() == 2, "fusedrnn: a layer's state must be [B, H]");
   return step_node(cell, true, input, hx, weights);
+}
+
+void set_python_layer_backward(PythonLayerBackward backward) {
+  python_layer_backward() = std::move(backward);
 }
 
 }  // namespace fusedrnn

@@ -1,9 +1,9 @@
 // The modules' and cells' calls that need no gradient, from Python straight to the layer
-// functions (layer.h) in one call, without the dispatcher; and a cell's step that may need one,
-// as a single autograd node in C++ (direct_cell_step). A small call's cost is its Python
-// and its boxed op calls, not its math: at T=1 B=1 H=64 the LSTM's products take 1.5 us of a
-// 20 us module call (benchmarks/NOTES.md). These run the same functions the ops do, so their
-// results are the ops' bit for bit.
+// functions (layer.h) in one call, without the dispatcher; and a cell's step or a layer's call
+// that may need one, as a single autograd node in C++ (direct_cell_step, direct_layer_node). A
+// small call's cost is its Python and its boxed op calls, not its math: at T=1 B=1 H=64 the
+// LSTM's products take 1.5 us of a 20 us module call (benchmarks/NOTES.md). These run the same
+// functions the ops do, so their results are the ops' bit for bit.
 //
 // Each returns nullopt where the call must go through the dispatcher instead, so that whatever
 // watches or transforms ops sees them: a gradient may follow (grad mode on and a tensor that
@@ -14,11 +14,18 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/intrusive_ptr.h>
+
+#include <functional>
 
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
+
+namespace torch::autograd {
+struct Node;
+}  // namespace torch::autograd
 
 namespace fusedrnn {
 
@@ -57,13 +64,27 @@ std::optional<std::vector<at::Tensor>> direct_cell_step(const std::string& cell,
                                                         const std::vector<at::Tensor>& hx,
                                                         const std::vector<at::Tensor>& weights);
 
-// A one-direction layer's call at T=1 where a gradient may follow (a decoder stepping nn.LSTM
-// one step at a time), as the same node: input [1, B, I], hx its h0 (and c0) [B, H], weights
-// w_ih, w_hh (and b_ih, b_hh). -> output [1, B, H] (memory of its own), hn (and cn); nullopt as
-// direct_cell_step.
-std::optional<std::vector<at::Tensor>> direct_layer_step(const std::string& cell,
+// A one-direction layer's call where a gradient may follow, as the same node: input [T, B, I],
+// hx its h0 (and c0) [B, H], weights w_ih, w_hh (and b_ih, b_hh). -> output [T, B, H] (memory
+// of its own), hn (and cn); nullopt as direct_cell_step. At T=1 (a decoder stepping nn.LSTM one
+// step at a time) the node's backward is direct_cell_step's. Over a sequence, where grad mode is
+// on in the backward or gradients come batched, the backward is the Python Functions'
+// (python_layer_backward), so that their double backward, second_order.py's pass, takes it as
+// it takes theirs.
+std::optional<std::vector<at::Tensor>> direct_layer_node(const std::string& cell,
                                                          const at::Tensor& input,
                                                          const std::vector<at::Tensor>& hx,
                                                          const std::vector<at::Tensor>& weights);
+
+// The layer node's backward in Python: (cell, the node, its saved tensors: its inputs, then
+// its copy of the output and the activations its forward kept; the gradients of the output and
+// the final states, undefined where none came; which inputs need a gradient) -> a gradient per
+// input, undefined where none. Set by the binding layer (ops.cpp) to fusedrnn/ops.py's
+// _layer_node_backward.
+using PythonLayerBackward = std::function<std::vector<at::Tensor>(
+    const char* cell, const c10::intrusive_ptr<torch::autograd::Node>& node,
+    const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& grads,
+    const std::vector<bool>& needed)>;
+void set_python_layer_backward(PythonLayerBackward backward);
 
 }  // namespace fusedrnn

@@ -1,6 +1,7 @@
 """The direct calls (csrc/layer/direct.h): a module's or cell's CPU call that needs no gradient
 runs every layer in one C++ call past the dispatcher. It must give what the dispatcher's path
 gives, bit for bit, and step aside for whatever watches or transforms ops."""
+import gc
 import types
 
 import pytest
@@ -64,7 +65,7 @@ def _without_direct_calls(monkeypatch):
                                       direct_cell_step=lambda *args: None)
     monkeypatch.setattr(modules, "_C", declining)
     monkeypatch.setattr(cells, "_C", declining)
-    monkeypatch.setattr(ops._C, "direct_layer_step", lambda *args: None)
+    monkeypatch.setattr(ops._C, "direct_layer_node", lambda *args: None)
 
 
 def _direct_and_dispatched(call, model, slow_paths, monkeypatch):
@@ -419,7 +420,7 @@ def test_cell_step_with_gradients_matches_torch_nn_and_the_dispatcher_path(
     (states_, name, grads), (dispatched_states, dispatched_name, dispatched) = \
         _direct_and_dispatched(lambda: _step_and_gradients(fused, x, hx), fused,
                                ("_step", "_inference_step"), monkeypatch)
-    assert "CellStep" in name and "CellStep" not in dispatched_name
+    assert "RecurrenceNode" in name and "RecurrenceNode" not in dispatched_name
     assert grads.keys() == expected.keys() == dispatched.keys()
     assert_close_by_name(dict(enumerate(states_)), dict(enumerate(expected_states)), 1e-10)
     assert_close_by_name(grads, expected, 1e-10)
@@ -443,7 +444,7 @@ def test_cell_step_node_gradcheck_batched_and_twice(cell):
     def step(x, h, *parameters):
         hx = (h, 2 * h) if cell == "lstm" else h
         out = torch.func.functional_call(fused, dict(zip(names, parameters)), (x, hx))
-        assert "CellStep" in _node_name(_states_of(out))
+        assert "RecurrenceNode" in _node_name(_states_of(out))
         return out
 
     assert torch.autograd.gradcheck(step, (x, h, *parameters), check_batched_grad=True)
@@ -477,7 +478,8 @@ def test_cell_step_node_derivatives_to_the_third_match_torch_nn(cell, batch, bia
         results.append({**{f"{n} second": g for n, g in zip(names, second)},
                         **{f"{n} third": g for n, g in zip(names, third) if g is not None}})
         results[-1]["node"] = _node_name(states)
-    assert "CellStep" in results[1].pop("node") and "CellStep" not in results[0].pop("node")
+    nodes = [result.pop("node") for result in results]
+    assert "RecurrenceNode" in nodes[1] and "RecurrenceNode" not in nodes[0]
     assert results[1].keys() == results[0].keys()
     assert_close_by_name(results[1], results[0], 1e-10)
 
@@ -511,7 +513,7 @@ def test_step_node_penalty_in_half_precision(cell, layer, dtype):
     _, expected = gradients(ref, torch.float64)
     _, theirs = gradients(ref, dtype)
     node, ours = gradients(fused, dtype)
-    assert "CellStep" in node
+    assert "RecurrenceNode" in node
     for name, a, b, e in zip(["x", *dict(fused.named_parameters())], ours, theirs, expected):
         error, torch_error = ((a - e).norm() / e.norm()).item(), ((b - e).norm() / e.norm()).item()
         assert error <= 3 * torch_error, (name, error, torch_error)
@@ -547,7 +549,7 @@ def test_cell_step_node_keeps_torch_nns_rules(cell):
     packed = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
         out = _states_of(fused(x))
-    assert "CellStep" in _node_name(out) and packed
+    assert "RecurrenceNode" in _node_name(out) and packed
     out[0].mul_(2)
     out[0].sum().backward(retain_graph=True)
     out[0].sum().backward()
@@ -565,15 +567,19 @@ def test_cell_steps_with_gradients_that_are_watched_go_through_the_dispatcher(ce
         assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
 
 
+@pytest.mark.parametrize("wrt", ["all", "input"])
 @pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
 @pytest.mark.parametrize("config", [(1, 3, 7, 11, {}), (1, 1, 3, 4, {"bias": False}),
-                                    (1, 2, 5, 6, {"num_layers": 2, "batch_first": True})],
+                                    (1, 2, 5, 6, {"num_layers": 2, "batch_first": True}),
+                                    (9, 3, 7, 11, {}), (5, 1, 3, 4, {"bias": False}),
+                                    (6, 2, 5, 6, {"num_layers": 2, "batch_first": True})],
                          ids=_config_id)
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_module_single_step_with_gradients_is_one_node_per_layer(cell, config, with_state,
-                                                                 monkeypatch):
-    """A module called one step at a time in training (T=1, one direction): each layer is the
-    cells' C++ node. Output, final states and every gradient are torch.nn's, and the
+def test_module_with_gradients_is_one_node_per_layer(cell, config, with_state, wrt,
+                                                     monkeypatch):
+    """A one-direction module in training, called over a sequence or one step at a time: each
+    layer is one C++ node. Output, final states and every gradient asked for (all, or the
+    input's alone, where the node skips the weights' products) are torch.nn's, and the
     Function's bit for bit; the output has memory of its own, as torch.nn's."""
     ref, fused, x, hx = _case(cell, config)
     hx = hx if with_state else None
@@ -585,15 +591,15 @@ def test_module_single_step_with_gradients_is_one_node_per_layer(cell, config, w
         gen = torch.Generator().manual_seed(12)
         loss = sum((r * torch.randn(r.shape, generator=gen, dtype=r.dtype)).sum()
                    for r in results)
-        wrt = [x, *model.parameters()]
-        names = ["x", *dict(model.named_parameters())]
-        grads = dict(zip(names, torch.autograd.grad(loss, wrt)))
+        names = ["x", *dict(model.named_parameters())] if wrt == "all" else ["x"]
+        wrt_tensors = [x, *model.parameters()] if wrt == "all" else [x]
+        grads = dict(zip(names, torch.autograd.grad(loss, wrt_tensors)))
         return [r.detach() for r in results], " ".join(graph_names(output)), grads
 
     expected, _, expected_grads = run(ref)
     (results, name, grads), (dispatched, dispatched_name, dispatched_grads) = \
         _direct_and_dispatched(lambda: run(fused), fused, (), monkeypatch)
-    assert "CellStep" in name and "CellStep" not in dispatched_name
+    assert "RecurrenceNode" in name and "RecurrenceNode" not in dispatched_name
     assert_close_by_name(dict(enumerate(results)), dict(enumerate(expected)), 1e-10)
     assert_close_by_name(grads, expected_grads, 1e-10)
     _assert_equal(results, dispatched)
@@ -603,21 +609,23 @@ def test_module_single_step_with_gradients_is_one_node_per_layer(cell, config, w
     assert output.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
 
 
+@pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_module_single_step_node_gradcheck_and_in_place_output(cell):
-    """The layer step's node against finite differences, batched and twice; and an output
-    edited in place before the backward, as torch.nn allows."""
+def test_module_node_gradcheck_and_in_place_output(cell, steps):
+    """The layer's node against finite differences, batched and twice (over a sequence, its
+    create_graph and batched backward are the Function's); and an output edited in place
+    before the backward, as torch.nn allows."""
     ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
     names = [name for name, _ in fused.named_parameters()]
     gen = torch.Generator().manual_seed(13)
-    x = torch.randn(1, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(steps, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     h = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     parameters = [p.detach().clone().requires_grad_() for p in fused.parameters()]
 
     def step(x, h, *parameters):
         hx = (h, h.cos()) if cell == "lstm" else h
         output, states = torch.func.functional_call(fused, dict(zip(names, parameters)), (x, hx))
-        assert "CellStep" in output.grad_fn.name()
+        assert "RecurrenceNode" in output.grad_fn.name()
         return (output, *states) if isinstance(states, tuple) else (output, states)
 
     assert torch.autograd.gradcheck(step, (x, h, *parameters), check_batched_grad=True)
@@ -628,3 +636,57 @@ def test_module_single_step_node_gradcheck_and_in_place_output(cell):
         output.mul_(3)
         grads.append(torch.autograd.grad(output.pow(2).sum(), [x, *model.parameters()]))
     assert_close_by_name(dict(enumerate(grads[1])), dict(enumerate(grads[0])), 1e-10)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_node_penalty_step_takes_the_second_order_pass(cell, layers, monkeypatch):
+    """A gradient penalty over a sequence through the layer nodes: the create_graph backward
+    goes to the Function's, whose second-order pass leaves its second half to the node (the
+    node's next backward takes it up, as the Function's node does); every gradient is
+    torch.nn's, and the node's context goes with the penalty's graph."""
+    ref, fused = make_pair(cell, 5, 6, "cpu", torch.float64, num_layers=layers)
+    gen = torch.Generator().manual_seed(16)
+    xs = torch.randn(7, 3, 5, generator=gen, dtype=torch.float64)
+    taken = []  # per call of _left_pass: its context's type, whether it took a pass up
+    left_pass = ops._left_pass
+
+    def spied(ctx, key):
+        left = left_pass(ctx, key)
+        taken.append((type(ctx).__name__, left is not None))
+        return left
+
+    monkeypatch.setattr(ops, "_left_pass", spied)
+    results = []
+    for model in (ref, fused):
+        x = xs.clone().requires_grad_()
+        output, _ = model(x)
+        (d_x,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
+        grads = torch.autograd.grad(d_x.pow(2).sum() + output.sum(), [x, *model.parameters()])
+        results.append(dict(zip(["x", *dict(model.named_parameters())], grads)))
+        if model is fused:
+            assert "RecurrenceNode" in output.grad_fn.name()
+            assert len(ops._node_contexts) == layers
+    assert_close_by_name(results[1], results[0], 1e-10)
+    # Each node's create_graph backward, then its backward that takes up the pass's half.
+    assert taken == [("_NodeContext", False)] * layers + [("_NodeContext", True)] * layers
+    del output, d_x
+    gc.collect()
+    assert len(ops._node_contexts) == 0
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_node_keeps_torch_nns_rules(cell):
+    """Over a sequence too: in-place edits of the output are allowed; a second backward without
+    retain_graph raises; saved-tensor hooks see what the node keeps."""
+    _, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        output, _ = fused(x)
+    assert "RecurrenceNode" in output.grad_fn.name() and packed
+    output.mul_(2)
+    output.sum().backward(retain_graph=True)
+    output.sum().backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        output.sum().backward()

@@ -1,0 +1,105 @@
+"""A one-direction layer's training step on the CPU through its C++ autograd node against the
+same step through the Python autograd.Function, and torch.nn's: first-order steps (fusedrnn.bench's
+training step: forward, backward of out.sum() + h_n.sum()) and a gradient-penalty step (the
+input's gradient taken with create_graph, then the backward of its squared norm plus the
+output's sum), whose create_graph backward the node hands to the Function's.
+
+The node (csrc/layer/direct.h, direct_layer_node) runs where a plain CPU call may need a
+gradient; "fused_function" declines it, as transforms and dispatch modes make it decline.
+Interleaved rounds, medians, the single rounds' quartiles, as fusedrnn.bench times its sides,
+each round in an order of its own (torch.nn's GRU step, 28 ms of small ops, slowed whichever
+side ran right after it).
+
+    python benchmarks/layer_node.py [SECONDS_PER_CASE] [OUT.json]
+"""
+import random
+import statistics
+import sys
+
+import torch
+
+import fusedrnn
+from fusedrnn import bench
+from fusedrnn._extension import _C
+from fusedrnn.bench_report import save_cpu_rows
+
+# cell, layers, T, B, H (I = H), step.
+CASES = [*((cell, 1, 100, 1, 64, "training") for cell in ("lstm", "gru", "rnn_tanh")),
+         ("lstm", 1, 100, 16, 64, "training"), ("lstm", 1, 100, 64, 32, "training"),
+         ("lstm", 1, 48, 32, 128, "training"), ("gru", 1, 48, 32, 128, "training"),
+         ("lstm", 2, 50, 16, 128, "training"),
+         ("lstm", 1, 50, 16, 128, "penalty"), ("gru", 1, 50, 16, 128, "penalty"),
+         ("rnn_tanh", 1, 50, 16, 128, "penalty")]
+
+
+class PenaltyStep(bench.Step):
+    """bench.Step's module and inputs; the step a gradient penalty takes."""
+
+    def __call__(self):
+        output, h_n = self.module(self.x, self.hx)
+        (d_x,) = torch.autograd.grad(output.pow(2).sum(), self.x, create_graph=True)
+        (d_x.pow(2).sum() + output.sum()).backward()
+
+
+class WithoutNode:
+    """A step with fusedrnn's layer node declined: the Python autograd.Function runs."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def reset(self):
+        self.step.reset()
+
+    def __call__(self):
+        node = _C.direct_layer_node
+        _C.direct_layer_node = lambda *args: None
+        try:
+            self.step()
+        finally:
+            _C.direct_layer_node = node
+
+
+def measure(cell, layers, T, B, H, step, seconds):
+    """-> one row: medians in ms, torch.nn time / fused time and its single rounds' quartiles,
+    for the node and for the Function."""
+    case = bench.Case(cell, T=T, B=B, I=H, H=H, layers=layers, mode="training")
+    reference, fused = bench.build_modules(case, torch.device("cpu"))
+    inputs = bench.make_inputs(case, torch.device("cpu"))
+    kind = PenaltyStep if step == "penalty" else bench.Step
+    steps = {"torch": kind(reference, inputs, "training"),
+             "fused": kind(fused, inputs, "training"),
+             "fused_function": WithoutNode(kind(fused, inputs, "training"))}
+    samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
+                            bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
+    ms = {name: statistics.median(times) for name, times in samples.items()}
+    row = dict(cell=cell, layers=layers, T=T, B=B, H=H, step=step,
+               rounds=len(samples["fused"]), ms=ms)
+    for name in ("fused", "fused_function"):
+        row[f"torch_over_{name}"] = ms["torch"] / ms[name]
+        row[f"torch_over_{name}_quartiles"] = bench.round_speedup_quartiles(samples["torch"],
+                                                                            samples[name])
+    row["function_over_node"] = ms["fused_function"] / ms["fused"]
+    row["function_over_node_quartiles"] = bench.round_speedup_quartiles(
+        samples["fused_function"], samples["fused"])
+    return row
+
+
+def main():
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
+    rows = []
+    for case in CASES:
+        row = measure(*case, seconds)
+        rows.append(row)
+        q = row["function_over_node_quartiles"]
+        print(f"{row['cell']} L{row['layers']} T={row['T']} B={row['B']} H={row['H']} "
+              f"{row['step']}: torch {row['ms']['torch']:.3f} ms, node "
+              f"{row['ms']['fused']:.3f} ms ({row['torch_over_fused']:.2f}x), function "
+              f"{row['ms']['fused_function']:.3f} ms ({row['torch_over_fused_function']:.2f}x); "
+              f"function / node {row['function_over_node']:.2f}x ({q[0]:.2f}-{q[1]:.2f})",
+              flush=True)
+    if len(sys.argv) > 2:
+        save_cpu_rows(sys.argv[2], rows)
+
+
+if __name__ == "__main__":
+    main()
