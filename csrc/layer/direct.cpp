@@ -37,8 +37,8 @@ PythonLayerBackward& python_layer_backward() {
 
 size_t state_count(Cell cell) { return cell == Cell::kLstm ? 2 : 1; }  // h, and c
 
-// Where a step's activations lie in what CellStep keeps: the output [1, B, H], then the LSTM's
-// gates (i, f, g, o) and cells, or the GRU's r, z, n and h W_hn^T + b_hn; the RNN's are its output.
+// Where the activations lie in what RecurrenceNode keeps: the output, then the LSTM's gates
+// (i, f, g, o) and cells, or the GRU's r, z, n and h W_hn^T + b_hn; the RNN's are its output.
 size_t activations_at(Cell cell) {
   return cell == Cell::kLstm || cell == Cell::kGru ? 1 : 0;
 }
@@ -322,9 +322,10 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     // The node itself, alive while its backward runs (step_node keeps its address).
     auto node = c10::intrusive_ptr<torch::autograd::Node>::reclaim_copy(
         reinterpret_cast<torch::autograd::Node*>(ctx->saved_data["node"].toInt()));
-    Variables results(grads.begin(), grads.end() - 1);  // the activations' gradient: none here
-    return python_layer_backward()(kCellNames[static_cast<int>(cell)], node, saved, results,
-                                   needed);
+    // The output's and the states'; the activations' gradient comes only to a single step.
+    const Variables result_grads(grads.begin(), grads.end() - 1);
+    return python_layer_backward()(kCellNames[static_cast<int>(cell)], node, saved,
+                                   result_grads, needed);
   }
 
   // The fused backward op's gradients, one per input (undefined where not needed).
@@ -586,10 +587,12 @@ std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
   tensors.insert(tensors.end(), weights.begin(), weights.end());
   std::vector<Tensor> results = RecurrenceNode::apply(
       static_cast<int64_t>(cell), weights.size() == 4, layer, at::TensorList(tensors));
-  // The node's address, for a backward that hands it to Python (RecurrenceNode::in_python).
-  if (auto* node = dynamic_cast<torch::autograd::CppNode<RecurrenceNode>*>(
-          results.back().grad_fn().get()))
-    node->ctx_.saved_data["node"] = reinterpret_cast<int64_t>(node);
+  // A sequence's node keeps its own address, for a backward that hands it to Python
+  // (RecurrenceNode::in_python); a single step's never does.
+  if (layer && input.size(0) > 1)
+    if (auto* node = dynamic_cast<torch::autograd::CppNode<RecurrenceNode>*>(
+            results.back().grad_fn().get()))
+      node->ctx_.saved_data["node"] = reinterpret_cast<int64_t>(node);
   results.pop_back();  // the activations, for the node's own create_graph backward
   return results;
 }

@@ -539,16 +539,21 @@ def test_cell_steps_in_a_loop_train_as_torch_nn(cell):
         assert_close_by_name(results[1], results[0], tol)
 
 
+@pytest.mark.parametrize("what", ["cell", "layer"])
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_cell_step_node_keeps_torch_nns_rules(cell):
-    """In-place edits of the new states are allowed, as torch.nn's LSTMCell and GRUCell allow
-    them; a second backward without retain_graph raises; saved-tensor hooks see what the node
-    keeps."""
-    _, fused = _cell_pair(cell, 3, 4, True)
-    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+def test_node_keeps_torch_nns_rules(cell, what):
+    """A cell's step and a layer's sequence: in-place edits of the results are allowed, as
+    torch.nn's allow them; a second backward without retain_graph raises; saved-tensor hooks see
+    what the node keeps."""
+    if what == "cell":
+        _, fused = _cell_pair(cell, 3, 4, True)
+        x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    else:
+        _, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     packed = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
-        out = _states_of(fused(x))
+        out = _states_of(fused(x)) if what == "cell" else fused(x)[:1]
     assert "RecurrenceNode" in _node_name(out) and packed
     out[0].mul_(2)
     out[0].sum().backward(retain_graph=True)
@@ -673,20 +678,3 @@ def test_module_node_penalty_step_takes_the_second_order_pass(cell, layers, monk
     del output, d_x
     gc.collect()
     assert len(ops._node_contexts) == 0
-
-
-@pytest.mark.parametrize("cell", ALL_CELLS)
-def test_module_node_keeps_torch_nns_rules(cell):
-    """Over a sequence too: in-place edits of the output are allowed; a second backward without
-    retain_graph raises; saved-tensor hooks see what the node keeps."""
-    _, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
-    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    packed = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
-        output, _ = fused(x)
-    assert "RecurrenceNode" in output.grad_fn.name() and packed
-    output.mul_(2)
-    output.sum().backward(retain_graph=True)
-    output.sum().backward()
-    with pytest.raises(RuntimeError, match="second time"):
-        output.sum().backward()
