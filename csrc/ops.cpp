@@ -248,6 +248,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("set_cpu_isa", &set_cpu_isa);
   m.def("onednn_gemm_works", &fusedrnn::onednn_gemm_works);
+  m.def("set_panel_sharing", &fusedrnn::cpu::set_panel_sharing);
+  m.def("panels_taken_over", &fusedrnn::cpu::panels_taken_over);
   m.def("engine_uses_gradient", &engine_uses_gradient);
   // The pool of CPU temporaries kept between calls (scratch.h).
   m.def("scratch_held_bytes", &fusedrnn::scratch::held_bytes);

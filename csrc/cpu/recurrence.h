@@ -96,6 +96,11 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
                 const PlanStep<Args>& plan, const StepDone& done);
 // The product alone.
 void fused_product(Dtype dtype, const Product& product);
+// Whether a loop's team shares out each step's panels between its threads as they finish their
+// own (on; team.cpp: StepPanels), and how many panels a thread has run from another's share so
+// far in this process: a switch and a count for tests and timings.
+void set_panel_sharing(bool on);
+int64_t panels_taken_over();
 
 // small_product's: columns [begin, end) of out[M, N] (+)= in[M, K] W, W = w^T for w [N, K] when
 // `transposed`, else w [K, N]: straight from the unpacked weights, on the calling thread (the

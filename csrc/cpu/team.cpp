@@ -1,7 +1,8 @@
 // The fused CPU recurrence's threads (recurrence.h). A loop's team of threads stays together
 // from its first step to its last, meeting at a barrier between steps: an OpenMP fork and join
-// per step costs more than a small step's math. Thread t always takes the same panels, so its
-// slice of the weights stays in its core's cache.
+// per step costs more than a small step's math. Thread t takes the same panels at every step, so
+// its slice of the weights stays in its core's cache, but for the few it leaves to a thread that
+// finished first (StepPanels).
 #include "recurrence.h"
 
 #include <ATen/Parallel.h>
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <exception>
 #include <thread>
+#include <vector>
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sched.h>
@@ -198,15 +200,101 @@ int64_t first_panel(const Panels& panels, int64_t t, int64_t threads) {
   return panels.count * t / threads;
 }
 
-// Runs the product and the pointwise step of thread t's panels, one of `threads`.
+// Runs the product and the pointwise step of panels [begin, end).
 template <typename Args>
-void run_slice(Dtype dtype, const Product& product, const Args& args, int64_t t,
-               int64_t threads) {
+void run_panels(Dtype dtype, const Product& product, const Args& args, int64_t begin,
+                int64_t end) {
   const Panels& panels = *product.panels;
-  const int64_t begin = first_panel(panels, t, threads), end = first_panel(panels, t + 1, threads);
   if (product.in || product.input) product_panels(dtype, product, begin, end);
   step_units(dtype, args, begin * panels.units(), std::min(panels.hidden, end * panels.units()));
 }
+
+// A panel's multiply-adds from which a team's threads share out a step's panels as they go
+// (StepPanels) rather than each running its own: a claim costs a compare-and-swap, tens of
+// nanoseconds, against a panel's microsecond or more from this size on.
+constexpr int64_t kShareWork = 1 << 15;
+// Panels per thread from which they share them out.
+constexpr int64_t kSharePanels = 4;
+std::atomic<bool> panel_sharing{true};
+std::atomic<int64_t> taken_over{0};  // panels run by a thread other than their slice's
+
+// A step's panels, each member's slice (first_panel) as a range of its own: the member takes
+// its panels from the front, and a member done with its own slice takes the others' from the
+// back. Where one thread runs slower (the planner's serial work, a vCPU the host gives less
+// time), the other finishes its panels instead of waiting for it at the barrier: a team of two
+// waited at the barrier through 10-16% of each thread's time in the LSTM's inference at T=48
+// B=32 H=128 and T=100 B=64 H=512. Members mostly run their own slice, so its weights stay in
+// their cores' caches, and each panel's results are the same whichever thread computes them.
+class StepPanels {
+ public:
+  explicit StepPanels(int64_t members) : slices_(members) {}
+
+  // Gives every member its slice again, for a new step: between the barriers around the steps
+  // that use it.
+  void reset(const Panels& panels) {
+    const int64_t members = static_cast<int64_t>(slices_.size());
+    for (int64_t t = 0; t < members; ++t) {
+      slices_[t].range.store(range(first_panel(panels, t, members),
+                                   first_panel(panels, t + 1, members)),
+                             std::memory_order_relaxed);
+    }
+  }
+
+  // Runs member t's panels, two at a time (the gate math runs two vectors of units side by
+  // side), then any left in the others' slices, one at a time.
+  template <typename Run>
+  void run(int64_t t, const Run& run_panels) {
+    for (Claim c; (c = claim_front(t, 2)).count > 0;) run_panels(c.first, c.first + c.count);
+    const int64_t members = static_cast<int64_t>(slices_.size());
+    for (int64_t i = 1; i < members; ++i)
+      for (int64_t p; (p = claim_back((t + i) % members)) >= 0;) {
+        taken_over.fetch_add(1, std::memory_order_relaxed);
+        run_panels(p, p + 1);
+      }
+  }
+
+ private:
+  struct Claim {
+    int64_t first = 0, count = 0;
+  };
+
+  // [begin, end) in one word, so that the front and the back are claimed atomically together.
+  static uint64_t range(int64_t begin, int64_t end) {
+    return static_cast<uint64_t>(begin) << 32 | static_cast<uint64_t>(end);
+  }
+  static int64_t begin_of(uint64_t word) { return static_cast<int64_t>(word >> 32); }
+  static int64_t end_of(uint64_t word) { return static_cast<int64_t>(word & 0xffffffffu); }
+
+  // -> up to `most` panels from the front of slice t, now claimed (none when none is left).
+  Claim claim_front(int64_t t, int64_t most) {
+    std::atomic<uint64_t>& word = slices_[t].range;
+    uint64_t left = word.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t begin = begin_of(left), count = std::min(most, end_of(left) - begin);
+      if (count <= 0) return {};
+      if (word.compare_exchange_weak(left, range(begin + count, end_of(left)),
+                                     std::memory_order_relaxed))
+        return {begin, count};
+    }
+  }
+
+  // -> the last panel left in slice t, now claimed; -1 when none is left.
+  int64_t claim_back(int64_t t) {
+    std::atomic<uint64_t>& word = slices_[t].range;
+    uint64_t left = word.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t begin = begin_of(left), end = end_of(left);
+      if (begin >= end) return -1;
+      if (word.compare_exchange_weak(left, range(begin, end - 1), std::memory_order_relaxed))
+        return end - 1;
+    }
+  }
+
+  struct alignas(64) Slice {  // a line each: a member claims its own without sharing it
+    std::atomic<uint64_t> range{0};
+  };
+  std::vector<Slice> slices_;
+};
 
 }  // namespace
 
@@ -221,6 +309,15 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
   // the planner fills the next step's slot while the team computes this one.
   Product products[2]{};
   Args args[2]{};
+  const bool sharing = threads > 1 && panels.count >= kSharePanels * threads &&
+                       std::max<int64_t>(1, rows) * panels.depth * panels.vectors() *
+                               panels.lanes >= kShareWork &&
+                       panel_sharing.load(std::memory_order_relaxed);
+  StepPanels step_panels[2]{StepPanels(threads), StepPanels(threads)};
+  const auto fill = [&](int64_t s, int slot) {
+    plan(s, products[slot], args[slot]);
+    if (sharing) step_panels[slot].reset(panels);
+  };
   TeamBarrier barrier(threads);
   std::exception_ptr error;  // the planner's; the barrier publishes it to the others
   const auto guarded = [&](const auto& work) {
@@ -234,8 +331,17 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     const bool planner = begin == 0;
     const auto compute = [&](int slot) {
-      for (int64_t t = begin; t < end; ++t)
-        run_slice(dtype, products[slot], args[slot], t, threads);
+      const Product& product = products[slot];
+      for (int64_t t = begin; t < end; ++t) {
+        if (sharing) {
+          step_panels[slot].run(t, [&](int64_t first, int64_t last) {
+            run_panels(dtype, product, args[slot], first, last);
+          });
+        } else {
+          run_panels(dtype, product, args[slot], first_panel(panels, t, threads),
+                     first_panel(panels, t + 1, threads));
+        }
+      }
     };
     const auto all_arrived = [&] {  // -> whether to go on
       barrier.arrive_and_wait(end - begin);
@@ -245,19 +351,19 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
       for (int64_t s = 0; s < steps; ++s) {
         if (planner) guarded([&] {
           if (s > 0) done(s - 1);
-          plan(s, products[0], args[0]);
+          fill(s, 0);
         });
         if (!all_arrived()) return;
         compute(0);
         barrier.arrive_and_wait(end - begin);
       }
     } else {  // one barrier a step: the planner plans step s + 1 alongside step s
-      if (planner) guarded([&] { plan(0, products[0], args[0]); });
+      if (planner) guarded([&] { fill(0, 0); });
       if (!all_arrived()) return;
       for (int64_t s = 0; s < steps; ++s) {
         if (planner) guarded([&] {
           if (s > 0) done(s - 1);
-          if (s + 1 < steps) plan(s + 1, products[(s + 1) % 2], args[(s + 1) % 2]);
+          if (s + 1 < steps) fill(s + 1, (s + 1) % 2);
         });
         compute(s % 2);
         if (!all_arrived()) return;
@@ -274,6 +380,9 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
                            const StepDone&);
 FUSEDRNN_FOR_EACH_STEP(FUSEDRNN_INSTANTIATE)
 #undef FUSEDRNN_INSTANTIATE
+
+void set_panel_sharing(bool on) { panel_sharing.store(on, std::memory_order_relaxed); }
+int64_t panels_taken_over() { return taken_over.load(std::memory_order_relaxed); }
 
 void fused_product(Dtype dtype, const Product& product) {
   const Panels& panels = *product.panels;

@@ -1,6 +1,7 @@
 """Under load: a team with more threads than CPUs (a pinned process), and several threads
-serving requests at once, finish and give torch.nn's results. (How fast they are is for
-benchmarks/concurrency.py.)"""
+serving requests at once, finish and give torch.nn's results; a team whose threads share out
+a step's panels gives the same results as one whose threads each run their own. (How fast they
+are is for benchmarks/concurrency.py.)"""
 import json
 import os
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CELLS, make_pair, random_state, rel_err, run_and_grad
+import fusedrnn
+from conftest import CELLS, TOLERANCE, make_pair, random_state, rel_err, run_and_grad
 
 _PINNED = textwrap.dedent("""
     import json, os, sys, time
@@ -93,3 +95,40 @@ def test_threads_serving_at_once(cell, callers):
         assert max(errs.values()) <= 1e-5, errs
         assert [k for k, v in alone[caller].items() if not torch.equal(results[caller][k], v)] \
             == []
+
+
+@pytest.fixture
+def panel_sharing():
+    """Yields _C.set_panel_sharing, and turns sharing back on afterwards."""
+    yield fusedrnn._C.set_panel_sharing
+    fusedrnn._C.set_panel_sharing(True)
+
+
+# (T, B, H): a loop's steps with 8 to 64 panels of at least 32K multiply-adds each, where a
+# team's threads share out the panels; H=200 ends in a panel of fewer units than the others.
+_SHARED_SHAPES = [(48, 32, 128), (20, 8, 256), (12, 16, 200), (6, 64, 512)]
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="a team needs two threads")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_shared_panels_give_each_threads_own_results(cell, dtype, panel_sharing):
+    """With the panels shared out (a thread done with its own takes the others' left), every
+    output and gradient is bitwise what each thread computing its own slice gives, and torch.nn's;
+    and over these calls some thread did take panels over."""
+    taken_before = fusedrnn._C.panels_taken_over()
+    for T, B, H in _SHARED_SHAPES:
+        ref, fused = make_pair(cell, H, H, "cpu", dtype, seed=T)
+        gen = torch.Generator().manual_seed(B)
+        x = torch.randn(T, B, H, generator=gen).to(dtype)
+        hx = random_state(cell, ref, B, "cpu", dtype, gen)
+        panel_sharing(False)
+        own = run_and_grad(fused, x, hx)
+        panel_sharing(True)
+        for _ in range(3):
+            shared = run_and_grad(fused, x, hx)
+            assert [k for k, v in own.items() if not torch.equal(shared[k], v)] == [], (T, B, H)
+        expected = run_and_grad(ref, x, hx)
+        errs = {k: rel_err(shared[k], expected[k]) for k in expected}
+        assert max(errs.values()) <= TOLERANCE[dtype], (T, B, H, errs)
+    assert fusedrnn._C.panels_taken_over() > taken_before
