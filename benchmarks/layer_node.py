@@ -1,11 +1,12 @@
-"""A one-direction layer's training step on the CPU through its C++ autograd node against the
-same step through the Python autograd.Function, and torch.nn's: first-order steps (fusedrnn.bench's
+"""A layer's training step on the CPU through its C++ autograd node (one direction's, or both
+directions' in one) against the same step through the Python autograd.Function, and torch.nn's: first-order steps (fusedrnn.bench's
 training step: forward, backward of out.sum() + h_n.sum()) and a gradient-penalty step (the
 input's gradient taken with create_graph, then the backward of its squared norm plus the
 output's sum), whose create_graph backward the node hands to the Function's.
 
-The node (csrc/layer/direct.h, direct_layer_node) runs where a plain CPU call may need a
-gradient; "fused_function" declines it, as transforms and dispatch modes make it decline.
+The nodes (csrc/layer/direct.h, direct_layer_node and direct_layer_pair_node) run where a plain
+CPU call may need a gradient; "fused_function" declines them, as transforms and dispatch modes
+make them decline.
 Interleaved rounds, medians, the single rounds' quartiles, as fusedrnn.bench times its sides,
 each round in an order of its own (torch.nn's GRU step, 28 ms of small ops, slowed whichever
 side ran right after it).
@@ -23,13 +24,16 @@ from fusedrnn import bench
 from fusedrnn._extension import _C
 from fusedrnn.bench_report import save_cpu_rows
 
-# cell, layers, T, B, H (I = H), step.
-CASES = [*((cell, 1, 100, 1, 64, "training") for cell in ("lstm", "gru", "rnn_tanh")),
-         ("lstm", 1, 100, 16, 64, "training"), ("lstm", 1, 100, 64, 32, "training"),
-         ("lstm", 1, 48, 32, 128, "training"), ("gru", 1, 48, 32, 128, "training"),
-         ("lstm", 2, 50, 16, 128, "training"),
-         ("lstm", 1, 50, 16, 128, "penalty"), ("gru", 1, 50, 16, 128, "penalty"),
-         ("rnn_tanh", 1, 50, 16, 128, "penalty")]
+# cell, layers, T, B, H (I = H), step, bidirectional.
+CASES = [*((cell, 1, 100, 1, 64, "training", False) for cell in ("lstm", "gru", "rnn_tanh")),
+         ("lstm", 1, 100, 16, 64, "training", False), ("lstm", 1, 100, 64, 32, "training", False),
+         ("lstm", 1, 48, 32, 128, "training", False), ("gru", 1, 48, 32, 128, "training", False),
+         ("lstm", 2, 50, 16, 128, "training", False),
+         ("lstm", 1, 50, 16, 128, "penalty", False), ("gru", 1, 50, 16, 128, "penalty", False),
+         ("rnn_tanh", 1, 50, 16, 128, "penalty", False),
+         *((cell, 1, 50, 1, 64, "training", True) for cell in ("lstm", "gru", "rnn_tanh")),
+         ("lstm", 1, 20, 4, 64, "training", True), ("lstm", 2, 50, 16, 128, "training", True),
+         ("lstm", 1, 50, 16, 128, "penalty", True)]
 
 
 class PenaltyStep(bench.Step):
@@ -42,7 +46,7 @@ class PenaltyStep(bench.Step):
 
 
 class WithoutNode:
-    """A step with fusedrnn's layer node declined: the Python autograd.Function runs."""
+    """A step with fusedrnn's layer nodes declined: the Python autograd.Functions run."""
 
     def __init__(self, step):
         self.step = step
@@ -51,18 +55,19 @@ class WithoutNode:
         self.step.reset()
 
     def __call__(self):
-        node = _C.direct_layer_node
-        _C.direct_layer_node = lambda *args: None
+        nodes = _C.direct_layer_node, _C.direct_layer_pair_node
+        _C.direct_layer_node = _C.direct_layer_pair_node = lambda *args: None
         try:
             self.step()
         finally:
-            _C.direct_layer_node = node
+            _C.direct_layer_node, _C.direct_layer_pair_node = nodes
 
 
-def measure(cell, layers, T, B, H, step, seconds):
+def measure(cell, layers, T, B, H, step, seconds, bidirectional=False):
     """-> one row: medians in ms, torch.nn time / fused time and its single rounds' quartiles,
     for the node and for the Function."""
-    case = bench.Case(cell, T=T, B=B, I=H, H=H, layers=layers, mode="training")
+    case = bench.Case(cell, T=T, B=B, I=H, H=H, layers=layers, bidirectional=bidirectional,
+                      mode="training")
     reference, fused = bench.build_modules(case, torch.device("cpu"))
     inputs = bench.make_inputs(case, torch.device("cpu"))
     kind = PenaltyStep if step == "penalty" else bench.Step
@@ -72,7 +77,7 @@ def measure(cell, layers, T, B, H, step, seconds):
     samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
                             bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
     ms = {name: statistics.median(times) for name, times in samples.items()}
-    row = dict(cell=cell, layers=layers, T=T, B=B, H=H, step=step,
+    row = dict(cell=cell, layers=layers, bidirectional=bidirectional, T=T, B=B, H=H, step=step,
                rounds=len(samples["fused"]), ms=ms)
     for name in ("fused", "fused_function"):
         row[f"torch_over_{name}"] = ms["torch"] / ms[name]
@@ -87,11 +92,12 @@ def measure(cell, layers, T, B, H, step, seconds):
 def main():
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
     rows = []
-    for case in CASES:
-        row = measure(*case, seconds)
+    for *case, bidirectional in CASES:
+        row = measure(*case, seconds, bidirectional)
         rows.append(row)
         q = row["function_over_node_quartiles"]
-        print(f"{row['cell']} L{row['layers']} T={row['T']} B={row['B']} H={row['H']} "
+        print(f"{row['cell']} L{row['layers']}{' bidir' if bidirectional else ''} T={row['T']} "
+              f"B={row['B']} H={row['H']} "
               f"{row['step']}: torch {row['ms']['torch']:.3f} ms, node "
               f"{row['ms']['fused']:.3f} ms ({row['torch_over_fused']:.2f}x), function "
               f"{row['ms']['fused_function']:.3f} ms ({row['torch_over_fused_function']:.2f}x); "

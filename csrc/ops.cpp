@@ -156,14 +156,15 @@ void set_python_layer_backward(py::function backward) {
   // to the interpreter's exit.
   const auto* function = new py::function(std::move(backward));
   fusedrnn::set_python_layer_backward(
-      [function](const char* cell, const c10::intrusive_ptr<torch::autograd::Node>& node,
+      [function](const char* cell, bool pair,
+                 const c10::intrusive_ptr<torch::autograd::Node>& node,
                  const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& grads,
                  const std::vector<bool>& needed) {
         py::gil_scoped_acquire gil;
         const auto node_object =
             py::reinterpret_steal<py::object>(torch::autograd::functionToPyObject(node));
         std::vector<at::Tensor> results;
-        for (const py::handle g : (*function)(cell, node_object, saved, grads, needed))
+        for (const py::handle g : (*function)(cell, pair, node_object, saved, grads, needed))
           results.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
         return results;
       });
@@ -181,6 +182,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("direct_cell_step", &fusedrnn::direct_cell_step,
         py::call_guard<py::gil_scoped_release>());
   m.def("direct_layer_node", &fusedrnn::direct_layer_node,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("direct_layer_pair_node", &fusedrnn::direct_layer_pair_node,
         py::call_guard<py::gil_scoped_release>());
   m.def("set_python_layer_backward", &set_python_layer_backward);
   // The double backward's loops over time (layer/second_order.h), internals of

@@ -907,6 +907,26 @@ def _layer_node(mode, input, states, weights, reverse, batch_sizes, w_hr=None):
         return None
 
 
+def _layer_pair_node(mode, input, directions, batch_sizes):
+    """Both directions of a layer's CPU call that may need a gradient as one autograd node in C++
+    (direct_layer_pair_node), as _layer_node does for one direction. directions: each
+    direction's states, then w_ih, w_hh, b_ih, b_hh (and the LSTM's w_hr), as the pair Functions
+    take them. -> both directions' results, or None where the node does not apply."""
+    states = 2 if mode == "LSTM" else 1
+    forward, reverse = directions
+    if (batch_sizes is not None or (mode == "LSTM" and forward[-1] is not None)
+            or input.dim() != 3 or torch.compiler.is_compiling() or transform_active()
+            or torch._C._has_torch_function((input, *forward, *reverse))):
+        return None
+    hx = [*forward[:states], *reverse[:states]]
+    weights = [w for direction in (forward, reverse) for w in direction[states:states + 4]
+               if w is not None]
+    try:
+        return _C.direct_layer_pair_node(mode, input, hx, weights)
+    except (RuntimeError, ValueError):
+        return None
+
+
 class _NodeContext:
     """A Function's ctx as its backward reads it, for a C++ layer node whose backward runs the
     Function's (_layer_node_backward). `graph_node`: the node, which the second-order pass asks
@@ -922,12 +942,12 @@ class _NodeContext:
 _node_contexts = weakref.WeakValueDictionary()
 
 
-def _layer_node_backward(cell, node, saved, grads, needed):
-    """The backward of the C++ layer node over a sequence where the fused op cannot give it alone
+def _layer_node_backward(cell, pair, node, saved, grads, needed):
+    """The backward of a C++ layer node over a sequence where the fused op cannot give it alone
     (grad mode on: create_graph or torch.func; batched gradients), and every backward of it after
-    a create_graph one: the Function's own, on a ctx built from what the node saved (its inputs,
-    then its copy of the output and the activations). `needed`: one per input. -> a gradient or
-    None per input."""
+    a create_graph one: the Function's own (the pair Function's where `pair`), on a ctx built
+    from what the node saved (its inputs, then per direction its copy of the output and the
+    activations). `needed`: one per input. -> a gradient or None per input."""
     ctx = _node_contexts.get(node)
     if ctx is None:
         ctx = _NodeContext(node)
@@ -935,6 +955,8 @@ def _layer_node_backward(cell, node, saved, grads, needed):
             _node_contexts[node] = ctx
     count = len(needed)
     inputs, kept = list(saved[:count]), [k.detach() for k in saved[count:]]
+    if pair:
+        return _pair_node_backward(ctx, cell, inputs, kept, grads, needed)
     weights = count - (3 if cell == "LSTM" else 2)  # w_ih, w_hh, and b_ih, b_hh where biased
     if weights == 2:
         inputs += [None, None]
@@ -955,6 +977,43 @@ def _layer_node_backward(cell, node, saved, grads, needed):
         ctx.needs_input_grad = (*needs, False, False, False)
         results = RNNFunction.backward(ctx, *grads)[:6]
     return results[:count]
+
+
+def _pair_node_backward(ctx, cell, inputs, kept, grads, needed):
+    """_layer_node_backward's for a pair node: x, then each direction's states, w_ih, w_hh and
+    biases where it has them; kept: each direction's output, then its activations."""
+    states = 2 if cell == "LSTM" else 1
+    each = (len(inputs) - 1) // 2
+    k = states + 4 + (cell == "LSTM")  # the pair Function's per direction (the LSTM's w_hr)
+    directions, needs = [], [needed[0]]
+    for d in range(2):
+        given = inputs[1 + d * each:1 + (d + 1) * each]
+        padded = given + [None] * (k - each)  # absent biases (and w_hr)
+        directions += padded
+        needs += [*needed[1 + d * each:1 + (d + 1) * each], *(False,) * (k - each)]
+    ctx.batch_sizes = None
+    if cell == "LSTM":
+        # Per direction: output, gates, cells, and the unprojected output empty (no w_hr).
+        half = len(kept) // 2
+        kept = [t for d in range(2)
+                for t in (*kept[d * half:(d + 1) * half], kept[d * half + 1].new_empty(0))]
+        ctx.saved_tensors = (inputs[0], *directions, *kept)
+        ctx.needs_input_grad = (needs[0], False, *needs[1:])
+        results = LSTMPairFunction.backward(ctx, *grads)
+        leading = 2
+    elif cell == "GRU":
+        ctx.saved_tensors = (inputs[0], *directions, *kept)
+        ctx.needs_input_grad = (needs[0], False, *needs[1:])
+        results = GRUPairFunction.backward(ctx, *grads)
+        leading = 2
+    else:
+        ctx.relu = cell == "RNN_RELU"
+        ctx.saved_tensors = (inputs[0], *directions, *kept)
+        ctx.needs_input_grad = (needs[0], False, False, *needs[1:])
+        results = RNNPairFunction.backward(ctx, *grads)
+        leading = 3
+    per_direction = [results[leading + d * k:leading + d * k + each] for d in range(2)]
+    return [results[0], *per_direction[0], *per_direction[1]]
 
 
 _C.set_python_layer_backward(_layer_node_backward)
@@ -1008,7 +1067,9 @@ def lstm_layer_pair(input, directions, batch_sizes=None):
     """directions: (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) each. -> (output, h_n, c_n) each."""
     flat = (*directions[0], *directions[1])
     if _needs_grad(input, *flat):
-        results = _apply(LSTMPairFunction, input, batch_sizes, *flat)[:6]
+        results = _layer_pair_node("LSTM", input, directions, batch_sizes)
+        if results is None:
+            results = _apply(LSTMPairFunction, input, batch_sizes, *flat)[:6]
     else:
         *per_direction, w_hr = _lists(flat, 7)
         results = _ops.lstm_forward_pair(input, *per_direction, False, batch_sizes, w_hr)
@@ -1020,7 +1081,9 @@ def gru_layer_pair(input, directions, batch_sizes=None):
     """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
     flat = (*directions[0], *directions[1])
     if _needs_grad(input, *flat):
-        results = _apply(GRUPairFunction, input, batch_sizes, *flat)[:4]
+        results = _layer_pair_node("GRU", input, directions, batch_sizes)
+        if results is None:
+            results = _apply(GRUPairFunction, input, batch_sizes, *flat)[:4]
     else:
         results = _ops.gru_forward_pair(input, *_lists(flat, 5), False, batch_sizes)
         results = (*results[:2], *results[3:5])
@@ -1031,7 +1094,10 @@ def rnn_layer_pair(input, directions, relu=False, batch_sizes=None):
     """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
     flat = (*directions[0], *directions[1])
     if _needs_grad(input, *flat):
-        results = _apply(RNNPairFunction, input, batch_sizes, relu, *flat)[:4]
+        results = _layer_pair_node("RNN_RELU" if relu else "RNN_TANH", input, directions,
+                                   batch_sizes)
+        if results is None:
+            results = _apply(RNNPairFunction, input, batch_sizes, relu, *flat)[:4]
     else:
         results = _ops.rnn_forward_pair(input, *_lists(flat, 5), relu, batch_sizes)
     return tuple(results[:2]), tuple(results[2:])

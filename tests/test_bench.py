@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fusedrnn
 from fusedrnn import bench
 from fusedrnn.bench_report import save_cpu_rows
 
@@ -70,6 +71,7 @@ def test_settled_malloc_spares_a_training_step_its_page_faults():
     whose malloc no test before has settled."""
     script = """
 import statistics, sys, torch
+import fusedrnn
 from fusedrnn import bench
 if sys.argv[1] == "settle":
     bench.settle_malloc()
@@ -146,21 +148,40 @@ def test_cell_loops_times_the_node_and_the_function(cell):
                                                                                  "fused"}
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
 @pytest.mark.parametrize("step", ["training", "penalty"])
-def test_layer_node_times_the_node_and_the_function(step, tmp_path):
+def test_layer_node_times_the_node_and_the_function(step, bidirectional, tmp_path):
     """benchmarks/layer_node.py's case, tiny: torch.nn, the layer's C++ node and the Function,
-    the node switched back on afterwards; the rows saved with their environment."""
+    the nodes switched back on afterwards; the rows saved with their environment."""
     from fusedrnn._extension import _C
-    node = _C.direct_layer_node
+    nodes = (_C.direct_layer_node, _C.direct_layer_pair_node)
     script = _script("layer_node")
-    row = script.measure("gru", 1, 4, 2, 3, step, seconds=0.0)
+    row = script.measure("gru", 1, 4, 2, 3, step, seconds=0.0, bidirectional=bidirectional)
     assert set(row["ms"]) == {"torch", "fused", "fused_function"}
     assert all(ms > 0 for ms in row["ms"].values())
     assert len(row["function_over_node_quartiles"]) == 2
-    assert _C.direct_layer_node is node
+    assert (_C.direct_layer_node, _C.direct_layer_pair_node) == nodes
     save_cpu_rows(tmp_path / "rows.json", [row])
     saved = json.loads((tmp_path / "rows.json").read_text())
     assert saved["rows"] == [row] and saved["environment"]["cpu_isa"]
+
+
+def test_panel_sharing_times_shared_and_own_panels():
+    """benchmarks/panel_sharing.py's case, tiny: torch.nn, fusedrnn with the team's panels
+    shared and not, sharing switched back on afterwards (the next call shares again)."""
+    from fusedrnn._extension import _C
+    script = _script("panel_sharing")
+    row = script.measure("lstm", 4, 2, 3, "training", seconds=0.0)
+    assert set(row["ms"]) == {"torch", "shared", "own"}
+    assert all(ms > 0 for ms in row["ms"].values())
+    assert len(row["own_over_shared_quartiles"]) == 2
+    if torch.get_num_threads() > 1:  # a loop that shares: some panel is taken over
+        model, x = fusedrnn.LSTM(128, 128), torch.randn(48, 32, 128)
+        before = _C.panels_taken_over()
+        with torch.no_grad():
+            for _ in range(20):
+                model(x)
+        assert _C.panels_taken_over() > before
 
 
 def test_measure_in_shuffled_order_times_every_step_each_round():

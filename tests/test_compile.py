@@ -95,14 +95,17 @@ def _stepped_loss(model, xs, cell_steps):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("what", ["cell", "module-stepped", "module"])
+@pytest.mark.parametrize("what", ["cell", "module-stepped", "module", "module-bidirectional"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_compiled_autograd_matches_torch_nn(cell, what, device):
     """Compiled autograd (the backward graph traced and compiled, the forward eager) over a
-    training loop: through the CPU's C++ node (a cell stepped, a module given one step at a time,
-    a whole sequence) and through the autograd.Function (CUDA), torch.nn's gradients."""
+    training loop: through the CPU's C++ nodes (a cell stepped, a module given one step at a
+    time, a whole sequence in one direction or both) and through the autograd.Function (CUDA),
+    torch.nn's gradients."""
     # Two steps: compiled autograd takes seconds a node to trace on 2 cores (torch.nn's too).
-    options = {"cell": {"classes": CELL_CLASSES}, "module": {"num_layers": 2}}.get(what, {})
+    options = {"cell": {"classes": CELL_CLASSES}, "module": {"num_layers": 2},
+               "module-bidirectional": {"bidirectional": True}}.get(what, {})
+    node = "LayerPairNode" if what == "module-bidirectional" else "RecurrenceNode"
     ref, fused = make_pair(cell, 5, 6, device, torch.float64, **options)
     gen = torch.Generator().manual_seed(9)
     xs = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64).to(device)
@@ -110,13 +113,13 @@ def test_compiled_autograd_matches_torch_nn(cell, what, device):
     for model, compiled in ((ref, False), (fused, True)):
         model.zero_grad()
         x = xs.clone().requires_grad_()
-        if what == "module":
+        if what.startswith("module") and what != "module-stepped":
             loss = model(x)[0].pow(2).sum()
         else:
             loss = _stepped_loss(model, x, what == "cell")
         torch._dynamo.reset()
         if compiled:
-            assert (device == "cpu") == any("RecurrenceNode" in n for n in graph_names(loss))
+            assert (device == "cpu") == any(node in n for n in graph_names(loss))
             with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
                 loss.backward()
         else:

@@ -43,6 +43,12 @@ size_t activations_at(Cell cell) {
   return cell == Cell::kLstm || cell == Cell::kGru ? 1 : 0;
 }
 
+// How many activations a layer's forward keeps for its backward beside its output
+// (one_direction's `kept`): the LSTM's gates and cells, the GRU's saved gates, none for the RNN.
+size_t activations_kept(Cell cell) {
+  return cell == Cell::kLstm ? 2 : cell == Cell::kGru ? 1 : 0;
+}
+
 // A plain strided CPU tensor: no subclass with a dispatch key of its own, no lazy negation, no
 // functorch wrapper.
 bool plain_cpu_tensor(const Tensor& t) {
@@ -168,37 +174,42 @@ std::pair<Tensor, std::vector<Tensor>> one_direction(Cell cell, const Tensor& x,
   }
 }
 
-// Both directions of a layer in one call (the *_pair ops, side by side on two threads).
-// -> each direction's output and new states.
+// Both directions of a layer in one call (the *_pair ops, side by side on two threads). With
+// `kept`, the layer runs in training and kept[d] receives what direction d's backward reads
+// beside the inputs and the output, as one_direction's. -> each direction's output and new
+// states.
 std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
     Cell cell, const Tensor& x, const std::vector<Tensor> (&states)[2],
-    const std::vector<OptionalTensor> (&w)[2]) {
+    const std::vector<OptionalTensor> (&w)[2], std::vector<Tensor> (*kept)[2] = nullptr) {
+  const bool training = kept != nullptr;
   const auto list = [&](size_t k) { return std::vector<Tensor>{states[0][k], states[1][k]}; };
   const auto weight = [&](size_t k) { return std::vector<Tensor>{*w[0][k], *w[1][k]}; };
   const auto optional = [&](size_t k) { return OptionalTensors({w[0][k], w[1][k]}); };
   std::vector<Tensor> flat;
-  size_t per_direction;  // results of each direction in the flat list
+  size_t per_direction;           // results of each direction in the flat list
+  size_t first_kept, kept_count;  // where its activations lie among them, how many
   switch (cell) {
-    case Cell::kLstm:
+    case Cell::kLstm:  // output, hn, cn, gates, cells, unprojected
       flat = lstm_forward_pair(x, list(0), list(1), weight(0), weight(1), optional(2),
-                               optional(3), false, std::nullopt, optional(4));
-      per_direction = 6;
+                               optional(3), training, std::nullopt, optional(4));
+      per_direction = 6, first_kept = 3, kept_count = 2;
       break;
-    case Cell::kGru:
-      flat = gru_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3), false,
-                              std::nullopt);
-      per_direction = 3;
+    case Cell::kGru:  // output, hn, saved
+      flat = gru_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3),
+                              training, std::nullopt);
+      per_direction = 3, first_kept = 2, kept_count = 1;
       break;
-    default:
+    default:  // output, hn
       flat = rnn_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3),
                               cell == Cell::kRnnRelu, std::nullopt);
-      per_direction = 2;
+      per_direction = 2, first_kept = 2, kept_count = 0;
   }
   const size_t count = state_count(cell);
   std::vector<std::pair<Tensor, std::vector<Tensor>>> results(2);
   for (size_t d = 0; d < 2; ++d) {
     const auto first = flat.begin() + d * per_direction;
     results[d] = {first[0], std::vector<Tensor>(first + 1, first + 1 + count)};
+    if (training) (*kept)[d].assign(first + first_kept, first + first_kept + kept_count);
   }
   return results;
 }
@@ -222,6 +233,28 @@ std::vector<Tensor> through_products(const Tensor& to_input, const Tensor& to_hi
 // a + b, where either may be undefined (no gradient).
 Tensor sum_of(const Tensor& a, const Tensor& b) {
   return !a.defined() ? b : !b.defined() ? a : a + b;
+}
+
+// Set in a layer node's context once a create_graph backward of it ran in Python: from then
+// on every backward of it does, as its second-order pass may leave it the pass's second half
+// (ops.py's _leave_to_layer), which only Python's backward takes up.
+constexpr const char* kInPython = "in_python";
+
+// A layer node's backward over a sequence by the Python Function's own (python_layer_backward),
+// which differentiates the fused backward through fusedrnn/second_order.py's pass. `pair`: the
+// node runs both directions (LayerPairNode). result_grads: the gradients of its outputs and
+// final states.
+std::vector<Tensor> backward_in_python(torch::autograd::AutogradContext* ctx, Cell cell,
+                                       bool pair, const std::vector<Tensor>& saved,
+                                       const std::vector<Tensor>& result_grads,
+                                       const std::vector<bool>& needed) {
+  TORCH_CHECK(python_layer_backward(), "fusedrnn: the layer node's backward needs Python");
+  if (c10::GradMode::is_enabled()) ctx->saved_data[kInPython] = true;
+  // The node itself, alive while its backward runs (keep_node_address).
+  auto node = c10::intrusive_ptr<torch::autograd::Node>::reclaim_copy(
+      reinterpret_cast<torch::autograd::Node*>(ctx->saved_data["node"].toInt()));
+  return python_layer_backward()(kCellNames[static_cast<int>(cell)], pair, node, saved,
+                                 result_grads, needed);
 }
 
 }  // namespace
@@ -287,47 +320,30 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     // A create_graph backward needs gradients that are differentiable, one under vmap (batched
     // gradients) gets tensors the fused ops cannot take, and the activations' gradient (the
     // backward of such a backward) the fused ops do not take: a single step's go through ATen's
-    // ops, a sequence's through the Python Functions' backward (in_python).
+    // ops, a sequence's through the Python Functions' backward (backward_in_python).
     const bool differentiated =
         c10::GradMode::is_enabled() || grads.back().defined() ||
         std::any_of(grads.begin(), grads.end(),
                     [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
     const bool sequence = layer && saved[0].size(0) > 1;
     Variables input_grads;
-    if (ctx->saved_data.count(kInPython) || (sequence && differentiated))
-      input_grads = in_python(ctx, cell, saved, grads, needed);
-    else if (!any_grad)
+    if (ctx->saved_data.count(kInPython) || (sequence && differentiated)) {
+      // The output's and the states'; the activations' gradient comes only to a single step.
+      const Variables result_grads(grads.begin(), grads.end() - 1);
+      input_grads = backward_in_python(ctx, cell, false, saved, result_grads, needed);
+    } else if (!any_grad) {
       input_grads = Variables(inputs);
-    else if (differentiated)
+    } else if (differentiated) {
       input_grads = differentiable(cell, layer, saved, grads, needed);
-    else
+    } else {
       input_grads = fused(cell, has_bias, layer, saved, grads, needed);
+    }
     Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
     return result;
   }
 
  private:
-  // Set once a create_graph backward of this node ran in Python: from then on every backward
-  // of it does, as its second-order pass may leave it the pass's second half (ops.py's
-  // _leave_to_layer), which only Python's backward takes up.
-  static constexpr const char* kInPython = "in_python";
-
-  // The backward of a layer's sequence by the Python Function's own (python_layer_backward),
-  // which differentiates the fused backward through fusedrnn/second_order.py's pass.
-  static Variables in_python(Context* ctx, Cell cell, const Variables& saved,
-                             const Variables& grads, const std::vector<bool>& needed) {
-    TORCH_CHECK(python_layer_backward(), "fusedrnn: the layer node's backward needs Python");
-    if (c10::GradMode::is_enabled()) ctx->saved_data[kInPython] = true;
-    // The node itself, alive while its backward runs (step_node keeps its address).
-    auto node = c10::intrusive_ptr<torch::autograd::Node>::reclaim_copy(
-        reinterpret_cast<torch::autograd::Node*>(ctx->saved_data["node"].toInt()));
-    // The output's and the states'; the activations' gradient comes only to a single step.
-    const Variables result_grads(grads.begin(), grads.end() - 1);
-    return python_layer_backward()(kCellNames[static_cast<int>(cell)], node, saved,
-                                   result_grads, needed);
-  }
-
   // The fused backward op's gradients, one per input (undefined where not needed).
   static Variables fused(Cell cell, bool has_bias, bool layer, const Variables& saved,
                          const Variables& grads, const std::vector<bool>& needed) {
@@ -474,6 +490,143 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
   }
 };
 
+// Both directions of a layer's call where a gradient may follow, as one autograd node around
+// the pair ops (direct_layer_pair_node). Its tensors, in order: x [T, B, I], then each
+// direction's h (and c), w_ih, w_hh (and b_ih, b_hh where has_bias). -> each direction's output
+// [T, B, H] and new h (and c). Its backward is the pair backward op; where grad mode is on in
+// the backward, or gradients come batched, and after such a backward, the Python pair
+// Function's (backward_in_python).
+struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
+  using Context = torch::autograd::AutogradContext;
+  using Variables = torch::autograd::variable_list;
+
+  static Variables forward(Context* ctx, int64_t cell_index, bool has_bias,
+                           at::TensorList tensors) {
+    const Cell cell = static_cast<Cell>(cell_index);
+    const size_t count = state_count(cell), each = count + (has_bias ? 4 : 2);
+    std::vector<Tensor> states[2];
+    std::vector<OptionalTensor> w[2];
+    for (size_t d = 0; d < 2; ++d) {
+      const Tensor* first = &tensors[1 + d * each];
+      states[d].assign(first, first + count);
+      w[d] = layer_weights(first + count, has_bias, false);
+    }
+    std::vector<Tensor> kept[2];
+    const auto results = both_directions(cell, tensors[0], states, w, &kept);
+    // Saved: the inputs, then per direction a copy of its output (the caller may edit the
+    // output in place) and what its backward reads besides.
+    std::vector<Tensor> saved(tensors.begin(), tensors.end());
+    Variables outputs;
+    for (size_t d = 0; d < 2; ++d) {
+      const auto& [output, finals] = results[d];
+      outputs.push_back(output);
+      outputs.insert(outputs.end(), finals.begin(), finals.end());
+      saved.push_back(output.clone());
+      saved.insert(saved.end(), kept[d].begin(), kept[d].end());
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["cell"] = cell_index;
+    ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
+    ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
+    return outputs;
+  }
+
+  // grads: those of each direction's output and final states, undefined where none flows.
+  // -> one per forward argument.
+  static Variables backward(Context* ctx, Variables grads) {
+    const Cell cell = static_cast<Cell>(ctx->saved_data["cell"].toInt());
+    const Variables saved = ctx->get_saved_variables();
+    const size_t inputs = ctx->saved_data["inputs"].toInt();
+    std::vector<bool> needed(inputs);
+    for (size_t i = 0; i < inputs; ++i) needed[i] = ctx->needs_input_grad(i);
+    const bool any_grad = std::any_of(grads.begin(), grads.end(),
+                                      [](const Tensor& g) { return g.defined(); });
+    // As RecurrenceNode's: differentiable gradients (create_graph, torch.func) and batched ones
+    // are the Python Function's to give.
+    const bool differentiated =
+        c10::GradMode::is_enabled() ||
+        std::any_of(grads.begin(), grads.end(),
+                    [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
+    Variables input_grads;
+    if (ctx->saved_data.count(kInPython) || differentiated)
+      input_grads = backward_in_python(ctx, cell, true, saved, grads, needed);
+    else if (!any_grad)
+      input_grads = Variables(inputs);
+    else
+      input_grads = fused(cell, saved, grads, needed);
+    Variables result(2);  // none for cell_index and has_bias
+    result.insert(result.end(), input_grads.begin(), input_grads.end());
+    return result;
+  }
+
+ private:
+  // The pair backward op's gradients, one per input (undefined where not needed): x's the sum
+  // of both directions'.
+  static Variables fused(Cell cell, const Variables& saved, const Variables& grads,
+                         const std::vector<bool>& needed) {
+    const size_t inputs = needed.size(), count = state_count(cell), each = (inputs - 1) / 2;
+    const bool has_bias = each == count + 4;
+    const size_t kept_each = 1 + activations_kept(cell);  // output, activations
+    const Tensor& x = saved[0];
+    // Input i of direction d, and what its forward kept (k: its output, then activations).
+    const auto input = [&](size_t i) {
+      return std::vector<Tensor>{saved[1 + i], saved[1 + each + i]};
+    };
+    const auto kept = [&](size_t k) {
+      return std::vector<Tensor>{saved[inputs + k], saved[inputs + kept_each + k]};
+    };
+    // The gradients of result k (the output, then the states) of both directions.
+    const auto result_grads = [&](size_t k) {
+      const auto of = [&](size_t d) {
+        const Tensor& g = grads[d * (1 + count) + k];
+        return g.defined() ? OptionalTensor(g) : std::nullopt;
+      };
+      return OptionalTensors({of(0), of(1)});
+    };
+    bool weight_grads = false;
+    for (size_t d = 0; d < 2; ++d)
+      for (size_t i = count; i < each; ++i) weight_grads = weight_grads || needed[1 + d * each + i];
+    const bool h0_grad = needed[1] || needed[1 + each];
+    const OptionalTensors none({std::nullopt, std::nullopt});
+    std::vector<Tensor> flat;  // each direction's gradients, as the op gives them
+    size_t per_direction;
+    switch (cell) {
+      case Cell::kLstm:  // x, h0, c0, w_ih, w_hh, the biases (one tensor), w_hr
+        flat = lstm_backward_pair(result_grads(0), result_grads(1), result_grads(2), x,
+                                  input(0), input(1), input(2), input(3), kept(0), kept(1),
+                                  kept(2), has_bias, std::nullopt, none, none, weight_grads,
+                                  h0_grad);
+        per_direction = 7;
+        break;
+      case Cell::kGru:  // x, h0, w_ih, w_hh, b_ih, b_hh
+        flat = gru_backward_pair(result_grads(0), result_grads(1), x, input(0), input(1),
+                                 input(2), kept(0), kept(1), has_bias, std::nullopt,
+                                 weight_grads, h0_grad);
+        per_direction = 6;
+        break;
+      default:  // x, h0, w_ih, w_hh, the biases (one tensor)
+        flat = rnn_backward_pair(result_grads(0), result_grads(1), x, input(0), input(1),
+                                 input(2), kept(0), has_bias, cell == Cell::kRnnRelu,
+                                 std::nullopt, weight_grads, h0_grad);
+        per_direction = 5;
+    }
+    Variables result(inputs);
+    if (needed[0]) result[0] = sum_of(flat[0], flat[per_direction]);
+    for (size_t d = 0; d < 2; ++d) {
+      const auto got = flat.begin() + d * per_direction;  // x's first
+      for (size_t i = 0; i < each; ++i) {
+        if (!needed[1 + d * each + i]) continue;
+        // The states' and weights' in the op's order; both biases take its one bias gradient
+        // where it gives one (the LSTM's, the RNN's).
+        const size_t bias = count + 2;
+        const bool shared_bias = cell != Cell::kGru && i == bias + 1;
+        result[1 + d * each + i] = got[1 + (shared_bias ? bias : i)];
+      }
+    }
+    return result;
+  }
+};
+
 std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
     const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
     const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
@@ -578,7 +731,29 @@ std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_n
 
 namespace {
 
-// The step's node over x, its states and weights (CellStep's tensors).
+// The checks a layer node's arguments must pass: input [T, B, I] with T > 0, and for each of
+// `directions` its states [B, H] and 2 or 4 weights.
+void check_layer_arguments(Cell cell, const Tensor& input, const std::vector<Tensor>& hx,
+                           const std::vector<Tensor>& weights, size_t directions) {
+  TORCH_CHECK(input.dim() == 3 && input.size(0) > 0,
+              "fusedrnn: a layer takes input [T, B, I] with T > 0");
+  TORCH_CHECK(weights.size() == 2 * directions || weights.size() == 4 * directions,
+              "fusedrnn: expected 2 or 4 weights a direction");
+  TORCH_CHECK(hx.size() == state_count(cell) * directions, "fusedrnn: expected ",
+              state_count(cell), " states a direction");
+  for (const Tensor& state : hx)
+    TORCH_CHECK(state.dim() == 2, "fusedrnn: a layer's state must be [B, H]");
+}
+
+// Keeps the address of result's node in its own context, for a backward that hands the node
+// to Python (backward_in_python): torch's C++ Function API gives its backward no handle to it.
+template <typename Node>
+void keep_node_address(const Tensor& result) {
+  if (auto* node = dynamic_cast<torch::autograd::CppNode<Node>*>(result.grad_fn().get()))
+    node->ctx_.saved_data["node"] = reinterpret_cast<int64_t>(node);
+}
+
+// The step's node over x, its states and weights (RecurrenceNode's tensors).
 std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
                               const std::vector<Tensor>& states,
                               const std::vector<Tensor>& weights) {
@@ -587,12 +762,8 @@ std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
   tensors.insert(tensors.end(), weights.begin(), weights.end());
   std::vector<Tensor> results = RecurrenceNode::apply(
       static_cast<int64_t>(cell), weights.size() == 4, layer, at::TensorList(tensors));
-  // A sequence's node keeps its own address, for a backward that hands it to Python
-  // (RecurrenceNode::in_python); a single step's never does.
-  if (layer && input.size(0) > 1)
-    if (auto* node = dynamic_cast<torch::autograd::CppNode<RecurrenceNode>*>(
-            results.back().grad_fn().get()))
-      node->ctx_.saved_data["node"] = reinterpret_cast<int64_t>(node);
+  // Only a sequence's backward may go to Python; a single step's never does.
+  if (layer && input.size(0) > 1) keep_node_address<RecurrenceNode>(results.back());
   results.pop_back();  // the activations, for the node's own create_graph backward
   return results;
 }
@@ -626,14 +797,29 @@ std::optional<std::vector<Tensor>> direct_layer_node(const std::string& cell_nam
                                                      const std::vector<Tensor>& weights) {
   if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
-  TORCH_CHECK(input.dim() == 3 && input.size(0) > 0,
-              "fusedrnn: a layer takes input [T, B, I] with T > 0");
-  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
-  TORCH_CHECK(hx.size() == state_count(cell), "fusedrnn: expected ", state_count(cell),
-              " states");
-  for (const Tensor& state : hx)
-    TORCH_CHECK(state.dim() == 2, "fusedrnn: a layer's state must be [B, H]");
+  check_layer_arguments(cell, input, hx, weights, 1);
   return step_node(cell, true, input, hx, weights);
+}
+
+std::optional<std::vector<Tensor>> direct_layer_pair_node(const std::string& cell_name,
+                                                          const Tensor& input,
+                                                          const std::vector<Tensor>& hx,
+                                                          const std::vector<Tensor>& weights) {
+  if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  const size_t count = state_count(cell);
+  check_layer_arguments(cell, input, hx, weights, 2);
+  const size_t per_direction = weights.size() / 2;
+  std::vector<Tensor> tensors{input};
+  for (size_t d = 0; d < 2; ++d) {
+    tensors.insert(tensors.end(), hx.begin() + d * count, hx.begin() + (d + 1) * count);
+    tensors.insert(tensors.end(), weights.begin() + d * per_direction,
+                   weights.begin() + (d + 1) * per_direction);
+  }
+  std::vector<Tensor> results = LayerPairNode::apply(static_cast<int64_t>(cell),
+                                                     per_direction == 4, at::TensorList(tensors));
+  keep_node_address<LayerPairNode>(results[0]);
+  return results;
 }
 
 void set_python_layer_backward(PythonLayerBackward backward) {

@@ -76,13 +76,23 @@ std::optional<std::vector<at::Tensor>> direct_layer_node(const std::string& cell
                                                          const std::vector<at::Tensor>& hx,
                                                          const std::vector<at::Tensor>& weights);
 
-// The layer node's backward in Python: (cell, the node, its saved tensors: its inputs, then
-// its copy of the output and the activations its forward kept; the gradients of the output and
-// the final states, undefined where none came; which inputs need a gradient) -> a gradient per
-// input, undefined where none. Set by the binding layer (ops.cpp) to fusedrnn/ops.py's
-// _layer_node_backward.
+// Both directions of a layer's call where a gradient may follow, as one node around the pair
+// ops (side by side on two threads): input [T, B, I]; hx the forward direction's h0 (and c0)
+// [B, H], then the reverse's; weights the forward's w_ih, w_hh (and b_ih, b_hh), then the
+// reverse's. -> each direction's output [T, B, H] (memory of its own) and hn (and cn), the
+// forward's first; nullopt as direct_cell_step. Its backward is the pair backward op, or, as
+// direct_layer_node's over a sequence, the Python pair Function's.
+std::optional<std::vector<at::Tensor>> direct_layer_pair_node(
+    const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& hx,
+    const std::vector<at::Tensor>& weights);
+
+// The layer nodes' backward in Python: (cell; whether the node is a pair's; the node; its saved
+// tensors: its inputs, then per direction its copy of the output and the activations its
+// forward kept; the gradients of the outputs and the final states, undefined where none came;
+// which inputs need a gradient) -> a gradient per input, undefined where none. Set by the
+// binding layer (ops.cpp) to fusedrnn/ops.py's _layer_node_backward.
 using PythonLayerBackward = std::function<std::vector<at::Tensor>(
-    const char* cell, const c10::intrusive_ptr<torch::autograd::Node>& node,
+    const char* cell, bool pair, const c10::intrusive_ptr<torch::autograd::Node>& node,
     const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& grads,
     const std::vector<bool>& needed)>;
 void set_python_layer_backward(PythonLayerBackward backward);

@@ -66,6 +66,7 @@ def _without_direct_calls(monkeypatch):
     monkeypatch.setattr(modules, "_C", declining)
     monkeypatch.setattr(cells, "_C", declining)
     monkeypatch.setattr(ops._C, "direct_layer_node", lambda *args: None)
+    monkeypatch.setattr(ops._C, "direct_layer_pair_node", lambda *args: None)
 
 
 def _direct_and_dispatched(call, model, slow_paths, monkeypatch):
@@ -539,22 +540,23 @@ def test_cell_steps_in_a_loop_train_as_torch_nn(cell):
         assert_close_by_name(results[1], results[0], tol)
 
 
-@pytest.mark.parametrize("what", ["cell", "layer"])
+@pytest.mark.parametrize("what", ["cell", "layer", "pair"])
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_node_keeps_torch_nns_rules(cell, what):
-    """A cell's step and a layer's sequence: in-place edits of the results are allowed, as
-    torch.nn's allow them; a second backward without retain_graph raises; saved-tensor hooks see
-    what the node keeps."""
+    """A cell's step and a layer's sequence, one direction or both: in-place edits of the
+    results are allowed, as torch.nn's allow them; a second backward without retain_graph
+    raises; saved-tensor hooks see what the node keeps."""
     if what == "cell":
         _, fused = _cell_pair(cell, 3, 4, True)
         x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     else:
-        _, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+        _, fused = make_pair(cell, 3, 4, "cpu", torch.float64, bidirectional=what == "pair")
         x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     packed = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
         out = _states_of(fused(x)) if what == "cell" else fused(x)[:1]
-    assert "RecurrenceNode" in _node_name(out) and packed
+    node = "LayerPairNode" if what == "pair" else "RecurrenceNode"
+    assert node in " ".join(graph_names(out[0])) and packed
     out[0].mul_(2)
     out[0].sum().backward(retain_graph=True)
     out[0].sum().backward()
@@ -577,15 +579,21 @@ def test_cell_steps_with_gradients_that_are_watched_go_through_the_dispatcher(ce
 @pytest.mark.parametrize("config", [(1, 3, 7, 11, {}), (1, 1, 3, 4, {"bias": False}),
                                     (1, 2, 5, 6, {"num_layers": 2, "batch_first": True}),
                                     (9, 3, 7, 11, {}), (5, 1, 3, 4, {"bias": False}),
-                                    (6, 2, 5, 6, {"num_layers": 2, "batch_first": True})],
+                                    (6, 2, 5, 6, {"num_layers": 2, "batch_first": True}),
+                                    (1, 2, 5, 6, {"bidirectional": True}),
+                                    (8, 3, 7, 11, {"bidirectional": True}),
+                                    (5, 1, 3, 4, {"bidirectional": True, "bias": False}),
+                                    (6, 2, 5, 6, {"num_layers": 2, "bidirectional": True,
+                                                  "batch_first": True})],
                          ids=_config_id)
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_module_with_gradients_is_one_node_per_layer(cell, config, with_state, wrt,
                                                      monkeypatch):
-    """A one-direction module in training, called over a sequence or one step at a time: each
-    layer is one C++ node. Output, final states and every gradient asked for (all, or the
-    input's alone, where the node skips the weights' products) are torch.nn's, and the
-    Function's bit for bit; the output has memory of its own, as torch.nn's."""
+    """A module in training, called over a sequence or one step at a time: each layer is one
+    C++ node (RecurrenceNode for one direction, LayerPairNode for both). Output, final states
+    and every gradient asked for (all, or the input's alone, where the node skips the weights'
+    products) are torch.nn's, and the Functions' bit for bit; the output has memory of its own,
+    as torch.nn's."""
     ref, fused, x, hx = _case(cell, config)
     hx = hx if with_state else None
     x.requires_grad_()
@@ -604,7 +612,8 @@ def test_module_with_gradients_is_one_node_per_layer(cell, config, with_state, w
     expected, _, expected_grads = run(ref)
     (results, name, grads), (dispatched, dispatched_name, dispatched_grads) = \
         _direct_and_dispatched(lambda: run(fused), fused, (), monkeypatch)
-    assert "RecurrenceNode" in name and "RecurrenceNode" not in dispatched_name
+    node = "LayerPairNode" if fused.bidirectional else "RecurrenceNode"
+    assert name.count(node) == fused.num_layers and node not in dispatched_name
     assert_close_by_name(dict(enumerate(results)), dict(enumerate(expected)), 1e-10)
     assert_close_by_name(grads, expected_grads, 1e-10)
     _assert_equal(results, dispatched)
@@ -614,23 +623,26 @@ def test_module_with_gradients_is_one_node_per_layer(cell, config, with_state, w
     assert output.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
 @pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_module_node_gradcheck_and_in_place_output(cell, steps):
+def test_module_node_gradcheck_and_in_place_output(cell, steps, bidirectional):
     """The layer's node against finite differences, batched and twice (over a sequence, its
     create_graph and batched backward are the Function's); and an output edited in place
     before the backward, as torch.nn allows."""
-    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64)
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64, bidirectional=bidirectional)
+    node = "LayerPairNode" if bidirectional else "RecurrenceNode"
+    directions = 2 if bidirectional else 1
     names = [name for name, _ in fused.named_parameters()]
     gen = torch.Generator().manual_seed(13)
     x = torch.randn(steps, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    h = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(directions, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     parameters = [p.detach().clone().requires_grad_() for p in fused.parameters()]
 
     def step(x, h, *parameters):
         hx = (h, h.cos()) if cell == "lstm" else h
         output, states = torch.func.functional_call(fused, dict(zip(names, parameters)), (x, hx))
-        assert "RecurrenceNode" in output.grad_fn.name()
+        assert node in " ".join(graph_names(output))
         return (output, *states) if isinstance(states, tuple) else (output, states)
 
     assert torch.autograd.gradcheck(step, (x, h, *parameters), check_batched_grad=True)
@@ -643,14 +655,19 @@ def test_module_node_gradcheck_and_in_place_output(cell, steps):
     assert_close_by_name(dict(enumerate(grads[1])), dict(enumerate(grads[0])), 1e-10)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", ALL_CELLS)
-def test_module_node_penalty_step_takes_the_second_order_pass(cell, layers, monkeypatch):
+def test_module_node_penalty_step_takes_the_second_order_pass(cell, layers, bidirectional,
+                                                              monkeypatch):
     """A gradient penalty over a sequence through the layer nodes: the create_graph backward
     goes to the Function's, whose second-order pass leaves its second half to the node (the
     node's next backward takes it up, as the Function's node does); every gradient is
     torch.nn's, and the node's context goes with the penalty's graph."""
-    ref, fused = make_pair(cell, 5, 6, "cpu", torch.float64, num_layers=layers)
+    ref, fused = make_pair(cell, 5, 6, "cpu", torch.float64, num_layers=layers,
+                           bidirectional=bidirectional)
+    node = "LayerPairNode" if bidirectional else "RecurrenceNode"
+    directions = 2 if bidirectional else 1
     gen = torch.Generator().manual_seed(16)
     xs = torch.randn(7, 3, 5, generator=gen, dtype=torch.float64)
     taken = []  # per call of _left_pass: its context's type, whether it took a pass up
@@ -670,11 +687,13 @@ def test_module_node_penalty_step_takes_the_second_order_pass(cell, layers, monk
         grads = torch.autograd.grad(d_x.pow(2).sum() + output.sum(), [x, *model.parameters()])
         results.append(dict(zip(["x", *dict(model.named_parameters())], grads)))
         if model is fused:
-            assert "RecurrenceNode" in output.grad_fn.name()
+            assert " ".join(graph_names(output)).count(node) == layers
             assert len(ops._node_contexts) == layers
     assert_close_by_name(results[1], results[0], 1e-10)
-    # Each node's create_graph backward, then its backward that takes up the pass's half.
-    assert taken == [("_NodeContext", False)] * layers + [("_NodeContext", True)] * layers
+    # Each node's create_graph backward, then its backward that takes up the pass's half (a
+    # pair's asks once a direction each time).
+    calls = layers * directions
+    assert taken == [("_NodeContext", False)] * calls + [("_NodeContext", True)] * calls
     del output, d_x
     gc.collect()
     assert len(ops._node_contexts) == 0
