@@ -114,9 +114,8 @@ _SHARED_SHAPES = [(48, 32, 128), (20, 8, 256), (12, 16, 200), (6, 64, 512)]
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_shared_panels_give_each_threads_own_results(cell, dtype, panel_sharing):
     """With the panels shared out (a thread done with its own takes the others' left), every
-    output and gradient is bitwise what each thread computing its own slice gives, and torch.nn's;
-    and over these calls some thread did take panels over."""
-    taken_before = fusedrnn._C.panels_taken_over()
+    output and gradient is bitwise what each thread computing its own slice gives, and torch.nn's.
+    (Which panels change hands varies from call to call: three calls each.)"""
     for T, B, H in _SHARED_SHAPES:
         ref, fused = make_pair(cell, H, H, "cpu", dtype, seed=T)
         gen = torch.Generator().manual_seed(B)
@@ -131,4 +130,25 @@ def test_shared_panels_give_each_threads_own_results(cell, dtype, panel_sharing)
         expected = run_and_grad(ref, x, hx)
         errs = {k: rel_err(shared[k], expected[k]) for k in expected}
         assert max(errs.values()) <= TOLERANCE[dtype], (T, B, H, errs)
-    assert fusedrnn._C.panels_taken_over() > taken_before
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="a team needs two threads")
+def test_threads_take_over_panels_and_not_when_sharing_is_off(panel_sharing):
+    """The LSTM's loop at T=48 B=32 H=128 (16 panels a step): within 100 calls some thread takes
+    over a panel of another's (5-15 a call on the development machine: the planner's work alone
+    leaves the other thread done first), and none with sharing off."""
+    model, x = fusedrnn.LSTM(128, 128), torch.randn(48, 32, 128)
+
+    def taken_over_in(calls):
+        before = fusedrnn._C.panels_taken_over()
+        with torch.no_grad():
+            for _ in range(calls):
+                model(x)
+                if fusedrnn._C.panels_taken_over() > before:
+                    break
+        return fusedrnn._C.panels_taken_over() - before
+
+    panel_sharing(False)
+    assert taken_over_in(20) == 0
+    panel_sharing(True)
+    assert taken_over_in(100) > 0
