@@ -991,27 +991,20 @@ def _pair_node_backward(ctx, cell, inputs, kept, grads, needed):
         padded = given + [None] * (k - each)  # absent biases (and w_hr)
         directions += padded
         needs += [*needed[1 + d * each:1 + (d + 1) * each], *(False,) * (k - each)]
-    ctx.batch_sizes = None
     if cell == "LSTM":
         # Per direction: output, gates, cells, and the unprojected output empty (no w_hr).
         half = len(kept) // 2
         kept = [t for d in range(2)
                 for t in (*kept[d * half:(d + 1) * half], kept[d * half + 1].new_empty(0))]
-        ctx.saved_tensors = (inputs[0], *directions, *kept)
-        ctx.needs_input_grad = (needs[0], False, *needs[1:])
-        results = LSTMPairFunction.backward(ctx, *grads)
-        leading = 2
-    elif cell == "GRU":
-        ctx.saved_tensors = (inputs[0], *directions, *kept)
-        ctx.needs_input_grad = (needs[0], False, *needs[1:])
-        results = GRUPairFunction.backward(ctx, *grads)
-        leading = 2
-    else:
+    # The Function's arguments before the directions: input, batch_sizes (and the RNN's relu).
+    function, leading = {"LSTM": (LSTMPairFunction, 2), "GRU": (GRUPairFunction, 2)}.get(
+        cell, (RNNPairFunction, 3))
+    ctx.batch_sizes = None
+    if function is RNNPairFunction:
         ctx.relu = cell == "RNN_RELU"
-        ctx.saved_tensors = (inputs[0], *directions, *kept)
-        ctx.needs_input_grad = (needs[0], False, False, *needs[1:])
-        results = RNNPairFunction.backward(ctx, *grads)
-        leading = 3
+    ctx.saved_tensors = (inputs[0], *directions, *kept)
+    ctx.needs_input_grad = (needs[0], *(False,) * (leading - 1), *needs[1:])
+    results = function.backward(ctx, *grads)
     per_direction = [results[leading + d * k:leading + d * k + each] for d in range(2)]
     return [results[0], *per_direction[0], *per_direction[1]]
 

@@ -186,30 +186,30 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
   const auto weight = [&](size_t k) { return std::vector<Tensor>{*w[0][k], *w[1][k]}; };
   const auto optional = [&](size_t k) { return OptionalTensors({w[0][k], w[1][k]}); };
   std::vector<Tensor> flat;
-  size_t per_direction;           // results of each direction in the flat list
-  size_t first_kept, kept_count;  // where its activations lie among them, how many
+  size_t per_direction;  // results of each direction in the flat list
   switch (cell) {
     case Cell::kLstm:  // output, hn, cn, gates, cells, unprojected
       flat = lstm_forward_pair(x, list(0), list(1), weight(0), weight(1), optional(2),
                                optional(3), training, std::nullopt, optional(4));
-      per_direction = 6, first_kept = 3, kept_count = 2;
+      per_direction = 6;
       break;
     case Cell::kGru:  // output, hn, saved
       flat = gru_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3),
                               training, std::nullopt);
-      per_direction = 3, first_kept = 2, kept_count = 1;
+      per_direction = 3;
       break;
     default:  // output, hn
       flat = rnn_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3),
                               cell == Cell::kRnnRelu, std::nullopt);
-      per_direction = 2, first_kept = 2, kept_count = 0;
+      per_direction = 2;
   }
   const size_t count = state_count(cell);
   std::vector<std::pair<Tensor, std::vector<Tensor>>> results(2);
   for (size_t d = 0; d < 2; ++d) {
     const auto first = flat.begin() + d * per_direction;
     results[d] = {first[0], std::vector<Tensor>(first + 1, first + 1 + count)};
-    if (training) (*kept)[d].assign(first + first_kept, first + first_kept + kept_count);
+    const auto activations = first + 1 + count;  // after the output and the states
+    if (training) (*kept)[d].assign(activations, activations + activations_kept(cell));
   }
   return results;
 }
@@ -233,6 +233,26 @@ std::vector<Tensor> through_products(const Tensor& to_input, const Tensor& to_hi
 // a + b, where either may be undefined (no gradient).
 Tensor sum_of(const Tensor& a, const Tensor& b) {
   return !a.defined() ? b : !b.defined() ? a : a + b;
+}
+
+// Which of a node's `inputs` need a gradient in the running backward.
+std::vector<bool> inputs_needing_grad(torch::autograd::AutogradContext* ctx, size_t inputs) {
+  std::vector<bool> needed(inputs);
+  for (size_t i = 0; i < inputs; ++i) needed[i] = ctx->needs_input_grad(i);
+  return needed;
+}
+
+bool any_defined(const std::vector<Tensor>& grads) {
+  return std::any_of(grads.begin(), grads.end(), [](const Tensor& g) { return g.defined(); });
+}
+
+// Whether a node's backward is not the fused ops' to give: a create_graph backward (or
+// torch.func's) needs gradients that are differentiable, and one under vmap gets batched
+// gradients, which the fused ops cannot take.
+bool beyond_fused_ops(const std::vector<Tensor>& grads) {
+  return c10::GradMode::is_enabled() ||
+         std::any_of(grads.begin(), grads.end(),
+                     [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
 }
 
 // Set in a layer node's context once a create_graph backward of it ran in Python: from then
@@ -313,18 +333,12 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     const Variables saved = ctx->get_saved_variables();
     const size_t inputs = ctx->saved_data["inputs"].toInt();
     const bool has_bias = inputs == 5 + state_count(cell);  // x, states, w_ih, w_hh, b_ih, b_hh
-    std::vector<bool> needed(inputs);
-    for (size_t i = 0; i < inputs; ++i) needed[i] = ctx->needs_input_grad(i);
-    const bool any_grad = std::any_of(grads.begin(), grads.end(),
-                                      [](const Tensor& g) { return g.defined(); });
-    // A create_graph backward needs gradients that are differentiable, one under vmap (batched
-    // gradients) gets tensors the fused ops cannot take, and the activations' gradient (the
-    // backward of such a backward) the fused ops do not take: a single step's go through ATen's
-    // ops, a sequence's through the Python Functions' backward (backward_in_python).
-    const bool differentiated =
-        c10::GradMode::is_enabled() || grads.back().defined() ||
-        std::any_of(grads.begin(), grads.end(),
-                    [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
+    const std::vector<bool> needed = inputs_needing_grad(ctx, inputs);
+    const bool any_grad = any_defined(grads);
+    // Beyond the fused ops (beyond_fused_ops), and the activations' gradient (the backward of
+    // a create_graph backward), which they do not take: a single step's go through ATen's ops,
+    // a sequence's through the Python Functions' backward (backward_in_python).
+    const bool differentiated = beyond_fused_ops(grads) || grads.back().defined();
     const bool sequence = layer && saved[0].size(0) > 1;
     Variables input_grads;
     if (ctx->saved_data.count(kInPython) || (sequence && differentiated)) {
@@ -537,20 +551,11 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
     const Cell cell = static_cast<Cell>(ctx->saved_data["cell"].toInt());
     const Variables saved = ctx->get_saved_variables();
     const size_t inputs = ctx->saved_data["inputs"].toInt();
-    std::vector<bool> needed(inputs);
-    for (size_t i = 0; i < inputs; ++i) needed[i] = ctx->needs_input_grad(i);
-    const bool any_grad = std::any_of(grads.begin(), grads.end(),
-                                      [](const Tensor& g) { return g.defined(); });
-    // As RecurrenceNode's: differentiable gradients (create_graph, torch.func) and batched ones
-    // are the Python Function's to give.
-    const bool differentiated =
-        c10::GradMode::is_enabled() ||
-        std::any_of(grads.begin(), grads.end(),
-                    [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
+    const std::vector<bool> needed = inputs_needing_grad(ctx, inputs);
     Variables input_grads;
-    if (ctx->saved_data.count(kInPython) || differentiated)
+    if (ctx->saved_data.count(kInPython) || beyond_fused_ops(grads))
       input_grads = backward_in_python(ctx, cell, true, saved, grads, needed);
-    else if (!any_grad)
+    else if (!any_defined(grads))
       input_grads = Variables(inputs);
     else
       input_grads = fused(cell, saved, grads, needed);
