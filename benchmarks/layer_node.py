@@ -34,6 +34,10 @@ CASES = [*((cell, 1, 100, 1, 64, "training", False) for cell in ("lstm", "gru", 
          *((cell, 1, 50, 1, 64, "training", True) for cell in ("lstm", "gru", "rnn_tanh")),
          ("lstm", 1, 20, 4, 64, "training", True), ("lstm", 2, 50, 16, 128, "training", True),
          ("lstm", 1, 50, 16, 128, "penalty", True)]
+# The same fields, on a PackedSequence of mixed lengths (bench.Case.lengths).
+PACKED_CASES = [*((cell, 1, 20, 4, 64, "training", False) for cell in ("lstm", "gru", "rnn_tanh")),
+                ("lstm", 1, 50, 16, 128, "training", False), ("lstm", 1, 20, 4, 64, "training", True),
+                ("lstm", 2, 50, 16, 128, "training", True)]
 
 
 class PenaltyStep(bench.Step):
@@ -63,11 +67,11 @@ class WithoutNode:
             _C.direct_layer_node, _C.direct_layer_pair_node = nodes
 
 
-def measure(cell, layers, T, B, H, step, seconds, bidirectional=False):
+def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=False):
     """-> one row: medians in ms, torch.nn time / fused time and its single rounds' quartiles,
     for the node and for the Function."""
     case = bench.Case(cell, T=T, B=B, I=H, H=H, layers=layers, bidirectional=bidirectional,
-                      mode="training")
+                      mode="training", packed=packed)
     reference, fused = bench.build_modules(case, torch.device("cpu"))
     inputs = bench.make_inputs(case, torch.device("cpu"))
     kind = PenaltyStep if step == "penalty" else bench.Step
@@ -77,8 +81,8 @@ def measure(cell, layers, T, B, H, step, seconds, bidirectional=False):
     samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
                             bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
     ms = {name: statistics.median(times) for name, times in samples.items()}
-    row = dict(cell=cell, layers=layers, bidirectional=bidirectional, T=T, B=B, H=H, step=step,
-               rounds=len(samples["fused"]), ms=ms)
+    row = dict(cell=cell, layers=layers, bidirectional=bidirectional, packed=packed, T=T, B=B,
+               H=H, step=step, rounds=len(samples["fused"]), ms=ms)
     for name in ("fused", "fused_function"):
         row[f"torch_over_{name}"] = ms["torch"] / ms[name]
         row[f"torch_over_{name}_quartiles"] = bench.round_speedup_quartiles(samples["torch"],
@@ -92,11 +96,13 @@ def measure(cell, layers, T, B, H, step, seconds, bidirectional=False):
 def main():
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
     rows = []
-    for *case, bidirectional in CASES:
-        row = measure(*case, seconds, bidirectional)
+    for *case, bidirectional, packed in [*((*c, False) for c in CASES),
+                                         *((*c, True) for c in PACKED_CASES)]:
+        row = measure(*case, seconds, bidirectional, packed)
         rows.append(row)
         q = row["function_over_node_quartiles"]
-        print(f"{row['cell']} L{row['layers']}{' bidir' if bidirectional else ''} T={row['T']} "
+        print(f"{row['cell']} L{row['layers']}{' bidir' if bidirectional else ''}"
+              f"{' packed' if packed else ''} T={row['T']} "
               f"B={row['B']} H={row['H']} "
               f"{row['step']}: torch {row['ms']['torch']:.3f} ms, node "
               f"{row['ms']['fused']:.3f} ms ({row['torch_over_fused']:.2f}x), function "

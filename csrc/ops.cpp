@@ -159,12 +159,13 @@ void set_python_layer_backward(py::function backward) {
       [function](const char* cell, bool pair,
                  const c10::intrusive_ptr<torch::autograd::Node>& node,
                  const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& grads,
-                 const std::vector<bool>& needed) {
+                 const std::vector<bool>& needed, const std::optional<at::Tensor>& batch_sizes) {
         py::gil_scoped_acquire gil;
         const auto node_object =
             py::reinterpret_steal<py::object>(torch::autograd::functionToPyObject(node));
         std::vector<at::Tensor> results;
-        for (const py::handle g : (*function)(cell, pair, node_object, saved, grads, needed))
+        for (const py::handle g :
+             (*function)(cell, pair, node_object, saved, grads, needed, batch_sizes))
           results.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
         return results;
       });

@@ -892,17 +892,19 @@ def _layer_node(mode, input, states, weights, reverse, batch_sizes, w_hr=None):
     """A one-direction layer's CPU call that may need a gradient, as one autograd node in C++
     (csrc/layer/direct.h, direct_layer_node): a Python autograd.Function costs a few hundred
     microseconds a training step, more than a small layer's math (a cell stepped in a loop, nn.LSTM
-    stepped one step at a time in a decoder, a batch of one). Any T in the forward direction; at
-    T=1 either direction, the same step. -> the results, or None where the node does not apply
-    (then the Function runs, and raises any error)."""
-    if (batch_sizes is not None or w_hr is not None or input.dim() != 3
-            or (reverse and input.size(0) != 1)
+    stepped one step at a time in a decoder, a batch of one). Any T in the forward direction,
+    padded or packed (batch_sizes); at T=1 either direction, the same step. -> the results, or
+    None where the node does not apply (then the Function runs, and raises any error)."""
+    packed = batch_sizes is not None
+    if (w_hr is not None or input.dim() != (2 if packed else 3)
+            or (reverse and (packed or input.size(0) != 1))
             or torch.compiler.is_compiling() or transform_active()
             or torch._C._has_torch_function((input, *states, *weights))):
         return None
     try:
         return _C.direct_layer_node(mode, input, states,
-                                    weights if weights[2] is not None else weights[:2])
+                                    weights if weights[2] is not None else weights[:2],
+                                    batch_sizes)
     except (RuntimeError, ValueError):
         return None
 
@@ -914,15 +916,16 @@ def _layer_pair_node(mode, input, directions, batch_sizes):
     take them. -> both directions' results, or None where the node does not apply."""
     states = 2 if mode == "LSTM" else 1
     forward, reverse = directions
-    if (batch_sizes is not None or (mode == "LSTM" and forward[-1] is not None)
-            or input.dim() != 3 or torch.compiler.is_compiling() or transform_active()
+    if ((mode == "LSTM" and forward[-1] is not None)
+            or input.dim() != (3 if batch_sizes is None else 2)
+            or torch.compiler.is_compiling() or transform_active()
             or torch._C._has_torch_function((input, *forward, *reverse))):
         return None
     hx = [*forward[:states], *reverse[:states]]
     weights = [w for direction in (forward, reverse) for w in direction[states:states + 4]
                if w is not None]
     try:
-        return _C.direct_layer_pair_node(mode, input, hx, weights)
+        return _C.direct_layer_pair_node(mode, input, hx, weights, batch_sizes)
     except (RuntimeError, ValueError):
         return None
 
@@ -942,12 +945,13 @@ class _NodeContext:
 _node_contexts = weakref.WeakValueDictionary()
 
 
-def _layer_node_backward(cell, pair, node, saved, grads, needed):
+def _layer_node_backward(cell, pair, node, saved, grads, needed, batch_sizes):
     """The backward of a C++ layer node over a sequence where the fused op cannot give it alone
     (grad mode on: create_graph or torch.func; batched gradients), and every backward of it after
     a create_graph one: the Function's own (the pair Function's where `pair`), on a ctx built
     from what the node saved (its inputs, then per direction its copy of the output and the
-    activations). `needed`: one per input. -> a gradient or None per input."""
+    activations). `needed`: one per input; batch_sizes: packed input's, else None. -> a gradient
+    or None per input."""
     ctx = _node_contexts.get(node)
     if ctx is None:
         ctx = _NodeContext(node)
@@ -955,13 +959,14 @@ def _layer_node_backward(cell, pair, node, saved, grads, needed):
             _node_contexts[node] = ctx
     count = len(needed)
     inputs, kept = list(saved[:count]), [k.detach() for k in saved[count:]]
+    ctx.batch_sizes = batch_sizes
     if pair:
         return _pair_node_backward(ctx, cell, inputs, kept, grads, needed)
     weights = count - (3 if cell == "LSTM" else 2)  # w_ih, w_hh, and b_ih, b_hh where biased
     if weights == 2:
         inputs += [None, None]
     needs = (*needed, *(False,) * (4 - weights))  # the biases' where absent
-    ctx.reverse, ctx.batch_sizes = False, None
+    ctx.reverse = False
     if cell == "LSTM":
         # No w_hr; the unprojected output empty, as lstm_forward gives it without one.
         ctx.saved_tensors = (*inputs, None, *kept, kept[1].new_empty(0))
@@ -999,7 +1004,6 @@ def _pair_node_backward(ctx, cell, inputs, kept, grads, needed):
     # The Function's arguments before the directions: input, batch_sizes (and the RNN's relu).
     function, leading = {"LSTM": (LSTMPairFunction, 2), "GRU": (GRUPairFunction, 2)}.get(
         cell, (RNNPairFunction, 3))
-    ctx.batch_sizes = None
     if function is RNNPairFunction:
         ctx.relu = cell == "RNN_RELU"
     ctx.saved_tensors = (inputs[0], *directions, *kept)

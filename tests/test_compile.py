@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) of fused modules: the same outputs and gradients as eager."""
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from conftest import DEVICES, assert_close_by_name, graph_names, make_pair, random_state, \
     run_and_grad
@@ -95,25 +96,33 @@ def _stepped_loss(model, xs, cell_steps):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("what", ["cell", "module-stepped", "module", "module-bidirectional"])
+@pytest.mark.parametrize("what", ["cell", "module-stepped", "module", "module-bidirectional",
+                                  "module-packed", "module-bidirectional-packed"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_compiled_autograd_matches_torch_nn(cell, what, device):
     """Compiled autograd (the backward graph traced and compiled, the forward eager) over a
     training loop: through the CPU's C++ nodes (a cell stepped, a module given one step at a
-    time, a whole sequence in one direction or both) and through the autograd.Function (CUDA),
-    torch.nn's gradients."""
+    time, a whole sequence in one direction or both, padded or packed) and through the
+    autograd.Function (CUDA), torch.nn's gradients. Packed input comes as a PackedSequence over
+    a leaf's rows: pack_padded_sequence's own backward fails under compiled autograd, torch.nn's
+    too."""
     # Two steps: compiled autograd takes seconds a node to trace on 2 cores (torch.nn's too).
     options = {"cell": {"classes": CELL_CLASSES}, "module": {"num_layers": 2},
-               "module-bidirectional": {"bidirectional": True}}.get(what, {})
-    node = "LayerPairNode" if what == "module-bidirectional" else "RecurrenceNode"
+               "module-bidirectional": {"bidirectional": True},
+               "module-bidirectional-packed": {"bidirectional": True}}.get(what, {})
+    node = "LayerPairNode" if what.startswith("module-bidirectional") else "RecurrenceNode"
     ref, fused = make_pair(cell, 5, 6, device, torch.float64, **options)
     gen = torch.Generator().manual_seed(9)
     xs = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64).to(device)
+    if what.endswith("packed"):  # lengths 2, 1, 2: the rows of a PackedSequence, 5 of them
+        xs, batch_sizes = xs.view(6, 5)[:5], torch.tensor([3, 2])
     grads = []
     for model, compiled in ((ref, False), (fused, True)):
         model.zero_grad()
         x = xs.clone().requires_grad_()
-        if what.startswith("module") and what != "module-stepped":
+        if what.endswith("packed"):
+            loss = model(PackedSequence(x, batch_sizes))[0].data.pow(2).sum()
+        elif what.startswith("module") and what != "module-stepped":
             loss = model(x)[0].pow(2).sum()
         else:
             loss = _stepped_loss(model, x, what == "cell")

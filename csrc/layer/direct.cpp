@@ -142,32 +142,34 @@ std::vector<Tensor> zero_states(Cell cell, int64_t batch, const Tensor& w_hh,
 }
 
 // One layer in one direction. states: h0 (and c0); weights: w_ih, w_hh, b_ih, b_hh (undefined
-// without bias), w_hr (undefined without a projection). With `kept`, the layer runs in training
-// and kept receives what its backward reads beside the inputs and the output (the LSTM's gates
-// and cells, the GRU's saved activations; nothing for the RNN). -> output, new states.
+// without bias), w_hr (undefined without a projection); batch_sizes: a PackedSequence's, where x
+// is its data [rows, I]. With `kept`, the layer runs in training and kept receives what its
+// backward reads beside the inputs and the output (the LSTM's gates and cells, the GRU's saved
+// activations; nothing for the RNN). -> output, new states.
 std::pair<Tensor, std::vector<Tensor>> one_direction(Cell cell, const Tensor& x,
                                                      const std::vector<Tensor>& states,
                                                      const std::vector<OptionalTensor>& w,
                                                      bool reverse,
-                                                     std::vector<Tensor>* kept = nullptr) {
+                                                     std::vector<Tensor>* kept = nullptr,
+                                                     const OptionalTensor& batch_sizes = {}) {
   const bool training = kept != nullptr;
   switch (cell) {
     case Cell::kLstm: {
       auto [output, hn, cn, gates, cells, unprojected] =
           lstm_forward(x, states[0], states[1], *w[0], *w[1], w[2], w[3], reverse, training,
-                       std::nullopt, w[4]);
+                       batch_sizes, w[4]);
       if (training) *kept = {gates, cells};
       return {output, {hn, cn}};
     }
     case Cell::kGru: {
       auto [output, hn, saved] =
-          gru_forward(x, states[0], *w[0], *w[1], w[2], w[3], reverse, training, std::nullopt);
+          gru_forward(x, states[0], *w[0], *w[1], w[2], w[3], reverse, training, batch_sizes);
       if (training) *kept = {saved};
       return {output, {hn}};
     }
     default: {
       auto [output, hn] = rnn_forward(x, states[0], *w[0], *w[1], w[2], w[3],
-                                      cell == Cell::kRnnRelu, reverse, std::nullopt);
+                                      cell == Cell::kRnnRelu, reverse, batch_sizes);
       if (training) kept->clear();
       return {output, {hn}};
     }
@@ -176,11 +178,12 @@ std::pair<Tensor, std::vector<Tensor>> one_direction(Cell cell, const Tensor& x,
 
 // Both directions of a layer in one call (the *_pair ops, side by side on two threads). With
 // `kept`, the layer runs in training and kept[d] receives what direction d's backward reads
-// beside the inputs and the output, as one_direction's. -> each direction's output and new
-// states.
+// beside the inputs and the output, as one_direction's; batch_sizes as one_direction's. -> each
+// direction's output and new states.
 std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
     Cell cell, const Tensor& x, const std::vector<Tensor> (&states)[2],
-    const std::vector<OptionalTensor> (&w)[2], std::vector<Tensor> (*kept)[2] = nullptr) {
+    const std::vector<OptionalTensor> (&w)[2], std::vector<Tensor> (*kept)[2] = nullptr,
+    const OptionalTensor& batch_sizes = {}) {
   const bool training = kept != nullptr;
   const auto list = [&](size_t k) { return std::vector<Tensor>{states[0][k], states[1][k]}; };
   const auto weight = [&](size_t k) { return std::vector<Tensor>{*w[0][k], *w[1][k]}; };
@@ -190,17 +193,17 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
   switch (cell) {
     case Cell::kLstm:  // output, hn, cn, gates, cells, unprojected
       flat = lstm_forward_pair(x, list(0), list(1), weight(0), weight(1), optional(2),
-                               optional(3), training, std::nullopt, optional(4));
+                               optional(3), training, batch_sizes, optional(4));
       per_direction = 6;
       break;
     case Cell::kGru:  // output, hn, saved
       flat = gru_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3),
-                              training, std::nullopt);
+                              training, batch_sizes);
       per_direction = 3;
       break;
     default:  // output, hn
       flat = rnn_forward_pair(x, list(0), weight(0), weight(1), optional(2), optional(3),
-                              cell == Cell::kRnnRelu, std::nullopt);
+                              cell == Cell::kRnnRelu, batch_sizes);
       per_direction = 2;
   }
   const size_t count = state_count(cell);
@@ -255,6 +258,24 @@ bool beyond_fused_ops(const std::vector<Tensor>& grads) {
                      [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
 }
 
+// A PackedSequence's batch_sizes, where a layer node's input is the sequence's data: an
+// argument of the nodes' forward that is no input of their graph (autograd sees only tensors).
+struct Packing {
+  OptionalTensor batch_sizes;
+};
+
+constexpr const char* kBatchSizes = "batch_sizes";
+
+void save_packing(torch::autograd::AutogradContext* ctx, const Packing& packing) {
+  if (packing.batch_sizes) ctx->saved_data[kBatchSizes] = *packing.batch_sizes;
+}
+
+OptionalTensor saved_batch_sizes(torch::autograd::AutogradContext* ctx) {
+  const auto found = ctx->saved_data.find(kBatchSizes);
+  return found == ctx->saved_data.end() ? std::nullopt
+                                        : OptionalTensor(found->second.toTensor());
+}
+
 // Set in a layer node's context once a create_graph backward of it ran in Python: from then
 // on every backward of it does, as its second-order pass may leave it the pass's second half
 // (ops.py's _leave_to_layer), which only Python's backward takes up.
@@ -274,7 +295,7 @@ std::vector<Tensor> backward_in_python(torch::autograd::AutogradContext* ctx, Ce
   auto node = c10::intrusive_ptr<torch::autograd::Node>::reclaim_copy(
       reinterpret_cast<torch::autograd::Node*>(ctx->saved_data["node"].toInt()));
   return python_layer_backward()(kCellNames[static_cast<int>(cell)], pair, node, saved,
-                                 result_grads, needed);
+                                 result_grads, needed, saved_batch_sizes(ctx));
 }
 
 }  // namespace
@@ -293,7 +314,7 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
   using Variables = torch::autograd::variable_list;
 
   static Variables forward(Context* ctx, int64_t cell_index, bool has_bias, bool layer,
-                           at::TensorList tensors) {
+                           at::TensorList tensors, const Packing& packing) {
     const Cell cell = static_cast<Cell>(cell_index);
     const size_t count = state_count(cell);
     const bool batched = layer || tensors[0].dim() == 2;
@@ -304,7 +325,8 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     const std::vector<OptionalTensor> w = layer_weights(&tensors[1 + count], has_bias, false);
     // kept: what the backward reads beside the inputs, the output first.
     std::vector<Tensor> kept;
-    auto [output, results] = one_direction(cell, step, states, w, false, &kept);
+    auto [output, results] = one_direction(cell, step, states, w, false, &kept,
+                                           packing.batch_sizes);
     kept.insert(kept.begin(), output);
     if (layer) {  // the output returned, and a copy kept: the caller may edit it in place
       results.insert(results.begin(), kept[0]);
@@ -317,6 +339,7 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     ctx->saved_data["cell"] = cell_index;
     ctx->saved_data["layer"] = layer;
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
+    save_packing(ctx, packing);
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
     if (!batched)
       for (size_t k = 0; k + 1 < results.size(); ++k) {
@@ -339,7 +362,8 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     // a create_graph backward), which they do not take: a single step's go through ATen's ops,
     // a sequence's through the Python Functions' backward (backward_in_python).
     const bool differentiated = beyond_fused_ops(grads) || grads.back().defined();
-    const bool sequence = layer && saved[0].size(0) > 1;
+    const OptionalTensor batch_sizes = saved_batch_sizes(ctx);
+    const bool sequence = layer && (batch_sizes || saved[0].size(0) > 1);
     Variables input_grads;
     if (ctx->saved_data.count(kInPython) || (sequence && differentiated)) {
       // The output's and the states'; the activations' gradient comes only to a single step.
@@ -350,17 +374,19 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     } else if (differentiated) {
       input_grads = differentiable(cell, layer, saved, grads, needed);
     } else {
-      input_grads = fused(cell, has_bias, layer, saved, grads, needed);
+      input_grads = fused(cell, has_bias, layer, saved, grads, needed, batch_sizes);
     }
     Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
+    result.emplace_back();  // nor for packing
     return result;
   }
 
  private:
   // The fused backward op's gradients, one per input (undefined where not needed).
   static Variables fused(Cell cell, bool has_bias, bool layer, const Variables& saved,
-                         const Variables& grads, const std::vector<bool>& needed) {
+                         const Variables& grads, const std::vector<bool>& needed,
+                         const OptionalTensor& batch_sizes) {
     const size_t count = state_count(cell), inputs = needed.size();
     const Tensor& x = saved[0];
     const bool batched = layer || x.dim() == 2;
@@ -383,7 +409,7 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
       case Cell::kLstm: {
         auto [dx, dh, dc, dw_ih, dw_hh, d_bias, unused] = lstm_backward(
             grad_output, grad_of(0), grad_of(1), step, h0, rows(saved[2]), w_ih, w_hh,
-            kept[0], kept[1], kept[2], has_bias, false, std::nullopt, std::nullopt,
+            kept[0], kept[1], kept[2], has_bias, false, batch_sizes, std::nullopt,
             std::nullopt, weight_grads, h0_grad);
         got = {dx, dh, dc, dw_ih, dw_hh, d_bias, d_bias};
         break;
@@ -391,14 +417,14 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
       case Cell::kGru: {
         auto [dx, dh, dw_ih, dw_hh, db_ih, db_hh] =
             gru_backward(grad_output, grad_of(0), step, h0, w_ih, w_hh, kept[0], kept[1],
-                         has_bias, false, std::nullopt, weight_grads, h0_grad);
+                         has_bias, false, batch_sizes, weight_grads, h0_grad);
         got = {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
         break;
       }
       default: {
         auto [dx, dh, dw_ih, dw_hh, d_bias] =
             rnn_backward(grad_output, grad_of(0), step, h0, w_ih, w_hh, kept[0], has_bias,
-                         cell == Cell::kRnnRelu, false, std::nullopt, weight_grads, h0_grad);
+                         cell == Cell::kRnnRelu, false, batch_sizes, weight_grads, h0_grad);
         got = {dx, dh, dw_ih, dw_hh, d_bias, d_bias};
       }
     }
@@ -515,7 +541,7 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
   using Variables = torch::autograd::variable_list;
 
   static Variables forward(Context* ctx, int64_t cell_index, bool has_bias,
-                           at::TensorList tensors) {
+                           at::TensorList tensors, const Packing& packing) {
     const Cell cell = static_cast<Cell>(cell_index);
     const size_t count = state_count(cell), each = count + (has_bias ? 4 : 2);
     std::vector<Tensor> states[2];
@@ -526,7 +552,8 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
       w[d] = layer_weights(first + count, has_bias, false);
     }
     std::vector<Tensor> kept[2];
-    const auto results = both_directions(cell, tensors[0], states, w, &kept);
+    const auto results = both_directions(cell, tensors[0], states, w, &kept,
+                                         packing.batch_sizes);
     // Saved: the inputs, then per direction a copy of its output (the caller may edit the
     // output in place) and what its backward reads besides.
     std::vector<Tensor> saved(tensors.begin(), tensors.end());
@@ -541,6 +568,7 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
     ctx->save_for_backward(saved);
     ctx->saved_data["cell"] = cell_index;
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
+    save_packing(ctx, packing);
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
     return outputs;
   }
@@ -558,9 +586,10 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
     else if (!any_defined(grads))
       input_grads = Variables(inputs);
     else
-      input_grads = fused(cell, saved, grads, needed);
+      input_grads = fused(cell, saved, grads, needed, saved_batch_sizes(ctx));
     Variables result(2);  // none for cell_index and has_bias
     result.insert(result.end(), input_grads.begin(), input_grads.end());
+    result.emplace_back();  // nor for packing
     return result;
   }
 
@@ -568,7 +597,7 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
   // The pair backward op's gradients, one per input (undefined where not needed): x's the sum
   // of both directions'.
   static Variables fused(Cell cell, const Variables& saved, const Variables& grads,
-                         const std::vector<bool>& needed) {
+                         const std::vector<bool>& needed, const OptionalTensor& batch_sizes) {
     const size_t inputs = needed.size(), count = state_count(cell), each = (inputs - 1) / 2;
     const bool has_bias = each == count + 4;
     const size_t kept_each = 1 + activations_kept(cell);  // output, activations
@@ -599,20 +628,20 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
       case Cell::kLstm:  // x, h0, c0, w_ih, w_hh, the biases (one tensor), w_hr
         flat = lstm_backward_pair(result_grads(0), result_grads(1), result_grads(2), x,
                                   input(0), input(1), input(2), input(3), kept(0), kept(1),
-                                  kept(2), has_bias, std::nullopt, none, none, weight_grads,
+                                  kept(2), has_bias, batch_sizes, none, none, weight_grads,
                                   h0_grad);
         per_direction = 7;
         break;
       case Cell::kGru:  // x, h0, w_ih, w_hh, b_ih, b_hh
         flat = gru_backward_pair(result_grads(0), result_grads(1), x, input(0), input(1),
-                                 input(2), kept(0), kept(1), has_bias, std::nullopt,
+                                 input(2), kept(0), kept(1), has_bias, batch_sizes,
                                  weight_grads, h0_grad);
         per_direction = 6;
         break;
       default:  // x, h0, w_ih, w_hh, the biases (one tensor)
         flat = rnn_backward_pair(result_grads(0), result_grads(1), x, input(0), input(1),
                                  input(2), kept(0), has_bias, cell == Cell::kRnnRelu,
-                                 std::nullopt, weight_grads, h0_grad);
+                                 batch_sizes, weight_grads, h0_grad);
         per_direction = 5;
     }
     Variables result(inputs);
@@ -736,12 +765,16 @@ std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_n
 
 namespace {
 
-// The checks a layer node's arguments must pass: input [T, B, I] with T > 0, and for each of
-// `directions` its states [B, H] and 2 or 4 weights.
+// The checks a layer node's arguments must pass: input [T, B, I] with T > 0 (a PackedSequence's
+// data [rows, I] with its batch_sizes), and for each of `directions` its states [B, H] and 2 or
+// 4 weights.
 void check_layer_arguments(Cell cell, const Tensor& input, const std::vector<Tensor>& hx,
-                           const std::vector<Tensor>& weights, size_t directions) {
-  TORCH_CHECK(input.dim() == 3 && input.size(0) > 0,
-              "fusedrnn: a layer takes input [T, B, I] with T > 0");
+                           const std::vector<Tensor>& weights, size_t directions,
+                           const OptionalTensor& batch_sizes) {
+  TORCH_CHECK(batch_sizes ? input.dim() == 2 && batch_sizes->dim() == 1
+                          : input.dim() == 3 && input.size(0) > 0,
+              "fusedrnn: a layer takes input [T, B, I] with T > 0, or a PackedSequence's data "
+              "[rows, I] with its batch_sizes");
   TORCH_CHECK(weights.size() == 2 * directions || weights.size() == 4 * directions,
               "fusedrnn: expected 2 or 4 weights a direction");
   TORCH_CHECK(hx.size() == state_count(cell) * directions, "fusedrnn: expected ",
@@ -758,17 +791,21 @@ void keep_node_address(const Tensor& result) {
     node->ctx_.saved_data["node"] = reinterpret_cast<int64_t>(node);
 }
 
-// The step's node over x, its states and weights (RecurrenceNode's tensors).
+// The step's node over x, its states and weights (RecurrenceNode's tensors); a layer's over a
+// PackedSequence's data with its batch_sizes.
 std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
                               const std::vector<Tensor>& states,
-                              const std::vector<Tensor>& weights) {
+                              const std::vector<Tensor>& weights,
+                              const OptionalTensor& batch_sizes = {}) {
   std::vector<Tensor> tensors{input};
   tensors.insert(tensors.end(), states.begin(), states.end());
   tensors.insert(tensors.end(), weights.begin(), weights.end());
   std::vector<Tensor> results = RecurrenceNode::apply(
-      static_cast<int64_t>(cell), weights.size() == 4, layer, at::TensorList(tensors));
+      static_cast<int64_t>(cell), weights.size() == 4, layer, at::TensorList(tensors),
+      Packing{batch_sizes});
   // Only a sequence's backward may go to Python; a single step's never does.
-  if (layer && input.size(0) > 1) keep_node_address<RecurrenceNode>(results.back());
+  if (layer && (batch_sizes || input.size(0) > 1))
+    keep_node_address<RecurrenceNode>(results.back());
   results.pop_back();  // the activations, for the node's own create_graph backward
   return results;
 }
@@ -799,21 +836,23 @@ std::optional<std::vector<Tensor>> direct_cell_step(const std::string& cell_name
 std::optional<std::vector<Tensor>> direct_layer_node(const std::string& cell_name,
                                                      const Tensor& input,
                                                      const std::vector<Tensor>& hx,
-                                                     const std::vector<Tensor>& weights) {
+                                                     const std::vector<Tensor>& weights,
+                                                     const OptionalTensor& batch_sizes) {
   if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
-  check_layer_arguments(cell, input, hx, weights, 1);
-  return step_node(cell, true, input, hx, weights);
+  check_layer_arguments(cell, input, hx, weights, 1, batch_sizes);
+  return step_node(cell, true, input, hx, weights, batch_sizes);
 }
 
 std::optional<std::vector<Tensor>> direct_layer_pair_node(const std::string& cell_name,
                                                           const Tensor& input,
                                                           const std::vector<Tensor>& hx,
-                                                          const std::vector<Tensor>& weights) {
+                                                          const std::vector<Tensor>& weights,
+                                                          const OptionalTensor& batch_sizes) {
   if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
   const size_t count = state_count(cell);
-  check_layer_arguments(cell, input, hx, weights, 2);
+  check_layer_arguments(cell, input, hx, weights, 2, batch_sizes);
   const size_t per_direction = weights.size() / 2;
   std::vector<Tensor> tensors{input};
   for (size_t d = 0; d < 2; ++d) {
@@ -821,8 +860,9 @@ std::optional<std::vector<Tensor>> direct_layer_pair_node(const std::string& cel
     tensors.insert(tensors.end(), weights.begin() + d * per_direction,
                    weights.begin() + (d + 1) * per_direction);
   }
-  std::vector<Tensor> results = LayerPairNode::apply(static_cast<int64_t>(cell),
-                                                     per_direction == 4, at::TensorList(tensors));
+  std::vector<Tensor> results =
+      LayerPairNode::apply(static_cast<int64_t>(cell), per_direction == 4,
+                           at::TensorList(tensors), Packing{batch_sizes});
   keep_node_address<LayerPairNode>(results[0]);
   return results;
 }

@@ -64,37 +64,39 @@ std::optional<std::vector<at::Tensor>> direct_cell_step(const std::string& cell,
                                                         const std::vector<at::Tensor>& hx,
                                                         const std::vector<at::Tensor>& weights);
 
-// A one-direction layer's call where a gradient may follow, as the same node: input [T, B, I],
-// hx its h0 (and c0) [B, H], weights w_ih, w_hh (and b_ih, b_hh). -> output [T, B, H] (memory
-// of its own), hn (and cn); nullopt as direct_cell_step. At T=1 (a decoder stepping nn.LSTM one
+// A one-direction layer's call where a gradient may follow, as the same node: input [T, B, I]
+// (or a PackedSequence's data [rows, I], with its batch_sizes), hx its h0 (and c0) [B, H],
+// weights w_ih, w_hh (and b_ih, b_hh). -> output [T, B, H] ([rows, H]; memory of its own), hn
+// (and cn); nullopt as direct_cell_step. At T=1 (a decoder stepping nn.LSTM one
 // step at a time) the node's backward is direct_cell_step's. Over a sequence, where grad mode is
 // on in the backward or gradients come batched, the backward is the Python Functions'
 // (python_layer_backward), so that their double backward, second_order.py's pass, takes it as
 // it takes theirs.
-std::optional<std::vector<at::Tensor>> direct_layer_node(const std::string& cell,
-                                                         const at::Tensor& input,
-                                                         const std::vector<at::Tensor>& hx,
-                                                         const std::vector<at::Tensor>& weights);
+std::optional<std::vector<at::Tensor>> direct_layer_node(
+    const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& hx,
+    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes);
 
 // Both directions of a layer's call where a gradient may follow, as one node around the pair
-// ops (side by side on two threads): input [T, B, I]; hx the forward direction's h0 (and c0)
+// ops (side by side on two threads): input [T, B, I] (or packed, as direct_layer_node's); hx the
+// forward direction's h0 (and c0)
 // [B, H], then the reverse's; weights the forward's w_ih, w_hh (and b_ih, b_hh), then the
 // reverse's. -> each direction's output [T, B, H] (memory of its own) and hn (and cn), the
 // forward's first; nullopt as direct_cell_step. Its backward is the pair backward op, or, as
 // direct_layer_node's over a sequence, the Python pair Function's.
 std::optional<std::vector<at::Tensor>> direct_layer_pair_node(
     const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& hx,
-    const std::vector<at::Tensor>& weights);
+    const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes);
 
 // The layer nodes' backward in Python: (cell; whether the node is a pair's; the node; its saved
 // tensors: its inputs, then per direction its copy of the output and the activations its
 // forward kept; the gradients of the outputs and the final states, undefined where none came;
-// which inputs need a gradient) -> a gradient per input, undefined where none. Set by the
-// binding layer (ops.cpp) to fusedrnn/ops.py's _layer_node_backward.
+// which inputs need a gradient; the batch_sizes of packed input) -> a gradient per input,
+// undefined where none. Set by the binding layer (ops.cpp) to fusedrnn/ops.py's
+// _layer_node_backward.
 using PythonLayerBackward = std::function<std::vector<at::Tensor>(
     const char* cell, bool pair, const c10::intrusive_ptr<torch::autograd::Node>& node,
     const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& grads,
-    const std::vector<bool>& needed)>;
+    const std::vector<bool>& needed, const std::optional<at::Tensor>& batch_sizes)>;
 void set_python_layer_backward(PythonLayerBackward backward);
 
 }  // namespace fusedrnn

@@ -6,6 +6,7 @@ import types
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -574,6 +575,32 @@ def test_cell_steps_with_gradients_that_are_watched_go_through_the_dispatcher(ce
         assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
 
 
+def _assert_one_node_per_layer(ref, fused, call, x, wrt, monkeypatch):
+    """call(model) -> its output tensor and final states, which, with the gradients of a random
+    projection of them with respect to x (wrt "input") or x and every parameter ("all"), must
+    be torch.nn's, and the Functions' bit for bit; each of fused's layers one C++ node."""
+    def run(model):
+        output, states = call(model)
+        results = [output, *(states if isinstance(states, tuple) else (states,))]
+        gen = torch.Generator().manual_seed(12)
+        loss = sum((r * torch.randn(r.shape, generator=gen, dtype=r.dtype)).sum()
+                   for r in results)
+        names = ["x", *dict(model.named_parameters())] if wrt == "all" else ["x"]
+        wrt_tensors = [x, *model.parameters()] if wrt == "all" else [x]
+        grads = dict(zip(names, torch.autograd.grad(loss, wrt_tensors)))
+        return [r.detach() for r in results], " ".join(graph_names(output)), grads
+
+    expected, _, expected_grads = run(ref)
+    (results, name, grads), (dispatched, dispatched_name, dispatched_grads) = \
+        _direct_and_dispatched(lambda: run(fused), fused, (), monkeypatch)
+    node = "LayerPairNode" if fused.bidirectional else "RecurrenceNode"
+    assert name.count(node) == fused.num_layers and node not in dispatched_name
+    assert_close_by_name(dict(enumerate(results)), dict(enumerate(expected)), 1e-10)
+    assert_close_by_name(grads, expected_grads, 1e-10)
+    _assert_equal(results, dispatched)
+    _assert_equal(list(grads.values()), list(dispatched_grads.values()))
+
+
 @pytest.mark.parametrize("wrt", ["all", "input"])
 @pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
 @pytest.mark.parametrize("config", [(1, 3, 7, 11, {}), (1, 1, 3, 4, {"bias": False}),
@@ -597,30 +624,80 @@ def test_module_with_gradients_is_one_node_per_layer(cell, config, with_state, w
     ref, fused, x, hx = _case(cell, config)
     hx = hx if with_state else None
     x.requires_grad_()
-
-    def run(model):
-        output, states = model(x, hx)
-        results = [output, *(states if isinstance(states, tuple) else (states,))]
-        gen = torch.Generator().manual_seed(12)
-        loss = sum((r * torch.randn(r.shape, generator=gen, dtype=r.dtype)).sum()
-                   for r in results)
-        names = ["x", *dict(model.named_parameters())] if wrt == "all" else ["x"]
-        wrt_tensors = [x, *model.parameters()] if wrt == "all" else [x]
-        grads = dict(zip(names, torch.autograd.grad(loss, wrt_tensors)))
-        return [r.detach() for r in results], " ".join(graph_names(output)), grads
-
-    expected, _, expected_grads = run(ref)
-    (results, name, grads), (dispatched, dispatched_name, dispatched_grads) = \
-        _direct_and_dispatched(lambda: run(fused), fused, (), monkeypatch)
-    node = "LayerPairNode" if fused.bidirectional else "RecurrenceNode"
-    assert name.count(node) == fused.num_layers and node not in dispatched_name
-    assert_close_by_name(dict(enumerate(results)), dict(enumerate(expected)), 1e-10)
-    assert_close_by_name(grads, expected_grads, 1e-10)
-    _assert_equal(results, dispatched)
-    _assert_equal(list(grads.values()), list(dispatched_grads.values()))
+    _assert_one_node_per_layer(ref, fused, lambda model: model(x, hx), x, wrt, monkeypatch)
     output, states = fused(x, hx)
     first = states[0] if isinstance(states, tuple) else states
     assert output.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+
+
+def _packed(x, lengths, sorted_lengths):
+    """x [T, B, I] packed to `lengths`, sorted by them or not."""
+    return pack_padded_sequence(x, lengths, enforce_sorted=sorted_lengths)
+
+
+@pytest.mark.parametrize("wrt", ["all", "input"])
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("config", [([6, 6, 3, 1], 5, 7, True, {}),
+                                    ([4, 7, 1], 3, 4, False, {"bias": False}),
+                                    ([1], 2, 3, True, {}),
+                                    ([5, 2, 5], 4, 6, False, {"num_layers": 2}),
+                                    ([6, 6, 3, 1], 5, 7, True, {"bidirectional": True}),
+                                    ([4, 7, 1], 3, 4, False,
+                                     {"bidirectional": True, "bias": False}),
+                                    ([5, 2, 5], 4, 6, False,
+                                     {"num_layers": 2, "bidirectional": True})],
+                         ids=lambda c: f"lengths{c[0]}-{'sorted' if c[3] else 'unsorted'}-"
+                                       + "-".join(f"{k}{v}" for k, v in c[4].items()))
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_with_packed_input_is_one_node_per_layer(cell, config, with_state, wrt,
+                                                        monkeypatch):
+    """A PackedSequence in training (sorted or not, a batch of one, lengths of one step): each
+    layer is one C++ node over the packed rows, as over a padded batch. Output, final states and
+    every gradient asked for are torch.nn's, and the Functions' bit for bit."""
+    lengths, I, H, sorted_lengths, options = config
+    ref, fused = make_pair(cell, I, H, "cpu", torch.float64, **options)
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(max(lengths), len(lengths), I, generator=gen, dtype=torch.float64,
+                    requires_grad=True)
+    hx = random_state(cell, ref, len(lengths), "cpu", torch.float64, gen) if with_state else None
+
+    def call(model):
+        output, states = model(_packed(x, lengths, sorted_lengths), hx)
+        return output.data, states
+
+    _assert_one_node_per_layer(ref, fused, call, x, wrt, monkeypatch)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_packed_node_gradcheck_and_penalty_step(cell, bidirectional):
+    """The node over packed rows against finite differences, batched and twice (its
+    create_graph and batched backward are the Function's, given the node's batch_sizes); and a
+    gradient penalty through it, torch.nn's gradients."""
+    ref, fused = make_pair(cell, 3, 4, "cpu", torch.float64, bidirectional=bidirectional)
+    node = "LayerPairNode" if bidirectional else "RecurrenceNode"
+    names = [name for name, _ in fused.named_parameters()]
+    gen = torch.Generator().manual_seed(22)
+    lengths = [2, 4, 3]
+    x = torch.randn(4, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    parameters = [p.detach().clone().requires_grad_() for p in fused.parameters()]
+
+    def step(x, *parameters):
+        output, states = torch.func.functional_call(
+            fused, dict(zip(names, parameters)), (_packed(x, lengths, False),))
+        assert node in " ".join(graph_names(output.data))
+        return (output.data, *states) if isinstance(states, tuple) else (output.data, states)
+
+    assert torch.autograd.gradcheck(step, (x, *parameters), check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(step, (x, *parameters), check_batched_grad=True)
+    results = []
+    for model in (ref, fused):
+        x_leaf = x.detach().clone().requires_grad_()
+        output, _ = model(_packed(x_leaf, lengths, False))
+        (d_x,) = torch.autograd.grad(output.data.pow(2).sum(), x_leaf, create_graph=True)
+        results.append(torch.autograd.grad(d_x.pow(2).sum() + output.data.sum(),
+                                           [x_leaf, *model.parameters()]))
+    assert_close_by_name(dict(enumerate(results[1])), dict(enumerate(results[0])), 1e-10)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
