@@ -18,6 +18,7 @@ import statistics
 import sys
 
 import torch
+from torch import nn
 
 import fusedrnn
 from fusedrnn import bench
@@ -38,6 +39,9 @@ CASES = [*((cell, 1, 100, 1, 64, "training", False) for cell in ("lstm", "gru", 
 PACKED_CASES = [*((cell, 1, 20, 4, 64, "training", False) for cell in ("lstm", "gru", "rnn_tanh")),
                 ("lstm", 1, 50, 16, 128, "training", False), ("lstm", 1, 20, 4, 64, "training", True),
                 ("lstm", 2, 50, 16, 128, "training", True)]
+# LSTMs with proj_size: layers, T, B, H (I = H), proj_size, bidirectional.
+PROJECTED_CASES = [(1, 100, 1, 64, 32, False), (1, 50, 16, 128, 64, False),
+                   (1, 50, 1, 64, 32, True), (2, 50, 16, 128, 64, True)]
 
 
 class PenaltyStep(bench.Step):
@@ -67,13 +71,29 @@ class WithoutNode:
             _C.direct_layer_node, _C.direct_layer_pair_node = nodes
 
 
-def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=False):
+def projected(case, proj_size):
+    """bench.build_modules' and bench.make_inputs' LSTMs and inputs, with proj_size: h0 the
+    first proj_size columns of bench's."""
+    options = dict(num_layers=case.layers, bidirectional=case.bidirectional, proj_size=proj_size)
+    torch.manual_seed(bench.SEED)
+    reference = nn.LSTM(case.I, case.H, **options)
+    fused = fusedrnn.LSTM(case.I, case.H, **options)
+    fused.load_state_dict(reference.state_dict())
+    x, (h0, c0) = bench.make_inputs(case, torch.device("cpu"))
+    return reference, fused, (x, (h0.detach()[..., :proj_size].clone().requires_grad_(), c0))
+
+
+def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=False,
+            proj_size=0):
     """-> one row: medians in ms, torch.nn time / fused time and its single rounds' quartiles,
     for the node and for the Function."""
     case = bench.Case(cell, T=T, B=B, I=H, H=H, layers=layers, bidirectional=bidirectional,
                       mode="training", packed=packed)
-    reference, fused = bench.build_modules(case, torch.device("cpu"))
-    inputs = bench.make_inputs(case, torch.device("cpu"))
+    if proj_size:
+        reference, fused, inputs = projected(case, proj_size)
+    else:
+        reference, fused = bench.build_modules(case, torch.device("cpu"))
+        inputs = bench.make_inputs(case, torch.device("cpu"))
     kind = PenaltyStep if step == "penalty" else bench.Step
     steps = {"torch": kind(reference, inputs, "training"),
              "fused": kind(fused, inputs, "training"),
@@ -82,7 +102,7 @@ def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=Fa
                             bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
     ms = {name: statistics.median(times) for name, times in samples.items()}
     row = dict(cell=cell, layers=layers, bidirectional=bidirectional, packed=packed, T=T, B=B,
-               H=H, step=step, rounds=len(samples["fused"]), ms=ms)
+               H=H, proj_size=proj_size, step=step, rounds=len(samples["fused"]), ms=ms)
     for name in ("fused", "fused_function"):
         row[f"torch_over_{name}"] = ms["torch"] / ms[name]
         row[f"torch_over_{name}_quartiles"] = bench.round_speedup_quartiles(samples["torch"],
@@ -96,13 +116,16 @@ def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=Fa
 def main():
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
     rows = []
-    for *case, bidirectional, packed in [*((*c, False) for c in CASES),
-                                         *((*c, True) for c in PACKED_CASES)]:
-        row = measure(*case, seconds, bidirectional, packed)
+    cases = [*((*c, False, 0) for c in CASES), *((*c, True, 0) for c in PACKED_CASES),
+             *(("lstm", layers, T, B, H, "training", bidirectional, False, proj_size)
+               for layers, T, B, H, proj_size, bidirectional in PROJECTED_CASES)]
+    for *case, bidirectional, packed, proj_size in cases:
+        row = measure(*case, seconds, bidirectional, packed, proj_size)
         rows.append(row)
         q = row["function_over_node_quartiles"]
         print(f"{row['cell']} L{row['layers']}{' bidir' if bidirectional else ''}"
-              f"{' packed' if packed else ''} T={row['T']} "
+              f"{' packed' if packed else ''}{f' P={proj_size}' if proj_size else ''} "
+              f"T={row['T']} "
               f"B={row['B']} H={row['H']} "
               f"{row['step']}: torch {row['ms']['torch']:.3f} ms, node "
               f"{row['ms']['fused']:.3f} ms ({row['torch_over_fused']:.2f}x), function "

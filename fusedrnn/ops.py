@@ -893,18 +893,18 @@ def _layer_node(mode, input, states, weights, reverse, batch_sizes, w_hr=None):
     (csrc/layer/direct.h, direct_layer_node): a Python autograd.Function costs a few hundred
     microseconds a training step, more than a small layer's math (a cell stepped in a loop, nn.LSTM
     stepped one step at a time in a decoder, a batch of one). Any T in the forward direction,
-    padded or packed (batch_sizes); at T=1 either direction, the same step. -> the results, or
+    padded or packed (batch_sizes), the LSTM's with or without a projection (w_hr); at T=1
+    either direction, the same step. -> the results, or
     None where the node does not apply (then the Function runs, and raises any error)."""
     packed = batch_sizes is not None
-    if (w_hr is not None or input.dim() != (2 if packed else 3)
+    weights = [w for w in (*weights, w_hr) if w is not None]
+    if (input.dim() != (2 if packed else 3)
             or (reverse and (packed or input.size(0) != 1))
             or torch.compiler.is_compiling() or transform_active()
             or torch._C._has_torch_function((input, *states, *weights))):
         return None
     try:
-        return _C.direct_layer_node(mode, input, states,
-                                    weights if weights[2] is not None else weights[:2],
-                                    batch_sizes)
+        return _C.direct_layer_node(mode, input, states, weights, batch_sizes)
     except (RuntimeError, ValueError):
         return None
 
@@ -916,13 +916,12 @@ def _layer_pair_node(mode, input, directions, batch_sizes):
     take them. -> both directions' results, or None where the node does not apply."""
     states = 2 if mode == "LSTM" else 1
     forward, reverse = directions
-    if ((mode == "LSTM" and forward[-1] is not None)
-            or input.dim() != (3 if batch_sizes is None else 2)
+    if (input.dim() != (3 if batch_sizes is None else 2)
             or torch.compiler.is_compiling() or transform_active()
             or torch._C._has_torch_function((input, *forward, *reverse))):
         return None
     hx = [*forward[:states], *reverse[:states]]
-    weights = [w for direction in (forward, reverse) for w in direction[states:states + 4]
+    weights = [w for direction in (forward, reverse) for w in direction[states:]
                if w is not None]
     try:
         return _C.direct_layer_pair_node(mode, input, hx, weights, batch_sizes)
@@ -945,13 +944,32 @@ class _NodeContext:
 _node_contexts = weakref.WeakValueDictionary()
 
 
+def _function_slots(cell, given, projection):
+    """Where each of a direction's node inputs (its states, w_ih, w_hh, then b_ih, b_hh where it
+    has them, then the LSTM's w_hr where `projection`), `given` of them, go among the
+    Function's per direction (states, w_ih, w_hh, b_ih, b_hh, and the LSTM's w_hr)."""
+    slots = list(range(given - projection))
+    if projection:
+        slots.append(2 + 4)  # the LSTM's: after its two states and four weights
+    return slots
+
+
+def _placed(values, slots, size, absent):
+    """values put at `slots` of a list of `size`, `absent` elsewhere."""
+    placed = [absent] * size
+    for slot, value in zip(slots, values):
+        placed[slot] = value
+    return placed
+
+
 def _layer_node_backward(cell, pair, node, saved, grads, needed, batch_sizes):
     """The backward of a C++ layer node over a sequence where the fused op cannot give it alone
     (grad mode on: create_graph or torch.func; batched gradients), and every backward of it after
     a create_graph one: the Function's own (the pair Function's where `pair`), on a ctx built
     from what the node saved (its inputs, then per direction its copy of the output and the
-    activations). `needed`: one per input; batch_sizes: packed input's, else None. -> a gradient
-    or None per input."""
+    activations: the LSTM's gates, cells and, with a projection, its unprojected output).
+    `needed`: one per input; batch_sizes: packed input's, else None. -> a gradient or None per
+    input."""
     ctx = _node_contexts.get(node)
     if ctx is None:
         ctx = _NodeContext(node)
@@ -960,47 +978,47 @@ def _layer_node_backward(cell, pair, node, saved, grads, needed, batch_sizes):
     count = len(needed)
     inputs, kept = list(saved[:count]), [k.detach() for k in saved[count:]]
     ctx.batch_sizes = batch_sizes
+    directions = 2 if pair else 1
+    each = (count - 1) // directions
+    # The LSTM keeps its output, gates, cells, and its unprojected output with a projection.
+    projection = cell == "LSTM" and len(kept) == 4 * directions
+    if cell == "LSTM" and not projection:  # the unprojected output empty, as the op gives it
+        per = len(kept) // directions
+        kept = [t for d in range(directions)
+                for t in (*kept[d * per:(d + 1) * per], kept[d * per + 1].new_empty(0))]
+    slots = _function_slots(cell, each, projection)
+    k = (2 + 5) if cell == "LSTM" else (1 + 4)  # the Function's per direction
     if pair:
-        return _pair_node_backward(ctx, cell, inputs, kept, grads, needed)
-    weights = count - (3 if cell == "LSTM" else 2)  # w_ih, w_hh, and b_ih, b_hh where biased
-    if weights == 2:
-        inputs += [None, None]
-    needs = (*needed, *(False,) * (4 - weights))  # the biases' where absent
+        return _pair_node_backward(ctx, cell, inputs, kept, grads, needed, slots, k)
+    function_inputs = [inputs[0], *_placed(inputs[1:], slots, k, None)]
+    needs = [needed[0], *_placed(needed[1:], slots, k, False)]
     ctx.reverse = False
-    if cell == "LSTM":
-        # No w_hr; the unprojected output empty, as lstm_forward gives it without one.
-        ctx.saved_tensors = (*inputs, None, *kept, kept[1].new_empty(0))
-        ctx.needs_input_grad = (*needs, False, False, False)
-        results = LSTMFunction.backward(ctx, *grads)[:7]
+    if cell == "LSTM":  # the Function's inputs: ..., b_hh, reverse, batch_sizes, w_hr
+        ctx.saved_tensors = (*function_inputs, *kept)
+        ctx.needs_input_grad = (*needs[:7], False, False, needs[7])
+        results = LSTMFunction.backward(ctx, *grads)
+        results = (*results[:7], results[9])
     elif cell == "GRU":
-        ctx.saved_tensors = (*inputs, *kept)
+        ctx.saved_tensors = (*function_inputs, *kept)
         ctx.needs_input_grad = (*needs, False, False)
-        results = GRUFunction.backward(ctx, *grads)[:6]
+        results = GRUFunction.backward(ctx, *grads)
     else:
         ctx.relu = cell == "RNN_RELU"
-        ctx.saved_tensors = (*inputs, *kept)
+        ctx.saved_tensors = (*function_inputs, *kept)
         ctx.needs_input_grad = (*needs, False, False, False)
-        results = RNNFunction.backward(ctx, *grads)[:6]
-    return results[:count]
+        results = RNNFunction.backward(ctx, *grads)
+    return [results[0], *(results[1 + slot] for slot in slots)]
 
 
-def _pair_node_backward(ctx, cell, inputs, kept, grads, needed):
-    """_layer_node_backward's for a pair node: x, then each direction's states, w_ih, w_hh and
-    biases where it has them; kept: each direction's output, then its activations."""
-    states = 2 if cell == "LSTM" else 1
-    each = (len(inputs) - 1) // 2
-    k = states + 4 + (cell == "LSTM")  # the pair Function's per direction (the LSTM's w_hr)
+def _pair_node_backward(ctx, cell, inputs, kept, grads, needed, slots, k):
+    """_layer_node_backward's for a pair node: x, then each direction's node inputs, which go to
+    `slots` of the pair Function's k a direction; kept: each direction's output, then its
+    activations, as the Function keeps them."""
+    each = len(slots)
     directions, needs = [], [needed[0]]
     for d in range(2):
-        given = inputs[1 + d * each:1 + (d + 1) * each]
-        padded = given + [None] * (k - each)  # absent biases (and w_hr)
-        directions += padded
-        needs += [*needed[1 + d * each:1 + (d + 1) * each], *(False,) * (k - each)]
-    if cell == "LSTM":
-        # Per direction: output, gates, cells, and the unprojected output empty (no w_hr).
-        half = len(kept) // 2
-        kept = [t for d in range(2)
-                for t in (*kept[d * half:(d + 1) * half], kept[d * half + 1].new_empty(0))]
+        directions += _placed(inputs[1 + d * each:1 + (d + 1) * each], slots, k, None)
+        needs += _placed(needed[1 + d * each:1 + (d + 1) * each], slots, k, False)
     # The Function's arguments before the directions: input, batch_sizes (and the RNN's relu).
     function, leading = {"LSTM": (LSTMPairFunction, 2), "GRU": (GRUPairFunction, 2)}.get(
         cell, (RNNPairFunction, 3))
@@ -1009,7 +1027,7 @@ def _pair_node_backward(ctx, cell, inputs, kept, grads, needed):
     ctx.saved_tensors = (inputs[0], *directions, *kept)
     ctx.needs_input_grad = (needs[0], *(False,) * (leading - 1), *needs[1:])
     results = function.backward(ctx, *grads)
-    per_direction = [results[leading + d * k:leading + d * k + each] for d in range(2)]
+    per_direction = [[results[leading + d * k + slot] for slot in slots] for d in range(2)]
     return [results[0], *per_direction[0], *per_direction[1]]
 
 

@@ -147,17 +147,19 @@ def test_cell_loops_times_the_node_and_the_function(cell):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
-@pytest.mark.parametrize("step, packed", [("training", False), ("penalty", False),
-                                          ("training", True)],
-                         ids=["training", "penalty", "training-packed"])
-def test_layer_node_times_the_node_and_the_function(step, packed, bidirectional, tmp_path):
+@pytest.mark.parametrize("step, packed, proj_size", [("training", False, 0), ("penalty", False, 0),
+                                                     ("training", True, 0),
+                                                     ("training", False, 2)],
+                         ids=["training", "penalty", "training-packed", "training-projected"])
+def test_layer_node_times_the_node_and_the_function(step, packed, proj_size, bidirectional,
+                                                    tmp_path):
     """benchmarks/layer_node.py's case, tiny: torch.nn, the layer's C++ node and the Function,
     the nodes switched back on afterwards; the rows saved with their environment."""
     from fusedrnn._extension import _C
     nodes = (_C.direct_layer_node, _C.direct_layer_pair_node)
     script = _script("layer_node")
-    row = script.measure("gru", 1, 4, 2, 3, step, seconds=0.0, bidirectional=bidirectional,
-                         packed=packed)
+    row = script.measure("lstm" if proj_size else "gru", 1, 4, 2, 3, step, seconds=0.0,
+                         bidirectional=bidirectional, packed=packed, proj_size=proj_size)
     assert set(row["ms"]) == {"torch", "fused", "fused_function"}
     assert all(ms > 0 for ms in row["ms"].values())
     assert len(row["function_over_node_quartiles"]) == 2

@@ -44,9 +44,10 @@ size_t activations_at(Cell cell) {
 }
 
 // How many activations a layer's forward keeps for its backward beside its output
-// (one_direction's `kept`): the LSTM's gates and cells, the GRU's saved gates, none for the RNN.
-size_t activations_kept(Cell cell) {
-  return cell == Cell::kLstm ? 2 : cell == Cell::kGru ? 1 : 0;
+// (one_direction's `kept`): the LSTM's gates and cells (and its output before the projection,
+// where it has one), the GRU's saved gates, none for the RNN.
+size_t activations_kept(Cell cell, bool projection) {
+  return cell == Cell::kLstm ? 2 + projection : cell == Cell::kGru ? 1 : 0;
 }
 
 // A plain strided CPU tensor: no subclass with a dispatch key of its own, no lazy negation, no
@@ -144,8 +145,9 @@ std::vector<Tensor> zero_states(Cell cell, int64_t batch, const Tensor& w_hh,
 // One layer in one direction. states: h0 (and c0); weights: w_ih, w_hh, b_ih, b_hh (undefined
 // without bias), w_hr (undefined without a projection); batch_sizes: a PackedSequence's, where x
 // is its data [rows, I]. With `kept`, the layer runs in training and kept receives what its
-// backward reads beside the inputs and the output (the LSTM's gates and cells, the GRU's saved
-// activations; nothing for the RNN). -> output, new states.
+// backward reads beside the inputs and the output (the LSTM's gates and cells, and its output
+// before the projection where w_hr is given; the GRU's saved activations; nothing for the RNN).
+// -> output, new states.
 std::pair<Tensor, std::vector<Tensor>> one_direction(Cell cell, const Tensor& x,
                                                      const std::vector<Tensor>& states,
                                                      const std::vector<OptionalTensor>& w,
@@ -158,7 +160,8 @@ std::pair<Tensor, std::vector<Tensor>> one_direction(Cell cell, const Tensor& x,
       auto [output, hn, cn, gates, cells, unprojected] =
           lstm_forward(x, states[0], states[1], *w[0], *w[1], w[2], w[3], reverse, training,
                        batch_sizes, w[4]);
-      if (training) *kept = {gates, cells};
+      if (training) *kept = w[4] ? std::vector<Tensor>{gates, cells, unprojected}
+                                 : std::vector<Tensor>{gates, cells};
       return {output, {hn, cn}};
     }
     case Cell::kGru: {
@@ -212,7 +215,8 @@ std::vector<std::pair<Tensor, std::vector<Tensor>>> both_directions(
     const auto first = flat.begin() + d * per_direction;
     results[d] = {first[0], std::vector<Tensor>(first + 1, first + 1 + count)};
     const auto activations = first + 1 + count;  // after the output and the states
-    if (training) (*kept)[d].assign(activations, activations + activations_kept(cell));
+    if (training)
+      (*kept)[d].assign(activations, activations + activations_kept(cell, w[d][4].has_value()));
   }
   return results;
 }
@@ -258,16 +262,19 @@ bool beyond_fused_ops(const std::vector<Tensor>& grads) {
                      [](const Tensor& g) { return g.defined() && !plain_cpu_tensor(g); });
 }
 
-// A PackedSequence's batch_sizes, where a layer node's input is the sequence's data: an
-// argument of the nodes' forward that is no input of their graph (autograd sees only tensors).
-struct Packing {
+// How a layer node's tensors are laid out, an argument of the nodes' forward that is no input of
+// their graph (autograd sees only tensors): batch_sizes where the input is a PackedSequence's
+// data; `projection` where each direction's weights end with the LSTM's w_hr.
+struct LayerLayout {
   OptionalTensor batch_sizes;
+  bool projection = false;
 };
 
 constexpr const char* kBatchSizes = "batch_sizes";
 
-void save_packing(torch::autograd::AutogradContext* ctx, const Packing& packing) {
-  if (packing.batch_sizes) ctx->saved_data[kBatchSizes] = *packing.batch_sizes;
+void save_layout(torch::autograd::AutogradContext* ctx, const LayerLayout& layout) {
+  if (layout.batch_sizes) ctx->saved_data[kBatchSizes] = *layout.batch_sizes;
+  ctx->saved_data["projection"] = layout.projection;
 }
 
 OptionalTensor saved_batch_sizes(torch::autograd::AutogradContext* ctx) {
@@ -303,18 +310,19 @@ std::vector<Tensor> backward_in_python(torch::autograd::AutogradContext* ctx, Ce
 // A cell's step where a gradient may follow, as one autograd node in C++ (direct_cell_step), or a
 // one-direction layer's whole call (`layer`, direct_layer_node: any T). Its tensors, in order:
 // x [B, I] or [I] (a layer's: [T, B, I]), h (and c for the LSTM), w_ih, w_hh (and b_ih, b_hh
-// where has_bias); the LSTM's zero states, where the call gave none, as tensors that need no
-// gradient. -> the new h (and c), shaped as x is; a layer's output [T, B, H] before them; last,
-// the activations (activations_at) [T, B, 4H] or [T, B, H], which the caller drops. Saved as an
-// output, they are differentiable in a create_graph backward of a single step: the backward of
-// that backward comes back to this node once, with the states' gradients (one set of products,
-// as torch.nn's graph takes), not through a node of their own.
+// where has_bias; a layer's w_hr last where layout.projection); the LSTM's zero states, where the
+// call gave none, as tensors that need no gradient. -> the new h (and c), shaped as x is; a
+// layer's output [T, B, H] before them; last, the activations (activations_at) [T, B, 4H] or
+// [T, B, H], which the caller drops. Saved as an output, they are differentiable in a
+// create_graph backward of a single step: the backward of that backward comes back to this node
+// once, with the states' gradients (one set of products, as torch.nn's graph takes), not through
+// a node of their own.
 struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
   using Context = torch::autograd::AutogradContext;
   using Variables = torch::autograd::variable_list;
 
   static Variables forward(Context* ctx, int64_t cell_index, bool has_bias, bool layer,
-                           at::TensorList tensors, const Packing& packing) {
+                           at::TensorList tensors, const LayerLayout& layout) {
     const Cell cell = static_cast<Cell>(cell_index);
     const size_t count = state_count(cell);
     const bool batched = layer || tensors[0].dim() == 2;
@@ -322,11 +330,12 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     const Tensor step = layer ? tensors[0] : one_step(rows(tensors[0]));
     std::vector<Tensor> states;
     for (size_t k = 0; k < count; ++k) states.push_back(rows(tensors[1 + k]));
-    const std::vector<OptionalTensor> w = layer_weights(&tensors[1 + count], has_bias, false);
+    const std::vector<OptionalTensor> w =
+        layer_weights(&tensors[1 + count], has_bias, layout.projection);
     // kept: what the backward reads beside the inputs, the output first.
     std::vector<Tensor> kept;
     auto [output, results] = one_direction(cell, step, states, w, false, &kept,
-                                           packing.batch_sizes);
+                                           layout.batch_sizes);
     kept.insert(kept.begin(), output);
     if (layer) {  // the output returned, and a copy kept: the caller may edit it in place
       results.insert(results.begin(), kept[0]);
@@ -339,7 +348,8 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     ctx->saved_data["cell"] = cell_index;
     ctx->saved_data["layer"] = layer;
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
-    save_packing(ctx, packing);
+    ctx->saved_data["bias"] = has_bias;
+    save_layout(ctx, layout);
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
     if (!batched)
       for (size_t k = 0; k + 1 < results.size(); ++k) {
@@ -355,7 +365,7 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     const bool layer = ctx->saved_data["layer"].toBool();
     const Variables saved = ctx->get_saved_variables();
     const size_t inputs = ctx->saved_data["inputs"].toInt();
-    const bool has_bias = inputs == 5 + state_count(cell);  // x, states, w_ih, w_hh, b_ih, b_hh
+    const bool has_bias = ctx->saved_data["bias"].toBool();
     const std::vector<bool> needed = inputs_needing_grad(ctx, inputs);
     const bool any_grad = any_defined(grads);
     // Beyond the fused ops (beyond_fused_ops), and the activations' gradient (the backward of
@@ -363,7 +373,9 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     // a sequence's through the Python Functions' backward (backward_in_python).
     const bool differentiated = beyond_fused_ops(grads) || grads.back().defined();
     const OptionalTensor batch_sizes = saved_batch_sizes(ctx);
-    const bool sequence = layer && (batch_sizes || saved[0].size(0) > 1);
+    const bool projection = ctx->saved_data["projection"].toBool();
+    // differentiable() takes one padded step without a projection; the rest is a sequence's.
+    const bool sequence = layer && (batch_sizes || projection || saved[0].size(0) > 1);
     Variables input_grads;
     if (ctx->saved_data.count(kInPython) || (sequence && differentiated)) {
       // The output's and the states'; the activations' gradient comes only to a single step.
@@ -374,19 +386,19 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     } else if (differentiated) {
       input_grads = differentiable(cell, layer, saved, grads, needed);
     } else {
-      input_grads = fused(cell, has_bias, layer, saved, grads, needed, batch_sizes);
+      input_grads = fused(cell, has_bias, projection, layer, saved, grads, needed, batch_sizes);
     }
     Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
-    result.emplace_back();  // nor for packing
+    result.emplace_back();  // nor for layout
     return result;
   }
 
  private:
   // The fused backward op's gradients, one per input (undefined where not needed).
-  static Variables fused(Cell cell, bool has_bias, bool layer, const Variables& saved,
-                         const Variables& grads, const std::vector<bool>& needed,
-                         const OptionalTensor& batch_sizes) {
+  static Variables fused(Cell cell, bool has_bias, bool projection, bool layer,
+                         const Variables& saved, const Variables& grads,
+                         const std::vector<bool>& needed, const OptionalTensor& batch_sizes) {
     const size_t count = state_count(cell), inputs = needed.size();
     const Tensor& x = saved[0];
     const bool batched = layer || x.dim() == 2;
@@ -404,14 +416,18 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     const bool weight_grads =
         std::any_of(needed.begin() + 1 + count, needed.end(), [](bool n) { return n; });
     const bool h0_grad = needed[1];
-    std::vector<Tensor> got;  // x, the states, then the weights as the ops give them
+    std::vector<Tensor> got;  // one per input, in their order
     switch (cell) {
       case Cell::kLstm: {
-        auto [dx, dh, dc, dw_ih, dw_hh, d_bias, unused] = lstm_backward(
+        const OptionalTensor w_hr = projection ? OptionalTensor(saved[inputs - 1]) : std::nullopt;
+        const OptionalTensor unprojected = projection ? OptionalTensor(kept[3]) : std::nullopt;
+        auto [dx, dh, dc, dw_ih, dw_hh, d_bias, dw_hr] = lstm_backward(
             grad_output, grad_of(0), grad_of(1), step, h0, rows(saved[2]), w_ih, w_hh,
-            kept[0], kept[1], kept[2], has_bias, false, batch_sizes, std::nullopt,
-            std::nullopt, weight_grads, h0_grad);
-        got = {dx, dh, dc, dw_ih, dw_hh, d_bias, d_bias};
+            kept[0], kept[1], kept[2], has_bias, false, batch_sizes, w_hr, unprojected,
+            weight_grads, h0_grad);
+        got = {dx, dh, dc, dw_ih, dw_hh};
+        if (has_bias) got.insert(got.end(), {d_bias, d_bias});
+        if (projection) got.push_back(dw_hr);
         break;
       }
       case Cell::kGru: {
@@ -541,19 +557,20 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
   using Variables = torch::autograd::variable_list;
 
   static Variables forward(Context* ctx, int64_t cell_index, bool has_bias,
-                           at::TensorList tensors, const Packing& packing) {
+                           at::TensorList tensors, const LayerLayout& layout) {
     const Cell cell = static_cast<Cell>(cell_index);
-    const size_t count = state_count(cell), each = count + (has_bias ? 4 : 2);
+    const size_t count = state_count(cell),
+                 each = count + (has_bias ? 4 : 2) + (layout.projection ? 1 : 0);
     std::vector<Tensor> states[2];
     std::vector<OptionalTensor> w[2];
     for (size_t d = 0; d < 2; ++d) {
       const Tensor* first = &tensors[1 + d * each];
       states[d].assign(first, first + count);
-      w[d] = layer_weights(first + count, has_bias, false);
+      w[d] = layer_weights(first + count, has_bias, layout.projection);
     }
     std::vector<Tensor> kept[2];
     const auto results = both_directions(cell, tensors[0], states, w, &kept,
-                                         packing.batch_sizes);
+                                         layout.batch_sizes);
     // Saved: the inputs, then per direction a copy of its output (the caller may edit the
     // output in place) and what its backward reads besides.
     std::vector<Tensor> saved(tensors.begin(), tensors.end());
@@ -568,7 +585,7 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
     ctx->save_for_backward(saved);
     ctx->saved_data["cell"] = cell_index;
     ctx->saved_data["inputs"] = static_cast<int64_t>(tensors.size());
-    save_packing(ctx, packing);
+    save_layout(ctx, layout);
     ctx->set_materialize_grads(false);  // a state's gradient that does not come costs nothing
     return outputs;
   }
@@ -586,10 +603,11 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
     else if (!any_defined(grads))
       input_grads = Variables(inputs);
     else
-      input_grads = fused(cell, saved, grads, needed, saved_batch_sizes(ctx));
+      input_grads = fused(cell, saved, grads, needed, saved_batch_sizes(ctx),
+                          ctx->saved_data["projection"].toBool());
     Variables result(2);  // none for cell_index and has_bias
     result.insert(result.end(), input_grads.begin(), input_grads.end());
-    result.emplace_back();  // nor for packing
+    result.emplace_back();  // nor for layout
     return result;
   }
 
@@ -597,10 +615,11 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
   // The pair backward op's gradients, one per input (undefined where not needed): x's the sum
   // of both directions'.
   static Variables fused(Cell cell, const Variables& saved, const Variables& grads,
-                         const std::vector<bool>& needed, const OptionalTensor& batch_sizes) {
+                         const std::vector<bool>& needed, const OptionalTensor& batch_sizes,
+                         bool projection) {
     const size_t inputs = needed.size(), count = state_count(cell), each = (inputs - 1) / 2;
-    const bool has_bias = each == count + 4;
-    const size_t kept_each = 1 + activations_kept(cell);  // output, activations
+    const bool has_bias = each - projection == count + 4;
+    const size_t kept_each = 1 + activations_kept(cell, projection);  // output, activations
     const Tensor& x = saved[0];
     // Input i of direction d, and what its forward kept (k: its output, then activations).
     const auto input = [&](size_t i) {
@@ -622,14 +641,17 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
       for (size_t i = count; i < each; ++i) weight_grads = weight_grads || needed[1 + d * each + i];
     const bool h0_grad = needed[1] || needed[1 + each];
     const OptionalTensors none({std::nullopt, std::nullopt});
+    const auto optional = [&](const std::vector<Tensor>& both) {
+      return projection ? OptionalTensors({both[0], both[1]}) : none;
+    };
     std::vector<Tensor> flat;  // each direction's gradients, as the op gives them
     size_t per_direction;
     switch (cell) {
       case Cell::kLstm:  // x, h0, c0, w_ih, w_hh, the biases (one tensor), w_hr
         flat = lstm_backward_pair(result_grads(0), result_grads(1), result_grads(2), x,
                                   input(0), input(1), input(2), input(3), kept(0), kept(1),
-                                  kept(2), has_bias, batch_sizes, none, none, weight_grads,
-                                  h0_grad);
+                                  kept(2), has_bias, batch_sizes, optional(input(each - 1)),
+                                  optional(kept(kept_each - 1)), weight_grads, h0_grad);
         per_direction = 7;
         break;
       case Cell::kGru:  // x, h0, w_ih, w_hh, b_ih, b_hh
@@ -651,10 +673,11 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
       for (size_t i = 0; i < each; ++i) {
         if (!needed[1 + d * each + i]) continue;
         // The states' and weights' in the op's order; both biases take its one bias gradient
-        // where it gives one (the LSTM's, the RNN's).
+        // where it gives one (the LSTM's, the RNN's); the LSTM's w_hr's follows it.
         const size_t bias = count + 2;
-        const bool shared_bias = cell != Cell::kGru && i == bias + 1;
-        result[1 + d * each + i] = got[1 + (shared_bias ? bias : i)];
+        const bool shared_bias = cell != Cell::kGru && has_bias && i == bias + 1;
+        const bool w_hr = projection && i == each - 1;
+        result[1 + d * each + i] = got[1 + (w_hr ? bias + 1 : shared_bias ? bias : i)];
       }
     }
     return result;
@@ -767,20 +790,24 @@ namespace {
 
 // The checks a layer node's arguments must pass: input [T, B, I] with T > 0 (a PackedSequence's
 // data [rows, I] with its batch_sizes), and for each of `directions` its states [B, H] and 2 or
-// 4 weights.
-void check_layer_arguments(Cell cell, const Tensor& input, const std::vector<Tensor>& hx,
-                           const std::vector<Tensor>& weights, size_t directions,
-                           const OptionalTensor& batch_sizes) {
+// 4 weights (the LSTM's 3 or 5, w_hr last). -> the layer's layout.
+LayerLayout check_layer_arguments(Cell cell, const Tensor& input, const std::vector<Tensor>& hx,
+                             const std::vector<Tensor>& weights, size_t directions,
+                             const OptionalTensor& batch_sizes) {
   TORCH_CHECK(batch_sizes ? input.dim() == 2 && batch_sizes->dim() == 1
                           : input.dim() == 3 && input.size(0) > 0,
               "fusedrnn: a layer takes input [T, B, I] with T > 0, or a PackedSequence's data "
               "[rows, I] with its batch_sizes");
-  TORCH_CHECK(weights.size() == 2 * directions || weights.size() == 4 * directions,
-              "fusedrnn: expected 2 or 4 weights a direction");
+  const size_t each = weights.size() / directions;
+  const bool projection = cell == Cell::kLstm && each % 2 == 1;
+  TORCH_CHECK(weights.size() % directions == 0 &&
+                  (each - projection == 2 || each - projection == 4),
+              "fusedrnn: expected 2 or 4 weights a direction (the LSTM's 3 or 5 with w_hr)");
   TORCH_CHECK(hx.size() == state_count(cell) * directions, "fusedrnn: expected ",
               state_count(cell), " states a direction");
   for (const Tensor& state : hx)
     TORCH_CHECK(state.dim() == 2, "fusedrnn: a layer's state must be [B, H]");
+  return {batch_sizes, projection};
 }
 
 // Keeps the address of result's node in its own context, for a backward that hands the node
@@ -791,20 +818,20 @@ void keep_node_address(const Tensor& result) {
     node->ctx_.saved_data["node"] = reinterpret_cast<int64_t>(node);
 }
 
-// The step's node over x, its states and weights (RecurrenceNode's tensors); a layer's over a
-// PackedSequence's data with its batch_sizes.
+// The step's node over x, its states and weights (RecurrenceNode's tensors); a layer's as
+// `layout` lays them out.
 std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
                               const std::vector<Tensor>& states,
-                              const std::vector<Tensor>& weights,
-                              const OptionalTensor& batch_sizes = {}) {
+                              const std::vector<Tensor>& weights, const LayerLayout& layout = {}) {
   std::vector<Tensor> tensors{input};
   tensors.insert(tensors.end(), states.begin(), states.end());
   tensors.insert(tensors.end(), weights.begin(), weights.end());
   std::vector<Tensor> results = RecurrenceNode::apply(
-      static_cast<int64_t>(cell), weights.size() == 4, layer, at::TensorList(tensors),
-      Packing{batch_sizes});
-  // Only a sequence's backward may go to Python; a single step's never does.
-  if (layer && (batch_sizes || input.size(0) > 1))
+      static_cast<int64_t>(cell), weights.size() - layout.projection == 4, layer,
+      at::TensorList(tensors), layout);
+  // Only a sequence's backward may go to Python (RecurrenceNode::backward); a single step's
+  // never does.
+  if (layer && (layout.batch_sizes || layout.projection || input.size(0) > 1))
     keep_node_address<RecurrenceNode>(results.back());
   results.pop_back();  // the activations, for the node's own create_graph backward
   return results;
@@ -840,8 +867,8 @@ std::optional<std::vector<Tensor>> direct_layer_node(const std::string& cell_nam
                                                      const OptionalTensor& batch_sizes) {
   if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
-  check_layer_arguments(cell, input, hx, weights, 1, batch_sizes);
-  return step_node(cell, true, input, hx, weights, batch_sizes);
+  const LayerLayout layout = check_layer_arguments(cell, input, hx, weights, 1, batch_sizes);
+  return step_node(cell, true, input, hx, weights, layout);
 }
 
 std::optional<std::vector<Tensor>> direct_layer_pair_node(const std::string& cell_name,
@@ -852,7 +879,7 @@ std::optional<std::vector<Tensor>> direct_layer_pair_node(const std::string& cel
   if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
   const Cell cell = cell_named(cell_name);
   const size_t count = state_count(cell);
-  check_layer_arguments(cell, input, hx, weights, 2, batch_sizes);
+  const LayerLayout layout = check_layer_arguments(cell, input, hx, weights, 2, batch_sizes);
   const size_t per_direction = weights.size() / 2;
   std::vector<Tensor> tensors{input};
   for (size_t d = 0; d < 2; ++d) {
@@ -861,8 +888,8 @@ std::optional<std::vector<Tensor>> direct_layer_pair_node(const std::string& cel
                    weights.begin() + (d + 1) * per_direction);
   }
   std::vector<Tensor> results =
-      LayerPairNode::apply(static_cast<int64_t>(cell), per_direction == 4,
-                           at::TensorList(tensors), Packing{batch_sizes});
+      LayerPairNode::apply(static_cast<int64_t>(cell), per_direction - layout.projection == 4,
+                           at::TensorList(tensors), layout);
   keep_node_address<LayerPairNode>(results[0]);
   return results;
 }

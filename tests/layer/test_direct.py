@@ -668,6 +668,81 @@ def test_module_with_packed_input_is_one_node_per_layer(cell, config, with_state
     _assert_one_node_per_layer(ref, fused, call, x, wrt, monkeypatch)
 
 
+def _projected_lstm_inputs(ref, lengths, I, gen):
+    """x [T, B, I] as a leaf (T the longest of `lengths`, B their count), and random states (h
+    proj_size wide) that need gradients."""
+    T, B = max(lengths), len(lengths)
+    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64, requires_grad=True)
+    units = ref.num_layers * (2 if ref.bidirectional else 1)
+    hx = tuple(torch.randn(units, B, width, generator=gen, dtype=torch.float64,
+                           requires_grad=True) for width in (ref.proj_size, ref.hidden_size))
+    return x, hx
+
+
+@pytest.mark.parametrize("wrt", ["all", "input"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("config", [([6, 6, 3, 1], 5, 7, {"proj_size": 4}),
+                                    ([1, 1], 3, 4, {"proj_size": 2, "bias": False}),
+                                    ([4, 7, 1], 3, 5, {"proj_size": 1, "num_layers": 2}),
+                                    ([6, 6, 3, 1], 5, 7, {"proj_size": 4, "bidirectional": True}),
+                                    ([5, 2, 5], 4, 6, {"proj_size": 3, "num_layers": 2,
+                                                       "bidirectional": True, "bias": False})],
+                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c[3].items())
+                         + f"-T{max(c[0])}")
+def test_lstm_with_projection_is_one_node_per_layer(config, packed, wrt, monkeypatch):
+    """An LSTM with proj_size in training, padded or packed, one direction or both: each layer
+    is one C++ node, whose results and gradients are torch.nn's, and the Functions' bit for
+    bit."""
+    lengths, I, H, options = config
+    ref, fused = make_pair("lstm", I, H, "cpu", torch.float64, **options)
+    x, hx = _projected_lstm_inputs(ref, lengths, I, torch.Generator().manual_seed(23))
+
+    def call(model):
+        output, states = model(_packed(x, lengths, False) if packed else x, hx)
+        return (output.data if packed else output), states
+
+    _assert_one_node_per_layer(ref, fused, call, x, wrt, monkeypatch)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
+def test_lstm_projection_node_gradcheck_and_penalty_step(bidirectional, packed):
+    """The node of an LSTM with proj_size against finite differences, batched and twice (its
+    create_graph and batched backward are the Function's, w_hr's gradient included); and a
+    gradient penalty through it, torch.nn's gradients."""
+    ref, fused = make_pair("lstm", 3, 4, "cpu", torch.float64, proj_size=2,
+                           bidirectional=bidirectional)
+    node = "LayerPairNode" if bidirectional else "RecurrenceNode"
+    names = [name for name, _ in fused.named_parameters()]
+    lengths = [2, 4, 3]
+    x, hx = _projected_lstm_inputs(ref, lengths, 3, torch.Generator().manual_seed(24))
+    parameters = [p.detach().clone().requires_grad_() for p in fused.parameters()]
+
+    def run(model, x, hx, parameters=None):
+        given = _packed(x, lengths, False) if packed else x
+        if parameters is None:
+            return model(given, hx)
+        return torch.func.functional_call(model, dict(zip(names, parameters)), (given, hx))
+
+    def step(x, h, c, *parameters):
+        output, states = run(fused, x, (h, c), parameters)
+        output = output.data if packed else output
+        assert node in " ".join(graph_names(output))
+        return (output, *states)
+
+    assert torch.autograd.gradcheck(step, (x, *hx, *parameters), check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(step, (x, *hx, *parameters), check_batched_grad=True)
+    results = []
+    for model in (ref, fused):
+        x_leaf = x.detach().clone().requires_grad_()
+        output, _ = run(model, x_leaf, hx)
+        output = output.data if packed else output
+        (d_x,) = torch.autograd.grad(output.pow(2).sum(), x_leaf, create_graph=True)
+        results.append(torch.autograd.grad(d_x.pow(2).sum() + output.sum(),
+                                           [x_leaf, *hx, *model.parameters()]))
+    assert_close_by_name(dict(enumerate(results[1])), dict(enumerate(results[0])), 1e-10)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_packed_node_gradcheck_and_penalty_step(cell, bidirectional):
