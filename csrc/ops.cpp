@@ -178,6 +178,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Without the GIL, as the dispatcher's op calls run: other Python threads go on meanwhile.
   m.def("direct_module_forward", &fusedrnn::direct_module_forward,
         py::call_guard<py::gil_scoped_release>());
+  m.def("direct_packed_forward", &fusedrnn::direct_packed_forward,
+        py::call_guard<py::gil_scoped_release>());
   m.def("direct_cell_forward", &fusedrnn::direct_cell_forward,
         py::call_guard<py::gil_scoped_release>());
   m.def("direct_cell_step", &fusedrnn::direct_cell_step,

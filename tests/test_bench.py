@@ -180,6 +180,19 @@ def test_panel_sharing_times_shared_and_own_panels():
     assert row["panels_taken_over_per_call"] >= 0
 
 
+def test_packed_inference_times_the_direct_and_the_general_path():
+    """benchmarks/packed_inference.py's case, tiny: torch.nn, fusedrnn's direct packed call and
+    its general path, the direct call switched back on afterwards."""
+    from fusedrnn import modules
+    direct = modules._C.direct_packed_forward
+    script = _script("packed_inference")
+    row = script.measure("lstm", 1, 4, 2, 3, True, seconds=0.0)
+    assert set(row["ms"]) == {"torch", "direct", "general"}
+    assert all(ms > 0 for ms in row["ms"].values())
+    assert len(row["general_over_direct_quartiles"]) == 2
+    assert modules._C.direct_packed_forward is direct
+
+
 def test_measure_in_shuffled_order_times_every_step_each_round():
     """With `shuffle`, each round runs every step once, in orders that differ between rounds."""
     order = []

@@ -684,45 +684,37 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
   }
 };
 
-std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
-    const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
+namespace {
+
+// A module's layers and directions over x [T, B, I] (or a PackedSequence's rows [rows, I], with
+// batch_sizes), with no gradient to follow. given: the module's states, [L*D, B, W] each, or
+// none (zeros); weights as direct_module_forward's. -> the last layer's output, and per state
+// every unit's final one [B, W].
+std::pair<Tensor, std::vector<std::vector<Tensor>>> through_layers(
+    Cell cell, Tensor x, int64_t batch, const std::vector<Tensor>& given,
     const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
-    bool projection, bool batch_first, double dropout) {
-  if (!may_skip_dispatcher(input, hx, weights)) return std::nullopt;
-  const Cell cell = cell_named(cell_name);
+    bool projection, double dropout, const OptionalTensor& batch_sizes = {}) {
   const size_t count = state_count(cell);
   const int64_t directions = bidirectional ? 2 : 1, units = layers * directions;
   const size_t per_unit = 2 + (bias ? 2 : 0) + (projection ? 1 : 0);
-  const bool batched = input.dim() == 3;  // else [T, I], unbatched
-  TORCH_CHECK(batched || input.dim() == 2, "fusedrnn: the input must be 2-D or 3-D");
   TORCH_CHECK(layers >= 1 && weights.size() == per_unit * units,
               "fusedrnn: expected ", per_unit * units, " weights, got ", weights.size());
-  TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
-  std::vector<Tensor> given;  // [L*D, B, W] each
-  for (const Tensor& state : hx) {
-    TORCH_CHECK(state.dim() == input.dim() && state.size(0) == units,
-                "fusedrnn: a state must be [layers * directions, (batch,) hidden]");
-    given.push_back(batched ? state : with_batch_of_one(state));
-  }
-  // [T, B, I]; unbatched input is one sequence whatever batch_first says, as in torch.nn.
-  const Tensor x0 = !batched ? with_batch_of_one(input) : batch_first ? input.transpose(0, 1)
-                                                                      : input;
-  TORCH_CHECK(x0.size(0) > 0, "fusedrnn: the sequence must have at least one step");
-
+  TORCH_CHECK(given.empty() || given.size() == count, "fusedrnn: expected ", count, " states");
+  for (const Tensor& state : given)
+    TORCH_CHECK(state.dim() == 3 && state.size(0) == units && state.size(1) == batch,
+                "fusedrnn: a state must be [layers * directions, batch, hidden]");
   // Per unit: its weights in one_direction's order, and its initial states.
   const auto unit_weights = [&](int64_t unit) {
     return layer_weights(&weights[unit * per_unit], bias, projection);
   };
   const std::vector<Tensor> zeros =  // for every unit, without hx
-      hx.empty() ? zero_states(cell, x0.size(1), weights[1], x0.options()) : std::vector<Tensor>{};
+      given.empty() ? zero_states(cell, batch, weights[1], x.options()) : std::vector<Tensor>{};
   const auto unit_states = [&](int64_t unit) {
-    if (hx.empty()) return zeros;
+    if (given.empty()) return zeros;
     std::vector<Tensor> states;
     for (const Tensor& state : given) states.push_back(unit_of(state, unit));
     return states;
   };
-
-  Tensor x = x0;
   std::vector<std::vector<Tensor>> finals(count);  // per state, every unit's
   for (int64_t layer = 0; layer < layers; ++layer) {
     std::vector<std::pair<Tensor, std::vector<Tensor>>> results;
@@ -730,16 +722,43 @@ std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
       const std::vector<Tensor> states[2] = {unit_states(2 * layer), unit_states(2 * layer + 1)};
       const std::vector<OptionalTensor> w[2] = {unit_weights(2 * layer),
                                                unit_weights(2 * layer + 1)};
-      results = both_directions(cell, x, states, w);
+      results = both_directions(cell, x, states, w, nullptr, batch_sizes);
       x = at::cat({results[0].first, results[1].first}, -1);
     } else {
-      results.push_back(one_direction(cell, x, unit_states(layer), unit_weights(layer), false));
+      results.push_back(one_direction(cell, x, unit_states(layer), unit_weights(layer), false,
+                                      nullptr, batch_sizes));
       x = results[0].first;
     }
     for (const auto& result : results)
       for (size_t k = 0; k < count; ++k) finals[k].push_back(result.second[k]);
     if (dropout > 0 && layer < layers - 1) x = at::dropout(x, dropout, true);
   }
+  return {x, finals};
+}
+
+}  // namespace
+
+std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
+    const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
+    const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
+    bool projection, bool batch_first, double dropout) {
+  if (!may_skip_dispatcher(input, hx, weights)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  const bool batched = input.dim() == 3;  // else [T, I], unbatched
+  TORCH_CHECK(batched || input.dim() == 2, "fusedrnn: the input must be 2-D or 3-D");
+  std::vector<Tensor> given;  // [L*D, B, W]
+  for (const Tensor& state : hx) {
+    TORCH_CHECK(state.dim() == input.dim(),
+                "fusedrnn: a state must be [layers * directions, (batch,) hidden]");
+    given.push_back(batched ? state : with_batch_of_one(state));
+  }
+  // [T, B, I]; unbatched input is one sequence whatever batch_first says, as in torch.nn.
+  const Tensor x0 = !batched ? with_batch_of_one(input) : batch_first ? input.transpose(0, 1)
+                                                                      : input;
+  TORCH_CHECK(x0.size(0) > 0, "fusedrnn: the sequence must have at least one step");
+  auto [x, finals] = through_layers(cell, x0, x0.size(1), given, weights, layers, bidirectional,
+                                    bias, projection, dropout);
+  const int64_t units = layers * (bidirectional ? 2 : 1);
   std::vector<Tensor> stacked;  // as modules.py's _run_layers gives them
   for (auto& final : finals) {
     if (!batched)  // [1, W] each
@@ -756,6 +775,34 @@ std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
     return std::tuple{reshaped(std::move(x), {steps, width}), stacked};
   }
   return std::tuple{batch_first ? x.transpose(0, 1) : x, stacked};
+}
+
+std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_packed_forward(
+    const std::string& cell_name, const Tensor& data, const Tensor& batch_sizes,
+    const OptionalTensor& sorted_indices, const OptionalTensor& unsorted_indices,
+    const std::vector<Tensor>& hx, const std::vector<Tensor>& weights, int64_t layers,
+    bool bidirectional, bool bias, bool projection, double dropout) {
+  if (!may_skip_dispatcher(data, hx, weights)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  TORCH_CHECK(data.dim() == 2 && batch_sizes.dim() == 1 && batch_sizes.numel() > 0 &&
+                  batch_sizes.scalar_type() == at::kLong && batch_sizes.is_cpu(),
+              "fusedrnn: packed input is data [rows, I] with batch_sizes, int64 on the CPU");
+  const int64_t batch = sorted_indices ? sorted_indices->numel()
+                                       : batch_sizes.contiguous().data_ptr<int64_t>()[0];
+  std::vector<Tensor> given;  // into the sorted order, as the rows are
+  for (const Tensor& state : hx) {
+    TORCH_CHECK(state.dim() == 3 && state.size(1) == batch,
+                "fusedrnn: a state must be [layers * directions, batch, hidden]");
+    given.push_back(sorted_indices ? state.index_select(1, *sorted_indices) : state);
+  }
+  auto [output, finals] = through_layers(cell, data, batch, given, weights, layers,
+                                         bidirectional, bias, projection, dropout, batch_sizes);
+  std::vector<Tensor> stacked;  // [L*D, B, W] each, back in the caller's order
+  for (auto& final : finals) {
+    Tensor state = at::stack(final);
+    stacked.push_back(unsorted_indices ? state.index_select(1, *unsorted_indices) : state);
+  }
+  return std::tuple{output, stacked};
 }
 
 std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_name,

@@ -42,6 +42,18 @@ std::optional<std::tuple<at::Tensor, std::vector<at::Tensor>>> direct_module_for
     const std::vector<at::Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
     bool projection, bool batch_first, double dropout);
 
+// A module's call on a PackedSequence (data [rows, I], batch_sizes, and its sorted_indices and
+// unsorted_indices where it has them) that needs no gradient, as direct_module_forward's: hx
+// empty or in the caller's batch order, [L*D, B, P] (and [L*D, B, H]), moved into the sorted
+// order and the final states back out of it, as torch.nn moves them. -> the output's data
+// [rows, D*P], the final states.
+std::optional<std::tuple<at::Tensor, std::vector<at::Tensor>>> direct_packed_forward(
+    const std::string& cell, const at::Tensor& data, const at::Tensor& batch_sizes,
+    const std::optional<at::Tensor>& sorted_indices,
+    const std::optional<at::Tensor>& unsorted_indices, const std::vector<at::Tensor>& hx,
+    const std::vector<at::Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
+    bool projection, double dropout);
+
 // One step of a cell. input [B, I], or unbatched [I]; hx: empty (zeros), or h [B, H] (and c
 // for the LSTM), [H] unbatched; weights: w_ih, w_hh, and b_ih, b_hh if it has biases. -> the
 // new states as hx.

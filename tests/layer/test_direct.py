@@ -62,6 +62,7 @@ def _fail(*args, **kwargs):
 def _without_direct_calls(monkeypatch):
     """Makes the direct calls decline, so that the calls take the dispatcher's path."""
     declining = types.SimpleNamespace(direct_module_forward=lambda *args: None,
+                                      direct_packed_forward=lambda *args: None,
                                       direct_cell_forward=lambda *args: None,
                                       direct_cell_step=lambda *args: None)
     monkeypatch.setattr(modules, "_C", declining)
@@ -124,6 +125,103 @@ def test_module_matches_torch_nn_and_the_dispatcher_path(cell, config, mode, wit
     assert_close_by_name(dict(zip(names, direct)), dict(zip(names, expected)), 1e-10)
     _assert_equal(direct, dispatched)
     assert not any(t.requires_grad for t in direct)
+
+
+# (lengths, I, H, options) of packed calls: sorted or not, a batch of one, one-step lengths.
+PACKED_CONFIGS = [
+    ([6, 6, 3, 1], 5, 7, {}),
+    ([1], 3, 4, {"bias": False}),
+    ([4, 7, 1], 3, 5, {"num_layers": 2, "bidirectional": True}),
+    ([2, 2, 2], 4, 6, {"num_layers": 3}),
+    ([5, 2, 5], 4, 6, {"proj_size": 3, "num_layers": 2, "bidirectional": True}),
+]
+
+
+def _packed_case(cell, config, sorted_lengths, dtype=torch.float64):
+    """A torch.nn and fusedrnn pair, and a PackedSequence of random rows and random states in
+    the caller's batch order (h proj_size wide where there is one). -> ref, fused, packed, hx."""
+    lengths, I, H, options = config
+    ref, fused = make_pair(cell, I, H, "cpu", dtype, **options)
+    gen = torch.Generator().manual_seed(25)
+    x = torch.randn(max(lengths), len(lengths), I, generator=gen).to(dtype)
+    if sorted_lengths:
+        lengths = sorted(lengths, reverse=True)
+    hx = random_state(cell, ref, len(lengths), "cpu", dtype, gen)
+    if "proj_size" in options:
+        hx = (hx[0][..., :options["proj_size"]].contiguous(), hx[1])
+    return ref, fused, _packed(x, lengths, sorted_lengths), hx
+
+
+def _flat_packed(results):
+    output, states = results
+    return [output.data, *(states if isinstance(states, tuple) else (states,))]
+
+
+@pytest.mark.parametrize("sorted_lengths", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("mode", _no_gradient_modes(), ids=lambda m: m[0])
+@pytest.mark.parametrize("cell,config",
+                         [(cell, config) for cell in ALL_CELLS for config in PACKED_CONFIGS
+                          if cell == "lstm" or "proj_size" not in config[3]],
+                         ids=lambda p: p if isinstance(p, str) else
+                         "-".join(f"{k}{v}" for k, v in p[3].items()) or "plain")
+def test_packed_module_matches_torch_nn_and_the_dispatcher_path(cell, config, mode, with_state,
+                                                               sorted_lengths, monkeypatch):
+    """A PackedSequence's call that needs no gradient runs in one C++ call
+    (direct_packed_forward), the states moved into the sorted order and back: torch.nn's
+    results, the dispatcher's path's bit for bit, and a PackedSequence with the input's
+    batch_sizes and indices."""
+    ref, fused, packed, hx = _packed_case(cell, config, sorted_lengths)
+    hx = hx if with_state else None
+    fused.requires_grad_(False)
+    with mode[1]():
+        expected = _flat_packed(ref(packed, hx))
+        direct, dispatched = _direct_and_dispatched(
+            lambda: _flat_packed(fused(packed, hx)), fused, ("_run_layers", "_prepare_input"),
+            monkeypatch)
+        output = fused(packed, hx)[0]
+    names = ("output", "h_n", "c_n")
+    assert_close_by_name(dict(zip(names, direct)), dict(zip(names, expected)), 1e-10)
+    _assert_equal(direct, dispatched)
+    assert not any(t.requires_grad for t in direct)
+    assert all(a is b for a, b in zip(output[1:], packed[1:]))
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_packed_call_with_other_states_does_what_torch_nn_does(cell):
+    """States of another batch size or width, which the direct call declines, do what they do
+    in torch.nn: fewer rows or another width raise an error of its type; more rows than the
+    batch pass, as torch.nn's moving them into the sorted order picks the batch's rows."""
+    ref, fused, packed, hx = _packed_case(cell, PACKED_CONFIGS[0], False)
+    states = hx if isinstance(hx, tuple) else (hx,)
+    for other in ([s[:, :3] for s in states], [torch.cat([s, s], 1) for s in states],
+                  [s[..., :4] for s in states]):
+        other_hx = tuple(other) if isinstance(hx, tuple) else other[0]
+        with torch.no_grad():
+            try:
+                expected = _flat_packed(ref(packed, other_hx))
+            except RuntimeError as error:
+                with pytest.raises(type(error)):
+                    fused(packed, other_hx)
+                continue
+            assert_close_by_name(dict(enumerate(_flat_packed(fused(packed, other_hx)))),
+                                 dict(enumerate(expected)), 1e-10)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_packed_dropout_between_layers_as_the_dispatcher_path(cell, monkeypatch):
+    """A packed training-mode call without grad drops out between layers, drawing what the
+    dispatcher's path draws."""
+    _, fused, packed, hx = _packed_case(cell, ([5, 3, 4, 5], 6, 8,
+                                               {"num_layers": 3, "dropout": 0.5}), False)
+    fused.train()
+
+    def call():
+        torch.manual_seed(5)
+        return _flat_packed(fused(packed, hx))
+
+    with torch.no_grad():
+        _assert_equal(*_direct_and_dispatched(call, fused, ("_run_layers",), monkeypatch))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],

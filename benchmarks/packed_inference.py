@@ -1,0 +1,84 @@
+"""A PackedSequence's call that needs no gradient through the one C++ call past the dispatcher
+(csrc/layer/direct.h, direct_packed_forward) against the same call through the general Python
+path (the direct call declined, as dispatch modes and transforms make it decline), and
+torch.nn beside them: fusedrnn.bench's packed inference step, on input packed beforehand as a
+server's batching would give it (mixed lengths, bench.Case.lengths).
+
+Interleaved rounds, each in an order of its own, medians, the single rounds' quartiles, as
+fusedrnn.bench times its sides.
+
+    python benchmarks/packed_inference.py [SECONDS_PER_CASE] [OUT.json]
+"""
+import random
+import statistics
+import sys
+
+import torch
+
+from fusedrnn import bench, modules
+from fusedrnn.bench_report import save_cpu_rows
+
+# cell, layers, T, B, H (I = H), bidirectional.
+CASES = [*((cell, 1, 20, 4, 64, False) for cell in ("lstm", "gru", "rnn_tanh")),
+         ("lstm", 1, 20, 1, 64, False), ("lstm", 1, 20, 4, 64, True),
+         ("lstm", 1, 50, 16, 128, False), ("gru", 2, 50, 16, 128, True)]
+
+
+class Declined:
+    """A step with the packed direct call declined: the general Python path runs."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def reset(self):
+        self.step.reset()
+
+    def __call__(self):
+        direct = modules._C.direct_packed_forward
+        modules._C.direct_packed_forward = lambda *args: None
+        try:
+            self.step()
+        finally:
+            modules._C.direct_packed_forward = direct
+
+
+def measure(cell, layers, T, B, H, bidirectional, seconds):
+    """-> one row: medians in ms, torch.nn time / fused time for both paths, general / direct
+    and its single rounds' quartiles."""
+    case = bench.Case(cell, T=T, B=B, I=H, H=H, layers=layers, bidirectional=bidirectional,
+                      mode="inference", packed=True)
+    reference, fused = bench.build_modules(case, torch.device("cpu"))
+    inputs = bench.make_inputs(case, torch.device("cpu"))
+    steps = {"torch": bench.Step(reference, inputs, "inference"),
+             "direct": bench.Step(fused, inputs, "inference"),
+             "general": Declined(bench.Step(fused, inputs, "inference"))}
+    samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
+                            bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
+    ms = {name: statistics.median(times) for name, times in samples.items()}
+    return dict(cell=cell, layers=layers, T=T, B=B, H=H, bidirectional=bidirectional,
+                rounds=len(samples["direct"]), ms=ms,
+                torch_over_direct=ms["torch"] / ms["direct"],
+                torch_over_general=ms["torch"] / ms["general"],
+                general_over_direct=ms["general"] / ms["direct"],
+                general_over_direct_quartiles=bench.round_speedup_quartiles(
+                    samples["general"], samples["direct"]))
+
+
+def main():
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
+    rows = []
+    for case in CASES:
+        row = measure(*case, seconds)
+        rows.append(row)
+        q = row["general_over_direct_quartiles"]
+        print(f"{row['cell']} L{row['layers']}{' bidir' if row['bidirectional'] else ''} "
+              f"T<={row['T']} B={row['B']} H={row['H']}: torch {row['ms']['torch']:.3f} ms, "
+              f"direct {row['ms']['direct']:.3f} ms ({row['torch_over_direct']:.2f}x), general "
+              f"{row['ms']['general']:.3f} ms ({row['torch_over_general']:.2f}x); general / "
+              f"direct {row['general_over_direct']:.2f}x ({q[0]:.2f}-{q[1]:.2f})", flush=True)
+    if len(sys.argv) > 2:
+        save_cpu_rows(sys.argv[2], rows)
+
+
+if __name__ == "__main__":
+    main()
