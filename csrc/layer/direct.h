@@ -77,11 +77,12 @@ std::optional<std::vector<at::Tensor>> direct_cell_step(const std::string& cell,
                                                         const std::vector<at::Tensor>& weights);
 
 // A one-direction layer's call where a gradient may follow, as the same node: input [T, B, I]
-// (or a PackedSequence's data [rows, I], with its batch_sizes), hx its h0 (and c0) [B, H],
-// weights w_ih, w_hh (and b_ih, b_hh). -> output [T, B, H] ([rows, H]; memory of its own), hn
-// (and cn); nullopt as direct_cell_step. At T=1 (a decoder stepping nn.LSTM one
-// step at a time) the node's backward is direct_cell_step's. Over a sequence, where grad mode is
-// on in the backward or gradients come batched, the backward is the Python Functions'
+// (or a PackedSequence's data [rows, I], with its batch_sizes), hx its h0 (and c0) [B, P] (and
+// [B, H]), weights w_ih, w_hh (and b_ih, b_hh; then the LSTM's w_hr where it projects to P).
+// -> output [T, B, P] ([rows, P]; memory of its own), hn (and cn); nullopt as
+// direct_cell_step. At T=1 (a decoder stepping nn.LSTM one step at a time) without packing or
+// projection, the node's backward is direct_cell_step's. Over a sequence, where grad mode is on
+// in the backward or gradients come batched, the backward is the Python Functions'
 // (python_layer_backward), so that their double backward, second_order.py's pass, takes it as
 // it takes theirs.
 std::optional<std::vector<at::Tensor>> direct_layer_node(
@@ -89,12 +90,11 @@ std::optional<std::vector<at::Tensor>> direct_layer_node(
     const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes);
 
 // Both directions of a layer's call where a gradient may follow, as one node around the pair
-// ops (side by side on two threads): input [T, B, I] (or packed, as direct_layer_node's); hx the
-// forward direction's h0 (and c0)
-// [B, H], then the reverse's; weights the forward's w_ih, w_hh (and b_ih, b_hh), then the
-// reverse's. -> each direction's output [T, B, H] (memory of its own) and hn (and cn), the
-// forward's first; nullopt as direct_cell_step. Its backward is the pair backward op, or, as
-// direct_layer_node's over a sequence, the Python pair Function's.
+// ops (side by side on two threads): input [T, B, I] (or packed, as direct_layer_node's); hx
+// the forward direction's h0 (and c0), then the reverse's; weights the forward's, then the
+// reverse's, each as direct_layer_node's. -> each direction's output and hn (and cn), the
+// forward's first, as direct_layer_node's; nullopt as direct_cell_step. Its backward is the
+// pair backward op, or, as direct_layer_node's over a sequence, the Python pair Function's.
 std::optional<std::vector<at::Tensor>> direct_layer_pair_node(
     const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& hx,
     const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& batch_sizes);
