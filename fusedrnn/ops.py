@@ -894,8 +894,8 @@ def _layer_node(mode, input, states, weights, reverse, batch_sizes, w_hr=None):
     microseconds a training step, more than a small layer's math (a cell stepped in a loop, nn.LSTM
     stepped one step at a time in a decoder, a batch of one). Any T in the forward direction,
     padded or packed (batch_sizes), the LSTM's with or without a projection (w_hr); at T=1
-    either direction, the same step. -> the results, or
-    None where the node does not apply (then the Function runs, and raises any error)."""
+    either direction, the same step. -> the results, or None where the node does not apply
+    (then the Function runs, and raises any error)."""
     packed = batch_sizes is not None
     weights = [w for w in (*weights, w_hr) if w is not None]
     if (input.dim() != (2 if packed else 3)
@@ -947,11 +947,13 @@ _node_contexts = weakref.WeakValueDictionary()
 def _function_slots(cell, given, projection):
     """Where each of a direction's node inputs (its states, w_ih, w_hh, then b_ih, b_hh where it
     has them, then the LSTM's w_hr where `projection`), `given` of them, go among the
-    Function's per direction (states, w_ih, w_hh, b_ih, b_hh, and the LSTM's w_hr)."""
+    Function's per direction: its states, w_ih, w_hh, b_ih, b_hh, and the LSTM's w_hr last.
+    -> the slots, and how many the Function takes a direction."""
+    size = (2 if cell == "LSTM" else 1) + 4 + (cell == "LSTM")
     slots = list(range(given - projection))
     if projection:
-        slots.append(2 + 4)  # the LSTM's: after its two states and four weights
-    return slots
+        slots.append(size - 1)
+    return slots, size
 
 
 def _placed(values, slots, size, absent):
@@ -986,8 +988,7 @@ def _layer_node_backward(cell, pair, node, saved, grads, needed, batch_sizes):
         per = len(kept) // directions
         kept = [t for d in range(directions)
                 for t in (*kept[d * per:(d + 1) * per], kept[d * per + 1].new_empty(0))]
-    slots = _function_slots(cell, each, projection)
-    k = (2 + 5) if cell == "LSTM" else (1 + 4)  # the Function's per direction
+    slots, k = _function_slots(cell, each, projection)
     if pair:
         return _pair_node_backward(ctx, cell, inputs, kept, grads, needed, slots, k)
     function_inputs = [inputs[0], *_placed(inputs[1:], slots, k, None)]

@@ -270,17 +270,25 @@ struct LayerLayout {
   bool projection = false;
 };
 
-constexpr const char* kBatchSizes = "batch_sizes";
+constexpr const char *kBatchSizes = "batch_sizes", *kProjection = "projection";
 
 void save_layout(torch::autograd::AutogradContext* ctx, const LayerLayout& layout) {
   if (layout.batch_sizes) ctx->saved_data[kBatchSizes] = *layout.batch_sizes;
-  ctx->saved_data["projection"] = layout.projection;
+  ctx->saved_data[kProjection] = layout.projection;
 }
 
-OptionalTensor saved_batch_sizes(torch::autograd::AutogradContext* ctx) {
+LayerLayout saved_layout(torch::autograd::AutogradContext* ctx) {
   const auto found = ctx->saved_data.find(kBatchSizes);
-  return found == ctx->saved_data.end() ? std::nullopt
-                                        : OptionalTensor(found->second.toTensor());
+  return {found == ctx->saved_data.end() ? std::nullopt
+                                         : OptionalTensor(found->second.toTensor()),
+          ctx->saved_data[kProjection].toBool()};
+}
+
+// Whether a RecurrenceNode runs over a sequence, whose backward may go to Python
+// (backward_in_python): a layer's over more than one step, packed rows or a projection.
+// RecurrenceNode::differentiable takes the rest, a single padded step without a projection.
+bool over_a_sequence(bool layer, const LayerLayout& layout, const Tensor& x) {
+  return layer && (layout.batch_sizes || layout.projection || x.size(0) > 1);
 }
 
 // Set in a layer node's context once a create_graph backward of it ran in Python: from then
@@ -302,7 +310,7 @@ std::vector<Tensor> backward_in_python(torch::autograd::AutogradContext* ctx, Ce
   auto node = c10::intrusive_ptr<torch::autograd::Node>::reclaim_copy(
       reinterpret_cast<torch::autograd::Node*>(ctx->saved_data["node"].toInt()));
   return python_layer_backward()(kCellNames[static_cast<int>(cell)], pair, node, saved,
-                                 result_grads, needed, saved_batch_sizes(ctx));
+                                 result_grads, needed, saved_layout(ctx).batch_sizes);
 }
 
 }  // namespace
@@ -372,12 +380,10 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     // a create_graph backward), which they do not take: a single step's go through ATen's ops,
     // a sequence's through the Python Functions' backward (backward_in_python).
     const bool differentiated = beyond_fused_ops(grads) || grads.back().defined();
-    const OptionalTensor batch_sizes = saved_batch_sizes(ctx);
-    const bool projection = ctx->saved_data["projection"].toBool();
-    // differentiable() takes one padded step without a projection; the rest is a sequence's.
-    const bool sequence = layer && (batch_sizes || projection || saved[0].size(0) > 1);
+    const LayerLayout layout = saved_layout(ctx);
     Variables input_grads;
-    if (ctx->saved_data.count(kInPython) || (sequence && differentiated)) {
+    if (ctx->saved_data.count(kInPython) ||
+        (over_a_sequence(layer, layout, saved[0]) && differentiated)) {
       // The output's and the states'; the activations' gradient comes only to a single step.
       const Variables result_grads(grads.begin(), grads.end() - 1);
       input_grads = backward_in_python(ctx, cell, false, saved, result_grads, needed);
@@ -386,7 +392,7 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
     } else if (differentiated) {
       input_grads = differentiable(cell, layer, saved, grads, needed);
     } else {
-      input_grads = fused(cell, has_bias, projection, layer, saved, grads, needed, batch_sizes);
+      input_grads = fused(cell, has_bias, layer, saved, grads, needed, layout);
     }
     Variables result(3);  // none for cell_index, has_bias and layer
     result.insert(result.end(), input_grads.begin(), input_grads.end());
@@ -396,9 +402,10 @@ struct RecurrenceNode : torch::autograd::Function<RecurrenceNode> {
 
  private:
   // The fused backward op's gradients, one per input (undefined where not needed).
-  static Variables fused(Cell cell, bool has_bias, bool projection, bool layer,
-                         const Variables& saved, const Variables& grads,
-                         const std::vector<bool>& needed, const OptionalTensor& batch_sizes) {
+  static Variables fused(Cell cell, bool has_bias, bool layer, const Variables& saved,
+                         const Variables& grads, const std::vector<bool>& needed,
+                         const LayerLayout& layout) {
+    const auto& [batch_sizes, projection] = layout;
     const size_t count = state_count(cell), inputs = needed.size();
     const Tensor& x = saved[0];
     const bool batched = layer || x.dim() == 2;
@@ -603,8 +610,7 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
     else if (!any_defined(grads))
       input_grads = Variables(inputs);
     else
-      input_grads = fused(cell, saved, grads, needed, saved_batch_sizes(ctx),
-                          ctx->saved_data["projection"].toBool());
+      input_grads = fused(cell, saved, grads, needed, saved_layout(ctx));
     Variables result(2);  // none for cell_index and has_bias
     result.insert(result.end(), input_grads.begin(), input_grads.end());
     result.emplace_back();  // nor for layout
@@ -615,8 +621,8 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
   // The pair backward op's gradients, one per input (undefined where not needed): x's the sum
   // of both directions'.
   static Variables fused(Cell cell, const Variables& saved, const Variables& grads,
-                         const std::vector<bool>& needed, const OptionalTensor& batch_sizes,
-                         bool projection) {
+                         const std::vector<bool>& needed, const LayerLayout& layout) {
+    const auto& [batch_sizes, projection] = layout;
     const size_t inputs = needed.size(), count = state_count(cell), each = (inputs - 1) / 2;
     const bool has_bias = each - projection == count + 4;
     const size_t kept_each = 1 + activations_kept(cell, projection);  // output, activations
@@ -839,8 +845,8 @@ namespace {
 // data [rows, I] with its batch_sizes), and for each of `directions` its states [B, H] and 2 or
 // 4 weights (the LSTM's 3 or 5, w_hr last). -> the layer's layout.
 LayerLayout check_layer_arguments(Cell cell, const Tensor& input, const std::vector<Tensor>& hx,
-                             const std::vector<Tensor>& weights, size_t directions,
-                             const OptionalTensor& batch_sizes) {
+                                  const std::vector<Tensor>& weights, size_t directions,
+                                  const OptionalTensor& batch_sizes) {
   TORCH_CHECK(batch_sizes ? input.dim() == 2 && batch_sizes->dim() == 1
                           : input.dim() == 3 && input.size(0) > 0,
               "fusedrnn: a layer takes input [T, B, I] with T > 0, or a PackedSequence's data "
@@ -869,17 +875,15 @@ void keep_node_address(const Tensor& result) {
 // `layout` lays them out.
 std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
                               const std::vector<Tensor>& states,
-                              const std::vector<Tensor>& weights, const LayerLayout& layout = {}) {
+                              const std::vector<Tensor>& weights,
+                              const LayerLayout& layout = {}) {
   std::vector<Tensor> tensors{input};
   tensors.insert(tensors.end(), states.begin(), states.end());
   tensors.insert(tensors.end(), weights.begin(), weights.end());
   std::vector<Tensor> results = RecurrenceNode::apply(
       static_cast<int64_t>(cell), weights.size() - layout.projection == 4, layer,
       at::TensorList(tensors), layout);
-  // Only a sequence's backward may go to Python (RecurrenceNode::backward); a single step's
-  // never does.
-  if (layer && (layout.batch_sizes || layout.projection || input.size(0) > 1))
-    keep_node_address<RecurrenceNode>(results.back());
+  if (over_a_sequence(layer, layout, input)) keep_node_address<RecurrenceNode>(results.back());
   results.pop_back();  // the activations, for the node's own create_graph backward
   return results;
 }
