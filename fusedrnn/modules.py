@@ -165,12 +165,13 @@ class _FusedRNNBase(nn.RNNBase):
     def _direct(self, input, hx):
         """The leanest path: a call on a plain tensor, with no autocast, export, compile or
         transform around it, goes straight to the layer loop, without the general path's
-        packing, autocast and state bookkeeping (about half of a small call's time). A CPU call
-        that needs no gradient, batched or not, runs every layer in one C++ call past the
-        dispatcher (csrc/layer/direct.h); otherwise a batched call's layer functions call the
-        ops, applying the autograd Functions where a gradient may follow. -> output, the final
-        states; None for the general path. The checks here are the layer ops' own: any error
-        defers to the general path, which raises torch.nn's messages."""
+        packing, autocast and state bookkeeping (about half of a small call's time). A CPU
+        call, batched or not, runs every layer in one C++ call past the dispatcher
+        (csrc/layer/direct.h), each layer its autograd node where a gradient may follow; where
+        that call steps aside (a dispatch mode, the profiler, CUDA tensors), a batched call's
+        layer functions call the ops. -> output, the final states; None for the general path.
+        The checks here are the layer ops' own: any error defers to the general path, which
+        raises torch.nn's messages."""
         if isinstance(input, PackedSequence):
             return self._direct_packed(input, hx)
         if not direct_path_applies(input, (2, 3)):
@@ -214,9 +215,10 @@ class _FusedRNNBase(nn.RNNBase):
         return output.transpose(0, 1) if self.batch_first else output, finals
 
     def _direct_packed(self, input, hx):
-        """_direct's for a PackedSequence: a CPU call that needs no gradient runs every layer on
-        its rows in one C++ call (direct_packed_forward: the general path's Python and op
-        calls cost 75-100 us a call at T<=20 B=4 H=64); any other takes the general path."""
+        """_direct's for a PackedSequence: a CPU call runs every layer on its rows in one C++
+        call (direct_packed_forward: the general path's Python and op calls cost 75-110 us a
+        call at T<=20 B=4 H=64), each layer its autograd node where a gradient may follow; any
+        other call takes the general path."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if not direct_path_applies(data, (2,)):
             return None

@@ -133,10 +133,51 @@ def test_inference_matches_torch_nn(cell, config, mode, with_state, monkeypatch)
 @pytest.mark.parametrize("config", DIRECT_CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_training_on_the_direct_path_matches_torch_nn(cell, config, with_state, monkeypatch):
-    """With a gradient to take, the modules' direct path applies the autograd Functions: every
-    output and gradient as torch.nn's, without the general path."""
+    """With a gradient to take, the modules' direct path runs every layer as its autograd node,
+    in one C++ call: every output and gradient as torch.nn's, without the general path."""
     ref, fused, x, hx = _direct_path_case(cell, config, with_state, monkeypatch)
     assert_close_by_name(run_and_grad(fused, x, hx), run_and_grad(ref, x, hx), 1e-10)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_activation_checkpointing(cell, reentrant, packed):
+    """torch.utils.checkpoint around a module, which runs its forward again in the backward (with
+    dropout's masks drawn again as the first time): the gradients of the call without it, bit
+    for bit, and in evaluation mode torch.nn's."""
+    ref, fused = make_pair(cell, 5, 7, "cpu", torch.float64, num_layers=2, bidirectional=True,
+                           dropout=0.3)
+    gen = torch.Generator().manual_seed(41)
+    x = torch.randn(6, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(6, 3, 14, generator=gen, dtype=torch.float64)
+    lengths = [6, 2, 4]
+
+    def gradients(model, checkpointed):
+        def call(x):
+            given = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False) \
+                if packed else x
+            output, states = model(given)
+            if packed:
+                output = nn.utils.rnn.pad_packed_sequence(output)[0]
+            return (output, *(states if isinstance(states, tuple) else (states,)))
+
+        torch.manual_seed(3)
+        results = torch.utils.checkpoint.checkpoint(call, x, use_reentrant=reentrant) \
+            if checkpointed else call(x)
+        loss = (results[0] * probe).sum() + sum(r.pow(2).sum() for r in results[1:])
+        leaves = [x, *model.parameters()]
+        for leaf in leaves:
+            leaf.grad = None
+        loss.backward()  # the reentrant checkpoint's backward takes no `inputs`
+        return [leaf.grad for leaf in leaves]
+
+    for checkpointed, plain in zip(gradients(fused, True), gradients(fused, False)):
+        assert torch.equal(checkpointed, plain)
+    ref.eval(), fused.eval()
+    names = ["x", *dict(fused.named_parameters())]
+    assert_close_by_name(dict(zip(names, gradients(fused, True))),
+                         dict(zip(names, gradients(ref, True))), 1e-10)
 
 
 @pytest.mark.parametrize("device", DEVICES)

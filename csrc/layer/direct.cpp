@@ -692,155 +692,6 @@ struct LayerPairNode : torch::autograd::Function<LayerPairNode> {
 
 namespace {
 
-// A module's layers and directions over x [T, B, I] (or a PackedSequence's rows [rows, I], with
-// batch_sizes), with no gradient to follow. given: the module's states, [L*D, B, W] each, or
-// none (zeros); weights as direct_module_forward's. -> the last layer's output, and per state
-// every unit's final one [B, W].
-std::pair<Tensor, std::vector<std::vector<Tensor>>> through_layers(
-    Cell cell, Tensor x, int64_t batch, const std::vector<Tensor>& given,
-    const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
-    bool projection, double dropout, const OptionalTensor& batch_sizes = {}) {
-  const size_t count = state_count(cell);
-  const int64_t directions = bidirectional ? 2 : 1, units = layers * directions;
-  const size_t per_unit = 2 + (bias ? 2 : 0) + (projection ? 1 : 0);
-  TORCH_CHECK(layers >= 1 && weights.size() == per_unit * units,
-              "fusedrnn: expected ", per_unit * units, " weights, got ", weights.size());
-  TORCH_CHECK(given.empty() || given.size() == count, "fusedrnn: expected ", count, " states");
-  for (const Tensor& state : given)
-    TORCH_CHECK(state.dim() == 3 && state.size(0) == units && state.size(1) == batch,
-                "fusedrnn: a state must be [layers * directions, batch, hidden]");
-  // Per unit: its weights in one_direction's order, and its initial states.
-  const auto unit_weights = [&](int64_t unit) {
-    return layer_weights(&weights[unit * per_unit], bias, projection);
-  };
-  const std::vector<Tensor> zeros =  // for every unit, without hx
-      given.empty() ? zero_states(cell, batch, weights[1], x.options()) : std::vector<Tensor>{};
-  const auto unit_states = [&](int64_t unit) {
-    if (given.empty()) return zeros;
-    std::vector<Tensor> states;
-    for (const Tensor& state : given) states.push_back(unit_of(state, unit));
-    return states;
-  };
-  std::vector<std::vector<Tensor>> finals(count);  // per state, every unit's
-  for (int64_t layer = 0; layer < layers; ++layer) {
-    std::vector<std::pair<Tensor, std::vector<Tensor>>> results;
-    if (directions == 2) {
-      const std::vector<Tensor> states[2] = {unit_states(2 * layer), unit_states(2 * layer + 1)};
-      const std::vector<OptionalTensor> w[2] = {unit_weights(2 * layer),
-                                               unit_weights(2 * layer + 1)};
-      results = both_directions(cell, x, states, w, nullptr, batch_sizes);
-      x = at::cat({results[0].first, results[1].first}, -1);
-    } else {
-      results.push_back(one_direction(cell, x, unit_states(layer), unit_weights(layer), false,
-                                      nullptr, batch_sizes));
-      x = results[0].first;
-    }
-    for (const auto& result : results)
-      for (size_t k = 0; k < count; ++k) finals[k].push_back(result.second[k]);
-    if (dropout > 0 && layer < layers - 1) x = at::dropout(x, dropout, true);
-  }
-  return {x, finals};
-}
-
-}  // namespace
-
-std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
-    const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
-    const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
-    bool projection, bool batch_first, double dropout) {
-  if (!may_skip_dispatcher(input, hx, weights)) return std::nullopt;
-  const Cell cell = cell_named(cell_name);
-  const bool batched = input.dim() == 3;  // else [T, I], unbatched
-  TORCH_CHECK(batched || input.dim() == 2, "fusedrnn: the input must be 2-D or 3-D");
-  std::vector<Tensor> given;  // [L*D, B, W]
-  for (const Tensor& state : hx) {
-    TORCH_CHECK(state.dim() == input.dim(),
-                "fusedrnn: a state must be [layers * directions, (batch,) hidden]");
-    given.push_back(batched ? state : with_batch_of_one(state));
-  }
-  // [T, B, I]; unbatched input is one sequence whatever batch_first says, as in torch.nn.
-  const Tensor x0 = !batched ? with_batch_of_one(input) : batch_first ? input.transpose(0, 1)
-                                                                      : input;
-  TORCH_CHECK(x0.size(0) > 0, "fusedrnn: the sequence must have at least one step");
-  auto [x, finals] = through_layers(cell, x0, x0.size(1), given, weights, layers, bidirectional,
-                                    bias, projection, dropout);
-  const int64_t units = layers * (bidirectional ? 2 : 1);
-  std::vector<Tensor> stacked;  // as modules.py's _run_layers gives them
-  for (auto& final : finals) {
-    if (!batched)  // [1, W] each
-      stacked.push_back(units == 1 ? std::move(final[0]) : at::cat(final));
-    else if (units == 1) {
-      const int64_t batch = final[0].size(0), width = final[0].size(1);
-      stacked.push_back(reshaped(std::move(final[0]), {1, batch, width}));
-    }
-    else
-      stacked.push_back(at::stack(final));
-  }
-  if (!batched) {
-    const int64_t steps = x.size(0), width = x.size(-1);
-    return std::tuple{reshaped(std::move(x), {steps, width}), stacked};
-  }
-  return std::tuple{batch_first ? x.transpose(0, 1) : x, stacked};
-}
-
-std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_packed_forward(
-    const std::string& cell_name, const Tensor& data, const Tensor& batch_sizes,
-    const OptionalTensor& sorted_indices, const OptionalTensor& unsorted_indices,
-    const std::vector<Tensor>& hx, const std::vector<Tensor>& weights, int64_t layers,
-    bool bidirectional, bool bias, bool projection, double dropout) {
-  if (!may_skip_dispatcher(data, hx, weights)) return std::nullopt;
-  const Cell cell = cell_named(cell_name);
-  TORCH_CHECK(data.dim() == 2 && batch_sizes.dim() == 1 && batch_sizes.numel() > 0 &&
-                  batch_sizes.scalar_type() == at::kLong && batch_sizes.is_cpu(),
-              "fusedrnn: packed input is data [rows, I] with batch_sizes, int64 on the CPU");
-  const int64_t batch = sorted_indices ? sorted_indices->numel()
-                                       : batch_sizes.contiguous().data_ptr<int64_t>()[0];
-  std::vector<Tensor> given;  // into the sorted order, as the rows are
-  for (const Tensor& state : hx) {
-    TORCH_CHECK(state.dim() == 3 && state.size(1) == batch,
-                "fusedrnn: a state must be [layers * directions, batch, hidden]");
-    given.push_back(sorted_indices ? state.index_select(1, *sorted_indices) : state);
-  }
-  auto [output, finals] = through_layers(cell, data, batch, given, weights, layers,
-                                         bidirectional, bias, projection, dropout, batch_sizes);
-  std::vector<Tensor> stacked;  // [L*D, B, W] each, back in the caller's order
-  for (auto& final : finals) {
-    Tensor state = at::stack(final);
-    stacked.push_back(unsorted_indices ? state.index_select(1, *unsorted_indices) : state);
-  }
-  return std::tuple{output, stacked};
-}
-
-std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_name,
-                                                       const Tensor& input,
-                                                       const std::vector<Tensor>& hx,
-                                                       const std::vector<Tensor>& weights) {
-  if (!may_skip_dispatcher(input, hx, weights)) return std::nullopt;
-  const Cell cell = cell_named(cell_name);
-  const size_t count = state_count(cell);
-  const bool batched = input.dim() == 2;  // else [I], unbatched
-  TORCH_CHECK(batched || input.dim() == 1, "fusedrnn: a cell's input must be 1-D or 2-D");
-  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
-  TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
-  const Tensor rows = batched ? input : with_batch_of_one(input);  // [B, I]
-  std::vector<Tensor> states;  // [B, H] each
-  for (const Tensor& state : hx) {
-    TORCH_CHECK(state.dim() == input.dim(), "fusedrnn: a cell's state must be as its input");
-    states.push_back(batched ? state : with_batch_of_one(state));
-  }
-  if (states.empty()) states = zero_states(cell, rows.size(0), weights[1], input.options());
-  const std::vector<OptionalTensor> w = layer_weights(weights.data(), weights.size() == 4, false);
-  std::vector<Tensor> results = one_direction(cell, one_step(rows), states, w, false).second;
-  if (!batched)
-    for (Tensor& result : results) {
-      const int64_t width = result.size(1);
-      result = reshaped(std::move(result), {width});
-    }
-  return results;
-}
-
-namespace {
-
 // The checks a layer node's arguments must pass: input [T, B, I] with T > 0 (a PackedSequence's
 // data [rows, I] with its batch_sizes), and for each of `directions` its states [B, H] and 2 or
 // 4 weights (the LSTM's 3 or 5, w_hr last). -> the layer's layout.
@@ -888,7 +739,225 @@ std::vector<Tensor> step_node(Cell cell, bool layer, const Tensor& input,
   return results;
 }
 
+// Both directions' node (LayerPairNode) over x: states and weights of each direction as
+// direct_layer_pair_node takes them, the forward direction's first. -> each direction's
+// output, then its new states.
+std::vector<Tensor> pair_node(Cell cell, const Tensor& input,
+                              const std::vector<Tensor> (&states)[2],
+                              const std::vector<Tensor> (&weights)[2],
+                              const LayerLayout& layout) {
+  std::vector<Tensor> tensors{input};
+  for (size_t d = 0; d < 2; ++d) {
+    tensors.insert(tensors.end(), states[d].begin(), states[d].end());
+    tensors.insert(tensors.end(), weights[d].begin(), weights[d].end());
+  }
+  std::vector<Tensor> results =
+      LayerPairNode::apply(static_cast<int64_t>(cell), weights[0].size() - layout.projection == 4,
+                           at::TensorList(tensors), layout);
+  keep_node_address<LayerPairNode>(results[0]);
+  return results;
+}
+
+// Whether a layer's call must be its autograd node: grad mode is on and one of its tensors
+// requires a gradient (else it runs as a call without one, as ops.py's layers do).
+bool needs_node(const Tensor& x, const std::vector<Tensor>& states,
+                const std::vector<Tensor>& weights) {
+  const auto requires_grad = [](const Tensor& t) { return t.requires_grad(); };
+  return c10::GradMode::is_enabled() &&
+         (x.requires_grad() || std::any_of(states.begin(), states.end(), requires_grad) ||
+          std::any_of(weights.begin(), weights.end(), requires_grad));
+}
+
+// A module's layers and directions over x [T, B, I] (or a PackedSequence's rows [rows, I], with
+// batch_sizes). given: the module's states, [L*D, B, W] each, or none (zeros); weights as
+// direct_module_forward's. With `gradient` a gradient may follow: a layer whose tensors require
+// one runs as its node (step_node, pair_node), and the ops between layers are autograd's.
+// -> the last layer's output, and per state every unit's final one [B, W].
+std::pair<Tensor, std::vector<std::vector<Tensor>>> through_layers(
+    Cell cell, Tensor x, int64_t batch, const std::vector<Tensor>& given,
+    const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
+    bool projection, double dropout, bool gradient, const OptionalTensor& batch_sizes = {}) {
+  const size_t count = state_count(cell);
+  const int64_t directions = bidirectional ? 2 : 1, units = layers * directions;
+  const size_t per_unit = 2 + (bias ? 2 : 0) + (projection ? 1 : 0);
+  TORCH_CHECK(layers >= 1 && weights.size() == per_unit * units,
+              "fusedrnn: expected ", per_unit * units, " weights, got ", weights.size());
+  TORCH_CHECK(given.empty() || given.size() == count, "fusedrnn: expected ", count, " states");
+  for (const Tensor& state : given)
+    TORCH_CHECK(state.dim() == 3 && state.size(0) == units && state.size(1) == batch,
+                "fusedrnn: a state must be [layers * directions, batch, hidden]");
+  // Per unit: its weights (as the module lists them), and its initial states: a state's unit
+  // as a view that autograd tracks where a gradient may follow.
+  const auto unit_weights = [&](int64_t unit) {
+    return std::vector<Tensor>(&weights[unit * per_unit], &weights[(unit + 1) * per_unit]);
+  };
+  const std::vector<Tensor> zeros =  // for every unit, without hx
+      given.empty() ? zero_states(cell, batch, weights[1], x.options()) : std::vector<Tensor>{};
+  const auto unit_states = [&](int64_t unit) {
+    if (given.empty()) return zeros;
+    std::vector<Tensor> states;
+    for (const Tensor& state : given)
+      states.push_back(gradient ? state.select(0, unit) : unit_of(state, unit));
+    return states;
+  };
+  const LayerLayout layout{batch_sizes, projection};
+  std::vector<std::vector<Tensor>> finals(count);  // per state, every unit's
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    std::vector<std::pair<Tensor, std::vector<Tensor>>> results;
+    if (directions == 2) {
+      const std::vector<Tensor> states[2] = {unit_states(2 * layer), unit_states(2 * layer + 1)};
+      const std::vector<Tensor> w[2] = {unit_weights(2 * layer), unit_weights(2 * layer + 1)};
+      if (gradient && (needs_node(x, states[0], w[0]) || needs_node(x, states[1], w[1]))) {
+        const std::vector<Tensor> flat = pair_node(cell, x, states, w, layout);
+        for (size_t d = 0; d < 2; ++d) {
+          const auto first = flat.begin() + d * (1 + count);
+          results.emplace_back(first[0], std::vector<Tensor>(first + 1, first + 1 + count));
+        }
+      } else {
+        const std::vector<OptionalTensor> optional[2] = {
+            layer_weights(w[0].data(), bias, projection),
+            layer_weights(w[1].data(), bias, projection)};
+        results = both_directions(cell, x, states, optional, nullptr, batch_sizes);
+      }
+      x = at::cat({results[0].first, results[1].first}, -1);
+    } else {
+      const std::vector<Tensor> states = unit_states(layer), w = unit_weights(layer);
+      if (gradient && needs_node(x, states, w)) {
+        std::vector<Tensor> got = step_node(cell, true, x, states, w, layout);
+        results.emplace_back(got[0], std::vector<Tensor>(got.begin() + 1, got.end()));
+      } else {
+        results.push_back(one_direction(cell, x, states, layer_weights(w.data(), bias, projection),
+                                        false, nullptr, batch_sizes));
+      }
+      x = results[0].first;
+    }
+    for (const auto& result : results)
+      for (size_t k = 0; k < count; ++k) finals[k].push_back(result.second[k]);
+    if (dropout > 0 && layer < layers - 1) x = at::dropout(x, dropout, true);
+  }
+  return {x, finals};
+}
+
 }  // namespace
+
+namespace {
+
+// Whether a module's call (its input, states and flat weights) may follow a gradient: true
+// where one may (through_layers' `gradient`), false where it needs none, nullopt where the call
+// must go through the dispatcher (may_skip_dispatcher).
+std::optional<bool> gradient_may_follow(const Tensor& input, const std::vector<Tensor>& hx,
+                                        const std::vector<Tensor>& weights) {
+  if (may_skip_dispatcher(input, hx, weights)) return false;
+  if (may_skip_dispatcher(input, hx, weights, true)) return true;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_module_forward(
+    const std::string& cell_name, const Tensor& input, const std::vector<Tensor>& hx,
+    const std::vector<Tensor>& weights, int64_t layers, bool bidirectional, bool bias,
+    bool projection, bool batch_first, double dropout) {
+  const std::optional<bool> gradient = gradient_may_follow(input, hx, weights);
+  if (!gradient) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  const bool batched = input.dim() == 3;  // else [T, I], unbatched
+  TORCH_CHECK(batched || input.dim() == 2, "fusedrnn: the input must be 2-D or 3-D");
+  // An unbatched tensor as a batch of one: a view that autograd tracks where it must.
+  const auto batch_of_one = [&](const Tensor& t) {
+    return *gradient ? t.unsqueeze(-2) : with_batch_of_one(t);
+  };
+  std::vector<Tensor> given;  // [L*D, B, W]
+  for (const Tensor& state : hx) {
+    TORCH_CHECK(state.dim() == input.dim(),
+                "fusedrnn: a state must be [layers * directions, (batch,) hidden]");
+    given.push_back(batched ? state : batch_of_one(state));
+  }
+  // [T, B, I]; unbatched input is one sequence whatever batch_first says, as in torch.nn.
+  const Tensor x0 = !batched ? batch_of_one(input) : batch_first ? input.transpose(0, 1) : input;
+  TORCH_CHECK(x0.size(0) > 0, "fusedrnn: the sequence must have at least one step");
+  auto [x, finals] = through_layers(cell, x0, x0.size(1), given, weights, layers, bidirectional,
+                                    bias, projection, dropout, *gradient);
+  const int64_t units = layers * (bidirectional ? 2 : 1);
+  // Results under other sizes: reshaped in place where no autograd history holds their sizes.
+  const auto resized = [&](Tensor result, at::IntArrayRef sizes) {
+    return *gradient ? result.view(sizes) : reshaped(std::move(result), sizes);
+  };
+  std::vector<Tensor> stacked;  // as modules.py's _run_layers gives them
+  for (auto& final : finals) {
+    if (!batched)  // [1, W] each
+      stacked.push_back(units == 1 ? std::move(final[0]) : at::cat(final));
+    else if (units == 1) {
+      const int64_t batch = final[0].size(0), width = final[0].size(1);
+      stacked.push_back(resized(std::move(final[0]), {1, batch, width}));
+    }
+    else
+      stacked.push_back(at::stack(final));
+  }
+  if (!batched) {
+    const int64_t steps = x.size(0), width = x.size(-1);
+    return std::tuple{resized(std::move(x), {steps, width}), stacked};
+  }
+  return std::tuple{batch_first ? x.transpose(0, 1) : x, stacked};
+}
+
+std::optional<std::tuple<Tensor, std::vector<Tensor>>> direct_packed_forward(
+    const std::string& cell_name, const Tensor& data, const Tensor& batch_sizes,
+    const OptionalTensor& sorted_indices, const OptionalTensor& unsorted_indices,
+    const std::vector<Tensor>& hx, const std::vector<Tensor>& weights, int64_t layers,
+    bool bidirectional, bool bias, bool projection, double dropout) {
+  const std::optional<bool> gradient = gradient_may_follow(data, hx, weights);
+  if (!gradient) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  TORCH_CHECK(data.dim() == 2 && batch_sizes.dim() == 1 && batch_sizes.numel() > 0 &&
+                  batch_sizes.scalar_type() == at::kLong && batch_sizes.is_cpu(),
+              "fusedrnn: packed input is data [rows, I] with batch_sizes, int64 on the CPU");
+  const int64_t batch = sorted_indices ? sorted_indices->numel()
+                                       : batch_sizes.contiguous().data_ptr<int64_t>()[0];
+  std::vector<Tensor> given;  // into the sorted order, as the rows are
+  for (const Tensor& state : hx) {
+    TORCH_CHECK(state.dim() == 3 && state.size(1) == batch,
+                "fusedrnn: a state must be [layers * directions, batch, hidden]");
+    given.push_back(sorted_indices ? state.index_select(1, *sorted_indices) : state);
+  }
+  auto [output, finals] = through_layers(cell, data, batch, given, weights, layers,
+                                         bidirectional, bias, projection, dropout, *gradient,
+                                         batch_sizes);
+  std::vector<Tensor> stacked;  // [L*D, B, W] each, back in the caller's order
+  for (auto& final : finals) {
+    Tensor state = at::stack(final);
+    stacked.push_back(unsorted_indices ? state.index_select(1, *unsorted_indices) : state);
+  }
+  return std::tuple{output, stacked};
+}
+
+std::optional<std::vector<Tensor>> direct_cell_forward(const std::string& cell_name,
+                                                       const Tensor& input,
+                                                       const std::vector<Tensor>& hx,
+                                                       const std::vector<Tensor>& weights) {
+  if (!may_skip_dispatcher(input, hx, weights)) return std::nullopt;
+  const Cell cell = cell_named(cell_name);
+  const size_t count = state_count(cell);
+  const bool batched = input.dim() == 2;  // else [I], unbatched
+  TORCH_CHECK(batched || input.dim() == 1, "fusedrnn: a cell's input must be 1-D or 2-D");
+  TORCH_CHECK(weights.size() == 2 || weights.size() == 4, "fusedrnn: expected 2 or 4 weights");
+  TORCH_CHECK(hx.empty() || hx.size() == count, "fusedrnn: expected ", count, " states");
+  const Tensor rows = batched ? input : with_batch_of_one(input);  // [B, I]
+  std::vector<Tensor> states;  // [B, H] each
+  for (const Tensor& state : hx) {
+    TORCH_CHECK(state.dim() == input.dim(), "fusedrnn: a cell's state must be as its input");
+    states.push_back(batched ? state : with_batch_of_one(state));
+  }
+  if (states.empty()) states = zero_states(cell, rows.size(0), weights[1], input.options());
+  const std::vector<OptionalTensor> w = layer_weights(weights.data(), weights.size() == 4, false);
+  std::vector<Tensor> results = one_direction(cell, one_step(rows), states, w, false).second;
+  if (!batched)
+    for (Tensor& result : results) {
+      const int64_t width = result.size(1);
+      result = reshaped(std::move(result), {width});
+    }
+  return results;
+}
 
 std::optional<std::vector<Tensor>> direct_cell_step(const std::string& cell_name,
                                                     const Tensor& input,
@@ -931,18 +1000,12 @@ std::optional<std::vector<Tensor>> direct_layer_pair_node(const std::string& cel
   const Cell cell = cell_named(cell_name);
   const size_t count = state_count(cell);
   const LayerLayout layout = check_layer_arguments(cell, input, hx, weights, 2, batch_sizes);
-  const size_t per_direction = weights.size() / 2;
-  std::vector<Tensor> tensors{input};
-  for (size_t d = 0; d < 2; ++d) {
-    tensors.insert(tensors.end(), hx.begin() + d * count, hx.begin() + (d + 1) * count);
-    tensors.insert(tensors.end(), weights.begin() + d * per_direction,
-                   weights.begin() + (d + 1) * per_direction);
-  }
-  std::vector<Tensor> results =
-      LayerPairNode::apply(static_cast<int64_t>(cell), per_direction - layout.projection == 4,
-                           at::TensorList(tensors), layout);
-  keep_node_address<LayerPairNode>(results[0]);
-  return results;
+  const size_t each = weights.size() / 2;
+  const std::vector<Tensor> states[2] = {{hx.begin(), hx.begin() + count},
+                                         {hx.begin() + count, hx.end()}};
+  const std::vector<Tensor> w[2] = {{weights.begin(), weights.begin() + each},
+                                    {weights.begin() + each, weights.end()}};
+  return pair_node(cell, input, states, w, layout);
 }
 
 void set_python_layer_backward(PythonLayerBackward backward) {

@@ -1,16 +1,19 @@
-// The modules' and cells' calls that need no gradient, from Python straight to the layer
-// functions (layer.h) in one call, without the dispatcher; and a cell's step or a layer's call
-// that may need one, as a single autograd node in C++ (direct_cell_step, direct_layer_node). A
-// small call's cost is its Python and its boxed op calls, not its math: at T=1 B=1 H=64 the
-// LSTM's products take 1.5 us of a 20 us module call (benchmarks/NOTES.md). These run the same
-// functions the ops do, so their results are the ops' bit for bit.
+// The modules' and cells' calls from Python straight to the layer functions (layer.h), without
+// the dispatcher: a module's whole call, every layer, in one call (direct_module_forward,
+// direct_packed_forward), a cell's step without a gradient (direct_cell_forward); and where a
+// gradient may follow, a cell's step or a layer's call as a single autograd node in C++
+// (direct_cell_step, direct_layer_node, direct_layer_pair_node), which a module's whole call
+// strings together. A small call's cost is its Python and its boxed op calls, not its math: at
+// T=1 B=1 H=64 the LSTM's products take 1.5 us of a 20 us module call (benchmarks/NOTES.md).
+// These run the same functions the ops do, so their results are the ops' bit for bit.
 //
 // Each returns nullopt where the call must go through the dispatcher instead, so that whatever
 // watches or transforms ops sees them: a gradient may follow (grad mode on and a tensor that
-// requires it), a dispatch mode, functorch transform or autocast is active (any key in the
-// thread's included dispatch keys beyond ADInplaceOrView), the profiler or another
-// RecordFunction observer is on, or a tensor is not a plain strided CPU tensor. Bad arguments
-// raise, as the ops do.
+// requires it) where the function takes none, a dispatch mode, functorch transform or autocast
+// is active (any key in the thread's included dispatch keys beyond ADInplaceOrView), the
+// profiler or another RecordFunction observer is on, or a tensor is not a plain strided CPU
+// tensor. Bad arguments raise, as the ops do.
+
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -35,7 +38,10 @@ namespace fusedrnn {
 // module's states, h [L*D, B, P] (and c [L*D, B, H] for the LSTM), [L*D, P] unbatched;
 // weights: the module's flat weights, per layer and direction w_ih, w_hh, then b_ih, b_hh
 // where `bias`, then w_hr where `projection`; dropout: the probability between layers (0
-// unless training).
+// unless training). Where a gradient may follow, each layer whose tensors require one is its
+// node (direct_layer_node's, direct_layer_pair_node's for both directions), and the ops between
+// layers (a state's unit, dropout, the directions' concatenation, the final states' stack) are
+// autograd's, as modules.py's _run_layers calls them.
 // -> output [T, B, D*P] ([B, T, D*P] batch_first), final states as hx.
 std::optional<std::tuple<at::Tensor, std::vector<at::Tensor>>> direct_module_forward(
     const std::string& cell, const at::Tensor& input, const std::vector<at::Tensor>& hx,
@@ -43,7 +49,7 @@ std::optional<std::tuple<at::Tensor, std::vector<at::Tensor>>> direct_module_for
     bool projection, bool batch_first, double dropout);
 
 // A module's call on a PackedSequence (data [rows, I], batch_sizes, and its sorted_indices and
-// unsorted_indices where it has them) that needs no gradient, as direct_module_forward's: hx
+// unsorted_indices where it has them), as direct_module_forward's: hx
 // empty or in the caller's batch order, [L*D, B, P] (and [L*D, B, H]), moved into the sorted
 // order and the final states back out of it, as torch.nn moves them. -> the output's data
 // [rows, D*P], the final states.

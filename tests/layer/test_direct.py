@@ -370,10 +370,11 @@ def test_watched_calls_go_through_the_dispatcher(cell):
     direct calls."""
     _, fused, x, hx = _case(cell, (3, 2, 4, 5, {}))
     _, fused_cell = _cell_pair(cell, 4, 5, True)
-    with torch.no_grad():
-        for run in (lambda: fused(x, hx), lambda: fused_cell(x[0])):
-            for watcher, names in _seen_ops(run).items():
-                assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
+    for mode in (torch.no_grad, torch.enable_grad):  # the modules' parameters require grad
+        with mode():
+            for run in (lambda: fused(x, hx), lambda: fused_cell(x[0])):
+                for watcher, names in _seen_ops(run).items():
+                    assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
 
 
 @pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
@@ -673,26 +674,32 @@ def test_cell_steps_with_gradients_that_are_watched_go_through_the_dispatcher(ce
         assert any(cell.split("_")[0] + "_forward" in n for n in names), watcher
 
 
-def _assert_one_node_per_layer(ref, fused, call, x, wrt, monkeypatch):
+def _assert_one_node_per_layer(ref, fused, call, x, wrt, monkeypatch, nodes=None):
     """call(model) -> its output tensor and final states, which, with the gradients of a random
-    projection of them with respect to x (wrt "input") or x and every parameter ("all"), must
-    be torch.nn's, and the Functions' bit for bit; each of fused's layers one C++ node."""
+    projection of them with respect to x (wrt "input"), x and every parameter ("all") or the
+    parameters that require one ("trained"), must be torch.nn's, and the Functions' bit for
+    bit; fused's call one C++ call (the module's Python layer loop unused), each of its layers
+    one C++ node (`nodes` of them where given)."""
     def run(model):
         output, states = call(model)
         results = [output, *(states if isinstance(states, tuple) else (states,))]
         gen = torch.Generator().manual_seed(12)
         loss = sum((r * torch.randn(r.shape, generator=gen, dtype=r.dtype)).sum()
                    for r in results)
-        names = ["x", *dict(model.named_parameters())] if wrt == "all" else ["x"]
-        wrt_tensors = [x, *model.parameters()] if wrt == "all" else [x]
-        grads = dict(zip(names, torch.autograd.grad(loss, wrt_tensors)))
+        parameters = [(n, p) for n, p in model.named_parameters()
+                      if wrt == "all" or (wrt == "trained" and p.requires_grad)]
+        wrt_tensors = {"x": x} if wrt != "trained" else {}
+        wrt_tensors.update(parameters)
+        grads = dict(zip(wrt_tensors, torch.autograd.grad(loss, list(wrt_tensors.values()))))
         return [r.detach() for r in results], " ".join(graph_names(output)), grads
 
     expected, _, expected_grads = run(ref)
     (results, name, grads), (dispatched, dispatched_name, dispatched_grads) = \
-        _direct_and_dispatched(lambda: run(fused), fused, (), monkeypatch)
+        _direct_and_dispatched(lambda: run(fused), fused, ("_run_layers", "_prepare_input"),
+                               monkeypatch)
     node = "LayerPairNode" if fused.bidirectional else "RecurrenceNode"
-    assert name.count(node) == fused.num_layers and node not in dispatched_name
+    assert name.count(node) == (fused.num_layers if nodes is None else nodes)
+    assert node not in dispatched_name
     assert_close_by_name(dict(enumerate(results)), dict(enumerate(expected)), 1e-10)
     assert_close_by_name(grads, expected_grads, 1e-10)
     _assert_equal(results, dispatched)
@@ -726,6 +733,79 @@ def test_module_with_gradients_is_one_node_per_layer(cell, config, with_state, w
     output, states = fused(x, hx)
     first = states[0] if isinstance(states, tuple) else states
     assert output.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("cell,config", [(cell, config) for cell in ALL_CELLS for config in CONFIGS
+                                         if cell == "lstm" or "proj_size" not in config[4]],
+                         ids=lambda p: p if isinstance(p, str) else _config_id(p))
+def test_unbatched_module_with_gradients_is_one_node_per_layer(cell, config, with_state,
+                                                               monkeypatch):
+    """Unbatched input [T, I] and states [L*D, H] in training: one C++ call, a node a layer,
+    torch.nn's results and gradients (the states' too)."""
+    ref, fused, x, hx = _case(cell, config)
+    batch_dim = 0 if config[4].get("batch_first") else 1
+    x = x.select(batch_dim, 0).detach().requires_grad_()  # [T, I]
+    if with_state:
+        hx = tuple(s[:, 0].requires_grad_() for s in hx) if cell == "lstm" else \
+            hx[:, 0].requires_grad_()
+    else:
+        hx = None
+    _assert_one_node_per_layer(ref, fused, lambda model: model(x, hx), x, "all", monkeypatch)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_dropout_between_layers_with_gradients_as_the_dispatcher_path(cell, packed,
+                                                                      monkeypatch):
+    """A training call with gradients drops out between layers in the one C++ call, drawing
+    what the dispatcher's path draws; its gradients are that path's, bit for bit."""
+    lengths = [5, 3, 4, 5]
+    ref, fused = make_pair(cell, 6, 8, "cpu", torch.float64, num_layers=3, dropout=0.5,
+                           bidirectional=True)
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(5, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    hx = random_state(cell, ref, 4, "cpu", torch.float64, gen)
+    fused.train()
+
+    def call():
+        torch.manual_seed(5)
+        output, states = fused(_packed(x, lengths, False) if packed else x, hx)
+        results = [output.data if packed else output,
+                   *(states if isinstance(states, tuple) else (states,))]
+        loss = sum((r * torch.randn(r.shape, generator=gen.manual_seed(6), dtype=r.dtype)).sum()
+                   for r in results)
+        return [r.detach() for r in results] + list(
+            torch.autograd.grad(loss, [x, *fused.parameters()]))
+
+    direct, dispatched = _direct_and_dispatched(call, fused, ("_run_layers", "_prepare_input"),
+                                                monkeypatch)
+    _assert_equal(direct, dispatched)
+    fused.eval()
+    assert not torch.equal(direct[0], call()[0])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_module_with_its_first_layer_frozen(cell, bidirectional, packed, monkeypatch):
+    """A module whose first layer is frozen, on input that needs no gradient (a pretrained
+    encoder's lower layers): the first layer runs without a node, the others as nodes, and
+    the trained layers' gradients are torch.nn's."""
+    lengths = [4, 6, 2]
+    ref, fused = make_pair(cell, 5, 7, "cpu", torch.float64, num_layers=3,
+                           bidirectional=bidirectional)
+    for model in (ref, fused):
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_("_l0" not in name)
+    gen = torch.Generator().manual_seed(32)
+    x = torch.randn(6, 3, 5, generator=gen, dtype=torch.float64)
+
+    def call(model):
+        output, states = model(_packed(x, lengths, False) if packed else x)
+        return (output.data if packed else output), states
+
+    _assert_one_node_per_layer(ref, fused, call, x, "trained", monkeypatch, nodes=2)
 
 
 def _packed(x, lengths, sorted_lengths):
