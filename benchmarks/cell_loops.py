@@ -3,8 +3,9 @@ and custom recurrences run them: a training step (T steps, a loss summed over th
 and the same loop without a gradient, CPU, torch.nn against fusedrnn.
 
 fusedrnn's steps take one of two routes where a gradient may follow: one autograd node in C++
-(csrc/layer/direct.h, direct_cell_step and direct_layer_node), or the ops' Python
-autograd.Function, where the node steps aside (transforms, dispatch modes, ...). Both are timed
+(csrc/layer/direct.h: direct_cell_step; a module's call, direct_module_forward, makes its layer's
+node), or the ops' Python autograd.Function, where the node steps aside (transforms, dispatch
+modes, ...). Both are timed
 ("fused", "fused_function"), so that the node's gain is measured in the same process. Timed as
 fusedrnn.bench times its sides: interleaved rounds, medians, the single rounds' quartiles of
 torch.nn time / fused time.
@@ -25,7 +26,9 @@ from fusedrnn.bench_report import save_cpu_rows
 CASES = [(cell, 50, B, H) for cell in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN")
          for B, H in ((1, 64), (32, 128), (64, 512))]
 
-_NODES = ("direct_cell_step", "direct_layer_node")
+# What the Function's variant declines: the nodes, and the module's one call, which strings
+# its layers' nodes together.
+_NODES = ("direct_cell_step", "direct_layer_node", "direct_module_forward")
 
 
 class CellLoop:

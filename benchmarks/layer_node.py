@@ -1,12 +1,15 @@
 """A layer's training step on the CPU through its C++ autograd node (one direction's, or both
-directions' in one) against the same step through the Python autograd.Function, and torch.nn's: first-order steps (fusedrnn.bench's
-training step: forward, backward of out.sum() + h_n.sum()) and a gradient-penalty step (the
-input's gradient taken with create_graph, then the backward of its squared norm plus the
-output's sum), whose create_graph backward the node hands to the Function's.
+directions' in one) against the same step through the Python autograd.Function, and torch.nn's:
+first-order steps (fusedrnn.bench's training step: forward, backward of out.sum() + h_n.sum())
+and a gradient-penalty step (the input's gradient taken with create_graph, then the backward of
+its squared norm plus the output's sum), whose create_graph backward the node hands to the
+Function's.
 
-The nodes (csrc/layer/direct.h, direct_layer_node and direct_layer_pair_node) run where a plain
-CPU call may need a gradient; "fused_function" declines them, as transforms and dispatch modes
-make them decline.
+The module's call runs every layer in one C++ call, each layer its node (csrc/layer/direct.h:
+direct_module_forward, direct_packed_forward), where a plain CPU call may need a gradient.
+"fused_loop" declines that call: the layers run from modules.py's Python loop, each still its
+node (direct_layer_node, direct_layer_pair_node); "fused_function" declines the nodes too, as
+transforms and dispatch modes make them decline, and the Python autograd.Functions run.
 Interleaved rounds, medians, the single rounds' quartiles, as fusedrnn.bench times its sides,
 each round in an order of its own (torch.nn's GRU step, 28 ms of small ops, slowed whichever
 side ran right after it).
@@ -53,22 +56,30 @@ class PenaltyStep(bench.Step):
         (d_x.pow(2).sum() + output.sum()).backward()
 
 
-class WithoutNode:
-    """A step with fusedrnn's layer nodes declined: the Python autograd.Functions run."""
+# The direct calls each variant of fusedrnn declines (see the docstring).
+_MODULE_CALLS = ("direct_module_forward", "direct_packed_forward")
+DECLINED = {"fused_loop": _MODULE_CALLS,
+            "fused_function": (*_MODULE_CALLS, "direct_layer_node", "direct_layer_pair_node")}
 
-    def __init__(self, step):
-        self.step = step
+
+class Declining:
+    """A step with the direct calls `names` of fusedrnn's extension declined."""
+
+    def __init__(self, step, names):
+        self.step, self.names = step, names
 
     def reset(self):
         self.step.reset()
 
     def __call__(self):
-        nodes = _C.direct_layer_node, _C.direct_layer_pair_node
-        _C.direct_layer_node = _C.direct_layer_pair_node = lambda *args: None
+        saved = {name: getattr(_C, name) for name in self.names}
+        for name in self.names:
+            setattr(_C, name, lambda *args: None)
         try:
             self.step()
         finally:
-            _C.direct_layer_node, _C.direct_layer_pair_node = nodes
+            for name, function in saved.items():
+                setattr(_C, name, function)
 
 
 def projected(case, proj_size):
@@ -97,19 +108,20 @@ def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=Fa
     kind = PenaltyStep if step == "penalty" else bench.Step
     steps = {"torch": kind(reference, inputs, "training"),
              "fused": kind(fused, inputs, "training"),
-             "fused_function": WithoutNode(kind(fused, inputs, "training"))}
+             **{name: Declining(kind(fused, inputs, "training"), names)
+                for name, names in DECLINED.items()}}
     samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
                             bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
     ms = {name: statistics.median(times) for name, times in samples.items()}
     row = dict(cell=cell, layers=layers, bidirectional=bidirectional, packed=packed, T=T, B=B,
                H=H, proj_size=proj_size, step=step, rounds=len(samples["fused"]), ms=ms)
-    for name in ("fused", "fused_function"):
+    for name in ("fused", *DECLINED):
         row[f"torch_over_{name}"] = ms["torch"] / ms[name]
         row[f"torch_over_{name}_quartiles"] = bench.round_speedup_quartiles(samples["torch"],
                                                                             samples[name])
-    row["function_over_node"] = ms["fused_function"] / ms["fused"]
-    row["function_over_node_quartiles"] = bench.round_speedup_quartiles(
-        samples["fused_function"], samples["fused"])
+    for ratio, name in (("function_over_node", "fused_function"), ("loop_over_call", "fused_loop")):
+        row[ratio] = ms[name] / ms["fused"]
+        row[f"{ratio}_quartiles"] = bench.round_speedup_quartiles(samples[name], samples["fused"])
     return row
 
 
@@ -122,7 +134,7 @@ def main():
     for *case, bidirectional, packed, proj_size in cases:
         row = measure(*case, seconds, bidirectional, packed, proj_size)
         rows.append(row)
-        q = row["function_over_node_quartiles"]
+        q, loop = row["function_over_node_quartiles"], row["loop_over_call_quartiles"]
         print(f"{row['cell']} L{row['layers']}{' bidir' if bidirectional else ''}"
               f"{' packed' if packed else ''}{f' P={proj_size}' if proj_size else ''} "
               f"T={row['T']} "
@@ -130,8 +142,9 @@ def main():
               f"{row['step']}: torch {row['ms']['torch']:.3f} ms, node "
               f"{row['ms']['fused']:.3f} ms ({row['torch_over_fused']:.2f}x), function "
               f"{row['ms']['fused_function']:.3f} ms ({row['torch_over_fused_function']:.2f}x); "
-              f"function / node {row['function_over_node']:.2f}x ({q[0]:.2f}-{q[1]:.2f})",
-              flush=True)
+              f"function / node {row['function_over_node']:.2f}x ({q[0]:.2f}-{q[1]:.2f}); "
+              f"Python loop / one call {row['loop_over_call']:.2f}x "
+              f"({loop[0]:.2f}-{loop[1]:.2f})", flush=True)
     if len(sys.argv) > 2:
         save_cpu_rows(sys.argv[2], rows)
 

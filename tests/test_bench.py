@@ -135,13 +135,13 @@ def test_cell_loops_times_the_node_and_the_function(cell):
     """benchmarks/cell_loops.py's case, tiny: training times torch.nn, the C++ node and the
     Function, and leaves the node switched back on."""
     from fusedrnn._extension import _C
-    nodes = (_C.direct_cell_step, _C.direct_layer_node)
+    nodes = (_C.direct_cell_step, _C.direct_layer_node, _C.direct_module_forward)
     script = _script("cell_loops")
     row = script.measure(cell, 3, 2, 4, "training", seconds=0.0)
     assert set(row["ms"]) == {"torch", "fused", "fused_function"}
     assert all(ms > 0 for ms in row["ms"].values())
     assert len(row["torch_over_fused_function_quartiles"]) == 2
-    assert (_C.direct_cell_step, _C.direct_layer_node) == nodes
+    assert (_C.direct_cell_step, _C.direct_layer_node, _C.direct_module_forward) == nodes
     assert set(script.measure(cell, 3, 2, 4, "inference", seconds=0.0)["ms"]) == {"torch",
                                                                                  "fused"}
 
@@ -153,17 +153,20 @@ def test_cell_loops_times_the_node_and_the_function(cell):
                          ids=["training", "penalty", "training-packed", "training-projected"])
 def test_layer_node_times_the_node_and_the_function(step, packed, proj_size, bidirectional,
                                                     tmp_path):
-    """benchmarks/layer_node.py's case, tiny: torch.nn, the layer's C++ node and the Function,
-    the nodes switched back on afterwards; the rows saved with their environment."""
+    """benchmarks/layer_node.py's case, tiny: torch.nn, the module's one C++ call, its Python
+    layer loop and the Function, the direct calls switched back on afterwards; the rows saved
+    with their environment."""
     from fusedrnn._extension import _C
-    nodes = (_C.direct_layer_node, _C.direct_layer_pair_node)
+    names = ("direct_layer_node", "direct_layer_pair_node", "direct_module_forward",
+             "direct_packed_forward")
+    calls = [getattr(_C, name) for name in names]
     script = _script("layer_node")
     row = script.measure("lstm" if proj_size else "gru", 1, 4, 2, 3, step, seconds=0.0,
                          bidirectional=bidirectional, packed=packed, proj_size=proj_size)
-    assert set(row["ms"]) == {"torch", "fused", "fused_function"}
+    assert set(row["ms"]) == {"torch", "fused", "fused_function", "fused_loop"}
     assert all(ms > 0 for ms in row["ms"].values())
-    assert len(row["function_over_node_quartiles"]) == 2
-    assert (_C.direct_layer_node, _C.direct_layer_pair_node) == nodes
+    assert len(row["function_over_node_quartiles"]) == len(row["loop_over_call_quartiles"]) == 2
+    assert [getattr(_C, name) for name in names] == calls
     save_cpu_rows(tmp_path / "rows.json", [row])
     saved = json.loads((tmp_path / "rows.json").read_text())
     assert saved["rows"] == [row] and saved["environment"]["cpu_isa"]
