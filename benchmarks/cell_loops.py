@@ -5,10 +5,10 @@ and the same loop without a gradient, CPU, torch.nn against fusedrnn.
 fusedrnn's steps take one of two routes where a gradient may follow: one autograd node in C++
 (csrc/layer/direct.h: direct_cell_step; a module's call, direct_module_forward, makes its layer's
 node), or the ops' Python autograd.Function, where the node steps aside (transforms, dispatch
-modes, ...). Both are timed
-("fused", "fused_function"), so that the node's gain is measured in the same process. Timed as
-fusedrnn.bench times its sides: interleaved rounds, medians, the single rounds' quartiles of
-torch.nn time / fused time.
+modes, ...). Both are timed ("fused", "fused_function"), so that the node's gain is measured
+in the same process; for the modules also the layer's node reached from modules.py's Python
+loop ("fused_loop"), against the module's one C++ call. Timed as fusedrnn.bench times its
+sides: interleaved rounds, medians, the single rounds' quartiles of torch.nn time / fused time.
 
     python benchmarks/cell_loops.py [SECONDS_PER_CASE] [OUT.json]
 """
@@ -26,19 +26,22 @@ from fusedrnn.bench_report import save_cpu_rows
 CASES = [(cell, 50, B, H) for cell in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN")
          for B, H in ((1, 64), (32, 128), (64, 512))]
 
-# What the Function's variant declines: the nodes, and the module's one call, which strings
-# its layers' nodes together.
-_NODES = ("direct_cell_step", "direct_layer_node", "direct_module_forward")
+# The direct calls each variant of fusedrnn declines: "fused_function" the nodes and the
+# module's one C++ call, which strings its layers' nodes together, so that the Python
+# autograd.Functions run; "fused_loop" (modules only) that call alone, so that the layer's node
+# runs from modules.py's Python loop.
+DECLINED = {"fused_function": ("direct_cell_step", "direct_layer_node", "direct_module_forward"),
+            "fused_loop": ("direct_module_forward",)}
 
 
 class CellLoop:
     """T steps of `cell` (a cell, or a module given [1, B, H] a step) over fixed random inputs,
     from a random state; in training, the sum of the squared hidden states differentiated with
-    respect to the input and the parameters. With `function`, fusedrnn declines the C++ node
-    and takes the Python autograd.Function."""
+    respect to the input and the parameters. fusedrnn's direct calls `declined` (names in its
+    extension) decline (DECLINED)."""
 
-    def __init__(self, cell, x, hx, training, function=False):
-        self.cell, self.x, self.hx, self.training, self.function = cell, x, hx, training, function
+    def __init__(self, cell, x, hx, training, declined=()):
+        self.cell, self.x, self.hx, self.training, self.declined = cell, x, hx, training, declined
         self.module = not isinstance(cell, torch.nn.RNNCellBase)
 
     def reset(self):
@@ -46,10 +49,9 @@ class CellLoop:
         self.x.grad = None
 
     def __call__(self):
-        saved = {name: getattr(_C, name) for name in _NODES}
-        if self.function:
-            for name in _NODES:
-                setattr(_C, name, lambda *args: None)
+        saved = {name: getattr(_C, name) for name in self.declined}
+        for name in self.declined:
+            setattr(_C, name, lambda *args: None)
         try:
             with torch.set_grad_enabled(self.training):
                 hx, loss = self.hx, 0
@@ -69,7 +71,8 @@ class CellLoop:
 
 def measure(cell, T, B, H, mode, seconds):
     """-> one row: medians in ms, and torch.nn time / fused time with its single rounds'
-    quartiles, for the node and the Function."""
+    quartiles, for the node, the Function and (modules) the Python layer loop around the node,
+    and that loop's time / the node's with its quartiles."""
     torch.manual_seed(0)
     reference = getattr(torch.nn, cell)(H, H)
     fused = getattr(fusedrnn, cell)(H, H)
@@ -82,7 +85,9 @@ def measure(cell, T, B, H, mode, seconds):
     loops = {"torch": CellLoop(reference, x, hx, training),
              "fused": CellLoop(fused, x, hx, training)}
     if training:
-        loops["fused_function"] = CellLoop(fused, x, hx, training, function=True)
+        loops.update({name: CellLoop(fused, x, hx, training, declined)
+                      for name, declined in DECLINED.items()
+                      if name != "fused_loop" or not cell.endswith("Cell")})
     samples = bench.measure(loops, bench.Timer(torch.device("cpu")), seconds,
                             bench.WARMUP_ROUNDS["cpu"])
     ms = {name: statistics.median(times) for name, times in samples.items()}
@@ -91,6 +96,10 @@ def measure(cell, T, B, H, mode, seconds):
         row[f"torch_over_{name}"] = ms["torch"] / ms[name]
         row[f"torch_over_{name}_quartiles"] = bench.round_speedup_quartiles(samples["torch"],
                                                                             samples[name])
+    if "fused_loop" in loops:
+        row["loop_over_call"] = ms["fused_loop"] / ms["fused"]
+        row["loop_over_call_quartiles"] = bench.round_speedup_quartiles(samples["fused_loop"],
+                                                                        samples["fused"])
     return row
 
 
@@ -103,11 +112,15 @@ def main():
             rows.append(row)
             text = [f"{row['cell']} T={row['T']} B={row['B']} H={row['H']} {mode}: torch "
                     f"{row['ms']['torch']:.2f} ms"]
-            for name in ("fused", "fused_function"):
+            for name in ("fused", *DECLINED):
                 if name in row["ms"]:
                     q = row[f"torch_over_{name}_quartiles"]
                     text.append(f"{name} {row['ms'][name]:.2f} ms "
                                 f"{row[f'torch_over_{name}']:.2f}x ({q[0]:.2f}-{q[1]:.2f})")
+            if "loop_over_call" in row:
+                q = row["loop_over_call_quartiles"]
+                text.append(f"Python loop / one call {row['loop_over_call']:.2f}x "
+                            f"({q[0]:.2f}-{q[1]:.2f})")
             print(", ".join(text), flush=True)
     if len(sys.argv) > 2:
         save_cpu_rows(sys.argv[2], rows)
