@@ -9,6 +9,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, ops
@@ -60,6 +61,18 @@ def direct_path_applies(input, dims):
     return not (type(input) is not torch.Tensor or input.dim() not in dims
                 or torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling()
                 or ops.transform_active() or _exporting())
+
+
+def direct_call_may_apply(input, dims):
+    """Whether a module's call may try the direct C++ call (csrc/layer/direct.h): the part of
+    direct_path_applies that the call cannot check itself. A plain tensor of `dims` dimensions,
+    not under torch.compile (Dynamo traces this code) nor at a forward-mode AD level (a dual
+    tensor looks plain to C++). Autocast, torch.func's transforms, dispatch modes and tracing
+    (torch.jit.trace, and ONNX export through it) put keys in the thread's dispatch key set,
+    on which the call declines. A small call's checks cost it about 10 us where the core is
+    cold, as a server's call finds it (benchmarks/NOTES.md, twenty-fourth session)."""
+    return not (type(input) is not torch.Tensor or input.dim() not in dims
+                or torch.compiler.is_compiling() or forward_ad._current_level >= 0)
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -174,7 +187,7 @@ class _FusedRNNBase(nn.RNNBase):
         raises torch.nn's messages."""
         if isinstance(input, PackedSequence):
             return self._direct_packed(input, hx)
-        if not direct_path_applies(input, (2, 3)):
+        if not direct_call_may_apply(input, (2, 3)):
             return None
         given = () if hx is None else state_tensors(hx, self._states)
         if given is None:
@@ -191,7 +204,9 @@ class _FusedRNNBase(nn.RNNBase):
                 return None
             if done is not None:
                 return done[0], tuple(done[1])
-        if input.dim() != 3:  # the layer functions take batches; torch.nn's path makes them
+        # The layer functions take batches (torch.nn's path makes them), and only where nothing
+        # the C++ call declined for applies.
+        if input.dim() != 3 or not direct_path_applies(input, (3,)):
             return None
         x = input.transpose(0, 1) if self.batch_first else input
         if x.size(0) == 0:
@@ -220,7 +235,7 @@ class _FusedRNNBase(nn.RNNBase):
         call at T<=20 B=4 H=64), each layer its autograd node where a gradient may follow; any
         other call takes the general path."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        if not direct_path_applies(data, (2,)):
+        if not direct_call_may_apply(data, (2,)):
             return None
         given = () if hx is None else state_tensors(hx, self._states)
         if given is None:

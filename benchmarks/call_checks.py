@@ -1,0 +1,86 @@
+"""A module's single-step inference call (T=1, as a server answering one request at a time
+calls it) with the direct call's Python checks cut to those the C++ call cannot make
+(modules.direct_call_may_apply), against the same call with all of them
+(modules.direct_path_applies, as before), torch.nn and ONNX Runtime beside: fusedrnn.bench's
+inference step, each call timed alone as the bench times it, where the core comes back cold
+to every call and each check costs several times its warm cost (benchmarks/NOTES.md,
+twenty-fourth session).
+
+Interleaved rounds, each in an order of its own, medians, the single rounds' quartiles.
+
+    python benchmarks/call_checks.py [SECONDS_PER_CASE] [OUT.json]
+"""
+import random
+import statistics
+import sys
+
+import torch
+
+from fusedrnn import bench, modules
+from fusedrnn.bench_report import save_cpu_rows
+
+# cell, B, H (I = H), T.
+CASES = [("lstm", 1, 64, 1), ("gru", 1, 64, 1), ("rnn_tanh", 1, 64, 1), ("lstm", 16, 128, 1),
+         ("lstm", 1, 64, 20)]
+
+
+class AllChecks:
+    """A step whose module call makes every check of the general path's before the C++ call."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def reset(self):
+        self.step.reset()
+
+    def __call__(self):
+        cut = modules.direct_call_may_apply
+        modules.direct_call_may_apply = modules.direct_path_applies
+        try:
+            self.step()
+        finally:
+            modules.direct_call_may_apply = cut
+
+
+def measure(cell, B, H, T, seconds, onnxruntime=True):
+    """-> one row: medians in ms, all checks / cut checks and its quartiles, and each of
+    torch.nn's and ONNX Runtime's time over the cut call's."""
+    case = bench.Case(cell, T=T, B=B, I=H, H=H, mode="inference")
+    reference, fused = bench.build_modules(case, torch.device("cpu"))
+    inputs = bench.make_inputs(case, torch.device("cpu"))
+    steps = {"torch": bench.Step(reference, inputs, "inference"),
+             "fused": bench.Step(fused, inputs, "inference"),
+             "fused_all_checks": AllChecks(bench.Step(fused, inputs, "inference"))}
+    if onnxruntime and bench.onnxruntime_version():
+        steps["onnxruntime"] = bench.OnnxRuntimeStep(reference, inputs)
+    samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
+                            bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
+    ms = {name: statistics.median(times) for name, times in samples.items()}
+    row = dict(cell=cell, T=T, B=B, H=H, rounds=len(samples["fused"]), ms=ms,
+               all_over_cut=ms["fused_all_checks"] / ms["fused"],
+               all_over_cut_quartiles=bench.round_speedup_quartiles(samples["fused_all_checks"],
+                                                                   samples["fused"]))
+    for name in steps.keys() - {"fused"}:
+        row[f"{name}_over_fused"] = ms[name] / ms["fused"]
+    return row
+
+
+def main():
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
+    rows = []
+    for case in CASES:
+        row = measure(*case, seconds)
+        rows.append(row)
+        q = row["all_over_cut_quartiles"]
+        against = ", ".join(f"{name} {row[f'{name}_over_fused']:.2f}x"
+                            for name in ("torch", "onnxruntime") if f"{name}_over_fused" in row)
+        print(f"{row['cell']} T={row['T']} B={row['B']} H={row['H']}: fused "
+              f"{row['ms']['fused'] * 1e3:.1f} us, all checks "
+              f"{row['ms']['fused_all_checks'] * 1e3:.1f} us; all / cut {row['all_over_cut']:.3f}x "
+              f"({q[0]:.2f}-{q[1]:.2f}); over fused: {against}", flush=True)
+    if len(sys.argv) > 2:
+        save_cpu_rows(sys.argv[2], rows)
+
+
+if __name__ == "__main__":
+    main()
