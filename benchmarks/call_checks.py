@@ -1,10 +1,10 @@
 """A module's single-step inference call (T=1, as a server answering one request at a time
-calls it) with the direct call's Python checks cut to those the C++ call cannot make
-(modules.direct_call_may_apply), against the same call with all of them
-(modules.direct_path_applies, as before), torch.nn and ONNX Runtime beside: fusedrnn.bench's
-inference step, each call timed alone as the bench times it, where the core comes back cold
-to every call and each check costs several times its warm cost (benchmarks/NOTES.md,
-twenty-fourth session).
+calls it), or a cell's, with the direct call's Python checks cut to those the C++ call cannot
+make (modules.direct_call_may_apply), against the same call with all of them
+(modules.direct_path_applies, as before), torch.nn and (modules) ONNX Runtime beside:
+fusedrnn.bench's inference step, each call timed alone as the bench times it, where the core
+comes back cold to every call and each check costs several times its warm cost
+(benchmarks/NOTES.md, twenty-fourth session).
 
 Interleaved rounds, each in an order of its own, medians, the single rounds' quartiles.
 
@@ -15,13 +15,15 @@ import statistics
 import sys
 
 import torch
+from torch import nn
 
+import fusedrnn
 from fusedrnn import bench, modules
 from fusedrnn.bench_report import save_cpu_rows
 
-# cell, B, H (I = H), T.
+# cell (a module's, or a cell class's name), B, H (I = H), T (1 for a cell).
 CASES = [("lstm", 1, 64, 1), ("gru", 1, 64, 1), ("rnn_tanh", 1, 64, 1), ("lstm", 16, 128, 1),
-         ("lstm", 1, 64, 20)]
+         ("lstm", 1, 64, 20), ("LSTMCell", 1, 64, 1), ("GRUCell", 1, 64, 1)]
 
 
 class AllChecks:
@@ -42,12 +44,27 @@ class AllChecks:
             modules.direct_call_may_apply = cut
 
 
+def cells_and_inputs(name, B, H):
+    """torch.nn's and fusedrnn's cell `name` (the same parameters), and random x [B, H] and
+    states."""
+    torch.manual_seed(bench.SEED)
+    reference = getattr(nn, name)(H, H)
+    fused = getattr(fusedrnn, name)(H, H)
+    fused.load_state_dict(reference.state_dict())
+    x, h = torch.randn(B, H), torch.randn(B, H)
+    return reference, fused, (x, (h, torch.randn(B, H)) if name == "LSTMCell" else h)
+
+
 def measure(cell, B, H, T, seconds, onnxruntime=True):
     """-> one row: medians in ms, all checks / cut checks and its quartiles, and each of
-    torch.nn's and ONNX Runtime's time over the cut call's."""
-    case = bench.Case(cell, T=T, B=B, I=H, H=H, mode="inference")
-    reference, fused = bench.build_modules(case, torch.device("cpu"))
-    inputs = bench.make_inputs(case, torch.device("cpu"))
+    torch.nn's and (modules) ONNX Runtime's time over the cut call's."""
+    if cell.endswith("Cell"):
+        reference, fused, inputs = cells_and_inputs(cell, B, H)
+        onnxruntime = False  # the bench's ONNX Runtime side runs modules
+    else:
+        case = bench.Case(cell, T=T, B=B, I=H, H=H, mode="inference")
+        reference, fused = bench.build_modules(case, torch.device("cpu"))
+        inputs = bench.make_inputs(case, torch.device("cpu"))
     steps = {"torch": bench.Step(reference, inputs, "inference"),
              "fused": bench.Step(fused, inputs, "inference"),
              "fused_all_checks": AllChecks(bench.Step(fused, inputs, "inference"))}

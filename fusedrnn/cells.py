@@ -64,7 +64,9 @@ class _FusedCell(nn.RNNCellBase):
                 return None
             if done is not None:
                 return tuple(done)
-        if torch.is_grad_enabled() or input.dim() != 2:  # the op takes a batch
+        # The op takes a batch, and only where nothing the C++ calls declined for applies.
+        if (torch.is_grad_enabled() or input.dim() != 2
+                or not modules.direct_path_applies(input, (2,))):
             return None
         if not states:  # zeros: one tensor for h and c alike
             states = (torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
@@ -77,7 +79,7 @@ class _FusedCell(nn.RNNCellBase):
             return None
 
     def forward(self, input, hx=None):
-        if modules.direct_path_applies(input, (1, 2)):
+        if modules.direct_call_may_apply(input, (1, 2)):  # the C++ calls check the rest
             new_states = self._direct(input, hx)
             if new_states is not None:
                 return new_states if self._states == 2 else new_states[0]

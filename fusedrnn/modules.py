@@ -64,13 +64,13 @@ def direct_path_applies(input, dims):
 
 
 def direct_call_may_apply(input, dims):
-    """Whether a module's call may try the direct C++ call (csrc/layer/direct.h): the part of
-    direct_path_applies that the call cannot check itself. A plain tensor of `dims` dimensions,
-    not under torch.compile (Dynamo traces this code) nor at a forward-mode AD level (a dual
-    tensor looks plain to C++). Autocast, torch.func's transforms, dispatch modes and tracing
-    (torch.jit.trace, and ONNX export through it) put keys in the thread's dispatch key set,
-    on which the call declines. A small call's checks cost it about 10 us where the core is
-    cold, as a server's call finds it (benchmarks/NOTES.md, twenty-fourth session)."""
+    """Whether a module's or cell's call may try the direct C++ calls (csrc/layer/direct.h):
+    the part of direct_path_applies that they cannot check themselves. A plain tensor of `dims`
+    dimensions, not under torch.compile (Dynamo traces this code) nor at a forward-mode AD
+    level (a dual tensor looks plain to C++). Autocast, torch.func's transforms, dispatch modes
+    and tracing (torch.jit.trace, and ONNX export through it) put keys in the thread's dispatch
+    key set, on which the calls decline. The full checks cost a small call 4-7 us where the
+    core is cold, as a server's call finds it (benchmarks/NOTES.md, twenty-fourth session)."""
     return not (type(input) is not torch.Tensor or input.dim() not in dims
                 or torch.compiler.is_compiling() or forward_ad._current_level >= 0)
 

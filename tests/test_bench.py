@@ -199,15 +199,16 @@ def test_packed_inference_times_the_direct_and_the_general_path():
 
 
 def test_call_checks_times_cut_and_all_checks():
-    """benchmarks/call_checks.py's case, tiny: torch.nn, the module call with the checks cut and
-    with all of them, the cut ones switched back afterwards."""
+    """benchmarks/call_checks.py's cases, tiny: torch.nn, the module's or cell's call with the
+    checks cut and with all of them, the cut ones switched back afterwards."""
     from fusedrnn import modules
     cut = modules.direct_call_may_apply
     script = _script("call_checks")
-    row = script.measure("gru", 1, 3, 1, seconds=0.0, onnxruntime=False)
-    assert set(row["ms"]) == {"torch", "fused", "fused_all_checks"}
-    assert all(ms > 0 for ms in row["ms"].values())
-    assert len(row["all_over_cut_quartiles"]) == 2
+    for cell in ("gru", "LSTMCell"):
+        row = script.measure(cell, 1, 3, 1, seconds=0.0, onnxruntime=False)
+        assert set(row["ms"]) == {"torch", "fused", "fused_all_checks"}
+        assert all(ms > 0 for ms in row["ms"].values())
+        assert len(row["all_over_cut_quartiles"]) == 2
     assert modules.direct_call_may_apply is cut
 
 
