@@ -838,18 +838,14 @@ std::pair<Tensor, std::vector<std::vector<Tensor>>> through_layers(
   return {x, finals};
 }
 
-}  // namespace
-
-namespace {
-
 // Whether a module's call (its input, states and flat weights) may follow a gradient: true
-// where one may (through_layers' `gradient`), false where it needs none, nullopt where the call
-// must go through the dispatcher (may_skip_dispatcher).
+// where one may (through_layers' `gradient`: grad mode on and a tensor that requires one, as
+// needs_node asks of a layer), false where it needs none, nullopt where the call must go
+// through the dispatcher (may_skip_dispatcher).
 std::optional<bool> gradient_may_follow(const Tensor& input, const std::vector<Tensor>& hx,
                                         const std::vector<Tensor>& weights) {
-  if (may_skip_dispatcher(input, hx, weights)) return false;
-  if (may_skip_dispatcher(input, hx, weights, true)) return true;
-  return std::nullopt;
+  if (!may_skip_dispatcher(input, hx, weights, true)) return std::nullopt;
+  return needs_node(input, hx, weights);
 }
 
 }  // namespace
