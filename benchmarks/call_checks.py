@@ -26,24 +26,6 @@ CASES = [("lstm", 1, 64, 1), ("gru", 1, 64, 1), ("rnn_tanh", 1, 64, 1), ("lstm",
          ("lstm", 1, 64, 20), ("LSTMCell", 1, 64, 1), ("GRUCell", 1, 64, 1)]
 
 
-class AllChecks:
-    """A step whose module call makes every check of the general path's before the C++ call."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def reset(self):
-        self.step.reset()
-
-    def __call__(self):
-        cut = modules.direct_call_may_apply
-        modules.direct_call_may_apply = modules.direct_path_applies
-        try:
-            self.step()
-        finally:
-            modules.direct_call_may_apply = cut
-
-
 def cells_and_inputs(name, B, H):
     """torch.nn's and fusedrnn's cell `name` (the same parameters), and random x [B, H] and
     states."""
@@ -67,7 +49,9 @@ def measure(cell, B, H, T, seconds, onnxruntime=True):
         inputs = bench.make_inputs(case, torch.device("cpu"))
     steps = {"torch": bench.Step(reference, inputs, "inference"),
              "fused": bench.Step(fused, inputs, "inference"),
-             "fused_all_checks": AllChecks(bench.Step(fused, inputs, "inference"))}
+             # every check of the general path's before the C++ call, as before the cut
+             "fused_all_checks": bench.Patched(bench.Step(fused, inputs, "inference"), modules,
+                                               direct_call_may_apply=modules.direct_path_applies)}
     if onnxruntime and bench.onnxruntime_version():
         steps["onnxruntime"] = bench.OnnxRuntimeStep(reference, inputs)
     samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,

@@ -37,11 +37,10 @@ DECLINED = {"fused_function": ("direct_cell_step", "direct_layer_node", "direct_
 class CellLoop:
     """T steps of `cell` (a cell, or a module given [1, B, H] a step) over fixed random inputs,
     from a random state; in training, the sum of the squared hidden states differentiated with
-    respect to the input and the parameters. fusedrnn's direct calls `declined` (names in its
-    extension) decline (DECLINED)."""
+    respect to the input and the parameters."""
 
-    def __init__(self, cell, x, hx, training, declined=()):
-        self.cell, self.x, self.hx, self.training, self.declined = cell, x, hx, training, declined
+    def __init__(self, cell, x, hx, training):
+        self.cell, self.x, self.hx, self.training = cell, x, hx, training
         self.module = not isinstance(cell, torch.nn.RNNCellBase)
 
     def reset(self):
@@ -49,24 +48,17 @@ class CellLoop:
         self.x.grad = None
 
     def __call__(self):
-        saved = {name: getattr(_C, name) for name in self.declined}
-        for name in self.declined:
-            setattr(_C, name, lambda *args: None)
-        try:
-            with torch.set_grad_enabled(self.training):
-                hx, loss = self.hx, 0
-                for t in range(self.x.size(0)):
-                    if self.module:
-                        h, hx = self.cell(self.x[t:t + 1], hx)
-                    else:
-                        hx = self.cell(self.x[t], hx)
-                        h = hx[0] if isinstance(hx, tuple) else hx
-                    loss = loss + h.pow(2).sum()
-                if self.training:
-                    loss.backward()
-        finally:
-            for name, function in saved.items():
-                setattr(_C, name, function)
+        with torch.set_grad_enabled(self.training):
+            hx, loss = self.hx, 0
+            for t in range(self.x.size(0)):
+                if self.module:
+                    h, hx = self.cell(self.x[t:t + 1], hx)
+                else:
+                    hx = self.cell(self.x[t], hx)
+                    h = hx[0] if isinstance(hx, tuple) else hx
+                loss = loss + h.pow(2).sum()
+            if self.training:
+                loss.backward()
 
 
 def measure(cell, T, B, H, mode, seconds):
@@ -85,7 +77,8 @@ def measure(cell, T, B, H, mode, seconds):
     loops = {"torch": CellLoop(reference, x, hx, training),
              "fused": CellLoop(fused, x, hx, training)}
     if training:
-        loops.update({name: CellLoop(fused, x, hx, training, declined)
+        loops.update({name: bench.Patched(CellLoop(fused, x, hx, training), _C,
+                                          **dict.fromkeys(declined, lambda *args: None))
                       for name, declined in DECLINED.items()
                       if name != "fused_loop" or not cell.endswith("Cell")})
     samples = bench.measure(loops, bench.Timer(torch.device("cpu")), seconds,

@@ -62,26 +62,6 @@ DECLINED = {"fused_loop": _MODULE_CALLS,
             "fused_function": (*_MODULE_CALLS, "direct_layer_node", "direct_layer_pair_node")}
 
 
-class Declining:
-    """A step with the direct calls `names` of fusedrnn's extension declined."""
-
-    def __init__(self, step, names):
-        self.step, self.names = step, names
-
-    def reset(self):
-        self.step.reset()
-
-    def __call__(self):
-        saved = {name: getattr(_C, name) for name in self.names}
-        for name in self.names:
-            setattr(_C, name, lambda *args: None)
-        try:
-            self.step()
-        finally:
-            for name, function in saved.items():
-                setattr(_C, name, function)
-
-
 def projected(case, proj_size):
     """bench.build_modules' and bench.make_inputs' LSTMs and inputs, with proj_size: h0 the
     first proj_size columns of bench's."""
@@ -108,7 +88,8 @@ def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=Fa
     kind = PenaltyStep if step == "penalty" else bench.Step
     steps = {"torch": kind(reference, inputs, "training"),
              "fused": kind(fused, inputs, "training"),
-             **{name: Declining(kind(fused, inputs, "training"), names)
+             **{name: bench.Patched(kind(fused, inputs, "training"), _C,
+                                    **dict.fromkeys(names, lambda *args: None))
                 for name, names in DECLINED.items()}}
     samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
                             bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))

@@ -24,24 +24,6 @@ CASES = [*((cell, 1, 20, 4, 64, False) for cell in ("lstm", "gru", "rnn_tanh")),
          ("lstm", 1, 50, 16, 128, False), ("gru", 2, 50, 16, 128, True)]
 
 
-class Declined:
-    """A step with the packed direct call declined: the general Python path runs."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def reset(self):
-        self.step.reset()
-
-    def __call__(self):
-        direct = modules._C.direct_packed_forward
-        modules._C.direct_packed_forward = lambda *args: None
-        try:
-            self.step()
-        finally:
-            modules._C.direct_packed_forward = direct
-
-
 def measure(cell, layers, T, B, H, bidirectional, seconds):
     """-> one row: medians in ms, torch.nn time / fused time for both paths, general / direct
     and its single rounds' quartiles."""
@@ -51,7 +33,9 @@ def measure(cell, layers, T, B, H, bidirectional, seconds):
     inputs = bench.make_inputs(case, torch.device("cpu"))
     steps = {"torch": bench.Step(reference, inputs, "inference"),
              "direct": bench.Step(fused, inputs, "inference"),
-             "general": Declined(bench.Step(fused, inputs, "inference"))}
+             # the packed direct call declined: the general Python path runs
+             "general": bench.Patched(bench.Step(fused, inputs, "inference"), modules._C,
+                                      direct_packed_forward=lambda *args: None)}
     samples = bench.measure(steps, bench.Timer(torch.device("cpu")), seconds,
                             bench.WARMUP_ROUNDS["cpu"], shuffle=random.Random(0))
     ms = {name: statistics.median(times) for name, times in samples.items()}

@@ -212,6 +212,31 @@ def test_call_checks_times_cut_and_all_checks():
     assert modules.direct_call_may_apply is cut
 
 
+def test_patched_step_replaces_attributes_for_its_length_only():
+    """bench.Patched: the step sees the replaced attributes; they are put back after it, also
+    when it raises; reset reaches the step."""
+    import types
+    target = types.SimpleNamespace(a=1, b=2)
+    seen, resets = [], []
+
+    class Step:
+        def reset(self):
+            resets.append(True)
+
+        def __call__(self):
+            seen.append((target.a, target.b))
+            if len(seen) == 2:
+                raise ValueError("the step failed")
+
+    patched = bench.Patched(Step(), target, a=10, b=20)
+    patched.reset()
+    patched()
+    assert seen == [(10, 20)] and (target.a, target.b) == (1, 2) and resets == [True]
+    with pytest.raises(ValueError, match="the step failed"):
+        patched()
+    assert (target.a, target.b) == (1, 2)
+
+
 def test_measure_in_shuffled_order_times_every_step_each_round():
     """With `shuffle`, each round runs every step once, in orders that differ between rounds."""
     order = []
