@@ -4,6 +4,7 @@ import copy as copying
 import warnings
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import cells, modules
 
@@ -21,10 +22,12 @@ def convert(module, copy=False):
 
     The replacements hold the same Parameter objects, so device, dtype, requires_grad and any
     optimizer that already holds them carry over, and keep the training mode. copy=True converts
-    a deep copy and leaves `module` as it was. Only those exact classes are replaced: a subclass
-    (whose methods may call torch.nn's forward) stays, with a warning naming it and the class to
-    derive it from instead; so do modules whose parameters are not torch.nn's own (weight norm).
-    Hooks registered on a replaced module are not carried over."""
+    a deep copy and leaves `module` as it was. Only those exact classes are replaced, and those
+    with parametrizations (torch.nn.utils.parametrize: parametrizations.weight_norm,
+    spectral_norm, orthogonal), which carry over as they are. A subclass (whose methods may call
+    torch.nn's forward) stays, with a warning naming it and the class to derive it from instead;
+    so do modules whose parameters are not torch.nn's own (the older hook-based
+    torch.nn.utils.weight_norm). Hooks registered on a replaced module are not carried over."""
     return _replace_tree(copying.deepcopy(module) if copy else module, _TO_FUSED)
 
 
@@ -41,8 +44,8 @@ def _replace_tree(root, table):
         if module in replaced:
             return replaced[module]
         new = module
-        if type(module) in table:
-            new = _counterpart(module, table[type(module)], path or "the root module")
+        if _class_of(module) in table:
+            new = _counterpart(module, table[_class_of(module)], path or "the root module")
         elif isinstance(module, tuple(table)):
             _warn_subclass(module, path or "the root module", table)
         else:
@@ -57,11 +60,17 @@ def _replace_tree(root, table):
     return visit(root, "")
 
 
+def _class_of(module):
+    """The module's class, before any parametrization replaced it with a subclass of it."""
+    return parametrize.type_before_parametrizations(module)
+
+
 def _warn_subclass(module, path, table):
-    base = next(cls for cls in type(module).__mro__ if cls in table)
+    cls = _class_of(module)
+    base = next(c for c in cls.__mro__ if c in table)
     library, other = ("torch.nn", "fusedrnn") if base in _TO_FUSED else ("fusedrnn", "torch.nn")
     warnings.warn(
-        f"fusedrnn: left {path} ({type(module).__module__}.{type(module).__qualname__}) as it is: "
+        f"fusedrnn: left {path} ({cls.__module__}.{cls.__qualname__}) as it is: "
         f"it subclasses {library}.{base.__name__}, whose forward its methods may call; derive it "
         f"from {other}.{table[base].__name__} instead to run it on {other}")
 
@@ -69,22 +78,43 @@ def _warn_subclass(module, path, table):
 def _counterpart(module, target_cls, path):
     """A target_cls module holding module's parameters, or module itself (with a warning) where
     that would not compute the same thing."""
-    library = "torch.nn" if type(module) in _TO_FUSED else "fusedrnn"
-    described = f"{path} ({library}.{type(module).__name__})"
+    library = "torch.nn" if _class_of(module) in _TO_FUSED else "fusedrnn"
+    described = f"{path} ({library}.{_class_of(module).__name__})"
     with warnings.catch_warnings():  # torch.nn warned about these arguments when they were given
         warnings.simplefilter("ignore")
         new = target_cls(**_constructor_arguments(module), device="meta")
     own = dict(module.named_parameters(recurse=False))
-    if (set(own) != {name for name, _ in new.named_parameters()}
-            or next(module.buffers(recurse=False), None) is not None):
-        warnings.warn(f"fusedrnn: left {described} as it is: it has parameters or buffers other "
-                      "than torch.nn's own (weight norm?), which the replacement would not use")
+    parametrized = dict(module.parametrizations) if parametrize.is_parametrized(module) else {}
+    if (set(own) | set(parametrized) != {name for name, _ in new.named_parameters()}
+            or set(own) & set(parametrized)
+            or next(module.buffers(recurse=False), None) is not None
+            or set(module._modules) != ({"parametrizations"} if parametrized else set())):
+        warnings.warn(f"fusedrnn: left {described} as it is: it has parameters, buffers or "
+                      "submodules other than torch.nn's own (the hook-based "
+                      "torch.nn.utils.weight_norm?), which the replacement would not use; "
+                      "torch.nn.utils.parametrizations' weight_norm and spectral_norm carry over")
         return module
     for name, parameter in own.items():
         setattr(new, name, parameter)
-    if isinstance(new, nn.RNNBase):
+    for name, parametrization in parametrized.items():
+        _share_parametrization(new, name, parametrization)
+    if isinstance(new, nn.RNNBase) and parametrized:
+        # The flat weight list and its references as module holds them, so that the next call
+        # refreshes them as module's own would have: refreshing here would evaluate the
+        # parametrizations, and spectral_norm steps its power iteration at each evaluation.
+        new._flat_weights = list(module._flat_weights)
+        new._flat_weight_refs = list(module._flat_weight_refs)
+    elif isinstance(new, nn.RNNBase):
         new._init_flat_weights()  # refreshes the flat weight list and its references
     return new.train(module.training)
+
+
+def _share_parametrization(module, name, parametrization):
+    """Puts `parametrization` (a ParametrizationList, with the original tensors it holds) on
+    module's `name`, through torch's own registration: an identity registered first (on the
+    placeholder weight, no evaluation of the real one), then swapped for the shared list."""
+    parametrize.register_parametrization(module, name, nn.Identity(), unsafe=True)
+    module.parametrizations[name] = parametrization
 
 
 def _constructor_arguments(module):

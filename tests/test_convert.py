@@ -142,8 +142,66 @@ def test_projected_lstm_converts():
 def test_extra_parameters_are_left_with_a_warning():
     gru = nn.GRU(3, 4)
     gru.register_buffer("mask", torch.ones(4))
-    with pytest.warns(UserWarning, match="the root module .*parameters or buffers other than"):
+    with pytest.warns(UserWarning, match="the root module .*parameters, buffers or submodules"):
         assert fusedrnn.convert(gru) is gru
+
+
+def _parametrize(model):
+    """Each kind of parametrization torch.nn.utils.parametrizations offers, on the Tagger's
+    recurrent weights: weight norm, spectral norm (which steps its power iteration at every
+    evaluation in training) and orthogonal."""
+    weight_norm, spectral_norm, orthogonal = (nn.utils.parametrizations.weight_norm,
+                                              nn.utils.parametrizations.spectral_norm,
+                                              nn.utils.parametrizations.orthogonal)
+    weight_norm(model.encoder[0], "weight_hh_l0")
+    spectral_norm(model.encoder[0], "weight_ih_l1_reverse")
+    orthogonal(model.layers[0], "weight_hh_l0")
+    spectral_norm(model.layers[1], "weight_hh_l0")
+    weight_norm(model.cells["lstm"], "weight_ih")
+    spectral_norm(model.cells["gru"], "weight_hh")
+    orthogonal(model.cells["rnn"], "weight_hh")
+    return model
+
+
+def test_parametrized_modules_convert_with_their_parametrizations():
+    """A parametrized module converts, its parametrizations carried over with their original
+    tensors: the same Parameter objects and state_dict, and in training the same outputs,
+    gradients, optimizer steps and spectral-norm buffers as the unconverted model."""
+    model, tokens = _parametrize(_tagger()), _tokens("cpu")
+    fused = _parametrize(_tagger())
+    originals = dict(fused.named_parameters())
+    assert fusedrnn.convert(fused) is fused
+    kinds = {type(m).__mro__[1] for m in fused.modules() if isinstance(m, TORCH_NN + FUSED)}
+    assert kinds == set(FUSED)
+    assert all(nn.utils.parametrize.is_parametrized(m)
+               for m in fused.modules() if isinstance(m, FUSED))
+    assert all(p is originals[name] for name, p in fused.named_parameters())
+    assert fused.state_dict().keys() == model.state_dict().keys()
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, fused)]
+    for _ in range(3):
+        results = [_outputs_and_gradients(m, tokens) for m in (model, fused)]
+        assert_close_by_name(results[1], results[0], 1e-10)
+        for m, optimizer, result in zip((model, fused), optimizers, results):
+            for name, p in m.named_parameters():
+                p.grad = result[f"grad_{name}"]
+            optimizer.step()
+    assert_close_by_name(fused.state_dict(), model.state_dict(), 1e-10)
+
+
+def test_parametrized_modules_revert():
+    model = _parametrize(_tagger())
+    originals = dict(model.named_parameters())
+    reverted = fusedrnn.revert(fusedrnn.convert(model))
+    kinds = {type(m).__mro__[1] for m in reverted.modules() if isinstance(m, TORCH_NN + FUSED)}
+    assert kinds == set(TORCH_NN)
+    assert all(p is originals[name] for name, p in reverted.named_parameters())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+def test_hook_based_weight_norm_is_left_with_a_warning():
+    lstm = nn.utils.weight_norm(nn.LSTM(3, 4), "weight_hh_l0")
+    with pytest.warns(UserWarning, match="the root module .*hook-based.*parametrizations"):
+        assert fusedrnn.convert(lstm) is lstm
 
 
 def test_shared_module_stays_shared_and_subclasses_stay():
