@@ -875,6 +875,9 @@ def _apply(function, *args):
 
 
 # ---- one layer, one direction --------------------------------------------------------------
+# While exporting (torch.export), a layer is its op alone, saving nothing: the op's autograd,
+# registered in C++ (csrc/layer/op_autograd.cpp), makes a node where the exported program runs
+# with a gradient, and saves what its backward needs then.
 def transform_active():
     """Whether a forward-mode AD level or a torch.func transform is active (eager only)."""
     return forward_ad._current_level >= 0 or torch._C._functorch.maybe_current_level() is not None
@@ -1039,6 +1042,9 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
                batch_sizes=None, w_hr=None):
     """-> output [T, B, P], h_n [B, P], c_n [B, H], where P is w_hr's projection size (H without
     one). Saves nothing when no gradient is needed."""
+    if torch.compiler.is_exporting():
+        return _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, False,
+                                 batch_sizes, w_hr)[:3]
     if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         node = _layer_node("LSTM", input, (h0, c0), (w_ih, w_hh, b_ih, b_hh), reverse,
                            batch_sizes, w_hr)
@@ -1053,6 +1059,9 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
 
 def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_sizes=None):
     """-> output [T, B, H], h_n [B, H]."""
+    if torch.compiler.is_exporting():
+        return _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False,
+                                batch_sizes)[:2]
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
         node = _layer_node("GRU", input, (h0,), (w_ih, w_hh, b_ih, b_hh), reverse, batch_sizes)
         if node is not None:
@@ -1066,6 +1075,8 @@ def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_
 def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=False,
               batch_sizes=None):
     """Elman RNN, tanh (or relu). -> output [T, B, H], h_n [B, H]."""
+    if torch.compiler.is_exporting():
+        return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
     if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
         node = _layer_node("RNN_RELU" if relu else "RNN_TANH", input, (h0,),
                            (w_ih, w_hh, b_ih, b_hh), reverse, batch_sizes)

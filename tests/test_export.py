@@ -1,0 +1,158 @@
+"""torch.export of fused modules and cells, the route to AOTInductor and ExecuTorch: the exported
+program keeps the fused ops, runs at other lengths and batch sizes, trains, and survives
+torch.export.save/load and an AOTInductor package, with torch.nn's results."""
+import pytest
+import torch
+from torch.export import Dim
+
+from conftest import assert_close_by_name, make_pair, random_state, run_and_grad
+from test_cells import CellAsLayer, cell_inputs, make_cell_pair
+
+MODELS = [
+    ("lstm", {"num_layers": 2, "bidirectional": True}),
+    ("lstm", {"proj_size": 3, "batch_first": True}),
+    ("gru", {"num_layers": 2}),
+    ("rnn_relu", {"bidirectional": True}),
+]
+MODEL_IDS = ["lstm-2-layer-bi", "lstm-proj-batch-first", "gru-2-layer", "rnn_relu-bi"]
+FUSED_OPS = {"lstm": "lstm_forward", "gru": "gru_forward", "rnn_relu": "rnn_forward"}
+
+
+def _inputs(cell, model, T, B, seed, with_state):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (B, T, model.input_size) if model.batch_first else (T, B, model.input_size)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if not with_state:
+        return x, None
+    hx = random_state(cell, model, B, "cpu", torch.float64, gen)
+    if cell == "lstm" and model.proj_size > 0:  # h has the projected width
+        h, c = hx
+        hx = h[..., :model.proj_size].contiguous(), c
+    return x, hx
+
+
+def _dynamic_shapes(model, with_state):
+    time, batch = Dim("time", min=1, max=512), Dim("batch", min=1, max=512)
+    x = {0: batch, 1: time} if model.batch_first else {0: time, 1: batch}
+    if not with_state:
+        return (x, None)
+    state = {1: batch}
+    return (x, (state, state) if model.mode == "LSTM" else state)
+
+
+def _fused_calls(program):
+    """-> (op name, its arguments by name) for each fusedrnn op the program calls."""
+    return [(node.target.name().split("::")[-1],
+             dict(zip((a.name for a in node.target._schema.arguments), node.args)))
+            for node in program.graph.nodes
+            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+            and node.target.namespace == "fusedrnn"]
+
+
+def _fused_ops(program):
+    return {name for name, _ in _fused_calls(program)}
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["no-hx", "hx"])
+@pytest.mark.parametrize("cell, options", MODELS, ids=MODEL_IDS)
+def test_exported_module_matches_torch_nn(cell, options, with_state):
+    """Exported at T=5 B=3 with the time and batch dims dynamic; run at other sizes (T=1 and
+    B=1 among them), its outputs, final states and every gradient match torch.nn's."""
+    ref, fused = make_pair(cell, 4, 6, dtype=torch.float64, **options)
+    program = torch.export.export(fused, _inputs(cell, fused, 5, 3, 0, with_state),
+                                  dynamic_shapes=_dynamic_shapes(fused, with_state))
+    assert _fused_ops(program) == {FUSED_OPS[cell]}  # a bidirectional layer's as two calls
+    # Run without a gradient, the program saves no activations; with one, the op's autograd does.
+    assert not any(arguments.get("training") for _, arguments in _fused_calls(program))
+    exported = program.module()
+    for seed, (T, B) in enumerate([(5, 3), (9, 2), (1, 1), (3, 7)]):
+        x, hx = _inputs(cell, fused, T, B, seed + 1, with_state)
+        assert_close_by_name(run_and_grad(exported, x, hx), run_and_grad(ref, x, hx), 1e-10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_exported_cell_matches_torch_nn(cell):
+    ref, fused = make_cell_pair(cell, 4, 6, dtype=torch.float64)
+    x, hx = cell_inputs(cell, (3,), 4, 6, "cpu", torch.float64)
+    for state in (hx, None):
+        batch = Dim("batch", min=1, max=512)
+        shapes = None if state is None else (({0: batch}, {0: batch}) if cell == "lstm"
+                                             else {0: batch})
+        program = torch.export.export(CellAsLayer(fused), (x, state),
+                                      dynamic_shapes=({0: batch}, shapes))
+        exported = program.module()
+        for B in (3, 1, 5):
+            x_b, hx_b = cell_inputs(cell, (B,), 4, 6, "cpu", torch.float64, seed=B)
+            hx_b = hx_b if state is not None else None
+            assert_close_by_name(run_and_grad(exported, x_b, hx_b),
+                                 run_and_grad(CellAsLayer(ref), x_b, hx_b), 1e-10)
+
+
+def test_saved_program_loads_and_runs(tmp_path):
+    _, fused = make_pair("lstm", 4, 6, num_layers=2)
+    x = torch.randn(5, 3, 4)
+    program = torch.export.export(fused, (x,))
+    torch.export.save(program, tmp_path / "lstm.pt2")
+    loaded = torch.export.load(tmp_path / "lstm.pt2")
+    assert "lstm_forward" in _fused_ops(loaded)
+    for a, b in zip(torch.utils._pytree.tree_leaves(loaded.module()(x)),
+                    torch.utils._pytree.tree_leaves(fused(x))):
+        assert torch.equal(a, b)
+
+
+# AOTInductor compiles the program to C++ with g++: ~25 s on a 2-core machine.
+def test_aot_inductor_package_runs_the_fused_op(tmp_path):
+    """The deployment route without Python in the loop: the package calls the fused op through
+    its registration in the dispatcher, with torch.nn's results."""
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    ref, fused = make_pair("gru", 4, 6, num_layers=2)
+    x = torch.randn(5, 3, 4)
+    program = torch.export.export(fused, (x,))
+    runner = aoti_load_package(aoti_compile_and_package(program,
+                                                        package_path=str(tmp_path / "gru.pt2")))
+    x = torch.randn(5, 3, 4)
+    out, h_n = runner(x)
+    expected_out, expected_h_n = ref(x)
+    assert_close_by_name({"output": out, "h_n": h_n},
+                         {"output": expected_out, "h_n": expected_h_n}, 1e-5)
+
+
+def _op_arguments(cell, reverse, gen):
+    """Small float64 arguments of the cell's forward op, every tensor requiring grad; the LSTM's
+    with a projection (w_hr)."""
+    T, B, I, H, P = 4, 3, 2, 5, 3
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    width = P if cell == "lstm" else H
+    tensors = [rand(T, B, I), rand(B, width)] + ([rand(B, H)] if cell == "lstm" else [])
+    tensors += [rand(gates * H, I), rand(gates * H, width), rand(gates * H), rand(gates * H)]
+    if cell == "lstm":
+        return tensors, lambda *t: torch.ops.fusedrnn.lstm_forward(
+            *t[:7], reverse, False, None, t[7])[:3], [rand(P, H)]
+    if cell == "gru":
+        return tensors, lambda *t: torch.ops.fusedrnn.gru_forward(
+            *t, reverse, False, None)[:2], []
+    return tensors, lambda *t: torch.ops.fusedrnn.rnn_forward(
+        *t, cell == "rnn_relu", reverse, None), []
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_forward_op_gradcheck(cell, reverse):
+    """The forward ops called as ops, as an exported program calls them: gradcheck in float64
+    of every input's gradient through the op's own autograd (op_autograd.cpp)."""
+    tensors, op, extra = _op_arguments(cell, reverse, torch.Generator().manual_seed(4))
+    assert torch.autograd.gradcheck(op, (*tensors, *extra))
+
+
+def test_exported_program_refuses_double_backward():
+    _, fused = make_pair("gru", 4, 6, dtype=torch.float64)
+    program = torch.export.export(fused, (torch.randn(5, 3, 4, dtype=torch.float64),))
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    output, _ = program.module()(x)
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        torch.autograd.grad(output.sum(), x, create_graph=True)
