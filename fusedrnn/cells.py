@@ -83,6 +83,9 @@ class _FusedCell(nn.RNNCellBase):
             new_states = self._direct(input, hx)
             if new_states is not None:
                 return new_states if self._states == 2 else new_states[0]
+        traced = modules.fx_leaf_call(self, input, hx)
+        if traced is not None:
+            return traced
         # torch.nn runs a cell without hidden units and returns empty states; there is nothing
         # to fuse, and the ops refuse such weights.
         if modules._exporting() or self.hidden_size == 0:

@@ -43,6 +43,20 @@ def _exporting():
     return torch.jit.is_tracing() or _in_onnx_export()
 
 
+def fx_leaf_call(module, input, hx):
+    """Under torch.fx's symbolic tracing (Proxy arguments), the module's call as one call_module
+    node, as FX records torch.nn's modules and cells (its leaves by default); tracing into the
+    forward would stop at its checks, which branch on shapes. -> the node's Proxy, or None when
+    not tracing."""
+    for argument in (input, *(hx if isinstance(hx, (tuple, list)) else (hx,))):
+        if isinstance(argument, torch.fx.Proxy):
+            tracer = argument.tracer
+            arguments = (input,) if hx is None else (input, hx)  # as torch.nn's call records
+            return tracer.create_proxy("call_module", tracer.path_of_module(module), arguments,
+                                       {})
+    return None
+
+
 def state_tensors(hx, count):
     """hx as a tuple of `count` tensors (one tensor where count is 1), or None if it is not
     that: the direct paths leave anything else to the general path."""
@@ -375,6 +389,9 @@ class LSTM(_FusedRNNBase):
         if direct is not None:
             output, (h_n, c_n) = direct
             return output, (h_n, c_n)
+        traced = fx_leaf_call(self, input, hx)
+        if traced is not None:
+            return traced
         if _exporting():
             return nn.LSTM.forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
@@ -438,6 +455,9 @@ class _SingleStateRNN(_FusedRNNBase):
         if direct is not None:
             output, (h_n,) = direct
             return output, h_n
+        traced = fx_leaf_call(self, input, hx)
+        if traced is not None:
+            return traced
         if _exporting():
             return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
