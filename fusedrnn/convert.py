@@ -3,6 +3,7 @@ and fusedrnn's, keeping their Parameter objects."""
 import copy as copying
 import warnings
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -26,8 +27,9 @@ def convert(module, copy=False):
     with parametrizations (torch.nn.utils.parametrize: parametrizations.weight_norm,
     spectral_norm, orthogonal), which carry over as they are. A subclass (whose methods may call
     torch.nn's forward) stays, with a warning naming it and the class to derive it from instead;
-    so do modules whose parameters are not torch.nn's own (the older hook-based
-    torch.nn.utils.weight_norm). Hooks registered on a replaced module are not carried over."""
+    so do modules whose weights are computed other than by a parametrization or a hook. Extra
+    parameters and buffers, and hooks (torch.nn.utils.prune's and the hook-based weight_norm's
+    among them), carry over: the same objects, so a hook's handle still removes it."""
     return _replace_tree(copying.deepcopy(module) if copy else module, _TO_FUSED)
 
 
@@ -75,27 +77,42 @@ def _warn_subclass(module, path, table):
         f"from {other}.{table[base].__name__} instead to run it on {other}")
 
 
+# The attributes holding a module's hooks (forward, backward, state_dict, load_state_dict).
+_HOOK_ATTRIBUTES = tuple(name for name in vars(nn.Module()) if "hook" in name)
+
+
 def _counterpart(module, target_cls, path):
-    """A target_cls module holding module's parameters, or module itself (with a warning) where
-    that would not compute the same thing."""
+    """A target_cls module holding module's parameters, buffers, parametrizations and hooks, or
+    module itself (with a warning) where that would not compute the same thing."""
     library = "torch.nn" if _class_of(module) in _TO_FUSED else "fusedrnn"
     described = f"{path} ({library}.{_class_of(module).__name__})"
     with warnings.catch_warnings():  # torch.nn warned about these arguments when they were given
         warnings.simplefilter("ignore")
         new = target_cls(**_constructor_arguments(module), device="meta")
+    weights = [name for name, _ in new.named_parameters()]  # torch.nn's own
     own = dict(module.named_parameters(recurse=False))
     parametrized = dict(module.parametrizations) if parametrize.is_parametrized(module) else {}
-    if (set(own) | set(parametrized) != {name for name, _ in new.named_parameters()}
-            or set(own) & set(parametrized)
-            or next(module.buffers(recurse=False), None) is not None
+    # Weights a hook sets before each call from parameters of other names (torch.nn.utils.prune,
+    # the hook-based torch.nn.utils.weight_norm): the last ones it set, as plain attributes.
+    computed = {name: module.__dict__[name] for name in weights
+                if isinstance(module.__dict__.get(name), torch.Tensor)}
+    if (any(name not in own and name not in parametrized and name not in computed
+            for name in weights)
             or set(module._modules) != ({"parametrizations"} if parametrized else set())):
-        warnings.warn(f"fusedrnn: left {described} as it is: it has parameters, buffers or "
-                      "submodules other than torch.nn's own (the hook-based "
-                      "torch.nn.utils.weight_norm?), which the replacement would not use; "
-                      "torch.nn.utils.parametrizations' weight_norm and spectral_norm carry over")
+        warnings.warn(f"fusedrnn: left {described} as it is: some of its weights are neither "
+                      "parameters, parametrizations nor tensors set by a hook, or it has "
+                      "submodules, which the replacement would not use")
         return module
+    for name in computed:  # as plain attributes, not parameters
+        del new._parameters[name]
     for name, parameter in own.items():
         setattr(new, name, parameter)
+    for name, tensor in computed.items():
+        setattr(new, name, tensor)
+    for name, buffer in module._buffers.items():
+        new.register_buffer(name, buffer, persistent=name not in module._non_persistent_buffers_set)
+    for name in _HOOK_ATTRIBUTES:  # the same dicts: handles the user holds still remove them
+        setattr(new, name, getattr(module, name))
     for name, parametrization in parametrized.items():
         _share_parametrization(new, name, parametrization)
     if isinstance(new, nn.RNNBase) and parametrized:

@@ -1,6 +1,9 @@
 """fusedrnn.convert and fusedrnn.revert on model trees: same results, same Parameter objects."""
+import warnings
+
 import pytest
 import torch
+import torch.nn.utils.prune  # noqa: F401 (nn.utils.prune)
 from torch import nn
 
 import fusedrnn
@@ -139,10 +142,16 @@ def test_projected_lstm_converts():
     torch.testing.assert_close(fused(x)[0], lstm(x)[0], rtol=1e-10, atol=0)
 
 
-def test_extra_parameters_are_left_with_a_warning():
+def test_extra_buffers_carry_over_and_submodules_are_left_with_a_warning():
     gru = nn.GRU(3, 4)
-    gru.register_buffer("mask", torch.ones(4))
-    with pytest.warns(UserWarning, match="the root module .*parameters, buffers or submodules"):
+    mask = torch.ones(4)
+    gru.register_buffer("mask", mask)
+    gru.register_buffer("scratch", torch.zeros(2), persistent=False)
+    converted = fusedrnn.convert(gru)
+    assert type(converted) is fusedrnn.GRU and converted.mask is mask
+    assert converted.state_dict().keys() == gru.state_dict().keys()
+    gru.extra = nn.Linear(4, 4)
+    with pytest.warns(UserWarning, match="the root module .*it has submodules"):
         assert fusedrnn.convert(gru) is gru
 
 
@@ -197,11 +206,77 @@ def test_parametrized_modules_revert():
     assert all(p is originals[name] for name, p in reverted.named_parameters())
 
 
-@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
-def test_hook_based_weight_norm_is_left_with_a_warning():
-    lstm = nn.utils.weight_norm(nn.LSTM(3, 4), "weight_hh_l0")
-    with pytest.warns(UserWarning, match="the root module .*hook-based.*parametrizations"):
-        assert fusedrnn.convert(lstm) is lstm
+def _train_in_step(model, other, x, steps=3):
+    """`steps` SGD steps of each, checked at every step: outputs and parameter gradients at
+    1e-10, then the parameters."""
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, other)]
+    for _ in range(steps):
+        results = []
+        for m in (model, other):
+            output, _ = m(x)
+            names, parameters = zip(*m.named_parameters())
+            grads = torch.autograd.grad(output.square().sum(), parameters)
+            results.append({"output": output.detach(),
+                            **{f"grad_{n}": g for n, g in zip(names, grads)}})
+            for p, g in zip(parameters, grads):
+                p.grad = g
+        assert_close_by_name(results[1], results[0], 1e-10)
+        for optimizer in optimizers:
+            optimizer.step()
+    assert_close_by_name(dict(other.named_parameters()), dict(model.named_parameters()), 1e-10)
+
+
+def _hook_reparametrized(kind):
+    """An LSTM whose weights a forward pre-hook computes: pruned, or the hook-based weight_norm."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4, num_layers=2).double()
+    if kind == "prune":
+        nn.utils.prune.random_unstructured(lstm, "weight_hh_l0", 0.5)
+        nn.utils.prune.l1_unstructured(lstm, "weight_ih_l1", 0.3)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch deprecates it for parametrize
+            nn.utils.weight_norm(lstm, "weight_hh_l1")
+    return lstm
+
+
+@pytest.mark.parametrize("kind", ["prune", "weight_norm"])
+def test_hook_reparametrized_modules_convert(kind):
+    """torch.nn.utils.prune and the hook-based weight_norm: their parameters, buffers and
+    forward pre-hooks carry over, and the converted module trains as the unconverted one."""
+    model, fused = _hook_reparametrized(kind), _hook_reparametrized(kind)
+    originals = dict(fused.named_parameters())
+    fused = fusedrnn.convert(fused)  # the root itself is replaced
+    assert type(fused) is fusedrnn.LSTM
+    assert fused.state_dict().keys() == model.state_dict().keys()
+    assert all(p is originals[name] for name, p in fused.named_parameters())
+    assert originals.keys() == dict(fused.named_parameters()).keys()
+    _train_in_step(model, fused, torch.randn(5, 2, 3, dtype=torch.float64))
+    if kind == "prune":
+        nn.utils.prune.remove(fused, "weight_hh_l0")  # the pruning's own undo works on it
+        assert isinstance(fused.weight_hh_l0, nn.Parameter)
+
+
+def test_hooks_carry_over_and_their_handles_still_remove_them():
+    lstm = nn.LSTM(3, 4)
+    calls = []
+    handles = [
+        lstm.register_forward_pre_hook(lambda m, args: calls.append("pre")),
+        lstm.register_forward_hook(lambda m, args, out: calls.append("forward")),
+        lstm.register_full_backward_hook(lambda m, gin, gout: calls.append("backward")),
+        lstm.register_state_dict_post_hook(lambda m, state, prefix, local: calls.append("state")),
+    ]
+    fused = fusedrnn.convert(lstm)
+    output, _ = fused(torch.randn(2, 1, 3, requires_grad=True))
+    output.sum().backward()
+    fused.state_dict()
+    assert calls == ["pre", "forward", "backward", "state"]
+    for handle in handles:
+        handle.remove()
+    calls.clear()
+    fused(torch.randn(2, 1, 3, requires_grad=True))[0].sum().backward()
+    fused.state_dict()
+    assert calls == []
 
 
 def test_shared_module_stays_shared_and_subclasses_stay():
