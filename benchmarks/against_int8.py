@@ -10,7 +10,6 @@ against torch.nn in float64.
 
     python benchmarks/against_int8.py [SECONDS_PER_CASE] [OUT.json]
 """
-import json
 import statistics
 import sys
 import warnings
@@ -21,7 +20,7 @@ from torch.ao.quantization import quantize_dynamic
 
 import fusedrnn
 from fusedrnn import bench
-from fusedrnn.bench_report import environment
+from fusedrnn.bench_report import run_cases
 
 # cell, T, B, I, H: the CPU grid's inference shapes, and one wider layer.
 CASES = [("lstm", 100, 1, 64, 64), ("lstm", 1, 1, 512, 512), ("lstm", 100, 16, 128, 128),
@@ -58,27 +57,21 @@ def measure(cell, T, B, I, H, seconds):  # noqa: E741  (the shape's letters)
                 rel_err_vs_float64=errors)
 
 
+def describe(row):
+    ms, err, q = row["ms"], row["rel_err_vs_float64"], row["int8_over_fused_quartiles"]
+    return (f"{row['cell']} T={row['T']} B={row['B']} I={row['I']} H={row['H']}: "
+            f"torch f32 {ms['torch_f32']:.3f} ms, torch int8 {ms['torch_int8']:.3f} ms, "
+            f"fused f32 {ms['fused_f32']:.3f} ms; int8 time / fused time "
+            f"{ms['torch_int8'] / ms['fused_f32']:.2f}x ({q[0]:.2f}-{q[1]:.2f}); error "
+            f"against float64: int8 {err['torch_int8']:.1e}, fused {err['fused_f32']:.1e}")
+
+
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
     # Deprecated in favour of torchao, which is not a dependency here; the API still works.
     warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
     warnings.filterwarnings("ignore", message="torch.quantize_per_tensor")
-    rows = []
-    for case in CASES:
-        row = measure(*case, seconds)
-        rows.append(row)
-        ms, err = row["ms"], row["rel_err_vs_float64"]
-        q = row["int8_over_fused_quartiles"]
-        print(f"{row['cell']} T={row['T']} B={row['B']} I={row['I']} H={row['H']}: "
-              f"torch f32 {ms['torch_f32']:.3f} ms, torch int8 {ms['torch_int8']:.3f} ms, "
-              f"fused f32 {ms['fused_f32']:.3f} ms; int8 time / fused time "
-              f"{ms['torch_int8'] / ms['fused_f32']:.2f}x ({q[0]:.2f}-{q[1]:.2f}); error "
-              f"against float64: int8 "
-              f"{err['torch_int8']:.1e}, fused {err['fused_f32']:.1e}", flush=True)
-    if len(sys.argv) > 2:
-        with open(sys.argv[2], "w") as out:
-            json.dump(dict(environment=environment(torch.device("cpu")), rows=rows), out,
-                      indent=1)
+    run_cases(CASES, lambda case, seconds: measure(*case, seconds), describe,
+              sys.argv[1:] or ["8"])
 
 
 if __name__ == "__main__":

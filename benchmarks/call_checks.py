@@ -19,7 +19,7 @@ from torch import nn
 
 import fusedrnn
 from fusedrnn import bench, modules
-from fusedrnn.bench_report import save_cpu_rows
+from fusedrnn.bench_report import run_cases
 
 # cell (a module's, or a cell class's name), B, H (I = H), T (1 for a cell).
 CASES = [("lstm", 1, 64, 1), ("gru", 1, 64, 1), ("rnn_tanh", 1, 64, 1), ("lstm", 16, 128, 1),
@@ -66,21 +66,18 @@ def measure(cell, B, H, T, seconds, onnxruntime=True):
     return row
 
 
+def describe(row):
+    q = row["all_over_cut_quartiles"]
+    against = ", ".join(f"{name} {row[f'{name}_over_fused']:.2f}x"
+                        for name in ("torch", "onnxruntime") if f"{name}_over_fused" in row)
+    return (f"{row['cell']} T={row['T']} B={row['B']} H={row['H']}: fused "
+            f"{row['ms']['fused'] * 1e3:.1f} us, all checks "
+            f"{row['ms']['fused_all_checks'] * 1e3:.1f} us; all / cut {row['all_over_cut']:.3f}x "
+            f"({q[0]:.2f}-{q[1]:.2f}); over fused: {against}")
+
+
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
-    rows = []
-    for case in CASES:
-        row = measure(*case, seconds)
-        rows.append(row)
-        q = row["all_over_cut_quartiles"]
-        against = ", ".join(f"{name} {row[f'{name}_over_fused']:.2f}x"
-                            for name in ("torch", "onnxruntime") if f"{name}_over_fused" in row)
-        print(f"{row['cell']} T={row['T']} B={row['B']} H={row['H']}: fused "
-              f"{row['ms']['fused'] * 1e3:.1f} us, all checks "
-              f"{row['ms']['fused_all_checks'] * 1e3:.1f} us; all / cut {row['all_over_cut']:.3f}x "
-              f"({q[0]:.2f}-{q[1]:.2f}); over fused: {against}", flush=True)
-    if len(sys.argv) > 2:
-        save_cpu_rows(sys.argv[2], rows)
+    run_cases(CASES, lambda case, seconds: measure(*case, seconds), describe, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 import fusedrnn
 from fusedrnn import bench
 from fusedrnn._extension import _C
-from fusedrnn.bench_report import save_cpu_rows
+from fusedrnn.bench_report import run_cases
 
 # cell or module, T, B, H (I = H): one sample, a small batch, a wide layer.
 CASES = [(cell, 50, B, H) for cell in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN")
@@ -96,27 +96,23 @@ def measure(cell, T, B, H, mode, seconds):
     return row
 
 
+def describe(row):
+    text = [f"{row['cell']} T={row['T']} B={row['B']} H={row['H']} {row['mode']}: torch "
+            f"{row['ms']['torch']:.2f} ms"]
+    for name in ("fused", *DECLINED):
+        if name in row["ms"]:
+            q = row[f"torch_over_{name}_quartiles"]
+            text.append(f"{name} {row['ms'][name]:.2f} ms "
+                        f"{row[f'torch_over_{name}']:.2f}x ({q[0]:.2f}-{q[1]:.2f})")
+    if "loop_over_call" in row:
+        q = row["loop_over_call_quartiles"]
+        text.append(f"Python loop / one call {row['loop_over_call']:.2f}x ({q[0]:.2f}-{q[1]:.2f})")
+    return ", ".join(text)
+
+
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
-    rows = []
-    for case in CASES:
-        for mode in ("training", "inference"):
-            row = measure(*case, mode, seconds)
-            rows.append(row)
-            text = [f"{row['cell']} T={row['T']} B={row['B']} H={row['H']} {mode}: torch "
-                    f"{row['ms']['torch']:.2f} ms"]
-            for name in ("fused", *DECLINED):
-                if name in row["ms"]:
-                    q = row[f"torch_over_{name}_quartiles"]
-                    text.append(f"{name} {row['ms'][name]:.2f} ms "
-                                f"{row[f'torch_over_{name}']:.2f}x ({q[0]:.2f}-{q[1]:.2f})")
-            if "loop_over_call" in row:
-                q = row["loop_over_call_quartiles"]
-                text.append(f"Python loop / one call {row['loop_over_call']:.2f}x "
-                            f"({q[0]:.2f}-{q[1]:.2f})")
-            print(", ".join(text), flush=True)
-    if len(sys.argv) > 2:
-        save_cpu_rows(sys.argv[2], rows)
+    cases = [(*case, mode) for case in CASES for mode in ("training", "inference")]
+    run_cases(cases, lambda case, seconds: measure(*case, seconds), describe, sys.argv[1:])
 
 
 if __name__ == "__main__":

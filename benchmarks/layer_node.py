@@ -26,7 +26,7 @@ from torch import nn
 import fusedrnn
 from fusedrnn import bench
 from fusedrnn._extension import _C
-from fusedrnn.bench_report import save_cpu_rows
+from fusedrnn.bench_report import run_cases
 
 # cell, layers, T, B, H (I = H), step, bidirectional.
 CASES = [*((cell, 1, 100, 1, 64, "training", False) for cell in ("lstm", "gru", "rnn_tanh")),
@@ -106,28 +106,29 @@ def measure(cell, layers, T, B, H, step, seconds, bidirectional=False, packed=Fa
     return row
 
 
+def describe(row):
+    q, loop = row["function_over_node_quartiles"], row["loop_over_call_quartiles"]
+    proj_size = row["proj_size"]
+    return (f"{row['cell']} L{row['layers']}{' bidir' if row['bidirectional'] else ''}"
+            f"{' packed' if row['packed'] else ''}{f' P={proj_size}' if proj_size else ''} "
+            f"T={row['T']} B={row['B']} H={row['H']} "
+            f"{row['step']}: torch {row['ms']['torch']:.3f} ms, node "
+            f"{row['ms']['fused']:.3f} ms ({row['torch_over_fused']:.2f}x), function "
+            f"{row['ms']['fused_function']:.3f} ms ({row['torch_over_fused_function']:.2f}x); "
+            f"function / node {row['function_over_node']:.2f}x ({q[0]:.2f}-{q[1]:.2f}); "
+            f"Python loop / one call {row['loop_over_call']:.2f}x ({loop[0]:.2f}-{loop[1]:.2f})")
+
+
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
-    rows = []
     cases = [*((*c, False, 0) for c in CASES), *((*c, True, 0) for c in PACKED_CASES),
              *(("lstm", layers, T, B, H, "training", bidirectional, False, proj_size)
                for layers, T, B, H, proj_size, bidirectional in PROJECTED_CASES)]
-    for *case, bidirectional, packed, proj_size in cases:
-        row = measure(*case, seconds, bidirectional, packed, proj_size)
-        rows.append(row)
-        q, loop = row["function_over_node_quartiles"], row["loop_over_call_quartiles"]
-        print(f"{row['cell']} L{row['layers']}{' bidir' if bidirectional else ''}"
-              f"{' packed' if packed else ''}{f' P={proj_size}' if proj_size else ''} "
-              f"T={row['T']} "
-              f"B={row['B']} H={row['H']} "
-              f"{row['step']}: torch {row['ms']['torch']:.3f} ms, node "
-              f"{row['ms']['fused']:.3f} ms ({row['torch_over_fused']:.2f}x), function "
-              f"{row['ms']['fused_function']:.3f} ms ({row['torch_over_fused_function']:.2f}x); "
-              f"function / node {row['function_over_node']:.2f}x ({q[0]:.2f}-{q[1]:.2f}); "
-              f"Python loop / one call {row['loop_over_call']:.2f}x "
-              f"({loop[0]:.2f}-{loop[1]:.2f})", flush=True)
-    if len(sys.argv) > 2:
-        save_cpu_rows(sys.argv[2], rows)
+
+    def measure_case(case, seconds):
+        *arguments, bidirectional, packed, proj_size = case
+        return measure(*arguments, seconds, bidirectional, packed, proj_size)
+
+    run_cases(cases, measure_case, describe, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from fusedrnn import bench, modules
-from fusedrnn.bench_report import save_cpu_rows
+from fusedrnn.bench_report import run_cases
 
 # cell, layers, T, B, H (I = H), bidirectional.
 CASES = [*((cell, 1, 20, 4, 64, False) for cell in ("lstm", "gru", "rnn_tanh")),
@@ -48,20 +48,17 @@ def measure(cell, layers, T, B, H, bidirectional, seconds):
                     samples["general"], samples["direct"]))
 
 
+def describe(row):
+    q = row["general_over_direct_quartiles"]
+    return (f"{row['cell']} L{row['layers']}{' bidir' if row['bidirectional'] else ''} "
+            f"T<={row['T']} B={row['B']} H={row['H']}: torch {row['ms']['torch']:.3f} ms, "
+            f"direct {row['ms']['direct']:.3f} ms ({row['torch_over_direct']:.2f}x), general "
+            f"{row['ms']['general']:.3f} ms ({row['torch_over_general']:.2f}x); general / "
+            f"direct {row['general_over_direct']:.2f}x ({q[0]:.2f}-{q[1]:.2f})")
+
+
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
-    rows = []
-    for case in CASES:
-        row = measure(*case, seconds)
-        rows.append(row)
-        q = row["general_over_direct_quartiles"]
-        print(f"{row['cell']} L{row['layers']}{' bidir' if row['bidirectional'] else ''} "
-              f"T<={row['T']} B={row['B']} H={row['H']}: torch {row['ms']['torch']:.3f} ms, "
-              f"direct {row['ms']['direct']:.3f} ms ({row['torch_over_direct']:.2f}x), general "
-              f"{row['ms']['general']:.3f} ms ({row['torch_over_general']:.2f}x); general / "
-              f"direct {row['general_over_direct']:.2f}x ({q[0]:.2f}-{q[1]:.2f})", flush=True)
-    if len(sys.argv) > 2:
-        save_cpu_rows(sys.argv[2], rows)
+    run_cases(CASES, lambda case, seconds: measure(*case, seconds), describe, sys.argv[1:])
 
 
 if __name__ == "__main__":

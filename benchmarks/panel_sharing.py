@@ -16,7 +16,7 @@ import torch
 
 from fusedrnn import bench
 from fusedrnn._extension import _C
-from fusedrnn.bench_report import save_cpu_rows
+from fusedrnn.bench_report import run_cases
 
 # cell, T, B, H (I = H), mode: the CPU grid's one-direction cases whose loops share their
 # panels (8 or more of them, of at least 32K multiply-adds each), and one that does not.
@@ -68,21 +68,18 @@ def measure(cell, T, B, H, mode, seconds):
                 panels_taken_over_per_call=(_C.panels_taken_over() - taken) / calls)
 
 
+def describe(row):
+    q = row["own_over_shared_quartiles"]
+    return (f"{row['cell']} T={row['T']} B={row['B']} H={row['H']} {row['mode']}: torch "
+            f"{row['ms']['torch']:.3f} ms, shared {row['ms']['shared']:.3f} ms "
+            f"({row['torch_over_shared']:.2f}x), own {row['ms']['own']:.3f} ms "
+            f"({row['torch_over_own']:.2f}x); own / shared {row['own_over_shared']:.3f}x "
+            f"({q[0]:.2f}-{q[1]:.2f}); {row['panels_taken_over_per_call']:.1f} panels taken "
+            f"over a call")
+
+
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 6.0
-    rows = []
-    for case in CASES:
-        row = measure(*case, seconds)
-        rows.append(row)
-        q = row["own_over_shared_quartiles"]
-        print(f"{row['cell']} T={row['T']} B={row['B']} H={row['H']} {row['mode']}: torch "
-              f"{row['ms']['torch']:.3f} ms, shared {row['ms']['shared']:.3f} ms "
-              f"({row['torch_over_shared']:.2f}x), own {row['ms']['own']:.3f} ms "
-              f"({row['torch_over_own']:.2f}x); own / shared {row['own_over_shared']:.3f}x "
-              f"({q[0]:.2f}-{q[1]:.2f}); {row['panels_taken_over_per_call']:.1f} panels taken "
-              f"over a call", flush=True)
-    if len(sys.argv) > 2:
-        save_cpu_rows(sys.argv[2], rows)
+    run_cases(CASES, lambda case, seconds: measure(*case, seconds), describe, sys.argv[1:])
 
 
 if __name__ == "__main__":

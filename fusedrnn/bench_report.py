@@ -47,6 +47,20 @@ def save_cpu_rows(path, rows):
                                      indent=1))
 
 
+def run_cases(cases, measure, describe, argv):
+    """A CPU benchmark script's main: argv is [SECONDS_PER_CASE [OUT.json]]; one row per case,
+    measure(case, seconds), each printed as describe(row) as it comes, and the rows saved at
+    OUT.json (save_cpu_rows) where given. -> the rows."""
+    seconds = float(argv[0]) if argv else 6.0
+    rows = []
+    for case in cases:
+        rows.append(measure(case, seconds))
+        print(describe(rows[-1]), flush=True)
+    if len(argv) > 1:
+        save_cpu_rows(argv[1], rows)
+    return rows
+
+
 def format_ms(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fusedrnn import bench
-from fusedrnn.bench_report import save_cpu_rows
+from fusedrnn.bench_report import run_cases, save_cpu_rows
 
 
 def test_bench_reports_every_baseline(tmp_path, capsys):
@@ -146,6 +146,7 @@ def test_cell_loops_times_the_node_and_the_function(cell):
     assert (_C.direct_cell_step, _C.direct_layer_node, _C.direct_module_forward) == nodes
     assert set(script.measure(cell, 3, 2, 4, "inference", seconds=0.0)["ms"]) == {"torch",
                                                                                  "fused"}
+    assert script.describe(row).startswith(f"{cell} T=3 B=2 H=4 training: torch ")
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "pair"])
@@ -169,6 +170,7 @@ def test_layer_node_times_the_node_and_the_function(step, packed, proj_size, bid
     assert all(ms > 0 for ms in row["ms"].values())
     assert len(row["function_over_node_quartiles"]) == len(row["loop_over_call_quartiles"]) == 2
     assert [getattr(_C, name) for name in names] == calls
+    assert "Python loop / one call" in script.describe(row)
     save_cpu_rows(tmp_path / "rows.json", [row])
     saved = json.loads((tmp_path / "rows.json").read_text())
     assert saved["rows"] == [row] and saved["environment"]["cpu_isa"]
@@ -183,6 +185,7 @@ def test_panel_sharing_times_shared_and_own_panels():
     assert all(ms > 0 for ms in row["ms"].values())
     assert len(row["own_over_shared_quartiles"]) == 2
     assert row["panels_taken_over_per_call"] >= 0
+    assert "panels taken over a call" in script.describe(row)
 
 
 def test_packed_inference_times_the_direct_and_the_general_path():
@@ -196,6 +199,7 @@ def test_packed_inference_times_the_direct_and_the_general_path():
     assert all(ms > 0 for ms in row["ms"].values())
     assert len(row["general_over_direct_quartiles"]) == 2
     assert modules._C.direct_packed_forward is direct
+    assert "general / direct" in script.describe(row)
 
 
 def test_call_checks_times_cut_and_all_checks():
@@ -209,7 +213,19 @@ def test_call_checks_times_cut_and_all_checks():
         assert set(row["ms"]) == {"torch", "fused", "fused_all_checks"}
         assert all(ms > 0 for ms in row["ms"].values())
         assert len(row["all_over_cut_quartiles"]) == 2
+        assert "all / cut" in script.describe(row)
     assert modules.direct_call_may_apply is cut
+
+
+def test_run_cases_prints_each_row_and_saves_them(tmp_path, capsys):
+    """The benchmark scripts' main: a row per case, printed as it comes, saved where asked."""
+    rows = run_cases([1, 2], lambda case, seconds: {"case": case, "seconds": seconds},
+                     lambda row: f"case {row['case']}", ["0.5", str(tmp_path / "rows.json")])
+    assert rows == [{"case": 1, "seconds": 0.5}, {"case": 2, "seconds": 0.5}]
+    assert capsys.readouterr().out == "case 1\ncase 2\n"
+    assert json.loads((tmp_path / "rows.json").read_text())["rows"] == rows
+    assert run_cases([3], lambda case, seconds: {"seconds": seconds}, str, []) == [
+        {"seconds": 6.0}]
 
 
 def test_patched_step_replaces_attributes_for_its_length_only():
