@@ -70,6 +70,17 @@ def test_exported_module_matches_torch_nn(cell, options, with_state):
         assert_close_by_name(run_and_grad(exported, x, hx), run_and_grad(ref, x, hx), 1e-10)
 
 
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+def test_strict_export_and_decomposed_program(strict):
+    """Dynamo's export (strict) and the program lowered to core ATen (run_decompositions), which
+    keeps the fused ops: the same results and gradients as torch.nn's."""
+    ref, fused = make_pair("lstm", 4, 6, dtype=torch.float64, bidirectional=True)
+    x, hx = _inputs("lstm", fused, 5, 3, 0, True)
+    program = torch.export.export(fused, (x, hx), strict=strict).run_decompositions()
+    assert _fused_ops(program) == {"lstm_forward"}
+    assert_close_by_name(run_and_grad(program.module(), x, hx), run_and_grad(ref, x, hx), 1e-10)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_exported_cell_matches_torch_nn(cell):
     ref, fused = make_cell_pair(cell, 4, 6, dtype=torch.float64)
@@ -118,9 +129,9 @@ def test_aot_inductor_package_runs_the_fused_op(tmp_path):
                          {"output": expected_out, "h_n": expected_h_n}, 1e-5)
 
 
-def _op_arguments(cell, reverse, gen):
-    """Small float64 arguments of the cell's forward op, every tensor requiring grad; the LSTM's
-    with a projection (w_hr)."""
+def _op_arguments(cell, reverse, bias, gen):
+    """Small float64 tensors for the cell's forward op, each requiring grad (the LSTM's with a
+    projection, w_hr, last), and the op as a function of them. -> (tensors, op)."""
     T, B, I, H, P = 4, 3, 2, 5, 3
     gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
 
@@ -128,25 +139,48 @@ def _op_arguments(cell, reverse, gen):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
 
     width = P if cell == "lstm" else H
-    tensors = [rand(T, B, I), rand(B, width)] + ([rand(B, H)] if cell == "lstm" else [])
-    tensors += [rand(gates * H, I), rand(gates * H, width), rand(gates * H), rand(gates * H)]
-    if cell == "lstm":
-        return tensors, lambda *t: torch.ops.fusedrnn.lstm_forward(
-            *t[:7], reverse, False, None, t[7])[:3], [rand(P, H)]
-    if cell == "gru":
-        return tensors, lambda *t: torch.ops.fusedrnn.gru_forward(
-            *t, reverse, False, None)[:2], []
-    return tensors, lambda *t: torch.ops.fusedrnn.rnn_forward(
-        *t, cell == "rnn_relu", reverse, None), []
+    states = [rand(B, width)] + ([rand(B, H)] if cell == "lstm" else [])
+    tensors = [rand(T, B, I), *states, rand(gates * H, I), rand(gates * H, width)]
+    count = len(tensors)  # then the biases, if any, and w_hr
+    tensors += [rand(gates * H), rand(gates * H)] if bias else []
+    tensors += [rand(P, H)] if cell == "lstm" else []
+
+    def op(*t):
+        biases = t[count:count + 2] if bias else (None, None)
+        if cell == "lstm":
+            return torch.ops.fusedrnn.lstm_forward(*t[:count], *biases, reverse, False, None,
+                                                   t[-1])[:3]
+        if cell == "gru":
+            return torch.ops.fusedrnn.gru_forward(*t[:count], *biases, reverse, False, None)[:2]
+        return torch.ops.fusedrnn.rnn_forward(*t[:count], *biases, cell == "rnn_relu", reverse,
+                                              None)
+    return tensors, op
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_forward_op_gradcheck(cell, reverse):
+def test_forward_op_gradcheck(cell, reverse, bias):
     """The forward ops called as ops, as an exported program calls them: gradcheck in float64
     of every input's gradient through the op's own autograd (op_autograd.cpp)."""
-    tensors, op, extra = _op_arguments(cell, reverse, torch.Generator().manual_seed(4))
-    assert torch.autograd.gradcheck(op, (*tensors, *extra))
+    tensors, op = _op_arguments(cell, reverse, bias, torch.Generator().manual_seed(4))
+    assert torch.autograd.gradcheck(op, tuple(tensors))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_forward_op_gives_only_the_gradients_asked_for(cell):
+    """The input's gradient alone, then a weight's alone (the backward op then skips the
+    others' products): each equal to that of the gradient of all."""
+    tensors, op = _op_arguments(cell, False, True, torch.Generator().manual_seed(5))
+    probe = [torch.randn_like(t, requires_grad=False) for t in op(*tensors)]
+
+    def loss():
+        return sum((out * p).sum() for out, p in zip(op(*tensors), probe))
+
+    every = torch.autograd.grad(loss(), tensors)
+    for i in (0, 1, len(tensors) - 1):
+        (alone,) = torch.autograd.grad(loss(), tensors[i])
+        torch.testing.assert_close(alone, every[i], rtol=1e-12, atol=0)
 
 
 def test_exported_program_refuses_double_backward():

@@ -80,6 +80,8 @@ void save(AutogradContext* ctx, std::vector<Tensor> inputs, const Tensor& output
   ctx->set_materialize_grads(false);  // a result's gradient that does not come costs nothing
 }
 
+// inputs: numbered as autograd numbers a node's inputs, among its tensor arguments that hold a
+// tensor (an optional one left out shifts those after it).
 bool any_needed(AutogradContext* ctx, std::initializer_list<size_t> inputs) {
   for (size_t i : inputs)
     if (ctx->needs_input_grad(i)) return true;
@@ -111,7 +113,10 @@ struct LSTMOpNode : torch::autograd::Function<LSTMOpNode> {
     const Tensor &input = s[0], &h0 = s[1], &c0 = s[2], &w_ih = s[3], &w_hh = s[4];
     const bool has_bias = s[5].defined();
     const OptionalTensor batch_sizes = present(s[6]), w_hr = present(s[7]);
-    const bool weights = any_needed(ctx, {3, 4, 5, 6, 9});
+    // Numbered: input, h0, c0, w_ih, w_hh, then b_ih and b_hh, batch_sizes and w_hr where given.
+    const size_t w_hr_at = 5 + (has_bias ? 2 : 0) + (batch_sizes ? 1 : 0);
+    const bool weights = any_needed(ctx, {3, 4}) || (has_bias && any_needed(ctx, {5, 6})) ||
+                         (w_hr && any_needed(ctx, {w_hr_at}));
     auto [d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr] =
         op_named<LSTMBackward>("fusedrnn::lstm_backward")
             .call(present(grads[0]), present(grads[1]), present(grads[2]), input, h0, c0, w_ih,
@@ -144,7 +149,9 @@ struct GRUOpNode : torch::autograd::Function<GRUOpNode> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_second_order();
     const variable_list s = ctx->get_saved_variables();
-    const bool has_bias = s[4].defined(), weights = any_needed(ctx, {2, 3, 4, 5});
+    // Numbered: input, h0, w_ih, w_hh, then b_ih and b_hh where given.
+    const bool has_bias = s[4].defined();
+    const bool weights = any_needed(ctx, {2, 3}) || (has_bias && any_needed(ctx, {4, 5}));
     auto [d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh] =
         op_named<GRUBackward>("fusedrnn::gru_backward")
             .call(present(grads[0]), present(grads[1]), s[0], s[1], s[2], s[3], s[6], s[7],
@@ -176,7 +183,8 @@ struct RNNOpNode : torch::autograd::Function<RNNOpNode> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_second_order();
     const variable_list s = ctx->get_saved_variables();
-    const bool has_bias = s[4].defined(), weights = any_needed(ctx, {2, 3, 4, 5});
+    const bool has_bias = s[4].defined();  // numbered as the GRU's
+    const bool weights = any_needed(ctx, {2, 3}) || (has_bias && any_needed(ctx, {4, 5}));
     auto [d_input, d_h0, d_w_ih, d_w_hh, d_bias] =
         op_named<RNNBackward>("fusedrnn::rnn_backward")
             .call(present(grads[0]), present(grads[1]), s[0], s[1], s[2], s[3], s[6], has_bias,
