@@ -180,6 +180,29 @@ def test_activation_checkpointing(cell, reentrant, packed):
                          dict(zip(names, gradients(ref, True))), 1e-10)
 
 
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_saved_tensor_hooks(cell):
+    """torch.autograd.graph.saved_tensors_hooks (activation offloading, compression): the
+    tensors a layer saves for its backward go through the hooks, here kept aside under a key and
+    handed back by it, and the gradients are torch.nn's."""
+    ref, fused = make_pair(cell, 5, 7, "cpu", torch.float64, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(42), dtype=torch.float64)
+    grads = {}
+    for name, model in (("torch", ref), ("fused", fused)):
+        kept = []
+
+        def pack(tensor):
+            kept.append(tensor.clone())
+            return len(kept) - 1
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda key: kept[key]):
+            output, _ = model(x)
+        assert kept, "nothing saved went through the hooks"
+        grads[name] = dict(zip(dict(model.named_parameters()),
+                               torch.autograd.grad(output.square().sum(), model.parameters())))
+    assert_close_by_name(grads["fused"], grads["torch"], 1e-10)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_default_state_is_zeros(cell, device):
