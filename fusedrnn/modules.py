@@ -301,8 +301,7 @@ class _FusedRNNBase(nn.RNNBase):
                 index = layer * directions + direction
                 ins.append((unit_states(index),
                             weights[index * per_direction:(index + 1) * per_direction]))
-            # Exported, the two directions' ops: those of both at once have no autograd as ops.
-            if directions == 2 and x.device.type == "cpu" and not torch.compiler.is_exporting():
+            if directions == 2 and x.device.type == "cpu":
                 results = self._both_directions(x, ins, batch_sizes)
             else:
                 results = [self._one_direction(x, *ins[d], d == 1, batch_sizes)

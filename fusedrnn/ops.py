@@ -1088,12 +1088,14 @@ def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=F
 
 
 # ---- one layer, both directions ------------------------------------------------------------
+# While exporting, as one direction's: the pair op alone (op_autograd.cpp runs it as the two
+# directions' ops where the exported program runs with a gradient).
 # directions: two tuples of per-direction tensors, the forward direction's and the reverse's,
 # in the order of the one-direction functions above. -> two tuples of results, likewise.
 def lstm_layer_pair(input, directions, batch_sizes=None):
     """directions: (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) each. -> (output, h_n, c_n) each."""
     flat = (*directions[0], *directions[1])
-    if _needs_grad(input, *flat):
+    if _needs_grad(input, *flat) and not torch.compiler.is_exporting():
         results = _layer_pair_node("LSTM", input, directions, batch_sizes)
         if results is None:
             results = _apply(LSTMPairFunction, input, batch_sizes, *flat)[:6]
@@ -1107,7 +1109,7 @@ def lstm_layer_pair(input, directions, batch_sizes=None):
 def gru_layer_pair(input, directions, batch_sizes=None):
     """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
     flat = (*directions[0], *directions[1])
-    if _needs_grad(input, *flat):
+    if _needs_grad(input, *flat) and not torch.compiler.is_exporting():
         results = _layer_pair_node("GRU", input, directions, batch_sizes)
         if results is None:
             results = _apply(GRUPairFunction, input, batch_sizes, *flat)[:4]
@@ -1120,7 +1122,7 @@ def gru_layer_pair(input, directions, batch_sizes=None):
 def rnn_layer_pair(input, directions, relu=False, batch_sizes=None):
     """directions: (h0, w_ih, w_hh, b_ih, b_hh) each. -> (output, h_n) each."""
     flat = (*directions[0], *directions[1])
-    if _needs_grad(input, *flat):
+    if _needs_grad(input, *flat) and not torch.compiler.is_exporting():
         results = _layer_pair_node("RNN_RELU" if relu else "RNN_TANH", input, directions,
                                    batch_sizes)
         if results is None:

@@ -61,7 +61,8 @@ def test_exported_module_matches_torch_nn(cell, options, with_state):
     ref, fused = make_pair(cell, 4, 6, dtype=torch.float64, **options)
     program = torch.export.export(fused, _inputs(cell, fused, 5, 3, 0, with_state),
                                   dynamic_shapes=_dynamic_shapes(fused, with_state))
-    assert _fused_ops(program) == {FUSED_OPS[cell]}  # a bidirectional layer's as two calls
+    pair = "_pair" if options.get("bidirectional") else ""  # both directions in one op
+    assert _fused_ops(program) == {FUSED_OPS[cell] + pair}
     # Run without a gradient, the program saves no activations; with one, the op's autograd does.
     assert not any(arguments.get("training") for _, arguments in _fused_calls(program))
     exported = program.module()
@@ -77,7 +78,7 @@ def test_strict_export_and_decomposed_program(strict):
     ref, fused = make_pair("lstm", 4, 6, dtype=torch.float64, bidirectional=True)
     x, hx = _inputs("lstm", fused, 5, 3, 0, True)
     program = torch.export.export(fused, (x, hx), strict=strict).run_decompositions()
-    assert _fused_ops(program) == {"lstm_forward"}
+    assert _fused_ops(program) == {"lstm_forward_pair"}
     assert_close_by_name(run_and_grad(program.module(), x, hx), run_and_grad(ref, x, hx), 1e-10)
 
 
@@ -190,3 +191,38 @@ def test_exported_program_refuses_double_backward():
     output, _ = program.module()(x)
     with pytest.raises(RuntimeError, match="cannot be differentiated again"):
         torch.autograd.grad(output.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_pair_op_gradcheck(cell):
+    """Both directions' op called as an op: with a gradient, it runs as the two one-direction
+    ops (op_autograd.cpp); gradcheck in float64, and without a gradient the same results from
+    the pair's own kernel."""
+    gen = torch.Generator().manual_seed(6)
+    per_direction = [_op_arguments(cell, False, True, gen)[0] for _ in range(2)]
+    count = len(per_direction[0])
+
+    def op(*flat):
+        lists = [[flat[i], flat[count + i]] for i in range(count)]
+        x = flat[0]
+        if cell == "lstm":  # x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+            return torch.ops.fusedrnn.lstm_forward_pair(x, *lists[1:7], False, None, lists[7])
+        if cell == "gru":
+            return torch.ops.fusedrnn.gru_forward_pair(x, *lists[1:], False, None)
+        return torch.ops.fusedrnn.rnn_forward_pair(x, *lists[1:], True, None)
+
+    per_direction[1][0] = per_direction[0][0]  # one input for both directions
+    flat = [*per_direction[0], *per_direction[1]]
+    kept = {"lstm": (0, 1, 2), "gru": (0, 1), "rnn_relu": (0, 1)}[cell]  # output, states
+    width = len(op(*flat)) // 2
+
+    def differentiable(*tensors):
+        results = op(*tensors[:count], tensors[0], *tensors[count:])
+        return tuple(results[d * width + k] for d in range(2) for k in kept)
+
+    inputs = (*per_direction[0], *per_direction[1][1:])
+    assert torch.autograd.gradcheck(differentiable, inputs)
+    decomposed = differentiable(*inputs)
+    with torch.no_grad():
+        for a, b in zip(differentiable(*inputs), decomposed):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-15)

@@ -1,4 +1,4 @@
-// Autograd for the one-direction forward ops called as ops: the route of a program exported by
+// Autograd for the forward ops called as ops: the route of a program exported by
 // torch.export, which records the ops themselves rather than fusedrnn's autograd.Functions
 // (fusedrnn/ops.py) and nodes (direct.cpp) around them. Where a gradient may follow, the call
 // becomes a node whose backward is the matching backward op; elsewhere, as inside the Functions,
@@ -16,36 +16,56 @@ using OptionalTensor = std::optional<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The op `name`'s handle, typed by its schema, looked up once.
-template <typename Signature>
-const c10::TypedOperatorHandle<Signature>& op_named(const char* name) {
-  static const c10::TypedOperatorHandle<Signature> handle =
-      c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-  return handle;
+// Op's handle, typed by its signature. Op: a struct naming the op (`name`) and its C++
+// signature (`Signature`). Looked up at each call (a table lookup, against microseconds a call):
+// a handle kept in a static local of this template was shared by the GRU's and the RNN's pair
+// ops, whose signatures are the same, in GCC's -O3 build.
+template <typename Op>
+c10::TypedOperatorHandle<typename Op::Signature> op() {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(Op::name, "").template typed<
+      typename Op::Signature>();
 }
 
-using LSTMForward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const OptionalTensor&, const OptionalTensor&, bool, bool, const OptionalTensor&,
-    const OptionalTensor&);
-using LSTMBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const OptionalTensor&, const OptionalTensor&, const OptionalTensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, bool, bool, const OptionalTensor&, const OptionalTensor&,
-    const OptionalTensor&, bool, bool);
-using GRUForward = std::tuple<Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
-    const OptionalTensor&, bool, bool, const OptionalTensor&);
-using GRUBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const OptionalTensor&, const OptionalTensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, bool, bool, const OptionalTensor&, bool, bool);
-using RNNForward = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                              const Tensor&, const OptionalTensor&,
-                                              const OptionalTensor&, bool, bool,
-                                              const OptionalTensor&);
-using RNNBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const OptionalTensor&, const OptionalTensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, bool, bool, bool, const OptionalTensor&, bool, bool);
+struct LSTMForward {
+  static constexpr const char* name = "fusedrnn::lstm_forward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+      const OptionalTensor&, const OptionalTensor&, bool, bool, const OptionalTensor&,
+      const OptionalTensor&);
+};
+struct LSTMBackward {
+  static constexpr const char* name = "fusedrnn::lstm_backward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const OptionalTensor&, const OptionalTensor&, const OptionalTensor&, const Tensor&,
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+      const Tensor&, bool, bool, const OptionalTensor&, const OptionalTensor&,
+      const OptionalTensor&, bool, bool);
+};
+struct GRUForward {
+  static constexpr const char* name = "fusedrnn::gru_forward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
+      const OptionalTensor&, bool, bool, const OptionalTensor&);
+};
+struct GRUBackward {
+  static constexpr const char* name = "fusedrnn::gru_backward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const OptionalTensor&, const OptionalTensor&, const Tensor&, const Tensor&, const Tensor&,
+      const Tensor&, const Tensor&, const Tensor&, bool, bool, const OptionalTensor&, bool, bool);
+};
+struct RNNForward {
+  static constexpr const char* name = "fusedrnn::rnn_forward";
+  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                const Tensor&, const OptionalTensor&,
+                                                const OptionalTensor&, bool, bool,
+                                                const OptionalTensor&);
+};
+struct RNNBackward {
+  static constexpr const char* name = "fusedrnn::rnn_backward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const OptionalTensor&, const OptionalTensor&, const Tensor&, const Tensor&, const Tensor&,
+      const Tensor&, const Tensor&, bool, bool, bool, const OptionalTensor&, bool, bool);
+};
 
 // Whether the call needs a node: grad mode on, and a tensor argument that requires grad.
 bool gradient_may_follow(std::initializer_list<OptionalTensor> tensors) {
@@ -96,7 +116,7 @@ struct LSTMOpNode : torch::autograd::Function<LSTMOpNode> {
                                const OptionalTensor& w_hr) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [output, hn, cn, gates, cells, unprojected] =
-        op_named<LSTMForward>("fusedrnn::lstm_forward")
+        op<LSTMForward>()
             .call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, true, batch_sizes, w_hr);
     save(ctx,
          {input, h0, c0, w_ih, w_hh, b_ih.value_or(Tensor()), batch_sizes.value_or(Tensor()),
@@ -118,7 +138,7 @@ struct LSTMOpNode : torch::autograd::Function<LSTMOpNode> {
     const bool weights = any_needed(ctx, {3, 4}) || (has_bias && any_needed(ctx, {5, 6})) ||
                          (w_hr && any_needed(ctx, {w_hr_at}));
     auto [d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr] =
-        op_named<LSTMBackward>("fusedrnn::lstm_backward")
+        op<LSTMBackward>()
             .call(present(grads[0]), present(grads[1]), present(grads[2]), input, h0, c0, w_ih,
                   w_hh, s[8], s[9], s[10], has_bias, ctx->saved_data["reverse"].toBool(),
                   batch_sizes, w_hr, present(s[11]), weights, ctx->needs_input_grad(1));
@@ -135,7 +155,7 @@ struct GRUOpNode : torch::autograd::Function<GRUOpNode> {
                                const OptionalTensor& b_hh, bool reverse,
                                const OptionalTensor& batch_sizes) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [output, hn, saved] = op_named<GRUForward>("fusedrnn::gru_forward")
+    auto [output, hn, saved] = op<GRUForward>()
                                    .call(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, true,
                                          batch_sizes);
     save(ctx,
@@ -153,7 +173,7 @@ struct GRUOpNode : torch::autograd::Function<GRUOpNode> {
     const bool has_bias = s[4].defined();
     const bool weights = any_needed(ctx, {2, 3}) || (has_bias && any_needed(ctx, {4, 5}));
     auto [d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh] =
-        op_named<GRUBackward>("fusedrnn::gru_backward")
+        op<GRUBackward>()
             .call(present(grads[0]), present(grads[1]), s[0], s[1], s[2], s[3], s[6], s[7],
                   has_bias, ctx->saved_data["reverse"].toBool(), present(s[5]), weights,
                   ctx->needs_input_grad(1));
@@ -170,7 +190,7 @@ struct RNNOpNode : torch::autograd::Function<RNNOpNode> {
                                const OptionalTensor& b_hh, bool relu, bool reverse,
                                const OptionalTensor& batch_sizes) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [output, hn] = op_named<RNNForward>("fusedrnn::rnn_forward")
+    auto [output, hn] = op<RNNForward>()
                             .call(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes);
     save(ctx,
          {input, h0, w_ih, w_hh, b_ih.value_or(Tensor()), batch_sizes.value_or(Tensor())},
@@ -186,7 +206,7 @@ struct RNNOpNode : torch::autograd::Function<RNNOpNode> {
     const bool has_bias = s[4].defined();  // numbered as the GRU's
     const bool weights = any_needed(ctx, {2, 3}) || (has_bias && any_needed(ctx, {4, 5}));
     auto [d_input, d_h0, d_w_ih, d_w_hh, d_bias] =
-        op_named<RNNBackward>("fusedrnn::rnn_backward")
+        op<RNNBackward>()
             .call(present(grads[0]), present(grads[1]), s[0], s[1], s[2], s[3], s[6], has_bias,
                   ctx->saved_data["relu"].toBool(), ctx->saved_data["reverse"].toBool(),
                   present(s[5]), weights, ctx->needs_input_grad(1));
@@ -202,7 +222,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_autograd
     bool training, const OptionalTensor& batch_sizes, const OptionalTensor& w_hr) {
   if (!gradient_may_follow({input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return op_named<LSTMForward>("fusedrnn::lstm_forward")
+    return op<LSTMForward>()
         .call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, training, batch_sizes, w_hr);
   }
   const variable_list r =
@@ -216,7 +236,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_autograd(
     const OptionalTensor& batch_sizes) {
   if (!gradient_may_follow({input, h0, w_ih, w_hh, b_ih, b_hh})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return op_named<GRUForward>("fusedrnn::gru_forward")
+    return op<GRUForward>()
         .call(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, training, batch_sizes);
   }
   const variable_list r =
@@ -230,12 +250,112 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(
     const OptionalTensor& batch_sizes) {
   if (!gradient_may_follow({input, h0, w_ih, w_hh, b_ih, b_hh})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return op_named<RNNForward>("fusedrnn::rnn_forward")
+    return op<RNNForward>()
         .call(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes);
   }
   const variable_list r =
       RNNOpNode::apply(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes);
   return {r[0], r[1]};
+}
+
+// ---- both directions --------------------------------------------------------------------
+// Where a gradient may follow, a pair op runs as its two directions' one-direction ops, whose
+// nodes (above) give the gradients: the results, the forward direction's then the reverse's, are
+// those the pair op lists. Without a gradient the pair op runs as it is, both directions side by
+// side on the CPU.
+using Tensors = at::TensorList;
+using OptionalTensors = c10::List<OptionalTensor>;
+struct LSTMPairForward {
+  static constexpr const char* name = "fusedrnn::lstm_forward_pair";
+  using Signature = std::vector<Tensor>(const Tensor&, Tensors, Tensors, Tensors, Tensors,
+                                          const OptionalTensors&, const OptionalTensors&, bool,
+                                          const OptionalTensor&, const OptionalTensors&);
+};
+struct GRUPairForward {
+  static constexpr const char* name = "fusedrnn::gru_forward_pair";
+  using Signature = std::vector<Tensor>(const Tensor&, Tensors, Tensors, Tensors,
+                                             const OptionalTensors&, const OptionalTensors&, bool,
+                                             const OptionalTensor&);
+};
+struct RNNPairForward {
+  static constexpr const char* name = "fusedrnn::rnn_forward_pair";
+  using Signature = std::vector<Tensor>(const Tensor&, Tensors, Tensors, Tensors,
+                                             const OptionalTensors&, const OptionalTensors&, bool,
+                                             const OptionalTensor&);
+};
+
+bool pair_gradient_may_follow(const Tensor& input, std::initializer_list<Tensors> lists,
+                              std::initializer_list<const OptionalTensors*> optional_lists) {
+  if (!c10::GradMode::is_enabled()) return false;
+  if (input.requires_grad()) return true;
+  for (Tensors list : lists)
+    for (const Tensor& t : list)
+      if (t.requires_grad()) return true;
+  for (const OptionalTensors* list : optional_lists)
+    for (const OptionalTensor& t : *list)
+      if (t && t->requires_grad()) return true;
+  return false;
+}
+
+template <typename Tuple>
+void append(std::vector<Tensor>& results, const Tuple& tuple) {
+  std::apply([&](const auto&... t) { (results.push_back(t), ...); }, tuple);
+}
+
+std::vector<Tensor> lstm_forward_pair_autograd(const Tensor& input, Tensors h0, Tensors c0,
+                                               Tensors w_ih, Tensors w_hh,
+                                               const OptionalTensors& b_ih,
+                                               const OptionalTensors& b_hh, bool training,
+                                               const OptionalTensor& batch_sizes,
+                                               const OptionalTensors& w_hr) {
+  if (!pair_gradient_may_follow(input, {h0, c0, w_ih, w_hh}, {&b_ih, &b_hh, &w_hr})) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return op<LSTMPairForward>()
+        .call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes, w_hr);
+  }
+  std::vector<Tensor> results;
+  for (size_t d = 0; d < 2; ++d) {
+    append(results, op<LSTMForward>()
+                        .call(input, h0[d], c0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d),
+                              d == 1, training, batch_sizes, w_hr.get(d)));
+  }
+  return results;
+}
+
+std::vector<Tensor> gru_forward_pair_autograd(const Tensor& input, Tensors h0, Tensors w_ih,
+                                              Tensors w_hh, const OptionalTensors& b_ih,
+                                              const OptionalTensors& b_hh, bool training,
+                                              const OptionalTensor& batch_sizes) {
+  if (!pair_gradient_may_follow(input, {h0, w_ih, w_hh}, {&b_ih, &b_hh})) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return op<GRUPairForward>()
+        .call(input, h0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes);
+  }
+  std::vector<Tensor> results;
+  for (size_t d = 0; d < 2; ++d) {
+    append(results, op<GRUForward>()
+                        .call(input, h0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d), d == 1,
+                              training, batch_sizes));
+  }
+  return results;
+}
+
+std::vector<Tensor> rnn_forward_pair_autograd(const Tensor& input, Tensors h0, Tensors w_ih,
+                                              Tensors w_hh, const OptionalTensors& b_ih,
+                                              const OptionalTensors& b_hh, bool relu,
+                                              const OptionalTensor& batch_sizes) {
+  if (!pair_gradient_may_follow(input, {h0, w_ih, w_hh}, {&b_ih, &b_hh})) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return op<RNNPairForward>()
+        .call(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes);
+  }
+  std::vector<Tensor> results;
+  for (size_t d = 0; d < 2; ++d) {
+    append(results, op<RNNForward>()
+                        .call(input, h0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d), relu,
+                              d == 1, batch_sizes));
+  }
+  return results;
 }
 
 }  // namespace
@@ -245,4 +365,7 @@ TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("lstm_forward", &fusedrnn::lstm_forward_autograd);
   m.impl("gru_forward", &fusedrnn::gru_forward_autograd);
   m.impl("rnn_forward", &fusedrnn::rnn_forward_autograd);
+  m.impl("lstm_forward_pair", &fusedrnn::lstm_forward_pair_autograd);
+  m.impl("gru_forward_pair", &fusedrnn::gru_forward_pair_autograd);
+  m.impl("rnn_forward_pair", &fusedrnn::rnn_forward_pair_autograd);
 }
