@@ -90,10 +90,9 @@ void refuse_second_order() {
 }
 
 // Saved: the inputs, then a copy of the output (the caller may edit the output in place, as
-// torch.nn allows), then the activations. `inputs`: how many inputs come first.
+// torch.nn allows), then the activations.
 void save(AutogradContext* ctx, std::vector<Tensor> inputs, const Tensor& output,
           std::initializer_list<Tensor> activations) {
-  ctx->saved_data["inputs"] = static_cast<int64_t>(inputs.size());
   inputs.push_back(output.clone());
   inputs.insert(inputs.end(), activations);
   ctx->save_for_backward(inputs);
