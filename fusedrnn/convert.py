@@ -46,8 +46,9 @@ def _replace_tree(root, table):
         if module in replaced:
             return replaced[module]
         new = module
-        if _class_of(module) in table:
-            new = _counterpart(module, table[_class_of(module)], path or "the root module")
+        cls = _class_of(module)
+        if cls in table:
+            new = _counterpart(module, table[cls], path or "the root module")
         elif isinstance(module, tuple(table)):
             _warn_subclass(module, path or "the root module", table)
         else:
@@ -84,8 +85,8 @@ _HOOK_ATTRIBUTES = tuple(name for name in vars(nn.Module()) if "hook" in name)
 def _counterpart(module, target_cls, path):
     """A target_cls module holding module's parameters, buffers, parametrizations and hooks, or
     module itself (with a warning) where that would not compute the same thing."""
-    library = "torch.nn" if _class_of(module) in _TO_FUSED else "fusedrnn"
-    described = f"{path} ({library}.{_class_of(module).__name__})"
+    cls = _class_of(module)
+    described = f"{path} ({'torch.nn' if cls in _TO_FUSED else 'fusedrnn'}.{cls.__name__})"
     with warnings.catch_warnings():  # torch.nn warned about these arguments when they were given
         warnings.simplefilter("ignore")
         new = target_cls(**_constructor_arguments(module), device="meta")

@@ -875,9 +875,9 @@ def _apply(function, *args):
 
 
 # ---- one layer, one direction --------------------------------------------------------------
-# While exporting (torch.export), a layer is its op alone, saving nothing: the op's autograd,
-# registered in C++ (csrc/layer/op_autograd.cpp), makes a node where the exported program runs
-# with a gradient, and saves what its backward needs then.
+# While exporting (torch.export), a layer takes the call without a gradient: its op alone,
+# saving nothing. The op's autograd, registered in C++ (csrc/layer/op_autograd.cpp), makes a
+# node where the exported program runs with a gradient, and saves what its backward needs then.
 def transform_active():
     """Whether a forward-mode AD level or a torch.func transform is active (eager only)."""
     return forward_ad._current_level >= 0 or torch._C._functorch.maybe_current_level() is not None
@@ -1042,10 +1042,8 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
                batch_sizes=None, w_hr=None):
     """-> output [T, B, P], h_n [B, P], c_n [B, H], where P is w_hr's projection size (H without
     one). Saves nothing when no gradient is needed."""
-    if torch.compiler.is_exporting():
-        return _ops.lstm_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, False,
-                                 batch_sizes, w_hr)[:3]
-    if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    if (_needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            and not torch.compiler.is_exporting()):
         node = _layer_node("LSTM", input, (h0, c0), (w_ih, w_hh, b_ih, b_hh), reverse,
                            batch_sizes, w_hr)
         if node is not None:
@@ -1059,10 +1057,7 @@ def lstm_layer(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False,
 
 def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_sizes=None):
     """-> output [T, B, H], h_n [B, H]."""
-    if torch.compiler.is_exporting():
-        return _ops.gru_forward(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, False,
-                                batch_sizes)[:2]
-    if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
+    if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh) and not torch.compiler.is_exporting():
         node = _layer_node("GRU", input, (h0,), (w_ih, w_hh, b_ih, b_hh), reverse, batch_sizes)
         if node is not None:
             return tuple(node)
@@ -1075,9 +1070,7 @@ def gru_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, batch_
 def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=False,
               batch_sizes=None):
     """Elman RNN, tanh (or relu). -> output [T, B, H], h_n [B, H]."""
-    if torch.compiler.is_exporting():
-        return _ops.rnn_forward(input, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
-    if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh):
+    if _needs_grad(input, h0, w_ih, w_hh, b_ih, b_hh) and not torch.compiler.is_exporting():
         node = _layer_node("RNN_RELU" if relu else "RNN_TANH", input, (h0,),
                            (w_ih, w_hh, b_ih, b_hh), reverse, batch_sizes)
         if node is not None:
@@ -1088,8 +1081,8 @@ def rnn_layer(input, h0, w_ih, w_hh, b_ih=None, b_hh=None, relu=False, reverse=F
 
 
 # ---- one layer, both directions ------------------------------------------------------------
-# While exporting, as one direction's: the pair op alone (op_autograd.cpp runs it as the two
-# directions' ops where the exported program runs with a gradient).
+# While exporting, as one direction's: the call without a gradient, the pair op alone
+# (op_autograd.cpp runs it as the two directions' ops where the program runs with a gradient).
 # directions: two tuples of per-direction tensors, the forward direction's and the reverse's,
 # in the order of the one-direction functions above. -> two tuples of results, likewise.
 def lstm_layer_pair(input, directions, batch_sizes=None):
