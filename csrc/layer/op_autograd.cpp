@@ -296,9 +296,19 @@ bool pair_gradient_may_follow(const Tensor& input, std::initializer_list<Tensors
   return false;
 }
 
-template <typename Tuple>
-void append(std::vector<Tensor>& results, const Tuple& tuple) {
-  std::apply([&](const auto&... t) { (results.push_back(t), ...); }, tuple);
+// Pair's kernel where no gradient may follow; else each direction's one-direction op,
+// direction(d) for d = 0 (forward) and 1 (reverse), their results in one list.
+template <typename Pair, typename Direction, typename... Arguments>
+std::vector<Tensor> pair_or_directions(bool gradient, const Direction& direction,
+                                       const Arguments&... pair_arguments) {
+  if (!gradient) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return op<Pair>().call(pair_arguments...);
+  }
+  std::vector<Tensor> results;
+  for (size_t d = 0; d < 2; ++d)
+    std::apply([&](const auto&... t) { (results.push_back(t), ...); }, direction(d));
+  return results;
 }
 
 std::vector<Tensor> lstm_forward_pair_autograd(const Tensor& input, Tensors h0, Tensors c0,
@@ -307,54 +317,39 @@ std::vector<Tensor> lstm_forward_pair_autograd(const Tensor& input, Tensors h0, 
                                                const OptionalTensors& b_hh, bool training,
                                                const OptionalTensor& batch_sizes,
                                                const OptionalTensors& w_hr) {
-  if (!pair_gradient_may_follow(input, {h0, c0, w_ih, w_hh}, {&b_ih, &b_hh, &w_hr})) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    return op<LSTMPairForward>()
-        .call(input, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes, w_hr);
-  }
-  std::vector<Tensor> results;
-  for (size_t d = 0; d < 2; ++d) {
-    append(results, op<LSTMForward>()
-                        .call(input, h0[d], c0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d),
-                              d == 1, training, batch_sizes, w_hr.get(d)));
-  }
-  return results;
+  return pair_or_directions<LSTMPairForward>(
+      pair_gradient_may_follow(input, {h0, c0, w_ih, w_hh}, {&b_ih, &b_hh, &w_hr}),
+      [&](size_t d) {
+        return op<LSTMForward>().call(input, h0[d], c0[d], w_ih[d], w_hh[d], b_ih.get(d),
+                                      b_hh.get(d), d == 1, training, batch_sizes, w_hr.get(d));
+      },
+      input, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes, w_hr);
 }
 
 std::vector<Tensor> gru_forward_pair_autograd(const Tensor& input, Tensors h0, Tensors w_ih,
                                               Tensors w_hh, const OptionalTensors& b_ih,
                                               const OptionalTensors& b_hh, bool training,
                                               const OptionalTensor& batch_sizes) {
-  if (!pair_gradient_may_follow(input, {h0, w_ih, w_hh}, {&b_ih, &b_hh})) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    return op<GRUPairForward>()
-        .call(input, h0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes);
-  }
-  std::vector<Tensor> results;
-  for (size_t d = 0; d < 2; ++d) {
-    append(results, op<GRUForward>()
-                        .call(input, h0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d), d == 1,
-                              training, batch_sizes));
-  }
-  return results;
+  return pair_or_directions<GRUPairForward>(
+      pair_gradient_may_follow(input, {h0, w_ih, w_hh}, {&b_ih, &b_hh}),
+      [&](size_t d) {
+        return op<GRUForward>().call(input, h0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d),
+                                     d == 1, training, batch_sizes);
+      },
+      input, h0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes);
 }
 
 std::vector<Tensor> rnn_forward_pair_autograd(const Tensor& input, Tensors h0, Tensors w_ih,
                                               Tensors w_hh, const OptionalTensors& b_ih,
                                               const OptionalTensors& b_hh, bool relu,
                                               const OptionalTensor& batch_sizes) {
-  if (!pair_gradient_may_follow(input, {h0, w_ih, w_hh}, {&b_ih, &b_hh})) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    return op<RNNPairForward>()
-        .call(input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes);
-  }
-  std::vector<Tensor> results;
-  for (size_t d = 0; d < 2; ++d) {
-    append(results, op<RNNForward>()
-                        .call(input, h0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d), relu,
-                              d == 1, batch_sizes));
-  }
-  return results;
+  return pair_or_directions<RNNPairForward>(
+      pair_gradient_may_follow(input, {h0, w_ih, w_hh}, {&b_ih, &b_hh}),
+      [&](size_t d) {
+        return op<RNNForward>().call(input, h0[d], w_ih[d], w_hh[d], b_ih.get(d), b_hh.get(d),
+                                     relu, d == 1, batch_sizes);
+      },
+      input, h0, w_ih, w_hh, b_ih, b_hh, relu, batch_sizes);
 }
 
 }  // namespace
