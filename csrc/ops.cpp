@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "layer/aoti_shims.h"
 #include "layer/backend.h"
 #include "layer/direct.h"
 #include "layer/gemm.h"
@@ -269,6 +270,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                           {"misses", s.misses}};
   });
   m.def("set_packed_weights_limit_bytes", &fusedrnn::packed_cache::set_limit_bytes);
+  // The forward ops' C entry points for AOTInductor (aoti_shims.h): (op, parameter list).
+  m.def("aoti_shims", [] {
+    std::vector<std::pair<std::string, std::string>> shims;
+    for (const auto& shim : fusedrnn::aoti_shims()) shims.emplace_back(shim.op, shim.parameters);
+    return shims;
+  });
   m.def("empty_cache", [] {
     fusedrnn::scratch::empty_cache();
     fusedrnn::packed_cache::clear();

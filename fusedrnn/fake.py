@@ -3,11 +3,13 @@ torch.compile, FakeTensor and the Meta dispatch key. Shapes as in ops.py."""
 import torch
 
 from . import _extension  # noqa: F401  (loading _C registers torch.ops.fusedrnn)
+from . import aoti
 
 
 # They also serve the Meta dispatch key, which the dispatcher picks when any argument is on
 # `meta`: so each checks, as the real kernels do, that every tensor is on the input's device.
 def _check_devices(op, input, **tensors):
+    aoti.offer_to_inductor()  # every fake kernel runs before Inductor writes code for its op
     for name, value in tensors.items():
         for tensor in value if isinstance(value, (list, tuple)) else (value,):
             if tensor is not None and tensor.device != input.device:

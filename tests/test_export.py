@@ -1,6 +1,7 @@
 """torch.export of fused modules and cells, the route to AOTInductor and ExecuTorch: the exported
 program keeps the fused ops, runs at other lengths and batch sizes, trains, and survives
-torch.export.save/load and an AOTInductor package, with torch.nn's results."""
+torch.export.save/load, with torch.nn's results (AOTInductor packages:
+layer/test_aoti_shims.py)."""
 import pytest
 import torch
 from torch.export import Dim
@@ -110,24 +111,6 @@ def test_saved_program_loads_and_runs(tmp_path):
     for a, b in zip(torch.utils._pytree.tree_leaves(loaded.module()(x)),
                     torch.utils._pytree.tree_leaves(fused(x))):
         assert torch.equal(a, b)
-
-
-# AOTInductor compiles the program to C++ with g++: ~25 s on a 2-core machine.
-def test_aot_inductor_package_runs_the_fused_op(tmp_path):
-    """The deployment route without Python in the loop: the package calls the fused op through
-    its registration in the dispatcher, with torch.nn's results."""
-    from torch._inductor import aoti_compile_and_package, aoti_load_package
-
-    ref, fused = make_pair("gru", 4, 6, num_layers=2)
-    x = torch.randn(5, 3, 4)
-    program = torch.export.export(fused, (x,))
-    runner = aoti_load_package(aoti_compile_and_package(program,
-                                                        package_path=str(tmp_path / "gru.pt2")))
-    x = torch.randn(5, 3, 4)
-    out, h_n = runner(x)
-    expected_out, expected_h_n = ref(x)
-    assert_close_by_name({"output": out, "h_n": h_n},
-                         {"output": expected_out, "h_n": expected_h_n}, 1e-5)
 
 
 def _op_arguments(cell, reverse, bias, gen):
