@@ -1,8 +1,8 @@
 """fusedrnn's ops in C++ code Inductor writes: AOTInductor packages and `cpp_wrapper` builds.
 
 Such code calls an op outside ATen through a proxy executor that rebuilds each call from a
-serialized description and sends it through the dispatcher: 10-20 us a call on a 2-core Zen 3,
-as much as a whole step of a small layer. Inductor calls an op directly where it is told
+serialized description and sends it through the dispatcher: about 30 us a call on a 2-core Zen
+3, as much as a whole step of a small layer. Inductor calls an op directly where it is told
 of a C entry point for it (`aot_inductor.custom_ops_to_c_shims`). fusedrnn's forward ops have
 them (csrc/layer/aoti_shims.cpp), and their fake kernels, which run wherever Inductor compiles
 a graph holding them, tell Inductor of them (unless FUSEDRNN_AOTI_SHIMS=0 is set in the

@@ -1,6 +1,6 @@
 // C entry points of the forward ops for AOTInductor packages. A package calls an op outside
 // ATen through its proxy executor, which rebuilds the call from a serialized description and
-// goes through the dispatcher: 10-20 us a call on a 2-core Zen 3, as much as a small T=1 step.
+// goes through the dispatcher: about 30 us a call on a 2-core Zen 3, as much as a small layer's T=1 step.
 // Told of these functions (fusedrnn.aoti.inductor_configs), Inductor calls them directly
 // instead, with AOTInductor's C ABI (torchgen's conventions for ATen's shims: a Tensor is an
 // AtenTensorHandle; a Tensor? a pointer to one, null for None; a list a pointer and a length;
