@@ -6,7 +6,9 @@ serialized description and sends it through the dispatcher: about 30 us a call o
 of a C entry point for it (`aot_inductor.custom_ops_to_c_shims`). fusedrnn's forward ops have
 them (csrc/layer/aoti_shims.cpp), and their fake kernels, which run wherever Inductor compiles
 a graph holding them, tell Inductor of them (unless FUSEDRNN_AOTI_SHIMS=0 is set in the
-environment): Inductor's config costs seconds to import, so fusedrnn does not import it.
+environment): Inductor's config costs seconds to import, so fusedrnn does not import it. The
+CUDA entry points are the same code under CUDA's names; they have not run on a GPU, so CUDA
+graphs keep the proxy executor unless FUSEDRNN_CUDA_AOTI_SHIMS=1 is set.
 
 The compiled model finds the entry points among the symbols loaded into the process: fusedrnn
 makes its extension's symbols visible to libraries loaded after it (as `RTLD_GLOBAL` would),
@@ -23,6 +25,7 @@ from ._extension import _C
 
 # Whether Inductor is told of the entry points.
 _ENABLED = os.environ.get("FUSEDRNN_AOTI_SHIMS", "1") != "0"
+_CUDA_ENABLED = os.environ.get("FUSEDRNN_CUDA_AOTI_SHIMS") == "1"
 
 
 def c_shims() -> dict:
@@ -36,15 +39,20 @@ def c_shims() -> dict:
     return shims
 
 
-def offer_to_inductor() -> None:
-    """Adds fusedrnn's entries to Inductor's config, where Inductor is loaded and lacks them
-    (a compile's own `inductor_configs` may have replaced the dict for its duration)."""
+def offer_to_inductor(device: torch.device) -> None:
+    """Where Inductor is loaded, has its config hold fusedrnn's entries for a call of an op on
+    `device`, or not: a compile's own `inductor_configs` may have replaced the dict for its
+    duration, and the CUDA entry points have not run on a GPU yet, so a CUDA call drops them
+    (the proxy executor) unless FUSEDRNN_CUDA_AOTI_SHIMS=1 is set."""
     config = sys.modules.get("torch._inductor.config")
-    if config is None or not _ENABLED:
+    if config is None:
         return
+    wanted = _ENABLED and (device.type == "cpu" or _CUDA_ENABLED)
     shims = config.aot_inductor.custom_ops_to_c_shims
-    if torch.ops.fusedrnn.lstm_forward.default not in shims:
-        config.aot_inductor.custom_ops_to_c_shims = {**shims, **c_shims()}
+    if (torch.ops.fusedrnn.lstm_forward.default in shims) != wanted:
+        ours = c_shims()
+        kept = {op: declarations for op, declarations in shims.items() if op not in ours}
+        config.aot_inductor.custom_ops_to_c_shims = {**kept, **ours} if wanted else kept
 
 
 # RTLD_NOLOAD reopens the extension the import loaded, and RTLD_GLOBAL widens its symbols' scope

@@ -9,7 +9,7 @@ from . import aoti
 # They also serve the Meta dispatch key, which the dispatcher picks when any argument is on
 # `meta`: so each checks, as the real kernels do, that every tensor is on the input's device.
 def _check_devices(op, input, **tensors):
-    aoti.offer_to_inductor()  # every fake kernel runs before Inductor writes code for its op
+    aoti.offer_to_inductor(input.device)  # runs before Inductor writes code for the op
     for name, value in tensors.items():
         for tensor in value if isinstance(value, (list, tuple)) else (value,):
             if tensor is not None and tensor.device != input.device:

@@ -139,7 +139,7 @@ def test_package_loads_in_a_new_process_and_equals_the_proxy_executors(package, 
     assert done.stdout.strip().endswith("equal")
 
 
-def test_a_compiles_own_shim_option_keeps_fuseds(tmp_path):
+def test_a_compiles_own_shim_dict_gets_fusedrnns_entries(tmp_path):
     """A compile that sets aot_inductor.custom_ops_to_c_shims itself (for ops of its own)
     still gets fusedrnn's entries, which the fake kernels add back."""
     from torch._inductor import aoti_compile_and_package
@@ -182,9 +182,30 @@ def test_entry_point_declarations_name_each_forward_op():
             f"AOTITorchError aoti_torch_cpu_{name}", f"AOTITorchError aoti_torch_cuda_{name}"]
 
 
+def test_cuda_calls_keep_the_proxy_executor_unless_switched_on(monkeypatch):
+    """The CUDA entry points have not run on a GPU: a CUDA op's fake kernel takes fusedrnn's
+    entries out of Inductor's config, and a CPU op's puts them back."""
+    from torch._inductor import config as inductor_config
+
+    def declared():
+        return torch.ops.fusedrnn.gru_forward.default in (
+            inductor_config.aot_inductor.custom_ops_to_c_shims)
+
+    fusedrnn.aoti.offer_to_inductor(torch.device("cuda"))
+    assert not declared()
+    fusedrnn.aoti.offer_to_inductor(torch.device("cpu"))
+    assert declared()
+    monkeypatch.setattr(fusedrnn.aoti, "_CUDA_ENABLED", True)
+    fusedrnn.aoti.offer_to_inductor(torch.device("cuda"))
+    assert declared()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_package_calls_the_cuda_entry_points(tmp_path):
+def test_cuda_package_calls_the_cuda_entry_points(tmp_path, monkeypatch):
+    """Run by benchmarks/gpu_check.sh's tests step, with the switch on."""
     from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    monkeypatch.setattr(fusedrnn.aoti, "_CUDA_ENABLED", True)
 
     ref, fused = _models()
     ref, fused = ref.cuda(), fused.cuda()
