@@ -45,7 +45,7 @@ def offer_to_inductor(device: torch.device) -> None:
     duration, and the CUDA entry points have not run on a GPU yet, so a CUDA call drops them
     (the proxy executor) unless FUSEDRNN_CUDA_AOTI_SHIMS=1 is set."""
     config = sys.modules.get("torch._inductor.config")
-    if config is None:
+    if config is None or device.type not in ("cpu", "cuda"):  # meta: not compiled
         return
     wanted = _ENABLED and (device.type == "cpu" or _CUDA_ENABLED)
     shims = config.aot_inductor.custom_ops_to_c_shims

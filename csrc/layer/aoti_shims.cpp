@@ -1,12 +1,13 @@
 // C entry points of the forward ops for AOTInductor packages. A package calls an op outside
 // ATen through its proxy executor, which rebuilds the call from a serialized description and
-// goes through the dispatcher: about 30 us a call on a 2-core Zen 3, as much as a small layer's T=1 step.
-// Told of these functions (fusedrnn.aoti.inductor_configs), Inductor calls them directly
+// goes through the dispatcher: about 30 us a call on a 2-core Zen 3, as much as a small
+// layer's T=1 step. Told of these functions (by fusedrnn/aoti.py), Inductor calls them directly
 // instead, with AOTInductor's C ABI (torchgen's conventions for ATen's shims: a Tensor is an
 // AtenTensorHandle; a Tensor? a pointer to one, null for None; a list a pointer and a length;
 // a bool an int32_t; each result written through a pointer). The function names follow
 // Inductor's rule, aoti_torch_<device>_<op name>; the ops are device-generic, so the CPU and
-// CUDA entry points run the same code.
+// CUDA entry points run the same code (Inductor is told of CUDA's only on request until they
+// have run on a GPU).
 //
 // The model library finds these symbols in the process's global scope: fusedrnn makes its
 // extension global when imported (fusedrnn/aoti.py).

@@ -193,6 +193,8 @@ def test_cuda_calls_keep_the_proxy_executor_unless_switched_on(monkeypatch):
 
     fusedrnn.aoti.offer_to_inductor(torch.device("cuda"))
     assert not declared()
+    fusedrnn.aoti.offer_to_inductor(torch.device("meta"))  # a call on meta changes nothing
+    assert not declared()
     fusedrnn.aoti.offer_to_inductor(torch.device("cpu"))
     assert declared()
     monkeypatch.setattr(fusedrnn.aoti, "_CUDA_ENABLED", True)
