@@ -8,7 +8,7 @@ from .modules import GRU, LSTM, RNN
 from .ops import gru_layer, lstm_layer, rnn_layer
 
 __version__ = "0.1.0"
-__all__ = ["aoti", "backends", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "revert",
-           "lstm_layer", "gru_layer", "rnn_layer", "empty_cache", "scratch_memory",
+__all__ = ["aoti", "backends", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert",
+           "revert", "lstm_layer", "gru_layer", "rnn_layer", "empty_cache", "scratch_memory",
            "set_scratch_limit", "packed_weights_memory", "set_packed_weights_limit", "WITH_CUDA",
            "TORCH_VERSION"]

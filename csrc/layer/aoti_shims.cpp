@@ -52,16 +52,18 @@ OptionalTensors optionals(const AtenTensorHandle** handles, int64_t count) {
   return list;
 }
 
-// Hands each result to the caller, who owns the handles from here.
-template <typename... Results>
-void hand_out(std::tuple<Results...>&& results, AtenTensorHandle** outs) {
+// Hands each result to the caller, who owns the handles from here; one result pointer each.
+template <size_t count, typename... Results>
+void hand_out(std::tuple<Results...>&& results, AtenTensorHandle* (&outs)[count]) {
+  static_assert(sizeof...(Results) == count);
   std::apply([&](auto&... r) { int i = 0; ((*outs[i++] = new_tensor_handle(std::move(r))), ...); },
              results);
 }
 
 // A pair op's flat list has a fixed length per cell (layer.h), which Inductor unrolls into
 // that many result pointers.
-void hand_out(std::vector<Tensor>&& results, AtenTensorHandle** outs, size_t count) {
+template <size_t count>
+void hand_out(std::vector<Tensor>&& results, AtenTensorHandle* (&outs)[count]) {
   TORCH_CHECK(results.size() == count, "fusedrnn: a pair op gave ", results.size(),
               " results where its C entry point has ", count);
   for (size_t i = 0; i < count; ++i) *outs[i] = new_tensor_handle(std::move(results[i]));
@@ -141,7 +143,7 @@ FUSEDRNN_AOTI_SHIM(
                                  tensors(w_ih, w_ih_len_), tensors(w_hh, w_hh_len_),
                                  optionals(b_ih, b_ih_len_), optionals(b_hh, b_hh_len_),
                                  training, optional(batch_sizes), optionals(w_hr, w_hr_len_)),
-               outs, std::size(outs));
+               outs);
     })
 
 FUSEDRNN_AOTI_SHIM(
@@ -158,7 +160,7 @@ FUSEDRNN_AOTI_SHIM(
       hand_out(gru_forward_pair(tensor(input), tensors(h0, h0_len_), tensors(w_ih, w_ih_len_),
                                 tensors(w_hh, w_hh_len_), optionals(b_ih, b_ih_len_),
                                 optionals(b_hh, b_hh_len_), training, optional(batch_sizes)),
-               outs, std::size(outs));
+               outs);
     })
 
 FUSEDRNN_AOTI_SHIM(
@@ -174,7 +176,7 @@ FUSEDRNN_AOTI_SHIM(
       hand_out(rnn_forward_pair(tensor(input), tensors(h0, h0_len_), tensors(w_ih, w_ih_len_),
                                 tensors(w_hh, w_hh_len_), optionals(b_ih, b_ih_len_),
                                 optionals(b_hh, b_hh_len_), relu, optional(batch_sizes)),
-               outs, std::size(outs));
+               outs);
     })
 
 const std::vector<AotiShim>& aoti_shims() { return shim_table(); }
