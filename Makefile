@@ -40,4 +40,4 @@ bench-double-backward: build
 	PYTHONPATH=. $(PY) benchmarks/double_backward.py
 
 clean:
-	rm -rf build fusedrnn/_C*.so
+	rm -rf build fusedrnn/_C*.so fusedrnn/libfusedrnn.so

@@ -1,5 +1,6 @@
-"""Builds fusedrnn._C against the installed torch: with CUDA when torch is a CUDA build and nvcc
-is found (no GPU needed), else CPU only.
+"""Builds fusedrnn's library (fusedrnn/libfusedrnn.so: the kernels and the ops, no Python) and
+its Python module (fusedrnn._C) against the installed torch: with CUDA when torch is a CUDA
+build and nvcc is found (no GPU needed), else CPU only.
 
 Switches (environment): FUSEDRNN_CPU_ONLY=1, TORCH_CUDA_ARCH_LIST, MAX_JOBS, CUDA_HOME.
 """
@@ -63,7 +64,12 @@ def _cublas_link_args(library):
     return [f"-l{library}"]
 
 
-def _extension():
+# fusedrnn's kernels and ops, without Python: the Python module links it, and a C++ program
+# (AOTInductor packages served without Python) loads it. Built first, under this plain name.
+_LIBRARY = "fusedrnn.libfusedrnn"
+
+
+def _extensions():
     with_cuda, why_not = _want_cuda()
     # csrc/README.md says what each folder holds. cpu/kernels_<isa>.cpp compile the vector
     # kernels once per ISA, each copy in its own namespace (cpu/isa.h).
@@ -78,21 +84,42 @@ def _extension():
         link.append("-fopenmp")
     if not with_cuda:
         print(f"fusedrnn: building for the CPU only ({why_not})", file=sys.stderr)
-        return cpp_extension.CppExtension("fusedrnn._C", sources, extra_compile_args={"cxx": cxx},
-                                          extra_link_args=link)
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
-    archs = os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", ",").replace(" ", ",")
-    cxx += ["-DFUSEDRNN_WITH_CUDA", f"-DFUSEDRNN_CUDA_ARCHS={archs}"]
-    return cpp_extension.CUDAExtension(
-        "fusedrnn._C",
-        sources + sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
-        include_dirs=_nvidia_wheel_includes(),
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-        extra_link_args=link + _cublas_link_args("cublas") + _cublas_link_args("cublasLt"),
-    )
+        library = cpp_extension.CppExtension(_LIBRARY, sources, extra_compile_args={"cxx": cxx},
+                                             extra_link_args=link)
+    else:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", ",").replace(" ", ",")
+        cxx += ["-DFUSEDRNN_WITH_CUDA", f"-DFUSEDRNN_CUDA_ARCHS={archs}"]
+        library = cpp_extension.CUDAExtension(
+            _LIBRARY,
+            sources + sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
+            include_dirs=_nvidia_wheel_includes(),
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+            extra_link_args=link + _cublas_link_args("cublas") + _cublas_link_args("cublasLt"),
+        )
+    library.libraries.remove("torch_python")
+    # The module includes no CUDA header: the CPU flags, and the defines its build info reads.
+    module = cpp_extension.CppExtension("fusedrnn._C", ["csrc/python_module.cpp"],
+                                        extra_compile_args={"cxx": cxx})
+    return [library, module]
+
+
+class _BuildExtension(cpp_extension.BuildExtension):
+    def get_ext_filename(self, fullname):
+        # libfusedrnn.so, not a Python module's name (asked for the full name or the last part)
+        if fullname.split(".")[-1] == _LIBRARY.split(".")[-1]:
+            return os.path.join(*fullname.split(".")) + ".so"
+        return super().get_ext_filename(fullname)
+
+    def build_extension(self, ext):
+        if ext.name != _LIBRARY:  # the module finds the library beside it ($ORIGIN)
+            built = os.path.dirname(os.path.abspath(self.get_ext_fullpath(_LIBRARY)))
+            ext.extra_link_args = ext.extra_link_args + [
+                f"-L{built}", "-l:libfusedrnn.so", "-Wl,-rpath,$ORIGIN"]
+        super().build_extension(ext)
 
 
 setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": _BuildExtension},
 )

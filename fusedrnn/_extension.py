@@ -1,4 +1,6 @@
 """Loads the compiled extension, fusedrnn._C, and says plainly what to do when it can't."""
+import os
+
 import torch
 
 _REBUILD = (
@@ -29,6 +31,14 @@ if _C.torch_version != torch.__version__:
 WITH_CUDA: bool = _C.with_cuda
 CUDA_ARCHS: str = _C.cuda_archs  # the TORCH_CUDA_ARCH_LIST it was built for, comma-separated
 TORCH_VERSION: str = _C.torch_version
+
+
+def library_path() -> str:
+    """The path of fusedrnn's library, libfusedrnn.so: its kernels and ops, with no Python in
+    it (fusedrnn._C is the Python module around it). A C++ program that loads it
+    (`dlopen(path, RTLD_NOW | RTLD_GLOBAL)`, or links it) can run fusedrnn's ops, and the
+    AOTInductor packages that call them, without Python."""
+    return os.path.join(os.path.dirname(os.path.abspath(_C.__file__)), "libfusedrnn.so")
 
 
 def empty_cache() -> None:

@@ -11,9 +11,10 @@ CUDA entry points are the same code under CUDA's names; they have not run on a G
 graphs keep the proxy executor unless FUSEDRNN_CUDA_AOTI_SHIMS=1 is set.
 
 The compiled model finds the entry points among the symbols loaded into the process: fusedrnn
-makes its extension's symbols visible to libraries loaded after it (as `RTLD_GLOBAL` would),
-so a package built this way loads wherever fusedrnn is imported first, as any package holding
-fusedrnn's ops needs anyway.
+makes its library's symbols visible to libraries loaded after it (as `RTLD_GLOBAL` would), so a
+package built this way loads wherever fusedrnn is imported first, as any package holding
+fusedrnn's ops needs anyway. The library holds no Python: a C++ program serves such a package
+after loading it (`fusedrnn.library_path()`) with `RTLD_GLOBAL`.
 """
 import ctypes
 import os
@@ -21,7 +22,7 @@ import sys
 
 import torch
 
-from ._extension import _C
+from ._extension import _C, library_path
 
 # Whether Inductor is told of the entry points.
 _ENABLED = os.environ.get("FUSEDRNN_AOTI_SHIMS", "1") != "0"
@@ -55,7 +56,7 @@ def offer_to_inductor(device: torch.device) -> None:
         config.aot_inductor.custom_ops_to_c_shims = {**kept, **ours} if wanted else kept
 
 
-# RTLD_NOLOAD reopens the extension the import loaded, and RTLD_GLOBAL widens its symbols' scope
-# to the whole process; nothing is loaded twice. Done even with the switch off, so that packages
-# built with the entry points load.
-ctypes.CDLL(_C.__file__, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
+# RTLD_NOLOAD reopens the library the import loaded (fusedrnn._C links it), and RTLD_GLOBAL widens
+# its symbols' scope to the whole process; nothing is loaded twice. Done even with the switch
+# off, so that packages built with the entry points load.
+ctypes.CDLL(library_path(), mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import fusedrnn
@@ -22,11 +23,29 @@ def test_build_info_matches_this_torch():
     assert isinstance(fusedrnn.WITH_CUDA, bool)
 
 
-def test_missing_extension_names_the_fix(tmp_path):
+@pytest.mark.parametrize("missing", ["_C*.so", "libfusedrnn.so"])  # the module, its library
+def test_missing_extension_names_the_fix(tmp_path, missing):
     shutil.copytree(PACKAGE, tmp_path / "fusedrnn",
-                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+                    ignore=shutil.ignore_patterns(missing, "__pycache__"))
     err = _import_error("import fusedrnn", tmp_path)
     assert "ImportError" in err and "has to be built" in err and "pip install" in err
+
+
+def test_the_library_is_beside_the_module_and_needs_no_python():
+    """fusedrnn._C links libfusedrnn.so (found beside it), which needs no Python library or
+    symbol."""
+    library = fusedrnn.library_path()
+    assert os.path.dirname(library) == PACKAGE
+    needed = subprocess.run(["readelf", "-d", library], capture_output=True, text=True,
+                            check=True).stdout
+    assert "libtorch_cpu.so" in needed
+    assert "python" not in needed.lower()
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True,
+                               text=True, check=True).stdout.split()
+    assert not [name for name in undefined if name.startswith(("Py", "_Py")) or "pybind11" in name]
+    module = subprocess.run(["readelf", "-d", fusedrnn._extension._C.__file__],
+                            capture_output=True, text=True, check=True).stdout
+    assert "[libfusedrnn.so]" in module and "[$ORIGIN]" in module
 
 
 def test_other_torch_version_names_the_fix():

@@ -32,24 +32,25 @@ def tiles():
 
 @functools.lru_cache(maxsize=1)
 def symbols():
-    return subprocess.run(["nm", "-C", "-S", "--defined-only", fusedrnn._C.__file__],
+    return subprocess.run(["nm", "-C", "-S", "--defined-only", fusedrnn.library_path()],
                           check=True, capture_output=True, text=True).stdout
 
 
 def symbol_extent(name):
-    """(start, size) in fusedrnn._C of the function whose demangled name starts with `name`."""
+    """(start, size) in fusedrnn's library of the function whose demangled name starts with
+    `name`."""
     for line in symbols().splitlines():
         fields = line.split(maxsplit=3)
         if len(fields) == 4 and fields[3].startswith(name):
             return int(fields[0], 16), int(fields[1], 16)
-    raise AssertionError(f"{name} is not in {fusedrnn._C.__file__}")
+    raise AssertionError(f"{name} is not in {fusedrnn.library_path()}")
 
 
 @pytest.mark.parametrize("isa,scalar,rows,vectors", list(tiles()))
 def test_tiles_are_unrolled(isa, scalar, rows, vectors):
     start, size = symbol_extent(f"void fusedrnn::cpu::{isa}::tile<{scalar}, {rows}, {vectors}>(")
     code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--start-address={start}",
-                           f"--stop-address={start + size}", fusedrnn._C.__file__],
+                           f"--stop-address={start + size}", fusedrnn.library_path()],
                           check=True, capture_output=True, text=True).stdout
     fmas = len(re.findall(r"\bvfmadd\w+", code))
     assert fmas >= rows * vectors, (isa, scalar, rows, vectors, fmas)

@@ -37,7 +37,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def extension():
-    path = fusedrnn._extension._C.__file__
+    path = fusedrnn.library_path()
     tool = _cuobjdump()
     assert tool, "no cuobjdump: neither the CUDA toolkit's nor the triton wheel's"
     return tool, path

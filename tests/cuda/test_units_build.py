@@ -22,7 +22,7 @@ def _kernels(arch):
     tool = _cuobjdump()
     assert tool, "no cuobjdump: neither the CUDA toolkit's nor the triton wheel's"
     out = subprocess.run([tool, "-res-usage", "-arch", f"sm_{arch}",
-                          fusedrnn._extension._C.__file__],
+                          fusedrnn.library_path()],
                          capture_output=True, text=True, check=True).stdout
     return _functions(out, "units_kernel")
 

@@ -1,10 +1,12 @@
 """The forward ops' C entry points (csrc/layer/aoti_shims.cpp, fusedrnn/aoti.py): C++ that
 Inductor writes (AOTInductor packages, torch.compile's cpp_wrapper) calls every fused forward op
 through them rather than AOTInductor's proxy executor, with torch.nn's results and the proxy's
-to the bit; the package loads in a new process that imports fusedrnn; FUSEDRNN_AOTI_SHIMS=0
-turns them off. Each compile with g++ takes 20-40 s on a 2-core machine, so one model holds
-all six ops and one package serves most tests."""
+to the bit; the package loads in a new process that imports fusedrnn, and in a C++ program
+without Python that loads fusedrnn's library; FUSEDRNN_AOTI_SHIMS=0 turns them off. Each
+compile with g++ takes 20-40 s on a 2-core machine, so one model holds all six ops and one
+package serves most tests."""
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -137,6 +139,60 @@ def test_package_loads_in_a_new_process_and_equals_the_proxy_executors(package, 
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("equal")
+
+
+@pytest.fixture(scope="module")
+def cpp_runner(tmp_path_factory):
+    """aoti_runner.cpp built against torch's C++ libraries, as a C++ server is: no Python in
+    it, and fusedrnn's library loaded at run time."""
+    from torch.utils import cpp_extension
+
+    torch_dir = os.path.dirname(torch.__file__)
+    runner = tmp_path_factory.mktemp("cpp") / "aoti_runner"
+    command = [
+        cpp_extension.get_cxx_compiler(), "-std=c++20", "-O1",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"-I{torch_dir}/include", os.path.join(_HERE, "aoti_runner.cpp"), "-o", str(runner),
+        # As CMake's find_package(Torch) links a program: all of libtorch, whose CUDA half
+        # (in a CUDA build) loads the CUDA libraries fusedrnn's library needs too.
+        f"-L{torch_dir}/lib", f"-Wl,-rpath,{torch_dir}/lib", "-Wl,--no-as-needed", "-ltorch",
+        "-ltorch_cpu", "-lc10", "-Wl,--as-needed", "-ldl"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return str(runner)
+
+
+def test_a_cpp_program_without_python_serves_the_package(package, cpp_runner, tmp_path):
+    """fusedrnn's library (fusedrnn.library_path()) holds the ops and their entry points and no
+    Python: a C++ program loads it, then the package, and gets torch.nn's results. (The Python
+    module's file, which needs libtorch_python, would not load there.)"""
+    path, ref = package
+    T, B = 6, 3
+    x = _inputs(T, B, seed=5)
+    (tmp_path / "input").write_bytes(x.numpy().tobytes())
+    done = subprocess.run(
+        [cpp_runner, fusedrnn.library_path(), path, str(tmp_path / "input"), str(T), str(B),
+         str(INPUT_SIZE), str(tmp_path / "result")],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with torch.no_grad():
+        expected = ref(x)
+    assert done.stdout.split() == [str(len(expected)), "results"]
+    for i, b in enumerate(expected):
+        data = (tmp_path / f"result{i}").read_bytes()
+        values = struct.unpack(f"{len(data) // 8}d", data)
+        rank = int(values[0])
+        a = torch.tensor(values[1 + rank:], dtype=torch.float64).view(
+            [int(size) for size in values[1:1 + rank]])
+        assert a.shape == b.shape, i
+        assert _relative_error(a, b) < 1e-10, i
+
+
+def test_the_python_module_needs_python_and_the_library_does_not(cpp_runner, tmp_path):
+    """The test above can fail: the runner refuses a library that needs Python."""
+    done = subprocess.run([cpp_runner, fusedrnn._extension._C.__file__, "-", "-", "1", "1", "1",
+                           "-"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3 and "libtorch_python" in done.stderr, done.stderr
 
 
 def test_a_compiles_own_shim_dict_gets_fusedrnns_entries(tmp_path):
