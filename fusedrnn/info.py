@@ -8,7 +8,8 @@ import platform
 import torch
 
 from . import __version__, backends
-from ._extension import CUDA_ARCHS, TORCH_VERSION, WITH_CUDA, packed_weights_memory, scratch_memory
+from ._extension import (CUDA_ARCHS, TORCH_VERSION, WITH_CUDA, library_path, packed_weights_memory,
+                         scratch_memory)
 
 
 def _cpu_model():
@@ -37,6 +38,7 @@ def lines():
         if torch.cuda.is_available() else []
     out = [
         f"fusedrnn {__version__}, built for torch {TORCH_VERSION}; torch {torch.__version__}",
+        f"library (what a C++ program loads): {library_path()}",
         ("CUDA: compiled for " + CUDA_ARCHS.replace(",", ", ") + f" (torch's CUDA "
          f"{torch.version.cuda})") if WITH_CUDA else "CUDA: not compiled (a CPU-only build)",
         "GPUs: " + (", ".join(gpus) if gpus else "none seen"),

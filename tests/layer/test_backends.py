@@ -123,7 +123,9 @@ def test_info_reports_the_build_and_the_machine():
     text = out.stdout
     for expected in (f"fusedrnn {fusedrnn.__version__}", f"torch {torch.__version__}", "CUDA:",
                      "GPUs:", f"fusedrnn's ISA: {fusedrnn.backends.cpu_isa()[1]}", "threads:",
-                     "backends: cuda-persistent, cpu-fused, step", "a cell (T = 1): step", "scratch pool"):
+                     "backends: cuda-persistent, cpu-fused, step", "a cell (T = 1): step",
+                     "scratch pool",
+                     f"library (what a C++ program loads): {fusedrnn.library_path()}"):
         assert expected in text, (expected, text)
 
 
