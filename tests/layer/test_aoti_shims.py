@@ -110,10 +110,12 @@ def test_package_matches_torch_nn(package, T, B):
         assert _relative_error(a, b) < 1e-10, i
 
 
-def test_package_loads_in_a_new_process_and_equals_the_proxy_executors(package, tmp_path):
+def test_package_loads_in_a_new_process_and_equals_the_proxy_executors(package, cpp_runner,
+                                                                       tmp_path):
     """A new process that imports fusedrnn loads the package (its entry points resolve there),
     and builds the same model with FUSEDRNN_AOTI_SHIMS=0: that package goes through the proxy
-    executor, and both give the same bits."""
+    executor, and both give the same bits. The C++ runner serves the proxy's package too: the
+    ops it names are registered by fusedrnn's library alone."""
     script = textwrap.dedent(f"""
         import sys, zipfile
         import torch, fusedrnn
@@ -139,6 +141,11 @@ def test_package_loads_in_a_new_process_and_equals_the_proxy_executors(package, 
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("equal")
+    x = _inputs(6, 2, seed=1)
+    got = _serve_from_cpp(cpp_runner, str(tmp_path / "proxy.pt2"), x, tmp_path)
+    with torch.no_grad():
+        expected = package[1](x)
+    assert all(_relative_error(a, b) < 1e-10 for a, b in zip(got, expected, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -162,28 +169,36 @@ def cpp_runner(tmp_path_factory):
     return str(runner)
 
 
+def _serve_from_cpp(runner, package_path, x, directory):
+    """The package's results from the C++ runner, on x."""
+    (directory / "input").write_bytes(x.numpy().tobytes())
+    done = subprocess.run(
+        [runner, fusedrnn.library_path(), package_path, str(directory / "input"),
+         *map(str, x.shape), str(directory / "result")],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    count = int(done.stdout.split()[0])
+    results = []
+    for i in range(count):
+        data = (directory / f"result{i}").read_bytes()
+        values = struct.unpack(f"{len(data) // 8}d", data)
+        rank = int(values[0])
+        results.append(torch.tensor(values[1 + rank:], dtype=torch.float64).view(
+            [int(size) for size in values[1:1 + rank]]))
+    return results
+
+
 def test_a_cpp_program_without_python_serves_the_package(package, cpp_runner, tmp_path):
     """fusedrnn's library (fusedrnn.library_path()) holds the ops and their entry points and no
     Python: a C++ program loads it, then the package, and gets torch.nn's results. (The Python
     module's file, which needs libtorch_python, would not load there.)"""
     path, ref = package
-    T, B = 6, 3
-    x = _inputs(T, B, seed=5)
-    (tmp_path / "input").write_bytes(x.numpy().tobytes())
-    done = subprocess.run(
-        [cpp_runner, fusedrnn.library_path(), path, str(tmp_path / "input"), str(T), str(B),
-         str(INPUT_SIZE), str(tmp_path / "result")],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    x = _inputs(6, 3, seed=5)
+    got = _serve_from_cpp(cpp_runner, path, x, tmp_path)
     with torch.no_grad():
         expected = ref(x)
-    assert done.stdout.split() == [str(len(expected)), "results"]
-    for i, b in enumerate(expected):
-        data = (tmp_path / f"result{i}").read_bytes()
-        values = struct.unpack(f"{len(data) // 8}d", data)
-        rank = int(values[0])
-        a = torch.tensor(values[1 + rank:], dtype=torch.float64).view(
-            [int(size) for size in values[1:1 + rank]])
+    assert len(got) == len(expected)
+    for i, (a, b) in enumerate(zip(got, expected)):
         assert a.shape == b.shape, i
         assert _relative_error(a, b) < 1e-10, i
 
