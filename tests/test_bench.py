@@ -217,6 +217,17 @@ def test_call_checks_times_cut_and_all_checks():
     assert modules.direct_call_may_apply is cut
 
 
+def test_cpp_serving_times_both_packages_from_cpp(tmp_path):
+    """benchmarks/cpp_serving.py's case, tiny: torch.nn's and fusedrnn's packages, served by
+    its C++ program (which checks them against each other), each timed."""
+    script = _script("cpp_serving")
+    row = script.measure("lstm", 2, 4, 3, 0.0, tmp_path, script.build_server(tmp_path))
+    assert set(row["us"]) == {"torch_package", "fused_package"}
+    assert all(us > 0 for us in row["us"].values())
+    assert row["rounds"] >= 3 and len(row["speedup_quartiles"]) == 2
+    assert "served from C++" in script.describe(row)
+
+
 def test_run_cases_prints_each_row_and_saves_them(tmp_path, capsys):
     """The benchmark scripts' main: a row per case, printed as it comes, saved where asked."""
     rows = run_cases([1, 2], lambda case, seconds: {"case": case, "seconds": seconds},
