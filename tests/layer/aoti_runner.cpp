@@ -2,10 +2,10 @@
 // loads fusedrnn's library (no Python in it), then the package, runs it on a float64 input read
 // from a file and writes each result beside it. test_aoti_shims.py builds and runs it.
 //
-//   aoti_runner LIBRARY PACKAGE INPUT T B I OUTPUT_PREFIX
+//   aoti_runner LIBRARY PACKAGE INPUT T B I OUTPUT_PREFIX [DEVICE]
 //
-// INPUT holds T*B*I float64 values; result k goes to OUTPUT_PREFIX<k>: its rank, its sizes,
-// then its values, all as float64.
+// INPUT holds T*B*I float64 values, moved to DEVICE (default cpu) for the call; result k goes
+// to OUTPUT_PREFIX<k>: its rank, its sizes, then its values, all as float64.
 #include <dlfcn.h>
 
 #include <cstdio>
@@ -18,8 +18,9 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 int main(int argc, char** argv) {
-  if (argc != 8) {
-    std::fprintf(stderr, "usage: %s LIBRARY PACKAGE INPUT T B I OUTPUT_PREFIX\n", argv[0]);
+  if (argc != 8 && argc != 9) {
+    std::fprintf(stderr, "usage: %s LIBRARY PACKAGE INPUT T B I OUTPUT_PREFIX [DEVICE]\n",
+                 argv[0]);
     return 2;
   }
   // RTLD_GLOBAL: the package's code finds the entry points among the process's symbols.
@@ -39,9 +40,10 @@ int main(int argc, char** argv) {
   std::fclose(in);
 
   torch::inductor::AOTIModelPackageLoader loader(argv[2]);
-  const std::vector<at::Tensor> results = loader.run({input});
+  const std::vector<at::Tensor> results =
+      loader.run({input.to(c10::Device(argc == 9 ? argv[8] : "cpu"))});
   for (size_t k = 0; k < results.size(); ++k) {
-    const at::Tensor result = results[k].contiguous();
+    const at::Tensor result = results[k].to(at::kCPU).contiguous();
     std::vector<double> header{static_cast<double>(result.dim())};
     for (const int64_t size : result.sizes()) header.push_back(static_cast<double>(size));
     FILE* out = std::fopen((std::string(argv[7]) + std::to_string(k)).c_str(), "wb");

@@ -169,12 +169,12 @@ def cpp_runner(tmp_path_factory):
     return str(runner)
 
 
-def _serve_from_cpp(runner, package_path, x, directory):
-    """The package's results from the C++ runner, on x."""
+def _serve_from_cpp(runner, package_path, x, directory, device="cpu"):
+    """The package's results from the C++ runner, on x (a CPU tensor) moved to device."""
     (directory / "input").write_bytes(x.numpy().tobytes())
     done = subprocess.run(
         [runner, fusedrnn.library_path(), package_path, str(directory / "input"),
-         *map(str, x.shape), str(directory / "result")],
+         *map(str, x.shape), str(directory / "result"), device],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     count = int(done.stdout.split()[0])
@@ -274,8 +274,9 @@ def test_cuda_calls_keep_the_proxy_executor_unless_switched_on(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_package_calls_the_cuda_entry_points(tmp_path, monkeypatch):
-    """Run by benchmarks/gpu_check.sh's tests step, with the switch on."""
+def test_cuda_package_calls_the_cuda_entry_points(cpp_runner, tmp_path, monkeypatch):
+    """Run by benchmarks/gpu_check.sh's tests step, with the switch on; served from Python,
+    then from C++."""
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
     monkeypatch.setattr(fusedrnn.aoti, "_CUDA_ENABLED", True)
@@ -290,5 +291,7 @@ def test_cuda_package_calls_the_cuda_entry_points(tmp_path, monkeypatch):
         assert source.count(f"aoti_torch_cuda_{op}(") == 2
     with torch.no_grad():
         got, expected = aoti_load_package(path)(x), ref(x)
-    for i, (a, b) in enumerate(zip(got, expected)):
+    from_cpp = _serve_from_cpp(cpp_runner, path, x.cpu(), tmp_path, device="cuda")
+    for i, (a, b, c) in enumerate(zip(got, expected, from_cpp, strict=True)):
         assert _relative_error(a, b) < 1e-10, i
+        assert _relative_error(c, b.cpu()) < 1e-10, i
