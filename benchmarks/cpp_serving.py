@@ -11,7 +11,6 @@ ratios.
     python benchmarks/cpp_serving.py [SECONDS_PER_CASE] [OUT.json]
 """
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch._inductor import aoti_compile_and_package, aoti_load_package
-from torch.utils import cpp_extension
 
 import fusedrnn
 from fusedrnn import bench
@@ -49,14 +47,9 @@ class Served(nn.Module):
 
 def build_server(directory):
     """cpp_serving.cpp, linked as a libtorch program is (no Python)."""
-    torch_dir = os.path.dirname(torch.__file__)
     server = str(directory / "cpp_serving")
-    subprocess.run(
-        [cpp_extension.get_cxx_compiler(), "-std=c++20", "-O2",
-         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-         f"-I{torch_dir}/include", str(Path(__file__).with_name("cpp_serving.cpp")), "-o", server,
-         f"-L{torch_dir}/lib", f"-Wl,-rpath,{torch_dir}/lib", "-Wl,--no-as-needed", "-ltorch",
-         "-ltorch_cpu", "-lc10", "-Wl,--as-needed", "-ldl"], check=True)
+    subprocess.run(fusedrnn.aoti.cpp_program_command(
+        str(Path(__file__).with_name("cpp_serving.cpp")), server), check=True)
     return server
 
 

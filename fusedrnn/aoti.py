@@ -56,6 +56,21 @@ def offer_to_inductor(device: torch.device) -> None:
         config.aot_inductor.custom_ops_to_c_shims = {**kept, **ours} if wanted else kept
 
 
+def cpp_program_command(source: str, output: str) -> list:
+    """The compiler command that builds a C++ program serving packages without Python (as
+    tests/layer/aoti_runner.cpp does): torch's headers, and libtorch linked as CMake's
+    find_package(Torch) links it, all of it, so that its CUDA half (in a CUDA build) has loaded
+    the CUDA libraries fusedrnn's library needs before the program loads it."""
+    from torch.utils import cpp_extension
+
+    torch_dir = os.path.dirname(torch.__file__)
+    return [cpp_extension.get_cxx_compiler(), "-std=c++20", "-O2",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-I{torch_dir}/include", source, "-o", output, f"-L{torch_dir}/lib",
+            f"-Wl,-rpath,{torch_dir}/lib", "-Wl,--no-as-needed", "-ltorch", "-ltorch_cpu",
+            "-lc10", "-Wl,--as-needed", "-ldl"]
+
+
 # RTLD_NOLOAD reopens the library the import loaded (fusedrnn._C links it), and RTLD_GLOBAL widens
 # its symbols' scope to the whole process; nothing is loaded twice. Done even with the switch
 # off, so that packages built with the entry points load.

@@ -10,7 +10,8 @@
 // have run on a GPU).
 //
 // The model library finds these symbols in the process's global scope: fusedrnn makes its
-// extension global when imported (fusedrnn/aoti.py).
+// library (libfusedrnn.so, which holds this file) global when imported (fusedrnn/aoti.py); a
+// C++ program loads the library RTLD_GLOBAL.
 #include "aoti_shims.h"
 
 #include <torch/csrc/inductor/aoti_torch/utils.h>

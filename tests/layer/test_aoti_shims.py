@@ -152,18 +152,9 @@ def test_package_loads_in_a_new_process_and_equals_the_proxy_executors(package, 
 def cpp_runner(tmp_path_factory):
     """aoti_runner.cpp built against torch's C++ libraries, as a C++ server is: no Python in
     it, and fusedrnn's library loaded at run time."""
-    from torch.utils import cpp_extension
-
-    torch_dir = os.path.dirname(torch.__file__)
     runner = tmp_path_factory.mktemp("cpp") / "aoti_runner"
-    command = [
-        cpp_extension.get_cxx_compiler(), "-std=c++20", "-O1",
-        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-        f"-I{torch_dir}/include", os.path.join(_HERE, "aoti_runner.cpp"), "-o", str(runner),
-        # As CMake's find_package(Torch) links a program: all of libtorch, whose CUDA half
-        # (in a CUDA build) loads the CUDA libraries fusedrnn's library needs too.
-        f"-L{torch_dir}/lib", f"-Wl,-rpath,{torch_dir}/lib", "-Wl,--no-as-needed", "-ltorch",
-        "-ltorch_cpu", "-lc10", "-Wl,--as-needed", "-ldl"]
+    command = fusedrnn.aoti.cpp_program_command(os.path.join(_HERE, "aoti_runner.cpp"),
+                                                str(runner))
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return str(runner)
