@@ -14,7 +14,9 @@ Backends (csrc/layer/backend.h), in order of preference:
 - ``step``: any device, dtype and shape: each step a GEMM (cuBLASLt on CUDA, the CPU BLAS), then
   one pointwise kernel.
 
-Each call takes the first backend that accepts it. ``FUSEDRNN_BACKEND=<name>`` in the
+Each call takes the first backend that accepts it. None has complex kernels: a module or cell
+given complex input runs torch.nn's implementation on its own parameters (``explain`` names
+``torch.nn``). ``FUSEDRNN_BACKEND=<name>`` in the
 environment (read at import) or ``with fusedrnn.backends.force(name):`` makes every call run on
 that backend, process-wide; a call it cannot run raises with its reason instead of running
 elsewhere. ``explain(module, input)`` tells which backend a call would take and why each other
@@ -38,6 +40,9 @@ from torch.nn.utils.rnn import PackedSequence
 from ._extension import _C
 
 NAMES = tuple(_C.backend_names())
+# Not a backend: a module or cell given complex input runs torch.nn's implementation on its own
+# parameters, where no backend is forced.
+TORCH_NN = "torch.nn"
 
 
 class Explanation(NamedTuple):
@@ -47,7 +52,9 @@ class Explanation(NamedTuple):
     forced: Optional[str]
 
     def __str__(self):
-        lines = [f"runs on: {self.backend}" if self.backend else
+        runs = (f"{TORCH_NN}'s implementation, on the module's parameters"
+                if self.backend == TORCH_NN else self.backend)
+        lines = [f"runs on: {runs}" if self.backend else
                  f"raises: the forced backend '{self.forced}' refuses this call"]
         for name, why in self.refusals.items():
             lines.append(f"  {name}: {'accepts' if why is None else 'refuses: ' + why}")
@@ -102,6 +109,10 @@ def explain(module, input):
         raise TypeError(f"explain takes a fusedrnn module or cell, not {type(module).__name__}; "
                         "fusedrnn.convert(model) swaps torch.nn's for fusedrnn's")
     dtype = data.dtype
+    if dtype.is_complex:  # modules.runs_torch_nn_for_dtype
+        why = f"no kernels for {_dtype_name(dtype)}"
+        return Explanation(None if forced() else TORCH_NN, {name: why for name in NAMES},
+                           forced())
     policy = autocast.autocast_policy(kind, data.device.type)
     if policy is not None and dtype != torch.float64:
         dtype = policy.dtype

@@ -87,8 +87,9 @@ class _FusedCell(nn.RNNCellBase):
         if traced is not None:
             return traced
         # torch.nn runs a cell without hidden units and returns empty states; there is nothing
-        # to fuse, and the ops refuse such weights.
-        if modules._exporting() or self.hidden_size == 0:
+        # to fuse, and the ops refuse such weights. Complex cells have no fused kernels either.
+        if (modules._exporting() or self.hidden_size == 0
+                or modules.runs_torch_nn_for_dtype(input)):
             return getattr(nn, self._torch_name).forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{self._torch_name}: Expected input to be 1D or 2D, got "

@@ -43,6 +43,22 @@ def _exporting():
     return torch.jit.is_tracing() or _in_onnx_export()
 
 
+def runs_torch_nn_for_dtype(input):
+    """Whether a call on complex input runs torch.nn's implementation on the module's own
+    parameters: fusedrnn has no complex kernels, and torch.nn runs complex layers (real input
+    with complex weights, or the reverse, takes the usual path and its dtype error). Where a
+    backend is forced, such a call raises, as any call the forced backend cannot run does."""
+    if not input.is_complex():
+        return False
+    forced = _C.forced_backend()
+    if forced:
+        raise RuntimeError(
+            f"fusedrnn: the backend '{forced}' is forced (FUSEDRNN_BACKEND or "
+            f"fusedrnn.backends.force) but cannot run this call: no kernels for {input.dtype}; "
+            "with no backend forced, torch.nn's implementation runs complex layers")
+    return True
+
+
 def fx_leaf_call(module, input, hx):
     """Under torch.fx's symbolic tracing (Proxy arguments), the module's call as one call_module
     node, as FX records torch.nn's modules and cells (its leaves by default); tracing into the
@@ -391,7 +407,8 @@ class LSTM(_FusedRNNBase):
         traced = fx_leaf_call(self, input, hx)
         if traced is not None:
             return traced
-        if _exporting():
+        if _exporting() or runs_torch_nn_for_dtype(
+                input.data if isinstance(input, PackedSequence) else input):
             return nn.LSTM.forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         given = hx is not None  # states the module makes need no checks
@@ -457,7 +474,8 @@ class _SingleStateRNN(_FusedRNNBase):
         traced = fx_leaf_call(self, input, hx)
         if traced is not None:
             return traced
-        if _exporting():
+        if _exporting() or runs_torch_nn_for_dtype(
+                input.data if isinstance(input, PackedSequence) else input):
             return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         given = hx is not None  # a state the module makes needs no checks

@@ -117,7 +117,7 @@ def run_and_grad(model, x, hx, probe_seed=1234, lengths=None, enforce_sorted=Tru
     results = {"output": output}
     results.update(zip(("h_n", "c_n"), finals))
     loss = sum((t.double() * torch.randn(t.shape, generator=gen).to(t.device, torch.float64)).sum()
-               for t in results.values())
+               for t in map(_real_view, results.values()))
     names = [name for name, _ in model.named_parameters()]
     inputs = [x, *states, *model.parameters()]
     grads = torch.autograd.grad(loss, inputs)
@@ -127,6 +127,23 @@ def run_and_grad(model, x, hx, probe_seed=1234, lengths=None, enforce_sorted=Tru
     return {k: v.detach() for k, v in results.items()}
 
 
+def _real_view(tensor):
+    """A complex tensor's real and imaginary parts as a real tensor: the loss takes both."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def make_complex_pair(cell, input_size, hidden_size, dtype, seed=0, classes=CELLS, **options):
+    """make_pair's modules in complex `dtype`, every weight drawn with an imaginary part."""
+    ref, fused = make_pair(cell, input_size, hidden_size, seed=seed, classes=classes, **options)
+    ref, fused = ref.to(dtype), fused.to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in ref.parameters():
+            weight.copy_(0.4 * torch.randn(weight.shape, dtype=dtype, generator=gen))
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
 def run_packed_and_grad(model, padded, lengths, enforce_sorted, hx):
     """run_and_grad on `padded` run as a PackedSequence of `lengths`."""
     return run_and_grad(model, padded, hx, probe_seed=5, lengths=lengths,
@@ -134,7 +151,7 @@ def run_packed_and_grad(model, padded, lengths, enforce_sorted, hx):
 
 
 def rel_err(actual, expected):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
+    actual, expected = _real_view(actual).double().cpu(), _real_view(expected).double().cpu()
     scale = expected.norm()
     diff = (actual - expected).norm()
     return (diff / scale).item() if scale > 0 else diff.item()

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import fusedrnn
-from conftest import DEVICES, TOLERANCE, assert_close_by_name, make_pair, run_and_grad
+from conftest import (DEVICES, TOLERANCE, assert_close_by_name, make_complex_pair, make_pair,
+                      run_and_grad)
 from test_errors import _both_raise
 
 # cell name -> (torch.nn class, fusedrnn class, extra constructor arguments)
@@ -187,6 +188,32 @@ def test_steps_leave_parameters_unchanged(cell, batch_shape, device):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for name, p in fused.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules")
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_complex_cells_run_torch_nns_implementation(cell, dtype):
+    """Given complex input, fusedrnn's cells run torch.nn's implementation on their own
+    parameters (no complex kernels): torch.nn's outputs and every gradient, bit for bit."""
+    for seed, (B, I, H, options) in enumerate(CONFIGS):
+        ref, fused = make_complex_pair(cell, I, H, dtype, seed=seed, classes=CELL_CLASSES,
+                                       **options)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(B, I, dtype=dtype, generator=gen)
+        states = [torch.randn(B, H, dtype=dtype, generator=gen) for _ in range(2)]
+        for hx in (tuple(states) if cell == "lstm" else states[0], None):
+            if cell == "rnn_relu":  # torch has no complex relu
+                for model in (ref, fused):
+                    with pytest.raises(NotImplementedError, match="not supported for complex"):
+                        model(x, hx)
+                continue
+            expected = run_and_grad(CellAsLayer(ref), x, hx)
+            assert expected["output"].dtype == dtype
+            assert_close_by_name(run_and_grad(CellAsLayer(fused), x, hx), expected, 0.0)
+        if cell != "rnn_relu":  # unbatched
+            assert torch.equal(torch.stack(list(fused(x[0]))) if cell == "lstm" else fused(x[0]),
+                               torch.stack(list(ref(x[0]))) if cell == "lstm" else ref(x[0]))
 
 
 def test_lstm_cell_takes_a_list_of_states():

@@ -9,8 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedrnn
 from conftest import (CELLS, CUDA_SKIP, DEVICES, HALF_DTYPES, TOLERANCE, assert_close_by_name,
-                      assert_half_rule, assert_matches, half_rule_draws, make_pair, random_state,
-                      rel_err, run_and_grad)
+                      assert_half_rule, assert_matches, half_rule_draws, make_complex_pair,
+                      make_pair, random_state, rel_err, run_and_grad)
 
 ALL_CELLS = list(CELLS)
 
@@ -404,6 +404,63 @@ def test_dtype_and_device_conversions(cell):
         assert all(p.dtype == dtype for p in fused.parameters())
         output, _ = fused(x.to(dtype))
         assert output.dtype == dtype and torch.isfinite(output).all()
+
+
+# (T, B, I, H, options, lengths): padded (lengths None) and packed, unsorted lengths among them.
+COMPLEX_CONFIGS = [
+    (5, 3, 4, 6, {}, None),
+    (4, 2, 3, 5, {"num_layers": 2, "bidirectional": True, "batch_first": True}, None),
+    (1, 1, 2, 3, {"bias": False}, None),
+    (6, 3, 4, 5, {"num_layers": 2}, [4, 6, 2]),
+    (5, 2, 3, 4, {"bidirectional": True}, [5, 3]),
+]
+
+
+def _complex_run(model, x, hx, lengths):
+    """run_and_grad, or for packed input (whose packing torch cannot differentiate in complex
+    dtypes) the outputs alone."""
+    if lengths is None:
+        return run_and_grad(model, x, hx)
+    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), model.batch_first,
+                                               enforce_sorted=False)
+    with torch.no_grad():
+        output, final = model(packed, hx)
+    finals = final if isinstance(final, tuple) else (final,)
+    padded = nn.utils.rnn.pad_packed_sequence(output, model.batch_first)[0]
+    return {"output": padded, **dict(zip(("h_n", "c_n"), finals))}
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules")
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_complex_layers_run_torch_nns_implementation(cell, dtype):
+    """fusedrnn has no complex kernels, and torch.nn runs complex layers: given complex input,
+    fusedrnn's modules run torch.nn's implementation on their own parameters, so the outputs,
+    final states and every gradient are torch.nn's, bit for bit (padded, packed, stacked,
+    bidirectional, unbatched, with and without a state, the LSTM's projection), and the errors
+    are its errors (the relu RNN: torch has no complex relu)."""
+    configs = COMPLEX_CONFIGS + ([(4, 2, 3, 5, {"proj_size": 2}, None)] if cell == "lstm" else [])
+    for seed, (T, B, I, H, options, lengths) in enumerate(configs):
+        ref, fused = make_complex_pair(cell, I, H, dtype, seed=seed, **options)
+        gen = torch.Generator().manual_seed(seed)
+        shape = (B, T, I) if options.get("batch_first") else (T, B, I)
+        x = torch.randn(shape, dtype=dtype, generator=gen)
+        layers = fused.num_layers * (2 if fused.bidirectional else 1)
+        sizes = [fused.proj_size or H, H] if cell == "lstm" else [H]
+        states = [torch.randn(layers, B, size, dtype=dtype, generator=gen) for size in sizes]
+        for hx in (tuple(states) if cell == "lstm" else states[0], None):
+            if cell == "rnn_relu":
+                with pytest.raises(NotImplementedError, match="not supported for complex"):
+                    ref(x, hx)
+                with pytest.raises(NotImplementedError, match="not supported for complex"):
+                    fused(x, hx)
+                continue
+            expected = _complex_run(ref, x, hx, lengths)
+            assert expected["output"].dtype == dtype
+            assert_close_by_name(_complex_run(fused, x, hx, lengths), expected, 0.0)
+    if cell != "rnn_relu":
+        unbatched = torch.randn(4, I, dtype=dtype, generator=gen)
+        assert torch.equal(fused(unbatched)[0], ref(unbatched)[0])
 
 
 @pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))

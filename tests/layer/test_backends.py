@@ -72,6 +72,25 @@ def test_a_forced_backend_never_falls_back():
             pass
 
 
+@pytest.mark.filterwarnings("ignore:Complex modules")
+def test_complex_calls_name_torch_nn_and_a_forced_backend_refuses_them():
+    """No backend has complex kernels: explain names torch.nn's implementation, which a module or
+    cell given complex input runs, and a forced backend raises for them, saying why."""
+    x = torch.randn(3, 2, 4, dtype=torch.complex64)
+    for model, data in [(fusedrnn.LSTM(4, 6).to(torch.complex64), x),
+                        (fusedrnn.GRUCell(4, 6).to(torch.complex64), x[0])]:
+        report = fusedrnn.backends.explain(model, data)
+        assert report.backend == fusedrnn.backends.TORCH_NN and "torch.nn's implementation" \
+            in str(report)
+        assert set(report.refusals.values()) == {"no kernels for complex64"}
+        with fusedrnn.backends.force("step"):
+            assert fusedrnn.backends.explain(model, data).backend is None
+            with pytest.raises(RuntimeError, match="'step' is forced .* no kernels for "
+                                                   "torch.complex64; with no backend forced, "
+                                                   "torch.nn's implementation runs"):
+                model(data)
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_forward_and_backward_pair_across_backends(cell):
     """Every backend saves the same tensors in the same layouts: a forward on one and the
