@@ -140,9 +140,13 @@ class _FusedRNNBase(nn.RNNBase):
             input = input.unsqueeze(1)
         elif self.batch_first:
             input = input.transpose(0, 1)
+        return input.contiguous(), None, is_batched
+
+    @staticmethod
+    def _check_steps(input):
+        """After the other checks, as torch.nn's C++ makes this one after its Python's."""
         if input.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        return input.contiguous(), None, is_batched
 
     def _state_size(self, x, packing, width=None):
         """(layers * directions, B, width), width H by default. For packed input B is
@@ -434,6 +438,7 @@ class LSTM(_FusedRNNBase):
             self._check_state_size(hx[0], input, packing, "Expected hidden[0] size {}, got {}",
                                    self.proj_size)
             self._check_state_size(hx[1], input, packing, "Expected hidden[1] size {}, got {}")
+        self._check_steps(input)
         input, hx, weights, result_dtype, context = self._apply_autocast("LSTM", input, hx)
         if given:
             self._check_state("hx", hx[0], input)
@@ -495,6 +500,7 @@ class _SingleStateRNN(_FusedRNNBase):
         self.check_input(input, batch_sizes)
         if given:
             self._check_state_size(hx, input, packing, "Expected hidden size {}, got {}")
+        self._check_steps(input)
         kind = "GRU" if self.mode == "GRU" else "RNN"
         input, (hx,), weights, result_dtype, context = self._apply_autocast(kind, input, (hx,))
         if given:

@@ -50,6 +50,11 @@ def test_input_dtype_differs_from_weights(cell, dtype):
 def test_zero_length_sequence(cell):
     ref, fused = make_pair(cell, 4, 5)
     _both_raise(ref, fused, torch.randn(0, 2, 4), match="sequence length")
+    # torch.nn checks the sequence length last, after the dtypes and the state's shape.
+    _both_raise(ref, fused, torch.randn(0, 2, 4, dtype=torch.float64),
+                match="does not match weight dtype")
+    _both_raise(ref, fused, torch.randn(0, 2, 4), _state(cell, 1, 3, 5),
+                match=r"Expected hidden(\[0\])? size")
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
