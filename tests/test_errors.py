@@ -211,3 +211,79 @@ def test_backward_op_rejects_saved_tensors_on_meta():
     with pytest.raises(RuntimeError, match="gates is on meta but input is on cpu"):
         lib.lstm_backward(torch.ones_like(out), None, None, *inputs, out, gates.to("meta"), cells,
                           True, False)
+
+
+# Faults a call may carry: each draw of the test below combines one or two.
+FAULTS = ("feature_size", "input_float64", "input_int64", "no_steps", "input_4d", "state_batch",
+          "state_layers", "state_width", "state_dtype", "state_dims", "state_count")
+
+
+def _faulty_call(draw):
+    """A module or cell, torch.nn's and fusedrnn's, and a call on it with one or two faults.
+    -> ref, fused, args, faults."""
+    rng = torch.Generator().manual_seed(draw)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=rng))]
+
+    cell, is_cell = pick(ALL_CELLS), bool(draw % 3 == 0)
+    faults = {pick(FAULTS) for _ in range(pick([1, 2]))}
+    I, H, B, T = pick([1, 3, 4]), pick([1, 5]), pick([1, 2, 3]), pick([1, 2, 4])
+    if is_cell:
+        from test_cells import make_cell_pair
+        ref, fused = make_cell_pair(cell, I, H, seed=draw)
+        layers, shape = 1, (B, I)
+    else:
+        options = {"num_layers": pick([1, 2]), "bidirectional": pick([False, True]),
+                   "batch_first": pick([False, True])}
+        ref, fused = make_pair(cell, I, H, seed=draw, **options)
+        layers = options["num_layers"] * (2 if options["bidirectional"] else 1)
+        shape = (B, T, I) if options["batch_first"] else (T, B, I)
+        if "no_steps" in faults:
+            shape = (B, 0, I) if options["batch_first"] else (0, B, I)
+    if "feature_size" in faults:
+        shape = (*shape[:-1], I + 1)
+    if "input_4d" in faults:
+        shape = (*shape, 1)
+    x = torch.randn(shape, generator=rng)
+    x = x.double() if "input_float64" in faults else (
+        x.long() if "input_int64" in faults else x)
+    state_shape = [B, H] if is_cell else [layers, B, H]
+    if "state_batch" in faults:
+        state_shape[-2] += 1
+    if "state_layers" in faults and not is_cell:
+        state_shape[0] += 1
+    if "state_width" in faults:
+        state_shape[-1] += 1
+    if "state_dims" in faults:
+        state_shape = state_shape[1:]
+    dtype = torch.float64 if "state_dtype" in faults else torch.float32
+    states = [torch.randn(state_shape, generator=rng, dtype=dtype) for _ in range(2)]
+    if cell != "lstm":
+        return ref, fused, (x, states[0]), faults
+    if "state_count" in faults:
+        states = states[:1] if draw % 2 else states + states[:1]
+    return ref, fused, (x, tuple(states)), faults
+
+
+@pytest.mark.parametrize("draw", range(60))
+def test_drawn_faulty_calls_raise_as_torch_nn(draw):
+    """One or two faults drawn into a call of a module or cell: fusedrnn raises the exception
+    type torch.nn raises, the first fault torch.nn checks deciding which (where torch.nn itself
+    fails with an IndexError, fusedrnn raises a clear error of its own), and gives torch.nn's
+    results where a drawn fault is harmless to torch.nn."""
+    ref, fused, args, faults = _faulty_call(draw)
+    try:
+        expected = ref(*args)
+    except IndexError:  # torch.nn's own indexing fails on some wrong shapes
+        with pytest.raises((IndexError, RuntimeError, ValueError)):
+            fused(*args)
+        return
+    except Exception as theirs:  # noqa: BLE001: any type, matched below
+        with pytest.raises(type(theirs)):
+            fused(*args)
+        return
+    got = fused(*args)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got),
+                    torch.utils._pytree.tree_leaves(expected)):
+        torch.testing.assert_close(a, b, msg=f"faults {sorted(faults)}")
