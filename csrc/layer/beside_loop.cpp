@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -130,15 +131,26 @@ void run_projection_beside_loop(const LayerCall& call,
                                 const std::function<void(int64_t row, int64_t rows)>& project,
                                 const std::function<void(const cpu::StepDone&)>& loop) {
   const Chunks chunks(call.pass(), false);
-  std::atomic<int64_t> projected{0};  // chunks
+  // Either thread takes the next chunk, in the loop's order: the second thread one after
+  // another, the loop's thread whenever the chunk its next step needs is not projected yet, so
+  // that it shares a projection larger than its loop rather than wait for it (many input
+  // features: an LSTM at I=1024 H=128 B=32 ran at 0.56x-0.60x torch.nn's speed, then 1.13x).
+  std::atomic<int64_t> taken{0};
+  const auto projected = std::make_unique<std::atomic<bool>[]>(size_t(chunks.count));
+  for (int64_t c = 0; c < chunks.count; ++c) projected[c].store(false);
   std::atomic<bool> failed{false};
+  const auto project_next = [&] {  // -> whether there was a chunk left to take
+    const int64_t c = taken.fetch_add(1);
+    if (c >= chunks.count) return false;
+    const Chunks::Chunk k = chunks[c];
+    project(k.row, k.rows);
+    projected[c].store(true, std::memory_order_release);
+    return true;
+  };
   on_two_threads([&](int64_t t) {
     if (t == 0) {
       guarded(failed, [&] {
-        for (int64_t c = 0; c < chunks.count && !failed.load(std::memory_order_relaxed); ++c) {
-          const Chunks::Chunk k = chunks[c];
-          project(k.row, k.rows);
-          projected.store(c + 1, std::memory_order_release);
+        while (!failed.load(std::memory_order_relaxed) && project_next()) {
         }
       });
       return;
@@ -146,10 +158,10 @@ void run_projection_beside_loop(const LayerCall& call,
     guarded(failed, [&] {
       loop([&](int64_t s) {
         int64_t idle = 0;
-        while (projected.load(std::memory_order_acquire) <= s / chunks.steps) {
+        while (!projected[s / chunks.steps].load(std::memory_order_acquire)) {
           TORCH_CHECK(!failed.load(std::memory_order_relaxed),
                       "fusedrnn: the input projection beside the loop failed");
-          pause(idle);
+          if (!project_next()) pause(idle);
         }
       });
     });

@@ -45,9 +45,10 @@ GradsBesideLoop run_beside_loop(const LayerCall& call, const Tensor& d_x, const 
 // (1 MB) 0.77x, at H=512 0.76x-0.84x, the GRU at H=512 0.92x; and in float64 (0.95x-0.97x).
 bool projection_beside_loop(const LayerCall& call);
 
-// Runs loop(wait) on this thread, where the loop calls wait(s) before its s-th step, while a
+// Runs loop(wait) on one thread, where the loop calls wait(s) before its s-th step, while a
 // second thread runs project(row, rows) over chunks of the steps in the loop's order; wait(s)
-// returns once the s-th step's rows are projected.
+// returns once the s-th step's rows are projected, and while they are not, projects the next
+// chunk no thread has taken, if any.
 void run_projection_beside_loop(const LayerCall& call,
                                 const std::function<void(int64_t row, int64_t rows)>& project,
                                 const std::function<void(const cpu::StepDone&)>& loop);

@@ -95,10 +95,11 @@ def test_not_below_its_work_or_rows():
 
 
 def _forward(cell, args, reverse):
+    """-> the outputs, the number of GEMMs, the threads that ran them."""
     with torch.profiler.profile() as profile:
         outputs = apply_layer(cell, args, reverse)
-    gemms = collections.Counter(e.name for e in profile.events())
-    return outputs, gemms["aten::mm"] + gemms["aten::addmm_"]
+    gemms = [e for e in profile.events() if e.name in ("aten::mm", "aten::addmm_")]
+    return outputs, len(gemms), {e.thread for e in gemms}
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -108,15 +109,19 @@ def test_projection_beside_the_loop(cell, reverse):
     every output as one thread computes it, to rounding (the loop's steps are the same; the
     projection's GEMM runs in chunks). The GRU, whose loop never projects its input and whose
     W_hh here fits every L2 seen, projects in one GEMM per chunk: every chunk here has more than
-    64 rows, which AVX2's small-product kernel would take instead of a GEMM."""
-    for T, B, I, H in [(17, 33, 96, 64), (48, 32, 128, 128), (330, 1, 80, 64)]:
+    64 rows, which AVX2's small-product kernel would take instead of a GEMM. With many input
+    features (I=1024, H=32) the projection outweighs the loop, whose thread then projects chunks
+    too while it waits: each chunk once, on both threads."""
+    for T, B, I, H in [(17, 33, 96, 64), (48, 32, 128, 128), (330, 1, 80, 64), (40, 32, 1024, 32)]:
         args = _contained(cell, layer_args(cell, T, B, I, H, "cpu", torch.float32, seed=T))
         with num_threads(1):
-            alone, _ = _forward(cell, args, reverse)
+            alone, _, _ = _forward(cell, args, reverse)
         with num_threads(2):
-            beside, gemms = _forward(cell, args, reverse)
+            beside, gemms, threads = _forward(cell, args, reverse)
         for a, b in zip(beside, alone):
             err = ((a - b).norm() / b.norm()).item()
             assert err <= TOLERANCE[torch.float32], (T, B, err)
         if cell == "gru":
             assert gemms == -(-T // max(1, CHUNK_ROWS // B)), (T, B, gemms)
+            if I > 8 * H:
+                assert len(threads) == 2, (T, B, I, H, threads)
