@@ -103,6 +103,8 @@ GRIDS = {
         *_cases("lstm,gru", T=48, B=32, I=128, H=128),
         *_cases("lstm", T=100, B=16, I=64, H=64),
         *_cases("lstm", T=100, B=64, I=32, H=32),
+        # Many more input features than units: a small LSTM on word or encoder features.
+        *_cases("lstm", T=50, B=32, I=1024, H=128),
         # One step per call, as a streaming or autoregressive server makes them: one stream, and
         # a batch of 16.
         *_cases("lstm,gru", modes="inference", T=1, B=1, I=64, H=64),
