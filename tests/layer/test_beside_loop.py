@@ -94,6 +94,24 @@ def test_not_below_its_work_or_rows():
         assert gemms <= 5, (T, B, gemms)
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])
+def test_not_for_a_single_chunk(cell):
+    """A call of one chunk (here a single step of 256 rows, a cell's call at a large batch)
+    overlaps nothing: its GEMMs stay on the calling thread, each on torch's threads, rather than
+    one thread projecting or differentiating while the other waits for it."""
+    args = layer_args(cell, 1, 256, 128, 128, "cpu", torch.float32)
+    assert 256 * GATES[cell] * 128 * 256 >= MIN_WORK
+    with num_threads(2):
+        _, gemms, threads = _forward(cell, args, False)
+        assert gemms >= 2 and len(threads) == 1, (gemms, threads)
+        grads = [a.detach().requires_grad_() if a is not None else None for a in args]
+        outputs = apply_layer(cell, grads, False)
+        with torch.profiler.profile() as profile:
+            torch.autograd.grad(sum(o.sum() for o in outputs), [a for a in grads if a is not None])
+    backward = {e.thread for e in profile.events() if e.name in ("aten::mm", "aten::addmm_")}
+    assert len(backward) == 1, backward
+
+
 def _forward(cell, args, reverse):
     """-> the outputs, the number of GEMMs, the threads that ran them."""
     with torch.profiler.profile() as profile:
