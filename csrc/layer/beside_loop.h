@@ -37,8 +37,9 @@ GradsBesideLoop run_beside_loop(const LayerCall& call, const Tensor& d_x, const 
                                 const std::function<void(const cpu::StepDone&)>& loop);
 
 // Whether a forward whose loop does not project its input itself projects it beside the loop
-// (project_input_rows), on the same terms, in float32, where W_hh takes at most 3/4 of a core's
-// L2: the loop's one thread then reads it from there. Inference on an Ice Lake (L2 1.25 MB),
+// (project_input_rows), on the same terms, in float32, at most 64 rows a step (above, a step's
+// product is enough for the loop's team), where W_hh takes at most 3/4 of a core's L2: the
+// loop's one thread then reads it from there. Inference on an Ice Lake (L2 1.25 MB),
 // interleaved in one process: GRU T=48 B=32 H=128 1.17x, B=64 1.20x, T=100 B=16 H=256 (768 KB
 // of W_hh) 1.10x-1.11x, B=8 1.10x; RNN T=100 B=16 H=128 1.10x, T=40 B=8 H=64 1.14x; LSTM
 // T=100 B=16 H=128 1.04x; training 1.02x-1.05x. It lost with more: the LSTM at B=8 H=256
