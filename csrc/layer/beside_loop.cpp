@@ -111,12 +111,13 @@ void pause(int64_t& idle) {
 bool beside_applies(const LayerCall& call) {
   const at::ScalarType dtype = call.input.scalar_type();
   const int64_t G_H = call.w_ih.size(0), T = call.steps.T, B = call.steps.B;
+  if (T * B < 2 * kChunkRows) return false;  // and so B > 0 below
   const int64_t steps_per_chunk = std::max<int64_t>(1, kChunkRows / B);
   return call.input.is_cpu() && call.steps.uniform &&
          (dtype == at::kFloat || dtype == at::kDouble) &&
          (call.product_dtype == Dtype::kFloat32 || call.product_dtype == Dtype::kFloat64) &&
-         at::get_num_threads() == 2 && !at::in_parallel_region() && T * B >= 2 * kChunkRows &&
-         T > steps_per_chunk && T * B * G_H * (call.I + call.H) >= kMinWork;
+         at::get_num_threads() == 2 && !at::in_parallel_region() && T > steps_per_chunk &&
+         T * B * G_H * (call.I + call.H) >= kMinWork;
 }
 
 }  // namespace
@@ -131,7 +132,7 @@ bool projection_beside_loop(const LayerCall& call) {
   // team of two (GRU inference at I=H=128 on a Zen 3, interleaved: the projection beside the
   // loop 0.86x-0.88x of the projection first at B=128 and 256; at B=64 1.19x).
   return beside_applies(call) && call.input.scalar_type() == at::kFloat &&
-         kChunkRows / call.steps.B >= 2 && projects_by_rows(call) &&
+         2 * call.steps.B <= kChunkRows && projects_by_rows(call) &&
          4 * weights <= 3 * cpu::l2_cache_bytes();
 }
 
