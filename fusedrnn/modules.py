@@ -44,10 +44,13 @@ def _exporting():
 
 
 def runs_torch_nn_for_dtype(input):
-    """Whether a call on complex input runs torch.nn's implementation on the module's own
-    parameters: fusedrnn has no complex kernels, and torch.nn runs complex layers (real input
-    with complex weights, or the reverse, takes the usual path and its dtype error). Where a
-    backend is forced, such a call raises, as any call the forced backend cannot run does."""
+    """Whether a call on complex input (a tensor or a PackedSequence) runs torch.nn's
+    implementation on the module's own parameters: fusedrnn has no complex kernels, and
+    torch.nn runs complex layers (real input with complex weights, or the reverse, takes the
+    usual path and its dtype error). Where a backend is forced, such a call raises, as any call
+    the forced backend cannot run does."""
+    if isinstance(input, PackedSequence):
+        input = input.data
     if not input.is_complex():
         return False
     forced = _C.forced_backend()
@@ -411,8 +414,7 @@ class LSTM(_FusedRNNBase):
         traced = fx_leaf_call(self, input, hx)
         if traced is not None:
             return traced
-        if _exporting() or runs_torch_nn_for_dtype(
-                input.data if isinstance(input, PackedSequence) else input):
+        if _exporting() or runs_torch_nn_for_dtype(input):
             return nn.LSTM.forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         given = hx is not None  # states the module makes need no checks
@@ -479,8 +481,7 @@ class _SingleStateRNN(_FusedRNNBase):
         traced = fx_leaf_call(self, input, hx)
         if traced is not None:
             return traced
-        if _exporting() or runs_torch_nn_for_dtype(
-                input.data if isinstance(input, PackedSequence) else input):
+        if _exporting() or runs_torch_nn_for_dtype(input):
             return (nn.GRU if self.mode == "GRU" else nn.RNN).forward(self, input, hx)
         input, packing, is_batched = self._prepare_input(input)
         given = hx is not None  # a state the module makes needs no checks

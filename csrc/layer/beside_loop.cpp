@@ -111,13 +111,12 @@ void pause(int64_t& idle) {
 bool beside_applies(const LayerCall& call) {
   const at::ScalarType dtype = call.input.scalar_type();
   const int64_t G_H = call.w_ih.size(0), T = call.steps.T, B = call.steps.B;
-  if (T * B < 2 * kChunkRows) return false;  // and so B > 0 below
-  const int64_t steps_per_chunk = std::max<int64_t>(1, kChunkRows / B);
+  if (T * B < 2 * kChunkRows) return false;  // and so B > 0, as Chunks divides by it
   return call.input.is_cpu() && call.steps.uniform &&
          (dtype == at::kFloat || dtype == at::kDouble) &&
          (call.product_dtype == Dtype::kFloat32 || call.product_dtype == Dtype::kFloat64) &&
-         at::get_num_threads() == 2 && !at::in_parallel_region() && T > steps_per_chunk &&
-         T * B * G_H * (call.I + call.H) >= kMinWork;
+         at::get_num_threads() == 2 && !at::in_parallel_region() &&
+         Chunks(call.pass(), false).count >= 2 && T * B * G_H * (call.I + call.H) >= kMinWork;
 }
 
 }  // namespace
@@ -132,7 +131,7 @@ bool projection_beside_loop(const LayerCall& call) {
   // team of two (GRU inference at I=H=128 on a Zen 3, interleaved: the projection beside the
   // loop 0.86x-0.88x of the projection first at B=128 and 256; at B=64 1.19x).
   return beside_applies(call) && call.input.scalar_type() == at::kFloat &&
-         2 * call.steps.B <= kChunkRows && projects_by_rows(call) &&
+         Chunks(call.pass(), false).steps >= 2 && projects_by_rows(call) &&
          4 * weights <= 3 * cpu::l2_cache_bytes();
 }
 
@@ -145,8 +144,7 @@ void run_projection_beside_loop(const LayerCall& call,
   // that it shares a projection larger than its loop rather than wait for it (many input
   // features: an LSTM at I=1024 H=128 B=32 ran at 0.56x-0.60x torch.nn's speed, then 1.13x).
   std::atomic<int64_t> taken{0};
-  const auto projected = std::make_unique<std::atomic<bool>[]>(size_t(chunks.count));
-  for (int64_t c = 0; c < chunks.count; ++c) projected[c].store(false);
+  const auto projected = std::make_unique<std::atomic<bool>[]>(size_t(chunks.count));  // false
   std::atomic<bool> failed{false};
   const auto project_next = [&] {  // -> whether there was a chunk left to take
     const int64_t c = taken.fetch_add(1);
