@@ -4,7 +4,7 @@
 // (ops.cpp) and everything they run.
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/python_cpp_function.h>
-#include <torch/extension.h>
+#include <torch/python.h>
 
 #include "cpu/isa.h"
 #include "layer/aoti_shims.h"
