@@ -4,7 +4,13 @@
 #include "../cpu/recurrence.h"
 #include "prepare.h"
 
-#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
 
@@ -167,7 +173,7 @@ bool onednn_gemm_works() {
       const Tensor b = at::tensor({5.f, 6.f, 7.f, 8.f}).view({2, 2}).t();
       const Tensor c = at::ones({2, 2});
       at::native::mkldnn_matmul(a, b, c, 1.f, 1.f);
-      return at::equal(c, at::mm(a, b) + 1);
+      return at::equal(c, at::mm(a, b).add(1));
     } catch (const std::exception&) {
       return false;
     }

@@ -1,6 +1,6 @@
 // The GRU's ops: gru_forward and gru_backward (layer.h). The gate math is core/gates.h
 // (gru_forward, gru_backward); the per-step kernels core/elements.h.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 

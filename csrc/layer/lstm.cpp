@@ -1,6 +1,9 @@
 // The LSTM's ops: lstm_forward and lstm_backward (layer.h). The gate math is core/gates.h
 // (lstm_forward, lstm_backward); the per-step kernels core/elements.h.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 
 #include <tuple>
 #include <utility>

@@ -1,6 +1,6 @@
 #include "packed_weights.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstring>
 #include <list>

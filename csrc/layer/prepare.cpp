@@ -1,6 +1,7 @@
 #include "prepare.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 
 #include "../cpu/isa.h"
 

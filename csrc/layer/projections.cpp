@@ -1,6 +1,11 @@
 #include "projections.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/Dispatch.h>
 #include <c10/core/GradMode.h>
 
@@ -153,7 +158,7 @@ Tensor project_input(const LayerCall& call, const OptionalTensor& bias,
     const cpu::Panels panels =
         cpu::panels_for(call.product_dtype, G_H / call.H, call.H, call.I);
     const Tensor packed = packed_weights(panels, w_ih, true, call.w_ih_passed);
-    const Tensor biases = bias && bias_2 ? *bias + *bias_2 : bias ? *bias : Tensor();
+    const Tensor biases = bias && bias_2 ? bias->add(*bias_2) : bias ? *bias : Tensor();
     const void* start = biases.defined() ? biases.data_ptr() : nullptr;
     cpu::fused_product(Dtype::kFloat32, cpu::Product{&panels, packed.data_ptr(), input.data_ptr(),
                                                      out.data_ptr(), rows, false, start});

@@ -1,6 +1,6 @@
 // The Elman RNN's ops (tanh or relu): rnn_forward and rnn_backward (layer.h). The gate math is
 // core/gates.h (rnn_forward, rnn_backward); the per-step kernels core/elements.h.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "beside_loop.h"
 #include "layer.h"

@@ -3,7 +3,10 @@
 // CPU or as a CUDA kernel (cuda/second_order.cu).
 #include "second_order.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
 #include <ATen/Dispatch.h>
 #ifdef FUSEDRNN_WITH_CUDA
 #include <c10/core/DeviceGuard.h>

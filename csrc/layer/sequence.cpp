@@ -1,6 +1,9 @@
 #include "sequence.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/EmptyTensor.h>
 
 #include <cstring>
