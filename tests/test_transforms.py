@@ -1,5 +1,7 @@
 """fusedrnn under torch.func (grad, vjp, jacrev, jvp, vmap, functional_call, per-sample
-gradients), batched gradients and forward-mode AD, against torch.nn."""
+gradients, model ensembles), batched gradients and forward-mode AD, against torch.nn."""
+import copy
+
 import pytest
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -137,6 +139,37 @@ def test_per_sample_gradients_take_the_fused_backward(cell, bidirectional, monke
     _assert_close(torch.func.vmap(torch.func.grad(_loss(fused)), in_dims=(None, 0))(params,
                                                                                   samples),
                   theirs)
+
+
+@pytest.mark.parametrize("kind", ["layers", "bidirectional-layers", "cell"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_model_ensemble_under_vmap(cell, kind):
+    """Model ensembling as torch.func teaches it: the models' parameters stacked
+    (stack_module_state), vmap over them and over each model's input. Each model's loss and
+    parameter gradients as torch.nn's model by model (torch.nn's own layers, and its LSTM cell,
+    raise under this vmap: no batching rule)."""
+    if kind == "cell":
+        pairs = [make_cell_pair(cell, 3, 5, "cpu", torch.float64, seed=s) for s in range(3)]
+        inputs = _x(3, 2, 3)
+    else:
+        pairs = [make_pair(cell, 3, 5, "cpu", torch.float64, seed=s, num_layers=2,
+                           bidirectional=kind == "bidirectional-layers") for s in range(3)]
+        inputs = _x(3, 4, 2, 3)
+    refs, fused = zip(*pairs)
+    params, buffers = torch.func.stack_module_state(fused)
+    stateless = copy.deepcopy(fused[0]).to("meta")
+
+    def loss(p, b, x):
+        out = functional_call(stateless, (p, b), (x,))
+        return (out[0] if isinstance(out, tuple) else out).pow(2).sum()
+
+    grads, losses = torch.func.vmap(torch.func.grad_and_value(loss))(params, buffers, inputs)
+    for index, (ref, x) in enumerate(zip(refs, inputs)):
+        out = ref(x)
+        ref_loss = (out[0] if isinstance(out, tuple) else out).pow(2).sum()
+        names, ref_params = zip(*ref.named_parameters())
+        _assert_close((losses[index], [grads[n][index] for n in names]),
+                      (ref_loss, torch.autograd.grad(ref_loss, ref_params)))
 
 
 @pytest.mark.parametrize("cell, bidirectional", CASES, ids=IDS)
