@@ -509,10 +509,16 @@ def test_rnn_nonlinearity_as_positional_argument():
 
 
 def test_not_a_torch_nn_rnn_subclass():
-    """torch.compile refuses instances of nn.LSTM/GRU/RNN; fusedrnn's must not be one."""
+    """torch.compile refuses instances of nn.LSTM/GRU/RNN; fusedrnn's must not be one. What the
+    README offers code that picks modules by class instead: nn.RNNBase and torch.nn's `mode`,
+    and torch.nn's class names."""
     for cls in (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN):
         assert not issubclass(cls, (nn.LSTM, nn.GRU, nn.RNN))
         assert issubclass(cls, nn.RNNBase)
+    for cell, (ref_cls, fused_cls, extra) in CELLS.items():
+        ref, fused = ref_cls(3, 4, **extra), fused_cls(3, 4, **extra)
+        assert isinstance(fused, nn.RNNBase) and fused.mode == ref.mode
+        assert type(fused).__name__ == type(ref).__name__
 
 
 PROJECTED = [
