@@ -1,8 +1,10 @@
 """fusedrnn.LSTMCell, GRUCell and RNNCell: drop-in replacements for torch.nn's cells.
 
 Each step is the layer op with T=1: the input GEMM, the recurrent GEMM and one fused pointwise
-kernel. They subclass nn.RNNCellBase, as torch.nn's cells do, so they have the same
-constructor, parameter names, shapes, gate order, initialisation and state_dict.
+kernel. Each subclasses its torch.nn cell (isinstance(cell, nn.LSTMCell) holds, as code that
+picks modules by class expects) and overrides all it computes, so they have the same
+constructor, parameter names, shapes, gate order, initialisation and state_dict. (The layers
+cannot do the same: Dynamo refuses every nn.LSTM, nn.GRU and nn.RNN; modules.py.)
 """
 import torch
 from torch import nn
@@ -24,8 +26,9 @@ class _FusedCell(nn.RNNCellBase):
     _states: int      # 2 for (h, c), 1 for h
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, num_chunks=self._chunks, device=device,
-                         dtype=dtype)
+        # RNNCellBase's, as torch.nn's cells call it (next in the MRO is the torch.nn cell).
+        nn.RNNCellBase.__init__(self, input_size, hidden_size, bias, num_chunks=self._chunks,
+                                device=device, dtype=dtype)
 
     def _step(self, input, states, weights):
         """input [B, I]; states: tuple of [B, H]. -> tuple of the new [B, H] states."""
@@ -176,7 +179,7 @@ class _FusedCell(nn.RNNCellBase):
                                f"{weight.device}")
 
 
-class LSTMCell(_FusedCell):
+class LSTMCell(_FusedCell, nn.LSTMCell):
     """Drop-in for torch.nn.LSTMCell: forward(input, (h, c) or None) -> (h', c')."""
 
     _torch_name, _mode, _chunks, _states = "LSTMCell", "LSTM", 4, 2
@@ -202,7 +205,7 @@ class LSTMCell(_FusedCell):
         return h, c
 
 
-class GRUCell(_FusedCell):
+class GRUCell(_FusedCell, nn.GRUCell):
     """Drop-in for torch.nn.GRUCell: forward(input, h or None) -> h'."""
 
     _torch_name, _mode, _chunks, _states = "GRUCell", "GRU", 3, 1
@@ -216,7 +219,7 @@ class GRUCell(_FusedCell):
         return (h,)
 
 
-class RNNCell(_FusedCell):
+class RNNCell(_FusedCell, nn.RNNCell):
     """Drop-in for torch.nn.RNNCell (nonlinearity 'tanh' or 'relu'): forward(input, h or None)
     -> h'. Like torch.nn's, an unknown nonlinearity is reported by forward, not here."""
 

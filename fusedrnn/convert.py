@@ -49,6 +49,8 @@ def _replace_tree(root, table):
         cls = _class_of(module)
         if cls in table:
             new = _counterpart(module, table[cls], path or "the root module")
+        elif table is _TO_FUSED and isinstance(module, tuple(_TO_TORCH)):
+            pass  # fusedrnn's already (its cells are torch.nn cells too), or a subclass of them
         elif isinstance(module, tuple(table)):
             _warn_subclass(module, path or "the root module", table)
         else:

@@ -109,6 +109,7 @@ def direct_call_may_apply(input, dims):
 
 
 class _FusedRNNBase(nn.RNNBase):
+    # nn.RNNBase, not nn.LSTM etc.: Dynamo refuses every instance of nn.LSTM, nn.GRU and nn.RNN.
     def flatten_parameters(self) -> None:
         """No-op: cuDNN's flat weight buffer is of no use to fusedrnn's kernels."""
 

@@ -139,7 +139,7 @@ def test_same_initialisation_parameters_and_repr(cell):
     for name in theirs:
         assert torch.equal(ours[name], theirs[name]), name
     assert repr(fused) == repr(ref)
-    assert isinstance(fused, nn.RNNCellBase)
+    assert isinstance(fused, type(ref))  # code that picks cells by class finds them
 
 
 @pytest.mark.parametrize("bias", [True, False])

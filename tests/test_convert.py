@@ -316,6 +316,26 @@ def test_subclasses_are_left_with_a_warning_naming_them():
         fusedrnn.revert(nn.Sequential(_FusedScaledLSTM(4, 5)))
 
 
+def test_converting_again_changes_nothing_and_says_nothing():
+    """fusedrnn's cells are torch.nn cells too (isinstance holds): convert leaves them, and
+    subclasses of them, as they are and silently, as it leaves fusedrnn's layers; revert warns
+    about such a subclass."""
+    class MyCell(fusedrnn.LSTMCell):
+        pass
+
+    model = fusedrnn.convert(_tagger())
+    model.extra = MyCell(3, 3)
+    before = list(model.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fusedrnn.convert(model) is model
+    assert list(model.named_modules()) == before
+    assert type(model.cells["lstm"]) is fusedrnn.LSTMCell
+    assert isinstance(model.cells["lstm"], nn.LSTMCell)
+    with pytest.warns(UserWarning, match="subclasses fusedrnn.LSTMCell.*from torch.nn.LSTMCell"):
+        fusedrnn.revert(nn.Sequential(MyCell(3, 3)))
+
+
 def test_a_subclass_derived_from_fusedrnn_matches_its_torch_nn_twin():
     """The route the warning names: the same subclass on fusedrnn.LSTM."""
     torch.manual_seed(0)
