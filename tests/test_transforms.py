@@ -159,14 +159,15 @@ def test_model_ensemble_under_vmap(cell, kind):
     params, buffers = torch.func.stack_module_state(fused)
     stateless = copy.deepcopy(fused[0]).to("meta")
 
-    def loss(p, b, x):
-        out = functional_call(stateless, (p, b), (x,))
+    def squared_sum(out):  # of the output (a layer's or an LSTM cell's first result)
         return (out[0] if isinstance(out, tuple) else out).pow(2).sum()
+
+    def loss(p, b, x):
+        return squared_sum(functional_call(stateless, (p, b), (x,)))
 
     grads, losses = torch.func.vmap(torch.func.grad_and_value(loss))(params, buffers, inputs)
     for index, (ref, x) in enumerate(zip(refs, inputs)):
-        out = ref(x)
-        ref_loss = (out[0] if isinstance(out, tuple) else out).pow(2).sum()
+        ref_loss = squared_sum(ref(x))
         names, ref_params = zip(*ref.named_parameters())
         _assert_close((losses[index], [grads[n][index] for n in names]),
                       (ref_loss, torch.autograd.grad(ref_loss, ref_params)))
