@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 
 #include "../core/steps.h"
@@ -76,6 +77,10 @@ struct Product {
   const void* input = nullptr;
   const Panels* input_panels = nullptr;
   const void* input_packed = nullptr;
+  // Nonzero: this product is one step of a loop, unique to it in the process (fused_loop sets
+  // it). A thread that runs several of the step's panel ranges then rounds the step's rows to
+  // bfloat16 once (bfloat16 panels), not once a range.
+  uint64_t step_id = 0;
 };
 
 // Fills the s-th step of a loop: its product (whose `in` may be null) and its pointwise step.

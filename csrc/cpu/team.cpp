@@ -216,6 +216,7 @@ constexpr int64_t kShareWork = 1 << 15;
 // Panels per thread from which they share them out.
 constexpr int64_t kSharePanels = 4;
 std::atomic<bool> panel_sharing{true};
+std::atomic<uint64_t> next_step_id{1};  // Product::step_id, over every loop of the process
 std::atomic<int64_t> taken_over{0};  // panels run by a thread other than their slice's
 
 // A step's panels, each member's slice (first_panel) as a range of its own: the member takes
@@ -316,6 +317,7 @@ void fused_loop(Dtype dtype, const Panels& panels, int64_t steps, int64_t rows, 
   StepPanels step_panels[2]{StepPanels(threads), StepPanels(threads)};
   const auto fill = [&](int64_t s, int slot) {
     plan(s, products[slot], args[slot]);
+    products[slot].step_id = next_step_id.fetch_add(1, std::memory_order_relaxed);
     if (sharing) step_panels[slot].reset(panels);
   };
   TeamBarrier barrier(threads);

@@ -158,8 +158,9 @@ def _forward_in_float64(cell, layer, x, h0, c0, round_state):
 
 
 @pytest.mark.parametrize("shape", [(7, 5, 9, 70), (13, 6, 9, 70), (6, 16, 24, 130),
-                                   (4, 37, 40, 70)],
-                         ids=["35-rows", "78-rows", "96-rows-2-threads", "37-rows-a-step"])
+                                   (4, 37, 40, 70), (2, 300, 1000, 1000)],
+                         ids=["35-rows", "78-rows", "96-rows-2-threads", "37-rows-a-step",
+                              "steps-rounded-in-chunks"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_bfloat16_products(cell, shape):
     """On an ISA with bfloat16 products (avx512_bf16, amx), a bfloat16 layer's products take the
@@ -170,7 +171,8 @@ def test_bfloat16_products(cell, shape):
     does not round (the previous test). The two runs differ by 8e-4 to 2e-3 here. Odd sizes for
     the panels' padding, below and above the 64 rows from which the input projection runs on
     the same kernels, and two threads; on AMX, steps of 16 and 37 rows (one tile's rows, and
-    two and a part)."""
+    two and a part). A thread rounds a step's rows once for all the panels it runs, except
+    where they pass 1 MB (the last shape), which it rounds a chunk at a time."""
     T, B, I, H = shape
     _, fused = make_pair(cell, I, H, "cpu", torch.bfloat16)
     gen = torch.Generator().manual_seed(T + H)
