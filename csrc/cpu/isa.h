@@ -55,5 +55,10 @@ Panels panels_for(Dtype dtype, int64_t gates, int64_t hidden, int64_t depth);
 void pack(Dtype dtype, const Panels& panels, const void* w, bool transposed, void* packed);
 void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t end);
 void small_product(Dtype dtype, const SmallProduct& product);
+// Columns [first_col, last_col) of in [rows, cols] float32, rounded to bfloat16 (to nearest even)
+// into the same rows of out [cols, rows]: the transposed copy that oneDNN's bfloat16 GEMMs read
+// fastest as the reduction's operand. Where has_bf16_products() only.
+void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first_col,
+                      int64_t last_col, void* out);
 
 }  // namespace fusedrnn::cpu

@@ -320,7 +320,68 @@ void panels_as(const Product& product, int64_t begin, int64_t end) {
   if (on_tiles) _tile_release();
 }
 
+// A 16 x 16 block of float32 transposed in registers: v[i] holds row i on entry, column i on
+// exit. Pairs of rows interleave as floats, then as pairs of floats (each 128-bit lane then holds
+// four rows of one column), then lanes move across registers twice.
+void transpose16(__m512 v[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+  }
+  const auto low_pairs = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  const auto high_pairs = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  for (int i = 0; i < 16; i += 4) {
+    v[i] = low_pairs(t[i], t[i + 2]);
+    v[i + 1] = high_pairs(t[i], t[i + 2]);
+    v[i + 2] = low_pairs(t[i + 1], t[i + 3]);
+    v[i + 3] = high_pairs(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8) {
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_f32x4(v[i + j], v[i + j + 4], 0x88);  // lanes 0, 2 of each
+      t[i + j + 4] = _mm512_shuffle_f32x4(v[i + j], v[i + j + 4], 0xdd);  // lanes 1, 3
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    v[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    v[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
 }  // namespace
+
+void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first_col,
+                      int64_t last_col, void* out) {
+  constexpr int64_t kBlockRows = 2 * L;  // one 64-byte line of bfloat16 a column
+  uint16_t* const columns = static_cast<uint16_t*>(out);
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+    const int64_t block_rows = std::min(kBlockRows, rows - r0);
+    const __mmask32 row_lanes = block_rows == kBlockRows ? ~__mmask32(0)
+                                                         : (__mmask32(1) << block_rows) - 1;
+    for (int64_t n0 = first_col; n0 < last_col; n0 += L) {
+      const int64_t block_cols = std::min(L, last_col - n0);
+      const __mmask16 col_lanes = first_lanes(block_cols);
+      __m512 low[L], high[L];  // rows r0 to r0 + 15, and the 16 after them
+      for (int64_t i = 0; i < L; ++i) {
+        const float* row = in + (r0 + i) * cols + n0;
+        low[i] = i < block_rows ? _mm512_maskz_loadu_ps(col_lanes, row) : _mm512_setzero_ps();
+        high[i] = L + i < block_rows ? _mm512_maskz_loadu_ps(col_lanes, row + L * cols)
+                                     : _mm512_setzero_ps();
+      }
+      transpose16(low);
+      transpose16(high);
+      for (int64_t j = 0; j < block_cols; ++j) {
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(high[j], low[j]);
+        _mm512_mask_storeu_epi16(columns + (n0 + j) * rows + r0, row_lanes, both);
+      }
+    }
+  }
+}
 
 void pack(const Panels& panels, const float* w, bool transposed, void* packed) {
   const int64_t K = panels.depth, pairs = panels.packed_depth() / 2;

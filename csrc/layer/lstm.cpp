@@ -152,7 +152,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   }
   recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
-  const Tensor d_operand = gemm_operand(L, d_gates);
+  const GemmOperand d_operand = gemm_operand(L, d_gates, true, weight_grads);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
   Tensor grad_w_hr = fresh({0}, L.options());
   if (w_hr.defined() && weight_grads) {

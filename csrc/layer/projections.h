@@ -42,22 +42,28 @@ void project_input_rows(const LayerCall& call, const OptionalTensor& bias,
                         const OptionalTensor& bias_2, const Tensor& out, int64_t row,
                         int64_t rows);
 
+// A gradient laid out like the input, [..., G*H], as the GEMMs below take it: `d` itself, and
+// where they run on bfloat16 operands (with bfloat16 products, LayerCall::product_dtype, as
+// torch.nn's bfloat16 layers do; they then return bfloat16 gradients), d rounded to bfloat16
+// once for all of them, in the layouts their GEMMs read fastest (temporaries of the call):
+// `rows`, d's own, and `columns`, a transposed [G*H, rows] copy for the weight gradients of
+// wide gates (projections.cpp). Each is made only where a GEMM reads it.
+struct GemmOperand {
+  Tensor d, rows, columns;
+};
+
+// d as grads_through_input (for_input) and grad_w_hh take it, the weight gradients wanted or not.
+GemmOperand gemm_operand(const LayerCall& call, const Tensor& d, bool for_input,
+                         bool weight_grads);
+
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], for d_pre the gradient of h_{t-1} W_hh^T laid
 // out like the output, h_{t-1} the call's h0 or a row of `output`.
-Tensor grad_w_hh(const LayerCall& call, const Tensor& d_pre, const Tensor& output);
+Tensor grad_w_hh(const LayerCall& call, const GemmOperand& d_pre, const Tensor& output);
 
 // grad_input = d_x W_ih and grad_w_ih = d_x^T x (empty, not computed, unless with_w_ih), for
 // d_x the gradient of x W_ih^T laid out like the input, x and W_ih the call's input and w_ih.
-std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const Tensor& d_x,
+std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const GemmOperand& d_x,
                                                bool with_w_ih);
-
-// With bfloat16 products (LayerCall::product_dtype), the two above run on bfloat16 operands and
-// return bfloat16 gradients, as torch.nn's bfloat16 layers do; their d_pre or d_x may come
-// rounded already (gemm_operand), for a gradient both take.
-
-// d as the two above take it: rounded to bfloat16 where they run on bfloat16 operands (a
-// temporary of the call), else d itself.
-Tensor gemm_operand(const LayerCall& call, const Tensor& d);
 
 // The sum of d_pre over all rows: the bias gradient, or empty without bias.
 Tensor bias_grad(const Tensor& d_pre, bool has_bias);

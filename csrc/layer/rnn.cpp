@@ -81,7 +81,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   }
   recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
-  const Tensor d_operand = gemm_operand(L, d_pre);
+  const GemmOperand d_operand = gemm_operand(L, d_pre, true, weight_grads);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
   return L.results(std::tuple{
       grad_input, dh, grad_w_ih,

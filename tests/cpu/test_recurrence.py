@@ -233,6 +233,27 @@ def test_bfloat16_training_of_packed_and_reverse_rows(cell):
     assert_half_rule(runs)
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_bfloat16_weight_gradients_of_wide_gates(cell, isa):
+    """From 768 gate columns, a bfloat16 layer's weight gradients on bfloat16 GEMMs take the gate
+    gradients rounded into a transposed copy (projections.cpp, rounded_columns; on AVX512-BF16
+    CPUs): 75 rows and 788-789 columns (771 for the RNN), so that the copy's blocks of 32 rows by
+    16 columns end part-way both ways, and a reverse direction. Every result within the
+    half-precision rule of torch.nn's bfloat16 against float64, under every ISA."""
+    H = {"lstm": 197, "gru": 263}.get(cell, 771)
+    runs = []
+    for seed in range(half_rule_draws(cell)):
+        ref, fused = make_pair(cell, 9, H, "cpu", torch.bfloat16, bidirectional=True, seed=seed)
+        ref64 = copy.deepcopy(ref).double()
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(5, 15, 9, generator=gen).to(torch.bfloat16)
+        hx = random_state(cell, ref, 15, "cpu", torch.bfloat16, gen)
+        hx64 = tuple(s.double() for s in hx) if cell == "lstm" else hx.double()
+        runs.append(tuple(run_and_grad(model, inputs, state) for model, inputs, state in
+                          ((fused, x, hx), (ref, x, hx), (ref64, x.double(), hx64))))
+    assert_half_rule(runs)
+
+
 # torch.backends.mkldnn.flags also sets oneDNN's TF32 switch, which warns on CPU-only builds.
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
