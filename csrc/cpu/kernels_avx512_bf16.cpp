@@ -386,26 +386,45 @@ void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first
 void pack(const Panels& panels, const float* w, bool transposed, void* packed) {
   const int64_t K = panels.depth, pairs = panels.packed_depth() / 2;
   const int64_t N = panels.gates * panels.hidden, width = panels.vectors() * L;
-  std::vector<float> column(K);  // W[:, n]
-  std::vector<uint32_t> column_pairs(pairs);
+  // Transposed: the L rows of w that a vector's columns are, each rounded to pairs, then
+  // transposed 16 pairs at a time. Else two rows of W at a time, rounded, their bfloat16
+  // interleaved into pairs: element 2l of the result is element l of the first row, 2l + 1 of the
+  // second (elements 16 + l of what the rounding gives).
+  std::vector<uint32_t> w_rows(transposed ? L * pairs : 0);
+  alignas(64) static constexpr uint16_t kInterleave[2 * L] = {
+      0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
   for (int64_t p = 0; p < panels.count; ++p) {
     for (int64_t v = 0; v < panels.vectors(); ++v) {
       const Columns c = columns(panels, p, v);
-      // dst[j * width + l] = (W[2j, c.first + l], W[2j + 1, c.first + l])
+      // dst[j * width + l] = (W[2j, c.first + l], W[2j + 1, c.first + l]), zero past K and H
       uint32_t* dst = static_cast<uint32_t*>(packed) + p * pairs * width + v * L;
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t n = c.first + l;
-        if (l >= c.lanes) {
-          for (int64_t j = 0; j < pairs; ++j) dst[j * width + l] = 0;
-          continue;
+      if (transposed) {  // row n of w is column n of W
+        for (int64_t l = 0; l < L; ++l) {
+          uint32_t* row = w_rows.data() + l * pairs;
+          if (l < c.lanes) round_rows(w + (c.first + l) * K, 1, K, pairs, row);
+          else std::fill(row, row + pairs, 0u);
         }
-        if (transposed) {
-          round_rows(w + n * K, 1, K, pairs, column_pairs.data());  // row n of w is column n of W
-        } else {
-          for (int64_t k = 0; k < K; ++k) column[k] = w[k * N + n];
-          round_rows(column.data(), 1, K, pairs, column_pairs.data());
+        for (int64_t j0 = 0; j0 < pairs; j0 += L) {
+          const __mmask16 depth = first_lanes(pairs - j0);
+          __m512 block[L];
+          for (int64_t l = 0; l < L; ++l)
+            block[l] = _mm512_castsi512_ps(
+                _mm512_maskz_loadu_epi32(depth, w_rows.data() + l * pairs + j0));
+          transpose16(block);
+          for (int64_t j = 0; j < std::min(L, pairs - j0); ++j)
+            _mm512_storeu_si512(dst + (j0 + j) * width, _mm512_castps_si512(block[j]));
         }
-        for (int64_t j = 0; j < pairs; ++j) dst[j * width + l] = column_pairs[j];
+        continue;
+      }
+      const __mmask16 lanes = first_lanes(c.lanes);
+      const auto row_of_w = [&](int64_t k) {
+        return k < K ? _mm512_maskz_loadu_ps(lanes, w + k * N + c.first) : _mm512_setzero_ps();
+      };
+      for (int64_t j = 0; j < pairs; ++j) {
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(row_of_w(2 * j + 1), row_of_w(2 * j));
+        _mm512_storeu_si512(dst + j * width, _mm512_permutexvar_epi16(interleave, both));
       }
     }
   }
