@@ -36,7 +36,7 @@ namespace avx512_bf16 {
 void pack(const Panels& panels, const float* w, bool transposed, void* packed);
 void product_panels(const Product& product, int64_t begin, int64_t end);
 void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first_col,
-                      int64_t last_col, void* out);
+                      int64_t last_col, void* out, float* sums);
 }  // namespace avx512_bf16
 #endif
 
@@ -201,10 +201,10 @@ void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t 
 }
 
 void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first_col,
-                      int64_t last_col, void* out) {
+                      int64_t last_col, void* out, float* sums) {
   TORCH_CHECK(has_bf16_products(), "fusedrnn: round_transposed needs AVX512-BF16");
 #ifdef FUSEDRNN_HAS_X86_KERNELS
-  avx512_bf16::round_transposed(in, rows, cols, first_col, last_col, out);
+  avx512_bf16::round_transposed(in, rows, cols, first_col, last_col, out, sums);
 #endif
 }
 

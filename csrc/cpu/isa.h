@@ -57,8 +57,9 @@ void product_panels(Dtype dtype, const Product& product, int64_t begin, int64_t 
 void small_product(Dtype dtype, const SmallProduct& product);
 // Columns [first_col, last_col) of in [rows, cols] float32, rounded to bfloat16 (to nearest even)
 // into the same rows of out [cols, rows]: the transposed copy that oneDNN's bfloat16 GEMMs read
-// fastest as the reduction's operand. Where has_bf16_products() only.
+// fastest as the reduction's operand; with `sums` ([cols], or null), each column's float32 sum
+// in the same pass. Where has_bf16_products() only.
 void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first_col,
-                      int64_t last_col, void* out);
+                      int64_t last_col, void* out, float* sums);
 
 }  // namespace fusedrnn::cpu

@@ -356,9 +356,10 @@ void transpose16(__m512 v[16]) {
 }  // namespace
 
 void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first_col,
-                      int64_t last_col, void* out) {
+                      int64_t last_col, void* out, float* sums) {
   constexpr int64_t kBlockRows = 2 * L;  // one 64-byte line of bfloat16 a column
   uint16_t* const columns = static_cast<uint16_t*>(out);
+  if (sums) std::fill(sums + first_col, sums + last_col, 0.0f);
   for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
     const int64_t block_rows = std::min(kBlockRows, rows - r0);
     const __mmask32 row_lanes = block_rows == kBlockRows ? ~__mmask32(0)
@@ -372,6 +373,11 @@ void round_transposed(const float* in, int64_t rows, int64_t cols, int64_t first
         low[i] = i < block_rows ? _mm512_maskz_loadu_ps(col_lanes, row) : _mm512_setzero_ps();
         high[i] = L + i < block_rows ? _mm512_maskz_loadu_ps(col_lanes, row + L * cols)
                                      : _mm512_setzero_ps();
+      }
+      if (sums) {  // the block's rows added up, lane l for column n0 + l
+        __m512 sum = _mm512_maskz_loadu_ps(col_lanes, sums + n0);
+        for (int64_t i = 0; i < L; ++i) sum = _mm512_add_ps(sum, _mm512_add_ps(low[i], high[i]));
+        _mm512_mask_storeu_ps(sums + n0, col_lanes, sum);
       }
       transpose16(low);
       transpose16(high);

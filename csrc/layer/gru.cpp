@@ -95,14 +95,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   }
   recurrence.loop_back(pass, d_h_gates, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
-  auto [grad_input, grad_w_ih] =
-      grads_through_input(L, gemm_operand(L, d_x_gates, true, weight_grads), weight_grads);
+  const bool bias_grads = has_bias && weight_grads;
+  const GemmOperand d_x = gemm_operand(L, d_x_gates, true, weight_grads, bias_grads);
+  auto [grad_input, grad_w_ih] = grads_through_input(L, d_x, weight_grads);
+  const GemmOperand d_h =
+      weight_grads ? gemm_operand(L, d_h_gates, false, true, bias_grads) : GemmOperand{d_h_gates};
   return L.results(std::tuple{
       grad_input, dh, grad_w_ih,
-      weight_grads ? grad_w_hh(L, gemm_operand(L, d_h_gates, false, true), output)
-                   : fresh({0}, L.options()),
-      bias_grad(d_x_gates, has_bias && weight_grads),
-      bias_grad(d_h_gates, has_bias && weight_grads)});
+      weight_grads ? grad_w_hh(L, d_h, output) : fresh({0}, L.options()),
+      bias_grad(d_x, bias_grads), bias_grad(d_h, bias_grads)});
 }
 
 }  // namespace fusedrnn

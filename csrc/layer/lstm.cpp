@@ -152,7 +152,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   }
   recurrence.loop_back(pass, d_gates, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
-  const GemmOperand d_operand = gemm_operand(L, d_gates, true, weight_grads);
+  const GemmOperand d_operand =
+      gemm_operand(L, d_gates, true, weight_grads, has_bias && weight_grads);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
   Tensor grad_w_hr = fresh({0}, L.options());
   if (w_hr.defined() && weight_grads) {
@@ -163,7 +164,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   return L.results(std::tuple{grad_input, dh, dc, grad_w_ih,
                               weight_grads ? grad_w_hh(L, d_operand, output)
                                            : fresh({0}, L.options()),
-                              bias_grad(d_gates, has_bias && weight_grads), grad_w_hr});
+                              bias_grad(d_operand, has_bias && weight_grads), grad_w_hr});
 }
 
 }  // namespace fusedrnn

@@ -47,14 +47,16 @@ void project_input_rows(const LayerCall& call, const OptionalTensor& bias,
 // torch.nn's bfloat16 layers do; they then return bfloat16 gradients), d rounded to bfloat16
 // once for all of them, in the layouts their GEMMs read fastest (temporaries of the call):
 // `rows`, d's own, and `columns`, a transposed [G*H, rows] copy for the weight gradients of
-// wide gates (projections.cpp). Each is made only where a GEMM reads it.
+// wide gates (projections.cpp). Each is made only where a GEMM reads it. `sum`: d summed over
+// its rows, where the pass that made `columns` added it up (with_sum).
 struct GemmOperand {
-  Tensor d, rows, columns;
+  Tensor d, rows, columns, sum;
 };
 
-// d as grads_through_input (for_input) and grad_w_hh take it, the weight gradients wanted or not.
+// d as grads_through_input (for_input) and grad_w_hh take it, the weight gradients wanted or not,
+// and bias_grad, with_sum where it will want d's sum.
 GemmOperand gemm_operand(const LayerCall& call, const Tensor& d, bool for_input,
-                         bool weight_grads);
+                         bool weight_grads, bool with_sum);
 
 // Sum over steps of d_pre[t]^T h_{t-1}: [G*H, H], for d_pre the gradient of h_{t-1} W_hh^T laid
 // out like the output, h_{t-1} the call's h0 or a row of `output`.
@@ -65,7 +67,7 @@ Tensor grad_w_hh(const LayerCall& call, const GemmOperand& d_pre, const Tensor& 
 std::tuple<Tensor, Tensor> grads_through_input(const LayerCall& call, const GemmOperand& d_x,
                                                bool with_w_ih);
 
-// The sum of d_pre over all rows: the bias gradient, or empty without bias.
-Tensor bias_grad(const Tensor& d_pre, bool has_bias);
+// The sum of d over all rows: the bias gradient, or empty without bias.
+Tensor bias_grad(const GemmOperand& d, bool has_bias);
 
 }  // namespace fusedrnn

@@ -81,12 +81,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
   }
   recurrence.loop_back(pass, d_pre, dh.data_ptr(), plan, h0_grad);
   if (!h0_grad) dh = fresh({0}, L.options());
-  const GemmOperand d_operand = gemm_operand(L, d_pre, true, weight_grads);
+  const GemmOperand d_operand =
+      gemm_operand(L, d_pre, true, weight_grads, has_bias && weight_grads);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_operand, weight_grads);
   return L.results(std::tuple{
       grad_input, dh, grad_w_ih,
       weight_grads ? grad_w_hh(L, d_operand, output) : fresh({0}, L.options()),
-      bias_grad(d_pre, has_bias && weight_grads)});
+      bias_grad(d_operand, has_bias && weight_grads)});
 }
 
 }  // namespace fusedrnn
