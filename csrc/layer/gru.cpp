@@ -98,8 +98,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const bool bias_grads = has_bias && weight_grads;
   const GemmOperand d_x = gemm_operand(L, d_x_gates, true, weight_grads, bias_grads);
   auto [grad_input, grad_w_ih] = grads_through_input(L, d_x, weight_grads);
-  const GemmOperand d_h =
-      weight_grads ? gemm_operand(L, d_h_gates, false, true, bias_grads) : GemmOperand{d_h_gates};
+  const GemmOperand d_h = gemm_operand(L, d_h_gates, false, weight_grads, bias_grads);
   return L.results(std::tuple{
       grad_input, dh, grad_w_ih,
       weight_grads ? grad_w_hh(L, d_h, output) : fresh({0}, L.options()),

@@ -286,9 +286,9 @@ GemmOperand gemm_operand(const LayerCall& call, const Tensor& d, bool for_input,
                          bool weight_grads, bool with_sum) {
   if (!in_bf16(call)) return {d};
   GemmOperand operand{d};
-  if (for_input || (weight_grads && d.size(-1) < kMinColumnsTransposed))
-    operand.rows = rounded(call, d);
-  if (weight_grads && d.size(-1) >= kMinColumnsTransposed) {
+  const bool transposed = weight_grads && d.size(-1) >= kMinColumnsTransposed;
+  if (for_input || (weight_grads && !transposed)) operand.rows = rounded(call, d);
+  if (transposed) {
     if (with_sum) operand.sum = at::empty({d.size(-1)}, d.options());
     operand.columns = rounded_columns(call, d, operand.sum);
   }
